@@ -1,0 +1,3 @@
+from codex_daytona.cli import main
+
+main()

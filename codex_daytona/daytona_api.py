@@ -1,0 +1,305 @@
+"""The only module that talks to Daytona, through the official `daytona` SDK.
+
+It imports the SDK lazily (importing the client costs about a second), hands the rest of
+the program small typed results, and translates every SDK exception into one of our
+errors with a hint. Idempotent calls are retried on transient failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from codex_daytona.errors import DaytonaError, SandboxGoneError
+from codex_daytona.settings import Settings
+
+if TYPE_CHECKING:
+    from daytona import Daytona, Sandbox
+
+T = TypeVar("T")
+
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    id: str
+    state: str
+    labels: dict[str, str]
+    public: bool
+    created_at: str | None = None
+
+
+@dataclass(frozen=True)
+class PreviewLink:
+    port: int
+    url: str
+    token: str | None
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    output: str
+
+
+def _state_name(sandbox: Sandbox) -> str:
+    state = getattr(sandbox, "state", None)
+    return str(getattr(state, "value", state) or "unknown")
+
+
+def _info(sandbox: Any) -> SandboxInfo:
+    return SandboxInfo(
+        id=sandbox.id,
+        state=_state_name(sandbox),
+        labels=dict(sandbox.labels or {}),
+        public=bool(getattr(sandbox, "public", False)),
+        created_at=getattr(sandbox, "created_at", None),
+    )
+
+
+class DaytonaApi:
+    """A Daytona client bound to one API URL and key."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._api_key = settings.require_daytona_key()
+        self._client: Daytona | None = None
+
+    # --- plumbing -------------------------------------------------------------------
+
+    @property
+    def client(self) -> Daytona:
+        if self._client is None:
+            with self._translate("connect to Daytona"):
+                from daytona import Daytona, DaytonaConfig
+
+                self._client = Daytona(
+                    DaytonaConfig(
+                        api_key=self._api_key,
+                        api_url=self._settings.api_url,
+                        target=self._settings.daytona_target,
+                    )
+                )
+        return self._client
+
+    @contextmanager
+    def _translate(self, action: str, sandbox_id: str | None = None) -> Iterator[None]:
+        from daytona import (
+            DaytonaAuthenticationError,
+            DaytonaConnectionError,
+            DaytonaForbiddenError,
+            DaytonaNotFoundError,
+            DaytonaTimeoutError,
+        )
+        from daytona import DaytonaError as SdkError
+
+        try:
+            yield
+        except DaytonaNotFoundError as exc:
+            if sandbox_id is not None:
+                raise SandboxGoneError(f"Sandbox {sandbox_id} no longer exists on Daytona.") from exc
+            raise DaytonaError(f"Could not {action}: {_first_line(exc)}") from exc
+        except (DaytonaAuthenticationError, DaytonaForbiddenError) as exc:
+            raise DaytonaError(
+                f"Daytona refused the API key while trying to {action}.",
+                "Check DAYTONA_API_KEY (and DAYTONA_API_URL if you use a self-hosted Daytona).",
+            ) from exc
+        except DaytonaConnectionError as exc:
+            raise DaytonaError(
+                f"Could not reach Daytona at {self._settings.api_url} to {action}.",
+                "Check your network and DAYTONA_API_URL, then try again.",
+            ) from exc
+        except DaytonaTimeoutError as exc:
+            raise DaytonaError(f"Daytona timed out while trying to {action}.") from exc
+        except SdkError as exc:
+            raise DaytonaError(f"Could not {action}: {_first_line(exc)}") from exc
+        except OSError as exc:
+            raise DaytonaError(
+                f"Could not reach Daytona at {self._settings.api_url} to {action} ({exc}).",
+                "Check your network and DAYTONA_API_URL, then try again.",
+            ) from exc
+
+    def _retrying(self, action: str, call: Callable[[], T], sandbox_id: str | None = None) -> T:
+        """Runs an idempotent call, retrying transient failures (5xx, timeouts, resets)."""
+        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            try:
+                with self._translate(action, sandbox_id):
+                    return call()
+            except DaytonaError as exc:
+                if delay is None or not _transient(exc.__cause__):
+                    raise
+                del attempt
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # --- sandboxes ------------------------------------------------------------------
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        return self._retrying("look up the sandbox", lambda: self.client.get(sandbox_id), sandbox_id)
+
+    def create(
+        self,
+        *,
+        labels: dict[str, str],
+        env: dict[str, str],
+        auto_stop_minutes: int,
+        auto_delete_minutes: int,
+        snapshot: str | None = None,
+        secrets: dict[str, str] | None = None,
+    ) -> Sandbox:
+        from daytona import CreateSandboxFromSnapshotParams
+
+        params: dict[str, Any] = {
+            "labels": labels,
+            "env_vars": env,
+            "auto_stop_interval": auto_stop_minutes,
+            "auto_delete_interval": auto_delete_minutes if auto_delete_minutes > 0 else -1,
+        }
+        if snapshot:
+            params["snapshot"] = snapshot
+        if secrets:
+            params["secrets"] = secrets
+        with self._translate("create a sandbox"):
+            return self.client.create(CreateSandboxFromSnapshotParams(**params), timeout=300)
+
+    def start(self, sandbox: Sandbox) -> None:
+        with self._translate("start the sandbox", sandbox.id):
+            sandbox.start(timeout=300)
+
+    def stop(self, sandbox: Sandbox) -> None:
+        with self._translate("stop the sandbox", sandbox.id):
+            sandbox.stop(timeout=300)
+
+    def delete(self, sandbox: Sandbox) -> None:
+        with self._translate("delete the sandbox", sandbox.id):
+            sandbox.delete(timeout=300)
+
+    def list(self, labels: dict[str, str]) -> list[SandboxInfo]:
+        from daytona import ListSandboxesQuery
+
+        def call() -> list[SandboxInfo]:
+            return [_info(s) for s in self.client.list(ListSandboxesQuery(labels=labels))]
+
+        return self._retrying("list sandboxes", call)
+
+    def info(self, sandbox: Sandbox) -> SandboxInfo:
+        return _info(sandbox)
+
+    def refresh_activity(self, sandbox: Sandbox) -> None:
+        with self._translate("keep the sandbox active", sandbox.id):
+            sandbox.refresh_activity()
+
+    def home_dir(self, sandbox: Sandbox) -> str:
+        return self._retrying("read the sandbox's home directory", sandbox.get_user_home_dir, sandbox.id)
+
+    # --- files and commands -----------------------------------------------------------
+
+    def upload(self, sandbox: Sandbox, files: dict[str, bytes]) -> None:
+        from daytona import FileUpload
+
+        uploads = [FileUpload(source=data, destination=path) for path, data in files.items()]
+        with self._translate("upload files to the sandbox", sandbox.id):
+            sandbox.fs.upload_files(uploads)
+
+    def exec(self, sandbox: Sandbox, command: str, timeout: int = 120) -> CommandResult:
+        with self._translate("run a command in the sandbox", sandbox.id):
+            response = sandbox.process.exec(command, timeout=timeout)
+        return CommandResult(exit_code=int(response.exit_code or 0), output=response.result or "")
+
+    def create_session(self, sandbox: Sandbox, session_id: str) -> None:
+        with self._translate("create a session in the sandbox", sandbox.id):
+            sandbox.process.create_session(session_id)
+
+    def start_command(self, sandbox: Sandbox, session_id: str, command: str) -> str:
+        """Starts `command` asynchronously in the session, creating the session if it is gone."""
+        from daytona import DaytonaNotFoundError, SessionExecuteRequest
+
+        request = SessionExecuteRequest(command=command, run_async=True)
+        with self._translate("start a command in the sandbox", sandbox.id):
+            try:
+                response = sandbox.process.execute_session_command(session_id, request)
+            except DaytonaNotFoundError:
+                # Sessions do not survive a stop/start of the sandbox: make it again.
+                sandbox.process.create_session(session_id)
+                response = sandbox.process.execute_session_command(session_id, request)
+        if not response.cmd_id:
+            raise DaytonaError("Daytona did not return a command id for the agent.")
+        return str(response.cmd_id)
+
+    def send_input(self, sandbox: Sandbox, session_id: str, command_id: str, data: str) -> None:
+        with self._translate("send input to the agent", sandbox.id):
+            sandbox.process.send_session_command_input(session_id, command_id, data)
+
+    def command_exit_code(self, sandbox: Sandbox, session_id: str, command_id: str) -> int | None:
+        def call() -> int | None:
+            command = sandbox.process.get_session_command(session_id, command_id)
+            return None if command.exit_code is None else int(command.exit_code)
+
+        return self._retrying("read the agent's exit code", call, sandbox.id)
+
+    def command_logs(self, sandbox: Sandbox, session_id: str, command_id: str) -> tuple[str, str]:
+        def call() -> tuple[str, str]:
+            logs = sandbox.process.get_session_command_logs(session_id, command_id)
+            return logs.stdout or "", logs.stderr or ""
+
+        return self._retrying("read the agent's output", call, sandbox.id)
+
+    async def follow_logs(
+        self,
+        sandbox: Sandbox,
+        session_id: str,
+        command_id: str,
+        on_stdout: Callable[[str], None],
+        on_stderr: Callable[[str], None],
+    ) -> None:
+        """Streams a command's output until it ends. Raises DaytonaError when the stream drops."""
+        with self._translate("stream the agent's output", sandbox.id):
+            await sandbox.process.get_session_command_logs_async(session_id, command_id, on_stdout, on_stderr)
+
+    # --- previews -------------------------------------------------------------------
+
+    def preview_link(self, sandbox: Sandbox, port: int) -> PreviewLink:
+        def call() -> PreviewLink:
+            link = sandbox.get_preview_link(port)
+            return PreviewLink(port=port, url=link.url, token=getattr(link, "token", None) or None)
+
+        return self._retrying(f"get the preview link for port {port}", call, sandbox.id)
+
+    def signed_preview_link(self, sandbox: Sandbox, port: int, ttl_seconds: int) -> PreviewLink:
+        def call() -> PreviewLink:
+            link = sandbox.create_signed_preview_url(port, expires_in_seconds=ttl_seconds)
+            return PreviewLink(port=port, url=link.url, token=None)
+
+        return self._retrying(f"sign a preview link for port {port}", call, sandbox.id)
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _transient(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
+    from daytona import (
+        DaytonaBadGatewayError,
+        DaytonaConnectionError,
+        DaytonaInternalServerError,
+        DaytonaServiceUnavailableError,
+    )
+
+    if isinstance(exc, DaytonaServiceUnavailableError | DaytonaBadGatewayError | DaytonaInternalServerError):
+        return True
+    if isinstance(exc, DaytonaConnectionError | ConnectionError):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and status >= 500

@@ -1,0 +1,99 @@
+"""The event vocabulary: what the agent in the sandbox emits and what `ask --json` prints.
+
+Events are plain dicts, one JSON object per line. The `codex exec --json` types come
+first (so `ask --json` is a drop-in for it); ours are namespaced `codex_daytona.*` and
+consumers of exec's stream can ignore them. Imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+Event = dict[str, Any]
+
+# `codex exec --json`
+THREAD_STARTED = "thread.started"
+TURN_STARTED = "turn.started"
+TURN_COMPLETED = "turn.completed"
+TURN_FAILED = "turn.failed"
+ITEM_STARTED = "item.started"
+ITEM_UPDATED = "item.updated"
+ITEM_COMPLETED = "item.completed"
+ERROR = "error"
+
+# Item types
+COMMAND = "command_execution"
+FILE_CHANGE = "file_change"
+AGENT_MESSAGE = "agent_message"
+REASONING = "reasoning"
+TODO_LIST = "todo_list"
+MCP_TOOL_CALL = "mcp_tool_call"
+WEB_SEARCH = "web_search"
+
+# Ours. The agent emits the run, ports, retry, resume and warning events; the CLI adds the rest.
+RUN_STARTED = "codex_daytona.run.started"
+RUN_COMPLETED = "codex_daytona.run.completed"
+PORTS = "codex_daytona.ports"
+RETRY = "codex_daytona.retry"
+RESUME_FAILED = "codex_daytona.resume_failed"
+WARNING = "codex_daytona.warning"
+PROGRESS = "codex_daytona.progress"  # setup steps: creating the sandbox, installing the agent
+PREVIEW = "codex_daytona.preview"
+AGENT_OUTPUT = "codex_daytona.agent_output"  # a line from the agent that is not an event
+RESULT = "codex_daytona.result"  # the last line of `ask --json`
+
+
+def is_ours(event: Event) -> bool:
+    return str(event.get("type", "")).startswith("codex_daytona.")
+
+
+def progress(message: str) -> Event:
+    return {"type": PROGRESS, "message": message}
+
+
+def warning(message: str) -> Event:
+    return {"type": WARNING, "message": message}
+
+
+class LineDecoder:
+    """Splits a stream of text chunks into events, one per complete line.
+
+    A line that is not a JSON object (a stray print, a warning from a library) becomes an
+    AGENT_OUTPUT event rather than being lost or breaking the stream.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    def feed(self, chunk: str) -> Iterator[Event]:
+        self._buffer += chunk
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            event = parse_line(line)
+            if event is not None:
+                yield event
+
+    def flush(self) -> Iterator[Event]:
+        line, self._buffer = self._buffer, ""
+        event = parse_line(line)
+        if event is not None:
+            yield event
+
+
+def parse_line(line: str) -> Event | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {"type": AGENT_OUTPUT, "text": line}
+    if not isinstance(value, dict) or "type" not in value:
+        return {"type": AGENT_OUTPUT, "text": line}
+    return value
+
+
+def dumps(event: Event) -> str:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))

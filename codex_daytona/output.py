@@ -1,0 +1,288 @@
+"""The output layer: the only module that writes to the terminal.
+
+Three modes. Human: progress and the agent's work on stderr (rich; colour and a live
+spinner only on a terminal), the result (the final answer, a URL, an id) on stdout.
+JSON: the event stream or one object on stdout, one JSON value per line. Quiet: only
+the value on stdout. Errors and warnings always go to stderr. Every line is masked so a
+secret can never be printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.spinner import Spinner
+from rich.text import Text
+
+from codex_daytona import events as ev
+
+
+class Mode(str, Enum):
+    HUMAN = "human"
+    JSON = "json"
+    QUIET = "quiet"
+
+
+MASK = "***"
+FAILED_OUTPUT_LINES = 8
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Output:
+    """Renders events, results and errors for one invocation."""
+
+    def __init__(
+        self,
+        mode: Mode = Mode.HUMAN,
+        *,
+        secrets: list[str] | None = None,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
+        self.mode = mode
+        self.secrets = [s for s in (secrets or []) if len(s) >= 4]
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.live_terminal = _is_tty(self.stderr) and mode is Mode.HUMAN and not os.environ.get("CI")
+        no_color = bool(os.environ.get("NO_COLOR"))
+        self.err = Console(
+            file=self.stderr,
+            highlight=False,
+            no_color=no_color,
+            force_terminal=None,
+            soft_wrap=True,
+        )
+        self._live: Live | None = None
+        self._pending_message: str | None = None
+        self._running: dict[str, str] = {}
+        self.final_message: str | None = None
+
+    # --- primitives -------------------------------------------------------------------
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    def add_secret(self, secret: str) -> None:
+        if len(secret) >= 4:
+            self.secrets.append(secret)
+
+    def _out(self, text: str) -> None:
+        self.stdout.write(self.mask(text) + "\n")
+        self.stdout.flush()
+
+    def _err(self, markup: str) -> None:
+        """A permanent line on stderr (above the spinner when one runs)."""
+        self.err.print(self.mask(markup))
+
+    def json_line(self, value: Any) -> None:
+        self._out(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+    def progress(self, message: str) -> None:
+        if self.mode is Mode.HUMAN:
+            self._err(f"[dim]{escape(message)}[/dim]")
+
+    def warning(self, message: str) -> None:
+        self._err(f"[yellow]⚠ {escape(message)}[/yellow]")
+
+    def error(self, message: str, hint: str = "") -> None:
+        self.stop_live()
+        self._err(f"[bold red]Error:[/bold red] {escape(message)}")
+        if hint:
+            self._err(f"[dim]Hint: {escape(hint)}[/dim]")
+
+    # --- the live spinner --------------------------------------------------------------
+
+    def _status_text(self) -> str:
+        if self._running:
+            return "Running: " + list(self._running.values())[-1]
+        return "Thinking..."
+
+    def _refresh_live(self) -> None:
+        if not self.live_terminal:
+            return
+        spinner = Spinner("dots", Text(self.mask(self._status_text()), style="dim"))
+        if self._live is None:
+            self._live = Live(spinner, console=self.err, refresh_per_second=12, transient=True)
+            self._live.start()
+        else:
+            self._live.update(spinner)
+
+    def stop_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    # --- events ------------------------------------------------------------------------
+
+    def event(self, event: ev.Event) -> None:
+        if self.mode is Mode.JSON:
+            self.json_line(event)
+            return
+        kind = event.get("type")
+        if kind == ev.WARNING or kind == ev.RESUME_FAILED:
+            self.warning(str(event.get("message", "")))
+            return
+        if kind == ev.PREVIEW:
+            self._preview(event)
+            return
+        if self.mode is Mode.QUIET:
+            if kind in (ev.ITEM_COMPLETED,) and (event.get("item") or {}).get("type") == ev.AGENT_MESSAGE:
+                self.final_message = (event.get("item") or {}).get("text", "")
+            return
+        self._human(event)
+
+    def _flush_message(self) -> None:
+        """An agent message that turned out not to be the last one goes to stderr."""
+        if self._pending_message is not None:
+            self._err(escape(self._pending_message))
+            self._pending_message = None
+
+    def _human(self, event: ev.Event) -> None:
+        kind = event.get("type")
+        if kind == ev.PROGRESS:
+            self.progress(str(event.get("message", "")))
+        elif kind == ev.THREAD_STARTED:
+            self._err(f"[dim]Thread {escape(str(event.get('thread_id')))}[/dim]")
+        elif kind == ev.TURN_STARTED:
+            if not self.live_terminal:
+                self._err("[dim]Thinking...[/dim]")
+            self._refresh_live()
+        elif kind in (ev.ITEM_STARTED, ev.ITEM_UPDATED, ev.ITEM_COMPLETED):
+            item = event.get("item") or {}
+            if item.get("type") != ev.AGENT_MESSAGE:
+                self._flush_message()
+            self._item(kind, item)
+            self._refresh_live()
+        elif kind == ev.ERROR:
+            self._flush_message()
+            self._err(f"[red]❌ Error: {escape(str(event.get('message', '')))}[/red]")
+        elif kind == ev.RETRY:
+            self._err(f"[dim]↻ {escape(str(event.get('message', '')))}[/dim]")
+        elif kind == ev.TURN_COMPLETED:
+            self.stop_live()
+            self._usage(event.get("turn_usage") or event.get("usage") or {})
+        elif kind == ev.TURN_FAILED:
+            self.stop_live()
+            self._flush_message()
+            message = (event.get("error") or {}).get("message", "turn failed")
+            self._err(f"[bold red]❌ Turn failed: {escape(str(message))}[/bold red]")
+        elif kind == ev.AGENT_OUTPUT:
+            self._err(f"[dim]{escape(str(event.get('text', '')))}[/dim]")
+
+    def _item(self, kind: str, item: dict[str, Any]) -> None:
+        item_type = item.get("type")
+        item_id = str(item.get("id"))
+        if item_type == ev.COMMAND:
+            self._command(kind, item_id, item)
+        elif item_type == ev.FILE_CHANGE and kind == ev.ITEM_COMPLETED:
+            verbs = {"add": "Add", "update": "Update", "delete": "Delete"}
+            for change in item.get("changes") or []:
+                verb = verbs.get(str(change.get("kind")), str(change.get("kind")).title())
+                counts = ""
+                if "added" in change:
+                    counts = f" [green]+{change.get('added', 0)}[/green] [red]-{change.get('removed', 0)}[/red]"
+                self._err(f"📝 {verb} {escape(str(change.get('path')))}{counts}")
+        elif item_type == ev.AGENT_MESSAGE and kind == ev.ITEM_COMPLETED:
+            self._flush_message()
+            self._pending_message = str(item.get("text", ""))
+            self.final_message = self._pending_message
+        elif item_type == ev.REASONING and kind == ev.ITEM_COMPLETED:
+            text = str(item.get("text", "")).strip()
+            if text:
+                self._err(f"[dim italic]💭 {escape(text)}[/dim italic]")
+        elif item_type == ev.TODO_LIST and kind != ev.ITEM_COMPLETED:
+            todos = item.get("items") or []
+            done = sum(1 for t in todos if t.get("completed"))
+            self._err(f"🗒️  To-do list ({done}/{len(todos)}):")
+            for todo in todos:
+                mark = "[green]\\[x][/green]" if todo.get("completed") else "\\[ ]"
+                self._err(f"   {mark} {escape(str(todo.get('text', '')))}")
+        elif item_type == ev.MCP_TOOL_CALL and kind == ev.ITEM_COMPLETED:
+            ok = "✓" if item.get("status") == "completed" else "✗"
+            self._err(f"🔧 {ok} MCP Tool: {escape(str(item.get('server')))}.{escape(str(item.get('tool')))}")
+        elif item_type == ev.WEB_SEARCH and kind == ev.ITEM_COMPLETED:
+            self._err(f"🌐 Web search: {escape(str(item.get('query', '')))}")
+        elif item_type == "error" and kind == ev.ITEM_COMPLETED:
+            self._err(f"[red]❌ Error: {escape(str(item.get('message', '')))}[/red]")
+
+    def _command(self, kind: str, item_id: str, item: dict[str, Any]) -> None:
+        command = str(item.get("command", ""))
+        if kind == ev.ITEM_STARTED:
+            self._running[item_id] = command
+            if not self.live_terminal:
+                self._err(f"🔨 Run: {escape(command)}")
+            return
+        if kind != ev.ITEM_COMPLETED:
+            return
+        self._running.pop(item_id, None)
+        exit_code = item.get("exit_code")
+        ok = item.get("status") == "completed" and exit_code in (0, None)
+        duration = item.get("duration_ms")
+        timing = f", {duration / 1000:.1f} s" if isinstance(duration, int | float) else ""
+        detail = f"[dim](exit {exit_code}{timing})[/dim]" if exit_code is not None else "[dim](stopped)[/dim]"
+        mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
+        if self.live_terminal:
+            self._err(f"🔨 {mark} Run: {escape(command)} {detail}")
+        else:
+            self._err(f"   {mark} {detail}")
+        if not ok:
+            tail = str(item.get("aggregated_output") or "").rstrip().splitlines()[-FAILED_OUTPUT_LINES:]
+            for line in tail:
+                self._err(f"[dim]   │ {escape(line)}[/dim]")
+
+    def _usage(self, usage: dict[str, Any]) -> None:
+        if not usage:
+            return
+        self._err(
+            "[dim]Tokens: {inp:,} in ({cached:,} cached) · {out:,} out ({reasoning:,} reasoning)[/dim]".format(
+                inp=usage.get("input_tokens", 0),
+                cached=usage.get("cached_input_tokens", 0),
+                out=usage.get("output_tokens", 0),
+                reasoning=usage.get("reasoning_output_tokens", 0),
+            )
+        )
+
+    def _preview(self, event: ev.Event) -> None:
+        if self.mode is Mode.QUIET:
+            return
+        url = str(event.get("url"))
+        self._err(f"🔗 Port {event.get('port')}: [bold]{escape(url)}[/bold]")
+        if event.get("token"):
+            self._err(
+                f"[dim]   Private sandbox: send the header {event.get('header')}: {event.get('token')}, "
+                f"or open `codex-daytona preview --signed --port {event.get('port')}` in a browser.[/dim]"
+            )
+
+    # --- results -------------------------------------------------------------------------
+
+    def final_answer(self, text: str | None) -> None:
+        """The agent's last message: the result of `ask`, on stdout."""
+        self.stop_live()
+        self._pending_message = None
+        if text:
+            self._out(text)
+
+    def value(self, human: str, quiet: str, data: dict[str, Any]) -> None:
+        """One result: a sentence for people, the bare value for -q, an object for --json."""
+        if self.mode is Mode.JSON:
+            self.json_line(data)
+        elif self.mode is Mode.QUIET:
+            if quiet:
+                self._out(quiet)
+        else:
+            self._out(human)

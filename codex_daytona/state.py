@@ -1,0 +1,155 @@
+"""The local state file: which sandbox this directory uses, and which Codex thread.
+
+`.codex-daytona/state.toml` in the current directory (CODEX_DAYTONA_STATE_DIR overrides).
+Written atomically (temp file, fsync, rename), mode 0600 in a 0700 directory, under an
+exclusive lock so that two invocations never interleave their writes. It never holds a key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import tomli_w
+from pydantic import BaseModel, Field, ValidationError
+
+from codex_daytona.errors import StateError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+STATE_VERSION = 1
+DEFAULT_NAME = "default"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_output_tokens: int = 0
+
+
+class LastTurn(BaseModel):
+    run_id: str
+    started_at: str
+    ended_at: str | None = None
+    status: str = "running"
+    usage: Usage | None = None
+    error: str | None = None
+
+
+class SandboxRecord(BaseModel):
+    """What we remember of one sandbox."""
+
+    sandbox_id: str
+    home_dir: str
+    scope: str = ""
+    created_at: str = Field(default_factory=now)
+    updated_at: str = Field(default_factory=now)
+    created_by: str = "up"
+    thread_id: str | None = None
+    runtime: str | None = None  # the agent runtime fingerprint installed in the sandbox
+    session_id: str | None = None
+    preview_pattern: str | None = None
+    ports: list[int] = Field(default_factory=list)
+    last_turn: LastTurn | None = None
+
+    def touch(self) -> None:
+        self.updated_at = now()
+
+
+class State(BaseModel):
+    version: int = STATE_VERSION
+    sandboxes: dict[str, SandboxRecord] = Field(default_factory=dict)
+
+
+def _dump(state: State) -> bytes:
+    return tomli_w.dumps(state.model_dump(mode="json", exclude_none=True)).encode()
+
+
+class StateStore:
+    """Reads and writes the state file; every write happens under the lock."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "state.toml"
+        self._lock_path = directory / "state.lock"
+
+    def load(self) -> State:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return State()
+        except OSError as exc:
+            raise StateError(f"Cannot read the state file {self.path}: {exc.strerror}.") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+            state = State.model_validate(data)
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError) as exc:
+            first = str(exc).splitlines()[0]
+            raise StateError(f"The state file {self.path} is corrupt ({first}).") from None
+        if state.version > STATE_VERSION:
+            raise StateError(
+                f"The state file {self.path} was written by a newer codex-daytona (version {state.version}).",
+                "Upgrade codex-daytona.",
+            )
+        return state
+
+    def get(self, name: str = DEFAULT_NAME) -> SandboxRecord | None:
+        return self.load().sandboxes.get(name)
+
+    def _ensure_dir(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(self.directory, 0o700)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self._ensure_dir()
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[State]:
+        """Load, let the caller change, and save atomically, all under the lock."""
+        with self.lock():
+            state = self.load()
+            yield state
+            self.save(state)
+
+    def save(self, state: State) -> None:
+        """Writes atomically. The caller holds the lock."""
+        data = _dump(state)
+        fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.directory)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def state_dir(override: Path | None) -> Path:
+    return (override or Path.cwd() / ".codex-daytona").absolute()
