@@ -22,8 +22,9 @@ Endpoints
 anything else
     404.
 When no step is left: HTTP 500 ``{"error": {"message": "scripted model: script
-exhausted", ...}}`` -- unless a ``default`` step was configured, which then answers
-every further request.
+exhausted", ...}}`` (also printed to stderr, since Codex replaces a 500's message by
+"We're currently experiencing high demand...") -- unless a ``default`` step was
+configured, which then answers every further request.
 
 Every request (any method/path) is recorded in ``ScriptedModel.requests`` as
 ``{"method", "path", "headers" (lower-case names), "body" (parsed JSON or None)}`` and,
@@ -35,10 +36,12 @@ A step is a JSON object.  Keys usable on every step:
 
 ``match`` (str, optional)
     The step is only taken by a request whose raw JSON body text contains this
-    substring.  A request takes the FIRST queued step that has no ``match`` or whose
-    ``match`` occurs in its body, so steps with different matches form independent
-    queues (e.g. one per concurrent thread, matching a word of each thread's prompt;
-    the prompt stays in ``input`` for every later request of that thread).
+    substring (JSON text: avoid quotes, backslashes and newlines in it).  A request
+    takes the FIRST queued step that has no ``match`` or whose ``match`` occurs in its
+    body, so steps with different matches form independent queues (e.g. one per
+    concurrent thread, matching a word of each thread's prompt: the prompt stays in
+    ``input`` for every later request of that thread).  Since a step without ``match``
+    is taken by anyone, give every step a ``match`` when threads run concurrently.
 ``delay_ms`` (int, optional)
     Sleep this long before answering anything.
 
@@ -474,7 +477,12 @@ class ScriptedModel:
         self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-model", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="scripted-model",
+            daemon=True,
+        )
         self._thread.start()
         return self.base_url
 
@@ -542,6 +550,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         step = self.model.take_step(raw)
         if step is None:
+            # Codex shows a 500 as "We're currently experiencing high demand": say it here too.
+            print(f"{EXHAUSTED_MESSAGE} (request #{len(self.model.requests)})", file=sys.stderr, flush=True)
             self._send_json(500, error_body({"message": EXHAUSTED_MESSAGE, "type": "server_error"}))
             return
         self._answer(step, raw)
