@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -475,3 +476,38 @@ def test_codex_exec_polls_a_long_command_with_write_stdin(
     poll_output = input_items(model.model_requests[2], "function_call_output")[-1]["output"]
     assert "Process exited with code 0" in poll_output
     assert "slept" in poll_output
+
+
+@pytest.mark.e2e
+def test_sdk_concurrent_threads_get_their_own_queues(
+    model: ScriptedModel, tmp_path: Path, workdir: Path
+) -> None:
+    oc = sdk()
+    home = write_codex_home(tmp_path / "codex-home", model.base_url)
+    for name in ("ALPHA", "BETA"):
+        model.enqueue(
+            turn(run(f"sleep 0.3; echo {name}-out"), match=f"{name}-TASK"),
+            turn(msg(f"{name} finished"), match=f"{name}-TASK"),
+        )
+    results: dict[str, list[Any]] = {}
+    config = oc.CodexConfig(cwd=str(workdir), env=codex_env(home))
+    with oc.Codex(config) as codex:
+
+        def one(name: str) -> None:
+            thread = codex.thread_start(
+                cwd=str(workdir), sandbox=oc.Sandbox.full_access, approval_mode=oc.ApprovalMode.deny_all
+            )
+            results[name] = list(thread.turn(f"{name}-TASK please").stream())
+
+        workers = [threading.Thread(target=one, args=(name,)) for name in ("ALPHA", "BETA")]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+
+    for name in ("ALPHA", "BETA"):
+        assert completed_turn(results[name])["status"] == "completed"
+        command = items(results[name], "item/completed", "commandExecution")[0]
+        assert command["aggregatedOutput"] == f"{name}-out\n"
+        assert items(results[name], "item/completed", "agentMessage")[0]["text"] == f"{name} finished"
+    assert model.remaining() == []
