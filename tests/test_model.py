@@ -78,9 +78,7 @@ def event_types(text: str) -> list[str]:
 
 def test_sse_frame_format() -> None:
     frame = sse({"type": "response.created", "response": {"id": "r1"}})
-    assert (
-        frame == b'event: response.created\ndata: {"type": "response.created", "response": {"id": "r1"}}\n\n'
-    )
+    assert frame == b'event: response.created\ndata: {"type": "response.created", "response": {"id": "r1"}}\n\n'
     assert parse_sse(frame.decode()) == [{"type": "response.created", "response": {"id": "r1"}}]
 
 
@@ -316,9 +314,7 @@ def completed_turn(notifications: list[Any]) -> dict[str, Any]:
 
 
 def items(notifications: list[Any], method: str, item_type: str) -> list[dict[str, Any]]:
-    return [
-        dump(n)["item"] for n in notifications if n.method == method and dump(n)["item"]["type"] == item_type
-    ]
+    return [dump(n)["item"] for n in notifications if n.method == method and dump(n)["item"]["type"] == item_type]
 
 
 def input_items(request: dict[str, Any], item_type: str) -> list[dict[str, Any]]:
@@ -369,12 +365,8 @@ def test_sdk_turn_with_patch_command_plan_reasoning_and_message(
     command = items(notifications, "item/completed", "commandExecution")[0]
     assert command["exitCode"] == 0
     assert command["aggregatedOutput"] == "hello from the fake\ndone\n"
-    assert items(notifications, "item/completed", "reasoning")[0]["summary"] == [
-        "I will write a file, then read it."
-    ]
-    assert items(notifications, "item/completed", "agentMessage")[0]["text"] == (
-        "Wrote hello.txt and read it back."
-    )
+    assert items(notifications, "item/completed", "reasoning")[0]["summary"] == ["I will write a file, then read it."]
+    assert items(notifications, "item/completed", "agentMessage")[0]["text"] == ("Wrote hello.txt and read it back.")
 
     requests = model.model_requests
     assert len(requests) == 3
@@ -386,9 +378,7 @@ def test_sdk_turn_with_patch_command_plan_reasoning_and_message(
 
 
 @pytest.mark.e2e
-def test_sdk_resume_sends_previous_turn_to_the_model(
-    model: ScriptedModel, tmp_path: Path, workdir: Path
-) -> None:
+def test_sdk_resume_sends_previous_turn_to_the_model(model: ScriptedModel, tmp_path: Path, workdir: Path) -> None:
     home = write_codex_home(tmp_path / "codex-home", model.base_url)
     model.enqueue(turn(msg("FIRST-ANSWER")), turn(msg("SECOND-ANSWER")))
     thread_id, first = run_sdk_turn(home, workdir, "FIRST-PROMPT")
@@ -460,9 +450,7 @@ def test_codex_exec_json(model: ScriptedModel, tmp_path: Path, workdir: Path) ->
 
 
 @pytest.mark.e2e
-def test_codex_exec_polls_a_long_command_with_write_stdin(
-    model: ScriptedModel, tmp_path: Path, workdir: Path
-) -> None:
+def test_codex_exec_polls_a_long_command_with_write_stdin(model: ScriptedModel, tmp_path: Path, workdir: Path) -> None:
     home = write_codex_home(tmp_path / "codex-home", model.base_url)
     model.enqueue(
         turn(run("sleep 1; echo slept", yield_time_ms=250)),
@@ -479,9 +467,7 @@ def test_codex_exec_polls_a_long_command_with_write_stdin(
 
 
 @pytest.mark.e2e
-def test_sdk_concurrent_threads_get_their_own_queues(
-    model: ScriptedModel, tmp_path: Path, workdir: Path
-) -> None:
+def test_sdk_concurrent_threads_get_their_own_queues(model: ScriptedModel, tmp_path: Path, workdir: Path) -> None:
     oc = sdk()
     home = write_codex_home(tmp_path / "codex-home", model.base_url)
     for name in ("ALPHA", "BETA"):

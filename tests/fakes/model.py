@@ -375,9 +375,7 @@ def step_events(step: Step, ids: Ids, request_text: str = "") -> tuple[list[Even
     Handles ``items`` (complete), ``truncate`` (no response.completed) and ``fail``.
     """
     response_id = ids.new("resp")
-    events: list[Event] = [
-        {"type": "response.created", "response": {"id": response_id, "status": "in_progress"}}
-    ]
+    events: list[Event] = [{"type": "response.created", "response": {"id": response_id, "status": "in_progress"}}]
     if "fail" in step:
         error_body = {"code": "server_error", "message": "scripted failure", **step["fail"]}
         events.append(

@@ -1,0 +1,278 @@
+"""The in-sandbox agent: its mapping of Codex notifications to exec-JSON events (against
+captured real streams), and whole turns run by the real agent program and the real Codex
+binary against the scripted model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_bundle import agent
+from codex_daytona import runtime
+from codex_daytona.settings import Settings
+from tests.fakes.model import ScriptedModel, add_file_patch, error, msg, patch, plan, run, think, turn
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # captured from real Codex 0.163.0
+KEY = "sk-test-agent-key-1234567890"
+
+
+def _notifications(name: str) -> list[tuple[str, dict[str, Any]]]:
+    path = FIXTURES / "codex-app-server" / name
+    if not path.exists():
+        pytest.skip(f"fixture {path} not present")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(r["method"], r["params"]) for r in rows]
+
+
+def _map_turns(name: str) -> list[list[dict[str, Any]]]:
+    """Feeds a captured stream through TurnMapper, one mapper per turn."""
+    turns: list[list[dict[str, Any]]] = []
+    mapper = None
+    for method, params in _notifications(name):
+        if method == "turn/started":
+            mapper = agent.TurnMapper()
+            turns.append([])
+        if mapper is None:
+            continue
+        turns[-1].extend(mapper.feed(method, params))
+        if method == "turn/completed":
+            mapper = None
+    return turns
+
+
+def test_mapper_build_turn_matches_exec_vocabulary() -> None:
+    first, second = _map_turns("notifications-build-and-resume.jsonl")
+    kinds = [(e["type"], e.get("item", {}).get("type")) for e in first]
+    assert kinds[0] == ("turn.started", None)
+    assert ("item.completed", "reasoning") in kinds
+    assert ("item.started", "todo_list") in kinds
+    assert kinds.count(("item.started", "command_execution")) == 2
+    assert kinds[-2] == ("item.completed", "todo_list")
+    assert kinds[-1] == ("turn.completed", None)
+    command = next(
+        e["item"] for e in first if e["type"] == "item.completed" and e["item"]["type"] == "command_execution"
+    )
+    assert command["status"] == "completed" and command["exit_code"] == 0
+    assert command["aggregated_output"] == "wrote index.html\n"
+    change = next(e["item"] for e in first if e.get("item", {}).get("type") == "file_change")
+    assert change["changes"][0] == {"path": "/home/daytona/style.css", "kind": "add", "added": 1, "removed": 0}
+    done = first[-1]
+    # exec's usage is cumulative over the thread; ours per turn is in turn_usage.
+    assert done["usage"]["input_tokens"] == 700
+    assert done["turn_usage"]["input_tokens"] == 700
+    assert second[-1]["usage"]["input_tokens"] == 800
+    assert second[-1]["turn_usage"]["input_tokens"] == 100
+    message = [e for e in second if e.get("item", {}).get("type") == "agent_message"]
+    assert message[-1]["item"]["text"].startswith("RESUME_OK")
+
+
+def test_mapper_closes_a_command_killed_by_interrupt() -> None:
+    (events,) = _map_turns("notifications-interrupt.jsonl")
+    closed = [e for e in events if e["type"] == "item.completed"]
+    assert closed and closed[0]["item"]["type"] == "command_execution"
+    assert closed[0]["item"]["status"] == "failed"
+    assert events[-1]["type"] == "turn.failed"
+    assert events[-1]["status"] == "interrupted"
+
+
+def test_mapper_reports_model_failure() -> None:
+    (events,) = _map_turns("notifications-failure-500-noretry.jsonl")
+    assert [e["type"] for e in events] == ["turn.started", "error", "turn.failed"]
+    assert "high demand" in events[-1]["error"]["message"]
+
+
+def test_mapper_retries_are_not_errors() -> None:
+    (events,) = _map_turns("notifications-failure-401-default-retries.jsonl")
+    kinds = [e["type"] for e in events]
+    assert "codex_daytona.retry" in kinds
+    assert kinds[-1] == "turn.failed"
+    assert "401" in events[-1]["error"]["message"]
+
+
+def test_emitter_masks_secrets(tmp_path: Path) -> None:
+    class Sink:
+        text = ""
+
+        def write(self, s: str) -> None:
+            self.text += s
+
+        def flush(self) -> None:
+            pass
+
+    sink = Sink()
+    emitter = agent.Emitter(tmp_path / "e.jsonl", sink, [KEY])  # type: ignore[arg-type]
+    emitter.emit({"type": "x", "text": f"the key is {KEY}"})
+    emitter.close()
+    assert KEY not in sink.text and KEY not in (tmp_path / "e.jsonl").read_text()
+    assert "***" in sink.text
+
+
+# --- the real agent program with the real Codex ---------------------------------------------
+
+
+class AgentRig:
+    """Runs agent_bundle/agent.py as the sandbox would, on this machine."""
+
+    def __init__(self, home: Path, model: ScriptedModel) -> None:
+        self.home = home
+        self.model = model
+        self.layout = runtime.Layout(str(home))
+        settings = Settings(sandbox_openai_base_url=model.base_url, codex_daytona_model="gpt-5.5")
+        codex_home = Path(self.layout.codex_home)
+        codex_home.mkdir(parents=True)
+        Path(self.layout.codex_config).write_bytes(runtime.codex_config(settings, self.layout, None))
+        self.runs = 0
+
+    def run(self, prompt: str, thread_id: str | None = None, **extra: Any) -> tuple[int, list[dict[str, Any]], str]:
+        self.runs += 1
+        request = runtime.agent_request(
+            prompt=prompt,
+            api_key=KEY,
+            thread_id=thread_id,
+            new_thread=False,
+            model=None,
+            base_url=None,
+            layout=self.layout,
+        )
+        env = {k: v for k, v in os.environ.items() if "KEY" not in k}
+        env["HOME"] = str(self.home)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-u",
+                str(Path(agent.__file__)),
+                "--run-id",
+                f"r{self.runs}",
+                "--runs-dir",
+                self.layout.runs,
+                "--home",
+                str(self.home),
+            ],
+            input=request,
+            capture_output=True,
+            text=True,
+            cwd=self.home,
+            env=env,
+            timeout=60,
+            **extra,
+        )
+        events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        return proc.returncode, events, proc.stderr
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Any:
+    model = ScriptedModel()
+    model.start()
+    home = tmp_path / "home"
+    home.mkdir()
+    yield AgentRig(home, model)
+    model.stop()
+
+
+@pytest.mark.e2e
+def test_agent_runs_a_turn_and_resumes_it(rig: AgentRig) -> None:
+    tricky = "Build it: \"quotes\" 'single' $HOME `whoami` \\ back\nnew line ✓ ünïcode"
+    rig.model.enqueue(
+        turn(think("Plan first"), plan(("Write hello", "in_progress"))),
+        turn(patch(add_file_patch("hello.txt", "hi there\n"))),
+        turn(run("cat hello.txt && env && printenv")),
+        turn(msg("Done: wrote hello.txt")),
+    )
+    code, events, stderr = rig.run(tricky)
+    assert code == 0, stderr
+    types = [e["type"] for e in events]
+    assert types[0] == "codex_daytona.run.started"
+    assert types[-1] == "codex_daytona.run.completed"
+    assert "turn.completed" in types and "thread.started" in types
+    assert (rig.home / "hello.txt").read_text() == "hi there\n"
+    # The prompt reached the model intact.
+    first_input = json.dumps(rig.model.model_requests[0]["body"]["input"], ensure_ascii=False)
+    assert json.dumps(tricky, ensure_ascii=False)[1:-1] in first_input
+    # The key authenticated Codex but never reached the agent's commands.
+    assert rig.model.model_requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
+    command = next(
+        e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "command_execution"
+    )
+    assert "hi there" in command["aggregated_output"]
+    assert "HOME=" in command["aggregated_output"]
+    assert KEY not in command["aggregated_output"]
+    assert runtime.KEY_ENV not in command["aggregated_output"]
+    tool_output = json.dumps(rig.model.model_requests[3]["body"]["input"])
+    assert KEY not in tool_output
+    done = events[-1]
+    assert done["status"] == "completed" and done["final_message"] == "Done: wrote hello.txt"
+    thread_id = done["thread_id"]
+    # The event file in the run directory holds the same stream.
+    saved = (Path(rig.layout.runs) / "r1" / "events.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in saved] == events
+
+    rig.model.enqueue(turn(msg("I remember")))
+    code, events, stderr = rig.run("what did you do?", thread_id=thread_id)
+    assert code == 0, stderr
+    assert events[-1]["thread_id"] == thread_id
+    history = json.dumps(rig.model.model_requests[-1]["body"]["input"], ensure_ascii=False)
+    assert "Done: wrote hello.txt" in history and "quotes" in history
+
+
+@pytest.mark.e2e
+def test_agent_failed_turn_exits_3_with_the_model_error(rig: AgentRig) -> None:
+    # Codex retries even a 401 (request_max_retries); every attempt gets the same answer.
+    rig.model.enqueue(*[error(401, "Incorrect API key provided") for _ in range(12)])
+    code, events, _ = rig.run("hello")
+    assert code == agent.EXIT_TURN_FAILED
+    assert events[-2]["type"] == "codex_daytona.ports"
+    failed = next(e for e in events if e["type"] == "turn.failed")
+    assert "401" in failed["error"]["message"]
+    assert events[-1]["status"] == "failed"
+
+
+@pytest.mark.e2e
+def test_agent_warns_and_starts_fresh_when_resume_fails(rig: AgentRig) -> None:
+    rig.model.enqueue(turn(msg("fresh start")))
+    code, events, stderr = rig.run("hello", thread_id="01a00000-0000-7000-8000-000000000000")
+    assert code == 0, stderr
+    warning = next(e for e in events if e["type"] == "codex_daytona.resume_failed")
+    assert "01a00000-0000-7000-8000-000000000000" in warning["message"]
+    assert events[-1]["thread_id"] != "01a00000-0000-7000-8000-000000000000"
+
+
+def test_agent_rejects_a_missing_request(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(Path(agent.__file__)), "--run-id", "x", "--runs-dir", str(tmp_path)],
+        input="not json\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == agent.EXIT_ERROR
+    last = json.loads(proc.stdout.splitlines()[-1])
+    assert last["type"] == "codex_daytona.run.completed" and last["status"] == "error"
+
+
+def test_listening_ports_sees_a_server_and_flags_loopback(tmp_path: Path) -> None:
+    import socket
+
+    wildcard = socket.socket()
+    wildcard.bind(("0.0.0.0", 0))
+    wildcard.listen()
+    loop = socket.socket()
+    loop.bind(("127.0.0.1", 0))
+    loop.listen()
+    try:
+        ports = agent.listening_ports()
+        w, lp = wildcard.getsockname()[1], loop.getsockname()[1]
+        assert w in ports and lp in ports
+        flagged = agent.loopback_only_ports([w, lp])
+        assert flagged == [lp]
+        # Scoped to processes carrying a marker that nobody has: nothing.
+        assert w not in agent.listening_ports("no-such-scope")
+    finally:
+        wildcard.close()
+        loop.close()
