@@ -185,6 +185,7 @@ class App:
             env={"CODEX_DAYTONA_SCOPE": scope},
             auto_stop_minutes=self.settings.codex_daytona_auto_stop_minutes,
             auto_delete_minutes=self.settings.codex_daytona_auto_delete_minutes,
+            snapshot=self.settings.codex_daytona_snapshot,
         )
         # Saved before anything else can fail, so the sandbox is never orphaned.
         record = SandboxRecord(sandbox_id=sandbox.id, home_dir="", scope=scope)

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     sandbox_openai_base_url: AnyHttpUrl | None = None
     codex_daytona_model: str | None = None
     codex_daytona_state_dir: Path | None = None
+    # Create sandboxes from this Daytona snapshot (one with the agent runtime baked in starts fastest).
+    codex_daytona_snapshot: str | None = None
     # Minutes of inactivity before Daytona stops the sandbox (0 = never). A running turn keeps
     # it active regardless.
     codex_daytona_auto_stop_minutes: PositiveMinutes = 30

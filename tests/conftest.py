@@ -1,0 +1,78 @@
+"""Shared fixtures. Every test runs with a clean environment: no real keys, no colour, a
+fixed width, state under tmp_path, and the current directory in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+OUR_VARS = ("DAYTONA_", "SANDBOX_OPENAI_", "CODEX_DAYTONA_", "OPENAI_", "CODEX_")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    for name in list(os.environ):
+        if name.startswith(OUR_VARS):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("TERM", "dumb")
+    work = tmp_path / "project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    yield work
+
+
+# --- the end-to-end rig ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from tests.e2e import DAYTONA_KEY
+    from tests.fakes.daytona import DaytonaEmulator
+
+    root = tmp_path_factory.mktemp("daytona")
+    emu = DaytonaEmulator(root, DAYTONA_KEY, log_path=root / "requests.jsonl")
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def runtime_snapshot(emulator: object, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The agent runtime, installed once per test run and offered as an emulator snapshot."""
+    from tests.e2e import SNAPSHOT, build_runtime_snapshot
+
+    home = build_runtime_snapshot(tmp_path_factory.mktemp("runtime-snapshot"))
+    emulator.add_snapshot(SNAPSHOT, home)  # type: ignore[attr-defined]
+    return SNAPSHOT
+
+
+@pytest.fixture
+def rig(emulator: object, runtime_snapshot: str, _isolated: Path, tmp_path: Path) -> Iterator[object]:
+    from tests.e2e import DAYTONA_KEY, OPENAI_KEY, Rig
+    from tests.fakes.model import ScriptedModel
+
+    model = ScriptedModel(log_dir=tmp_path / "model-requests")
+    model.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OUR_VARS)}
+    env.update(
+        DAYTONA_API_KEY=DAYTONA_KEY,
+        DAYTONA_API_URL=emulator.api_url,  # type: ignore[attr-defined]
+        SANDBOX_OPENAI_API_KEY=OPENAI_KEY,
+        SANDBOX_OPENAI_BASE_URL=model.base_url,
+        CODEX_DAYTONA_MODEL="gpt-5.5",
+        CODEX_DAYTONA_SNAPSHOT=runtime_snapshot,
+        CODEX_DAYTONA_STATE_DIR=str(tmp_path / "state"),
+        NO_COLOR="1",
+        COLUMNS="100",
+    )
+    rig = Rig(emulator, model, _isolated, env)  # type: ignore[arg-type]
+    yield rig
+    model.stop()
+    # Leave no sandbox (and none of its processes) behind a test.
+    if rig.record():
+        rig.cli("down", "--yes")

@@ -1,0 +1,109 @@
+"""The end-to-end rig: the Daytona emulator, the scripted model and the real CLI as a
+subprocess, wired together. Fixtures that use it live in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codex_daytona import runtime
+from tests.fakes.daytona import DaytonaEmulator
+from tests.fakes.model import ScriptedModel
+
+DAYTONA_KEY = "dtn-test-key-0123456789abcdef"
+OPENAI_KEY = "sk-test-openai-key-0123456789"
+SNAPSHOT = "codex-daytona-test-runtime"
+
+
+def free_port(preferred: int | None = None) -> int:
+    if preferred is not None:
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def build_runtime_snapshot(directory: Path) -> Path:
+    """Installs the agent runtime exactly as `up` does, into a home directory for a snapshot."""
+    directory.mkdir(parents=True, exist_ok=True)
+    layout = runtime.Layout(str(directory))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "DAYTONA_"))}
+    env["HOME"] = str(directory)
+    subprocess.run(["bash", "-c", runtime.install_command(layout)], check=True, env=env, cwd=directory, timeout=900)
+    return directory
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+@dataclass
+class Rig:
+    emulator: DaytonaEmulator
+    model: ScriptedModel
+    project: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 120, env: dict[str, str] | None = None) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "codex_daytona", *args],
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            cwd=self.project,
+            env={**self.env, **(env or {})},
+            timeout=timeout,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "codex_daytona", *args],
+            cwd=self.project,
+            env=self.env,
+            text=True,
+            **kwargs,
+        )
+
+    def state(self) -> dict[str, Any]:
+        import tomllib
+
+        path = Path(self.env["CODEX_DAYTONA_STATE_DIR"]) / "state.toml"
+        return tomllib.loads(path.read_text()) if path.exists() else {}
+
+    def record(self) -> dict[str, Any]:
+        return dict(self.state().get("sandboxes", {}).get("default", {}))
+
+    def sandbox(self, sandbox_id: str) -> dict[str, Any] | None:
+        return next((s for s in self.emulator.sandboxes() if s["id"] == sandbox_id), None)
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
