@@ -464,7 +464,7 @@ class EmulatorServer:
         self._client = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
         app = web.Application(middlewares=[self._middleware], client_max_size=1024**3)
         self._add_routes(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -520,11 +520,12 @@ class EmulatorServer:
         try:
             response = await self._guarded(request, handler, kind)
             status = response.status
+            if isinstance(response, web.WebSocketResponse) and kind == "toolbox":
+                kind = "ws"
             return response
         finally:
-            if kind in ("api", "toolbox", "socketio", "other"):
-                ws = request.get("ws_stream")
-                self._log(request, status, started, "ws" if ws else kind)
+            if kind in ("api", "toolbox", "ws", "socketio", "other"):
+                self._log(request, status, started, kind)
 
     async def _guarded(self, request: web.Request, handler: Handler, kind: str) -> web.StreamResponse:
         try:
@@ -1259,7 +1260,6 @@ class EmulatorServer:
 
     async def _follow_logs(self, request: web.Request, cmd: Command) -> web.WebSocketResponse:
         """Stream the log as a WebSocket: markers before each chunk, close 1000 at the end."""
-        request["ws_stream"] = True
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         drop = self.faults.drop_log_streams > 0
