@@ -405,6 +405,14 @@ def test_snapshot_from_sandbox_and_from_local_dir(
     finally:
         daytona.delete(from_local)
 
+    body = json.dumps({"name": "copied-runtime", "dir": str(local), "link": False}).encode()
+    status, answer = http(
+        f"{emulator.base_url}/_emulator/snapshots", {"Content-Type": "application/json"}, body
+    )
+    assert status == 200
+    copy = Path(json.loads(answer)["dir"]) / "lib/mod.py"
+    assert copy.read_text() == "X = 1\n" and copy.stat().st_ino != (local / "lib/mod.py").stat().st_ino
+
     image_snapshot = daytona.snapshot.create(
         CreateSnapshotParams(name="from-image", image="python:3.12-slim")
     )

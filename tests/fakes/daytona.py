@@ -114,9 +114,9 @@ def json_error(status: int, message: str, code: str | None = None, source: str |
 # Files and processes
 
 
-def link_copy_tree(src: Path, dst: Path) -> None:
-    """Copy a tree cheaply: hard links for files (copy2 across filesystems), symlinks kept."""
-    can_link = True
+def link_copy_tree(src: Path, dst: Path, link: bool = True) -> None:
+    """Copy a tree cheaply: hard links for files (copy2 across filesystems or if not ``link``)."""
+    can_link = link
     dst.mkdir(parents=True, exist_ok=True)
     for dirpath, dirnames, filenames in os.walk(src):
         rel = Path(dirpath).relative_to(src)
@@ -157,6 +157,7 @@ def find_sandbox_pids(sandbox_id: str, pgids: set[int]) -> set[int]:
     """Live processes of a sandbox: members of its process groups or carrying its id in environ."""
     marker = f"DAYTONA_SANDBOX_ID={sandbox_id}".encode()
     me = os.getpid()
+    pgids = pgids - {os.getpgid(0)}  # never our own group, whatever happens to pid reuse
     found: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
@@ -915,13 +916,17 @@ class EmulatorServer:
         snap = Snapshot(id=sid, name=name, dir=self.root / "snapshots" / sid, **kwargs)
         return snap
 
-    async def add_snapshot(self, name: str, directory: str | Path) -> Snapshot:
-        """Register a snapshot whose files are a (hard-linked) copy of a local directory."""
+    async def add_snapshot(self, name: str, directory: str | Path, link: bool = True) -> Snapshot:
+        """Register a snapshot whose files are a copy of a local directory.
+
+        With ``link`` (the default) files are hard links to the originals: cheap, but a sandbox
+        editing a file in place would change ``directory`` too. ``link=False`` copies.
+        """
         src = Path(directory)
         if not src.is_dir():
             raise ApiError(400, f"{src} is not a directory")
         snap = self._new_snapshot(name, source_dir=str(src))
-        await asyncio.to_thread(link_copy_tree, src, snap.dir)
+        await asyncio.to_thread(link_copy_tree, src, snap.dir, link)
         self.snapshots[snap.id] = snap
         return snap
 
@@ -1482,7 +1487,7 @@ class EmulatorServer:
         body = await self._json_body(request)
         if not body.get("name") or not body.get("dir"):
             raise ApiError(400, "name and dir are required")
-        snap = await self.add_snapshot(body["name"], body["dir"])
+        snap = await self.add_snapshot(body["name"], body["dir"], bool(body.get("link", True)))
         return web.json_response(snap.to_emulator_json())
 
 
@@ -1570,9 +1575,9 @@ class DaytonaEmulator:
         """E.g. ``set_config(autostop_seconds_per_minute=1)``."""
         return self._sync(lambda: self.server.set_config(**config))
 
-    def add_snapshot(self, name: str, directory: str | Path) -> dict[str, Any]:
-        """Register snapshot ``name`` holding a hard-linked copy of a local directory."""
-        return self._call(self.server.add_snapshot(name, directory)).to_emulator_json()
+    def add_snapshot(self, name: str, directory: str | Path, link: bool = True) -> dict[str, Any]:
+        """Register snapshot ``name`` holding a copy (hard links unless ``link=False``) of a local dir."""
+        return self._call(self.server.add_snapshot(name, directory, link)).to_emulator_json()
 
     def snapshots(self) -> list[dict[str, Any]]:
         return self._sync(lambda: [s.to_emulator_json() for s in self.server.snapshots.values()])
