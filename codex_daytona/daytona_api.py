@@ -117,6 +117,11 @@ class DaytonaApi:
         except DaytonaTimeoutError as exc:
             raise DaytonaError(f"Daytona timed out while trying to {action}.") from exc
         except SdkError as exc:
+            if _unreachable(exc):
+                raise DaytonaError(
+                    f"Could not reach Daytona at {self._settings.api_url} to {action}.",
+                    "Check your network and DAYTONA_API_URL, then try again.",
+                ) from exc
             raise DaytonaError(f"Could not {action}: {_first_line(exc)}") from exc
         except OSError as exc:
             raise DaytonaError(
@@ -287,6 +292,26 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+UNREACHABLE_MARKERS = (
+    "Connection refused",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "NewConnectionError",
+    "Cannot connect to host",
+    "Network is unreachable",
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True when the SDK wrapped a connection failure in a generic error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError) or any(m in str(seen) for m in UNREACHABLE_MARKERS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _transient(exc: BaseException | None) -> bool:
     if exc is None:
         return False
@@ -299,7 +324,7 @@ def _transient(exc: BaseException | None) -> bool:
 
     if isinstance(exc, DaytonaServiceUnavailableError | DaytonaBadGatewayError | DaytonaInternalServerError):
         return True
-    if isinstance(exc, DaytonaConnectionError | ConnectionError):
+    if isinstance(exc, DaytonaConnectionError | ConnectionError) or _unreachable(exc):
         return True
     status = getattr(exc, "status_code", None)
     return isinstance(status, int) and status >= 500

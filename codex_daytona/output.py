@@ -164,7 +164,8 @@ class Output:
             self._refresh_live()
         elif kind in (ev.ITEM_STARTED, ev.ITEM_UPDATED, ev.ITEM_COMPLETED):
             item = event.get("item") or {}
-            if item.get("type") != ev.AGENT_MESSAGE:
+            # A message followed by more work was not the last one: it goes to stderr.
+            if kind == ev.ITEM_STARTED and item.get("type") != ev.AGENT_MESSAGE:
                 self._flush_message()
             self._item(kind, item)
             self._refresh_live()

@@ -49,11 +49,13 @@ def test_seed_workflow_build_serve_preview_resume_down(rig: Rig) -> None:
     # 2. Serve: the agent starts a server in the background; the CLI prints its preview link.
     port = free_port(8080)
     rig.model.enqueue(
-        turn(run(f"cd {home} && nohup python3 -m http.server {port} --bind 0.0.0.0 > server.log 2>&1 & sleep 1; echo started")),
+        turn(run(f"nohup python3 -m http.server {port} --bind 0.0.0.0 > server.log 2>&1 & sleep 1; echo started")),
         turn(msg(f"Server started on port {port}.")),
     )
     second = rig.cli("ask", "start the server")
     assert second.code == 0, second
+    runs = sorted((home / ".codex-daytona" / "runs").glob("*/events.jsonl"))
+    Path("/tmp/dbg_events.jsonl").write_text(runs[-1].read_text())
     assert f"Port {port}:" in second.stderr, second
     url = next(line.split(": ", 1)[1].strip() for line in second.stderr.splitlines() if f"Port {port}:" in line)
     token_line = next(line for line in second.stderr.splitlines() if "X-Daytona-Preview-Token" in line)
