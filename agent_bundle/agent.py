@@ -17,10 +17,15 @@ Python (>= 3.10), never on the user's machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,13 +41,14 @@ DAYTONA_PORTS = frozenset({2280, 22220, 22222, 33333})
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_TURN_FAILED = 3
+EXIT_BUSY = 6
 EXIT_INTERRUPTED = 130
 
 
 class Emitter:
-    """Writes events to stdout and to the run's event file, one JSON line each."""
+    """Writes a run's events to its event file and, while someone listens, to a stream."""
 
-    def __init__(self, events_path: Path | None, stream: TextIO, secrets: list[str]) -> None:
+    def __init__(self, events_path: Path | None, stream: Any, secrets: list[str]) -> None:
         self._stream = stream
         self._file = events_path.open("a", encoding="utf-8") if events_path else None
         self._secrets = [s for s in secrets if s]
@@ -60,8 +66,13 @@ class Emitter:
             if self._file is not None:
                 self._file.write(line + "\n")
                 self._file.flush()
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            if self._stream is not None:
+                try:
+                    self._stream.write(line + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    # The client went away: the run goes on, its events stay in the file.
+                    self._stream = None
 
     def close(self) -> None:
         if self._file is not None:
@@ -361,8 +372,27 @@ def watch_controls(stream: TextIO, on_interrupt: Callable[[], None]) -> None:
     threading.Thread(target=loop, daemon=True).start()
 
 
-def codex_environment(request: dict[str, Any], codex_home: str) -> dict[str, str]:
+# Codex ends every command by killing its process group, which takes a server started with
+# `nohup CMD &` down with it the moment the command returns. Every bash Codex starts reads
+# BASH_ENV, so `nohup` there gives the server a session of its own, as nohup intends.
+SHELL_ENV = """# Written by codex-daytona's agent (see BASH_ENV).
+nohup() {
+  if command -v setsid >/dev/null 2>&1; then setsid nohup "$@"; else command nohup "$@"; fi
+}
+"""
+
+
+def write_shell_env(home: str) -> str:
+    path = os.path.join(home, ".codex-daytona", "shell-env.sh")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(SHELL_ENV)
+    return path
+
+
+def codex_environment(request: dict[str, Any], codex_home: str, home: str) -> dict[str, str]:
     env = {"CODEX_HOME": codex_home, "CODEX_APP_SERVER_DISABLE_MANAGED_CONFIG": "1"}
+    env["BASH_ENV"] = write_shell_env(home)
     if request.get("api_key"):
         env[KEY_ENV] = request["api_key"]
     return env
@@ -399,43 +429,86 @@ class Interrupter:
             handle.interrupt()
 
 
-def run_turn(
-    request: dict[str, Any], emit: Callable[[dict[str, Any]], None], home: str, interrupter: Interrupter
-) -> dict[str, Any]:
-    """Start or resume the thread, run one turn, emit its events; returns the outcome."""
-    from openai_codex import ApprovalMode, Codex, CodexConfig, InvalidRequestError, Sandbox, TextInput
+# --- The engine: one warm Codex app-server for the sandbox ------------------------------
 
-    codex_home = request.get("codex_home") or os.path.join(home, ".codex")
-    config = CodexConfig(
-        cwd=home,
-        env=codex_environment(request, codex_home),
-        config_overrides=tuple(config_overrides(request)),
-    )
-    model = request.get("model") or None
-    outcome: dict[str, Any] = {"status": "failed", "thread_id": None, "error": None}
-    with Codex(config) as codex:
+
+class Engine:
+    """Owns the Codex app-server. It outlives turns, so the processes a turn starts in the
+    background (dev servers) keep running, and a turn starts without paying for Codex's
+    import and start-up. A new key or endpoint restarts it."""
+
+    def __init__(self, home: str) -> None:
+        self.home = home
+        self._codex: Any = None
+        self._signature: tuple[Any, ...] | None = None
+        self._thread: Any = None
+
+    def _ensure(self, request: dict[str, Any]) -> Any:
+        from openai_codex import Codex, CodexConfig
+
+        codex_home = request.get("codex_home") or os.path.join(self.home, ".codex")
+        signature = (request.get("api_key"), request.get("base_url"), codex_home)
+        if self._codex is not None and signature == self._signature:
+            return self._codex
+        self.close()
+        config = CodexConfig(
+            cwd=self.home,
+            env=codex_environment(request, codex_home, self.home),
+            config_overrides=tuple(config_overrides(request)),
+        )
+        self._codex = Codex(config)
+        self._signature = signature
+        return self._codex
+
+    def close(self) -> None:
+        if self._codex is not None:
+            with contextlib.suppress(Exception):
+                self._codex.close()
+        self._codex = None
+        self._thread = None
+
+    def _thread_for(self, codex: Any, request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
+        from openai_codex import ApprovalMode, InvalidRequestError, Sandbox
+
         options = {
-            "cwd": home,
+            "cwd": self.home,
             "approval_mode": ApprovalMode.deny_all,
             "sandbox": Sandbox.full_access,
-            "model": model,
+            "model": request.get("model") or None,
         }
-        thread = None
         thread_id = request.get("thread_id")
-        if thread_id and not request.get("new_thread"):
-            try:
-                thread = codex.thread_resume(thread_id, **options)
-            except InvalidRequestError as exc:
-                emit(
-                    {
-                        "type": "codex_daytona.resume_failed",
-                        "thread_id": thread_id,
-                        "message": f"could not resume thread {thread_id} ({exc}); starting a new thread",
-                    }
-                )
-        if thread is None:
-            thread = codex.thread_start(**options)
-        outcome["thread_id"] = thread.id
+        if request.get("new_thread") or not thread_id:
+            self._thread = codex.thread_start(**options)
+            return self._thread
+        if self._thread is not None and self._thread.id == thread_id and not request.get("model"):
+            return self._thread
+        try:
+            self._thread = codex.thread_resume(thread_id, **options)
+        except InvalidRequestError as exc:
+            emit(
+                {
+                    "type": "codex_daytona.resume_failed",
+                    "thread_id": thread_id,
+                    "message": f"could not resume thread {thread_id} ({exc}); started a new thread",
+                }
+            )
+            self._thread = codex.thread_start(**options)
+        return self._thread
+
+    def run_turn(
+        self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], interrupter: Interrupter
+    ) -> dict[str, Any]:
+        """Starts or resumes the thread, runs one turn, emits its events; returns the outcome."""
+        from openai_codex import TextInput, TransportClosedError
+
+        try:
+            codex = self._ensure(request)
+            thread = self._thread_for(codex, request, emit)
+        except TransportClosedError:
+            # The app-server died between turns: start a fresh one once.
+            self.close()
+            codex = self._ensure(request)
+            thread = self._thread_for(codex, request, emit)
         emit({"type": "thread.started", "thread_id": thread.id})
         mapper = TurnMapper()
         handle = thread.turn(TextInput(request["prompt"]))
@@ -444,61 +517,34 @@ def run_turn(
             params = notification.payload.model_dump(mode="json", by_alias=True)
             for event in mapper.feed(notification.method, params):
                 emit(event)
-        outcome.update(
-            status=mapper.status,
-            error=mapper.error,
-            final_message=mapper.final_message,
-            usage=mapper.turn_usage(),
-        )
-    return outcome
+        return {
+            "status": mapper.status,
+            "thread_id": thread.id,
+            "error": mapper.error,
+            "final_message": mapper.final_message,
+            "usage": mapper.turn_usage(),
+        }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-id")
-    parser.add_argument("--runs-dir")
-    parser.add_argument("--home", default=os.path.expanduser("~"))
-    parser.add_argument("--list-ports", action="store_true", help="print the listening ports as JSON and exit")
-    args = parser.parse_args(argv)
-    if args.list_ports:
-        print(json.dumps(listening_ports(os.environ.get("CODEX_DAYTONA_SCOPE"))))
-        return EXIT_OK
-    if not args.run_id or not args.runs_dir:
-        parser.error("--run-id and --runs-dir are required")
-
-    run_dir = Path(args.runs_dir) / args.run_id
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    emitter = Emitter(run_dir / "events.jsonl", sys.stdout, [])
+def execute_run(
+    engine: Engine,
+    request: dict[str, Any],
+    emitter: Emitter,
+    interrupter: Interrupter,
+    runs_dir: str,
+) -> int:
+    """One whole run: ports before, the turn, ports after, and the closing event."""
     emit = emitter.emit
+    run_id = str(request.get("run_id"))
     started = time.time()
-    emit({"type": "codex_daytona.run.started", "run_id": args.run_id, "pid": os.getpid(), "ts": started})
-    try:
-        request = read_request(sys.stdin, REQUEST_TIMEOUT_S)
-    except Exception as exc:
-        emit({"type": "codex_daytona.run.completed", "status": "error", "exit_code": EXIT_ERROR, "error": str(exc)})
-        emitter.close()
-        return EXIT_ERROR
-    emitter.add_secret(request.get("api_key") or "")
-    interrupter = Interrupter()
-
-    def on_interrupt() -> None:
-        try:
-            interrupter.interrupt()
-        except Exception as exc:  # the turn may have ended a moment ago
-            emit({"type": "codex_daytona.warning", "message": f"interrupt failed: {exc}"})
-
-    watch_controls(sys.stdin, on_interrupt)
-    # SIGINT/SIGTERM from inside the sandbox (e.g. `kill`) interrupt the turn cleanly too.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: threading.Thread(target=on_interrupt, daemon=True).start())
-
     scope = os.environ.get("CODEX_DAYTONA_SCOPE")
     before = set(listening_ports(scope))
     try:
-        outcome = run_turn(request, emit, args.home, interrupter)
+        outcome = engine.run_turn(request, emit, interrupter)
     except Exception as exc:
         emit({"type": "error", "message": f"agent error: {type(exc).__name__}: {exc}"})
         outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+        engine.close()
     ports = listening_ports(scope)
     emit(
         {
@@ -514,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     emit(
         {
             "type": "codex_daytona.run.completed",
-            "run_id": args.run_id,
+            "run_id": run_id,
             "status": outcome.get("status"),
             "exit_code": exit_code,
             "thread_id": outcome.get("thread_id"),
@@ -524,8 +570,243 @@ def main(argv: list[str] | None = None) -> int:
             "duration_ms": int((time.time() - started) * 1000),
         }
     )
-    emitter.close()
     return exit_code
+
+
+# --- The daemon: serves turns over a unix socket ---------------------------------------------
+
+
+def agent_digest() -> str:
+    with open(os.path.abspath(__file__), "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()[:12]
+
+
+def socket_path(home: str) -> str:
+    """Short (unix socket paths are limited to 108 bytes), private to this home and agent version."""
+    digest = hashlib.sha256(f"{home}\0{agent_digest()}".encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"codex-daytona-{digest}.sock")
+
+
+class Daemon:
+    """Runs turns one at a time for every client that connects."""
+
+    def __init__(self, home: str, runs_dir: str) -> None:
+        self.home = home
+        self.runs_dir = runs_dir
+        self.engine = Engine(home)
+        self._busy = threading.Lock()
+        self.current_run: str | None = None
+
+    def serve(self, path: str) -> None:
+        import socket
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            server.bind(path)
+        finally:
+            os.umask(old_umask)
+        server.listen(8)
+        self._replace_previous_daemon()
+        signal.signal(signal.SIGTERM, lambda *_: self._shutdown(server, path))
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _replace_previous_daemon(self) -> None:
+        """A daemon of an older agent version (another socket) is stopped: one per sandbox."""
+        pid_file = Path(self.home) / ".codex-daytona" / "agent.pid"
+        with contextlib.suppress(OSError, ValueError):
+            old = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{old}/cmdline").read_bytes()
+            if old != os.getpid() and b"--serve" in cmdline:
+                os.kill(old, signal.SIGTERM)
+        with contextlib.suppress(OSError):
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(str(os.getpid()))
+
+    def _shutdown(self, server: Any, path: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        self.engine.close()
+        os._exit(0)
+
+    def _handle(self, conn: Any) -> None:
+        import socket
+
+        reader = conn.makefile("r", encoding="utf-8")
+        writer = conn.makefile("w", encoding="utf-8")
+        try:
+            line = reader.readline()
+            if not line:
+                return
+            request = json.loads(line)
+            if request.get("op") == "ping":
+                writer.write(json.dumps({"type": "pong", "pid": os.getpid(), "run_id": self.current_run}) + "\n")
+                writer.flush()
+                return
+            self._run(request, reader, writer)
+        except (OSError, ValueError):
+            pass
+        finally:
+            # shutdown, not just close: the reader thread's file object would keep it open.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _run(self, request: dict[str, Any], reader: Any, writer: Any) -> None:
+        run_id = str(request.get("run_id"))
+        run_dir = Path(self.runs_dir) / run_id
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        emitter = Emitter(run_dir / "events.jsonl", writer, [request.get("api_key") or ""])
+        emit = emitter.emit
+        emit({"type": "codex_daytona.run.started", "run_id": run_id, "pid": os.getpid(), "ts": time.time()})
+        if not self._busy.acquire(blocking=bool(request.get("wait"))):
+            emit({"type": "codex_daytona.busy", "run_id": self.current_run, "message": "another turn is running"})
+            emit(
+                {
+                    "type": "codex_daytona.run.completed",
+                    "run_id": run_id,
+                    "status": "busy",
+                    "exit_code": EXIT_BUSY,
+                    "error": f"another turn is running (run {self.current_run})",
+                    "running_run_id": self.current_run,
+                }
+            )
+            emitter.close()
+            return
+        try:
+            self.current_run = run_id
+            interrupter = Interrupter()
+            watch_controls(reader, interrupter.interrupt)
+            execute_run(self.engine, request, emitter, interrupter, self.runs_dir)
+        finally:
+            self.current_run = None
+            self._busy.release()
+            emitter.close()
+
+
+# --- The client: what each `ask` runs in the sandbox ------------------------------------------
+
+
+def connect(path: str, timeout: float = 2.0) -> Any:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return sock
+
+
+def ensure_daemon(home: str, runs_dir: str, start_timeout: float = 60.0) -> str:
+    """The daemon's socket path, starting the daemon first if none answers."""
+    path = socket_path(home)
+    with contextlib.suppress(OSError):
+        connect(path).close()
+        return path
+    state_dir = os.path.join(home, ".codex-daytona")
+    os.makedirs(state_dir, exist_ok=True)
+    with open(os.path.join(state_dir, "agent.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            connect(path).close()
+            return path
+        with open(os.path.join(state_dir, "agent.log"), "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-u", os.path.abspath(__file__), "--serve", "--home", home, "--runs-dir", runs_dir],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=home,
+                start_new_session=True,  # not in the session command's process group: it outlives the ask
+            )
+        deadline = time.monotonic() + start_timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                tail = Path(os.path.join(state_dir, "agent.log")).read_text(errors="replace")[-500:]
+                raise RuntimeError(f"the agent daemon exited with code {process.returncode}: {tail}")
+            try:
+                connect(path).close()
+                return path
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the agent daemon did not start in time")
+
+
+def run_client(args: argparse.Namespace) -> int:
+    """Relays one run between the session command's stdin/stdout and the daemon."""
+    out = Emitter(None, sys.stdout, [])
+    try:
+        request = read_request(sys.stdin, REQUEST_TIMEOUT_S)
+        out.add_secret(request.get("api_key") or "")
+        request["run_id"] = args.run_id
+        path = ensure_daemon(args.home, args.runs_dir)
+        sock = connect(path, timeout=10)
+    except Exception as exc:
+        out.emit({"type": "codex_daytona.run.started", "run_id": args.run_id, "pid": os.getpid(), "ts": time.time()})
+        out.emit(
+            {
+                "type": "codex_daytona.run.completed",
+                "run_id": args.run_id,
+                "status": "error",
+                "exit_code": EXIT_ERROR,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+        )
+        return EXIT_ERROR
+    sock.sendall((json.dumps(request) + "\n").encode())
+
+    def forward_controls() -> None:
+        for line in sys.stdin:
+            with contextlib.suppress(OSError):
+                sock.sendall(line.encode())
+
+    threading.Thread(target=forward_controls, daemon=True).start()
+    exit_code = EXIT_ERROR
+    for raw in sock.makefile("r", encoding="utf-8"):
+        sys.stdout.write(raw)
+        sys.stdout.flush()
+        with contextlib.suppress(ValueError):
+            event = json.loads(raw)
+            if event.get("type") == "codex_daytona.run.completed":
+                exit_code = int(event.get("exit_code", EXIT_ERROR))
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-id")
+    parser.add_argument("--runs-dir")
+    parser.add_argument("--home", default=os.path.expanduser("~"))
+    parser.add_argument("--list-ports", action="store_true", help="print the listening ports as JSON and exit")
+    parser.add_argument("--serve", action="store_true", help="run the agent daemon (started on demand)")
+    parser.add_argument("--start-daemon", action="store_true", help="start the daemon if needed, then exit")
+    args = parser.parse_args(argv)
+    runs_dir = args.runs_dir or os.path.join(args.home, ".codex-daytona", "runs")
+    if args.list_ports:
+        print(json.dumps(listening_ports(os.environ.get("CODEX_DAYTONA_SCOPE"))))
+        return EXIT_OK
+    if args.serve:
+        Daemon(args.home, runs_dir).serve(socket_path(args.home))
+        return EXIT_OK
+    if args.start_daemon:
+        ensure_daemon(args.home, runs_dir)
+        return EXIT_OK
+    if not args.run_id:
+        parser.error("--run-id is required")
+    args.runs_dir = runs_dir
+    return run_client(args)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,7 @@ def ask(
     from codex_daytona import events as ev
 
     with _session(json_mode, quiet, debug) as (core, out):
+        out.stream_events = json_mode
         text = _read_prompt(prompt)
         try:
             outcome = core.ask(text, new_thread=new_thread, model=model, timeout=timeout)

@@ -220,6 +220,10 @@ class App:
                 layout.codex_config: runtime.codex_config(self.settings, layout, record.preview_pattern),
             },
         )
+        self.emit(ev.progress("Starting the agent..."))
+        started = self.api.exec(sandbox, runtime.start_daemon_command(layout), timeout=120)
+        if started.exit_code != 0:
+            raise AgentSetupError(f"The agent could not start in the sandbox: {started.output.strip()[-300:]}")
         record.runtime = runtime.runtime_fingerprint()
         record.touch()
         state.sandboxes[self.name] = record

@@ -69,6 +69,8 @@ class Output:
         self._pending_message: str | None = None
         self._running: dict[str, str] = {}
         self.final_message: str | None = None
+        # `ask --json` streams every event as a JSON line; other commands print one object.
+        self.stream_events = False
 
     # --- primitives -------------------------------------------------------------------
 
@@ -130,10 +132,13 @@ class Output:
     # --- events ------------------------------------------------------------------------
 
     def event(self, event: ev.Event) -> None:
-        if self.mode is Mode.JSON:
-            self.json_line(event)
-            return
         kind = event.get("type")
+        if self.mode is Mode.JSON:
+            if self.stream_events:
+                self.json_line(event)
+            elif kind in (ev.WARNING, ev.RESUME_FAILED):
+                self.warning(str(event.get("message", "")))
+            return
         if kind == ev.WARNING or kind == ev.RESUME_FAILED:
             self.warning(str(event.get("message", "")))
             return

@@ -112,6 +112,13 @@ def agent_command(layout: Layout, run_id: str) -> str:
     return f"cd {q(layout.home)} && exec " + " ".join(q(a) for a in argv)
 
 
+def start_daemon_command(layout: Layout) -> str:
+    """Starts the agent daemon (a warm Codex) if it is not running, so the first turn starts fast."""
+    q = shlex.quote
+    argv = [layout.python, layout.agent, "--start-daemon", "--home", layout.home, "--runs-dir", layout.runs]
+    return f"cd {q(layout.home)} && " + " ".join(q(a) for a in argv)
+
+
 def ports_command(layout: Layout) -> str:
     """Prints the sandbox's listening ports (less Daytona's own) as a JSON list."""
     q = shlex.quote

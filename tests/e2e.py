@@ -66,7 +66,9 @@ class Rig:
     project: Path
     env: dict[str, str] = field(default_factory=dict)
 
-    def cli(self, *args: str, input: str | None = None, timeout: float = 120, env: dict[str, str] | None = None) -> Result:
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> Result:
         proc = subprocess.run(
             [sys.executable, "-m", "codex_daytona", *args],
             input=input if input is not None else "",

@@ -4,6 +4,7 @@ binary against the scripted model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -173,7 +174,18 @@ def rig(tmp_path: Path) -> Any:
     home = tmp_path / "home"
     home.mkdir()
     yield AgentRig(home, model)
+    stop_daemon(home)
     model.stop()
+
+
+def stop_daemon(home: Path) -> None:
+    """The agent leaves its daemon running between turns, as it would in a sandbox: stop it."""
+    import signal
+
+    pid_file = home / ".codex-daytona" / "agent.pid"
+    if pid_file.exists():
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
 
 
 @pytest.mark.e2e
@@ -276,3 +288,34 @@ def test_listening_ports_sees_a_server_and_flags_loopback(tmp_path: Path) -> Non
     finally:
         wildcard.close()
         loop.close()
+
+
+@pytest.mark.e2e
+def test_background_server_outlives_the_turn_and_the_daemon_stays_warm(rig: AgentRig) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        port = s.getsockname()[1]
+    rig.model.enqueue(
+        turn(run(f"nohup python3 -m http.server {port} --bind 0.0.0.0 > server.log 2>&1 & sleep 1; echo started")),
+        turn(msg("server started")),
+    )
+    code, events, stderr = rig.run("start the server")
+    assert code == 0, stderr
+    ports = next(e for e in events if e["type"] == "codex_daytona.ports")
+    assert port in ports["new"]
+    first_pid = events[0]["pid"]
+    time.sleep(0.5)
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # still serving after the turn ended
+    try:
+        rig.model.enqueue(turn(msg("still here")))
+        code, events, stderr = rig.run("again", thread_id=events[-1]["thread_id"])
+        assert code == 0, stderr
+        assert events[0]["pid"] == first_pid, "the second turn ran in the same warm daemon"
+        ports = next(e for e in events if e["type"] == "codex_daytona.ports")
+        assert port in ports["listening"] and port not in ports["new"]
+    finally:
+        subprocess.run(["pkill", "-f", f"http.server {port}"], check=False)

@@ -103,9 +103,7 @@ def run_async(sb: Any, session: str, command: str) -> str:
     from daytona import SessionExecuteRequest
 
     return str(
-        sb.process.execute_session_command(
-            session, SessionExecuteRequest(command=command, run_async=True)
-        ).cmd_id
+        sb.process.execute_session_command(session, SessionExecuteRequest(command=command, run_async=True)).cmd_id
     )
 
 
@@ -231,9 +229,7 @@ def test_session_sync_exec_and_followed_logs_after_exit(sandbox: Any) -> None:
     from daytona import SessionExecuteRequest
 
     sandbox.process.create_session("s2")
-    result = sandbox.process.execute_session_command(
-        "s2", SessionExecuteRequest(command="echo a; echo b >&2")
-    )
+    result = sandbox.process.execute_session_command("s2", SessionExecuteRequest(command="echo a; echo b >&2"))
     assert (result.exit_code, result.stdout, result.stderr) == (0, "a\n", "b\n")
     out: list[str] = []
     asyncio.run(sandbox.process.get_session_command_logs_async("s2", result.cmd_id, out.append, out.append))
@@ -406,16 +402,12 @@ def test_snapshot_from_sandbox_and_from_local_dir(
         daytona.delete(from_local)
 
     body = json.dumps({"name": "copied-runtime", "dir": str(local), "link": False}).encode()
-    status, answer = http(
-        f"{emulator.base_url}/_emulator/snapshots", {"Content-Type": "application/json"}, body
-    )
+    status, answer = http(f"{emulator.base_url}/_emulator/snapshots", {"Content-Type": "application/json"}, body)
     assert status == 200
     copy = Path(json.loads(answer)["dir"]) / "lib/mod.py"
     assert copy.read_text() == "X = 1\n" and copy.stat().st_ino != (local / "lib/mod.py").stat().st_ino
 
-    image_snapshot = daytona.snapshot.create(
-        CreateSnapshotParams(name="from-image", image="python:3.12-slim")
-    )
+    image_snapshot = daytona.snapshot.create(CreateSnapshotParams(name="from-image", image="python:3.12-slim"))
     assert image_snapshot.state.value == "active"
     assert "from-image" in [s.name for s in daytona.snapshot.list().items]
     stored = next(s for s in emulator.snapshots() if s["name"] == "from-image")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+
 import tomllib
 
 from codex_daytona import runtime

@@ -660,9 +660,7 @@ class EmulatorServer:
     def _find_sandbox(self, id_or_name: str) -> Sandbox | None:
         sb = self.sandboxes.get(id_or_name)
         if sb is None:
-            sb = next(
-                (s for s in self.sandboxes.values() if s.name == id_or_name and s.state != "destroyed"), None
-            )
+            sb = next((s for s in self.sandboxes.values() if s.name == id_or_name and s.state != "destroyed"), None)
         if sb is None or sb.state == "destroyed":
             return None
         return sb
@@ -1156,9 +1154,7 @@ class EmulatorServer:
                 os.killpg(proc.pid, signal.SIGKILL)
             reader.cancel()
             record.exit_code = -1
-            raise ApiError(
-                408, f"command timed out after {timeout} seconds", "PROCESS_EXECUTION_TIMEOUT"
-            ) from None
+            raise ApiError(408, f"command timed out after {timeout} seconds", "PROCESS_EXECUTION_TIMEOUT") from None
         await asyncio.wait([reader], timeout=PIPE_DRAIN_SECONDS)
         reader.cancel()
         record.exit_code = exit_status(returncode)
@@ -1374,19 +1370,13 @@ class EmulatorServer:
                 await response.write_eof()
                 return response
         except aiohttp.ClientConnectorError:
-            return web.Response(
-                status=502, text=f"Nothing is listening on port {port} in sandbox {access.id}\n"
-            )
+            return web.Response(status=502, text=f"Nothing is listening on port {port} in sandbox {access.id}\n")
         except aiohttp.ClientError as exc:
             return web.Response(status=502, text=f"Upstream error on port {port}: {exc}\n")
 
-    async def _proxy_websocket(
-        self, request: web.Request, url: str, headers: dict[str, str]
-    ) -> web.StreamResponse:
+    async def _proxy_websocket(self, request: web.Request, url: str, headers: dict[str, str]) -> web.StreamResponse:
         assert self._client is not None
-        protocols = [
-            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
-        ]
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         fwd = {k: v for k, v in headers.items() if not k.lower().startswith("sec-websocket")}
         try:
             upstream = await self._client.ws_connect("ws" + url[4:], headers=fwd, protocols=protocols)
@@ -1427,11 +1417,7 @@ class EmulatorServer:
             now = time.monotonic()
             for sb in list(self.sandboxes.values()):
                 idle_limit = sb.auto_stop_interval * factor
-                if (
-                    sb.state == "started"
-                    and sb.auto_stop_interval > 0
-                    and now - sb.last_activity > idle_limit
-                ):
+                if sb.state == "started" and sb.auto_stop_interval > 0 and now - sb.last_activity > idle_limit:
                     await self.stop_sandbox(sb)
 
     # -- /_emulator ------------------------------------------------------------------------
@@ -1590,9 +1576,7 @@ class DaytonaEmulator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.fakes.daytona", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.daytona", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--root", type=Path, required=True, help="directory holding sandboxes and snapshots")
     parser.add_argument("--api-key", required=True)
