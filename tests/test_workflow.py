@@ -13,7 +13,11 @@ from tests.fakes.model import add_file_patch, msg, patch, plan, run, think, turn
 
 pytestmark = pytest.mark.e2e
 
-INDEX = '<!doctype html>\n<html><head><link rel="stylesheet" href="style.css"></head>\n<body><canvas id="game"></canvas><script src="main.js"></script></body></html>\n'
+INDEX = (
+    "<!doctype html>\n"
+    '<html><head><link rel="stylesheet" href="style.css"></head>\n'
+    '<body><canvas id="game"></canvas><script src="main.js"></script></body></html>\n'
+)
 STYLE = "body { margin: 0; background: #000; }\n"
 MAIN = "const c = document.getElementById('game');\nc.width = 800; c.height = 600;\n"
 
