@@ -357,21 +357,6 @@ def read_request(stream: TextIO, timeout: float) -> dict[str, Any]:
     return request
 
 
-def watch_controls(stream: TextIO, on_interrupt: Callable[[], None]) -> None:
-    """Reads control lines after the request; EOF is not an interrupt."""
-
-    def loop() -> None:
-        for line in stream:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if message.get("op") == "interrupt":
-                on_interrupt()
-
-    threading.Thread(target=loop, daemon=True).start()
-
-
 # Codex ends every command by killing its process group, which takes a server started with
 # `nohup CMD &` down with it the moment the command returns. Every bash Codex starts reads
 # BASH_ENV, so `nohup` there gives the server a session of its own, as nohup intends.
@@ -407,12 +392,14 @@ def config_overrides(request: dict[str, Any]) -> list[str]:
 
 
 class Interrupter:
-    """Interrupts the running turn, or the next one to start if none runs yet."""
+    """Interrupts the running turn, or the next one to start if none runs yet, and stops the
+    commands it started: Codex ends the turn but leaves a running command alive."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._handle: Any = None
         self.requested = False
+        self.started_ticks = _boot_ticks()
 
     def attach(self, handle: Any) -> None:
         with self._lock:
@@ -427,6 +414,47 @@ class Interrupter:
             handle = self._handle
         if handle is not None:
             handle.interrupt()
+        self.stop_commands()
+
+    def stop_commands(self) -> None:
+        """Codex runs each command in a process group of its own, as a child of the app-server
+        (our child): stop the groups of the commands started since this turn began."""
+        own = os.getpgid(0)
+        for server in _children(os.getpid()):
+            for pid in _children(server):
+                with contextlib.suppress(OSError):
+                    group = os.getpgid(pid)
+                    if group == pid and group != own and _start_ticks(pid) >= self.started_ticks:
+                        os.killpg(group, signal.SIGTERM)
+                        threading.Timer(2.0, _kill_group, (group,)).start()
+
+
+def _boot_ticks() -> int:
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def _start_ticks(pid: int) -> int:
+    return int(_stat_fields(pid)[19])
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(_stat_fields(int(entry))[1]) == parent:
+                    found.append(int(entry))
+    return found
+
+
+def _kill_group(group: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(group, signal.SIGKILL)
 
 
 # --- The engine: one warm Codex app-server for the sandbox ------------------------------
@@ -596,6 +624,7 @@ class Daemon:
         self.engine = Engine(home)
         self._busy = threading.Lock()
         self.current_run: str | None = None
+        self.interrupter: Interrupter | None = None
 
     def serve(self, path: str) -> None:
         import socket
@@ -646,11 +675,19 @@ class Daemon:
             if not line:
                 return
             request = json.loads(line)
-            if request.get("op") == "ping":
-                writer.write(json.dumps({"type": "pong", "pid": os.getpid(), "run_id": self.current_run}) + "\n")
+            op = request.get("op")
+            if op in ("ping", "interrupt"):
+                interrupted = False
+                matches = request.get("run_id") in (None, self.current_run)
+                if op == "interrupt" and self.interrupter is not None and matches:
+                    with contextlib.suppress(Exception):  # the turn may have just ended
+                        self.interrupter.interrupt()
+                        interrupted = True
+                reply = {"pid": os.getpid(), "run_id": self.current_run, "interrupted": interrupted}
+                writer.write(json.dumps(reply) + "\n")
                 writer.flush()
                 return
-            self._run(request, reader, writer)
+            self._run(request, writer)
         except (OSError, ValueError):
             pass
         finally:
@@ -660,7 +697,7 @@ class Daemon:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def _run(self, request: dict[str, Any], reader: Any, writer: Any) -> None:
+    def _run(self, request: dict[str, Any], writer: Any) -> None:
         run_id = str(request.get("run_id"))
         run_dir = Path(self.runs_dir) / run_id
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -683,11 +720,11 @@ class Daemon:
             return
         try:
             self.current_run = run_id
-            interrupter = Interrupter()
-            watch_controls(reader, interrupter.interrupt)
-            execute_run(self.engine, request, emitter, interrupter, self.runs_dir)
+            self.interrupter = Interrupter()
+            execute_run(self.engine, request, emitter, self.interrupter, self.runs_dir)
         finally:
             self.current_run = None
+            self.interrupter = None
             self._busy.release()
             emitter.close()
 
@@ -766,13 +803,6 @@ def run_client(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     sock.sendall((json.dumps(request) + "\n").encode())
-
-    def forward_controls() -> None:
-        for line in sys.stdin:
-            with contextlib.suppress(OSError):
-                sock.sendall(line.encode())
-
-    threading.Thread(target=forward_controls, daemon=True).start()
     exit_code = EXIT_ERROR
     for raw in sock.makefile("r", encoding="utf-8"):
         sys.stdout.write(raw)
@@ -784,6 +814,57 @@ def run_client(args: argparse.Namespace) -> int:
     return exit_code
 
 
+def daemon_call(home: str, message: dict[str, Any]) -> dict[str, Any]:
+    """One request/reply exchange with the running daemon; {} when none runs."""
+    try:
+        sock = connect(socket_path(home))
+    except OSError:
+        return {}
+    with sock:
+        sock.sendall((json.dumps(message) + "\n").encode())
+        line = sock.makefile("r", encoding="utf-8").readline()
+    return json.loads(line) if line else {}
+
+
+def attach(home: str, runs_dir: str, run_id: str, offset: int, follow: bool) -> int:
+    """Prints a run's events from byte `offset` of its event file; with `follow`, until it ends.
+
+    This is how a client that lost its stream picks up where it was: no event lost, none twice.
+    """
+    path = Path(runs_dir) / run_id / "events.jsonl"
+    if not path.exists():
+        sys.stderr.write(f"no run {run_id}\n")
+        return EXIT_ERROR
+    idle_checks = 0
+    last_pass = False
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        pending = b""
+        while True:
+            chunk = fh.read()
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    sys.stdout.buffer.write(line + b"\n")
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(line)
+                        if event.get("type") == "codex_daytona.run.completed":
+                            sys.stdout.flush()
+                            return int(event.get("exit_code", EXIT_ERROR))
+                sys.stdout.flush()
+                continue
+            if not follow:
+                return EXIT_OK
+            if last_pass:
+                return EXIT_ERROR
+            time.sleep(0.05)
+            idle_checks += 1
+            if idle_checks % 40 == 0 and daemon_call(home, {"op": "ping"}).get("run_id") != run_id:
+                # Not running, yet no closing event: it died with its daemon. Read what is left, stop.
+                last_pass = True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id")
@@ -792,6 +873,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-ports", action="store_true", help="print the listening ports as JSON and exit")
     parser.add_argument("--serve", action="store_true", help="run the agent daemon (started on demand)")
     parser.add_argument("--start-daemon", action="store_true", help="start the daemon if needed, then exit")
+    parser.add_argument("--attach", metavar="RUN_ID", help="print a run's events from --offset")
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--follow", action="store_true", help="with --attach: until the run ends")
+    parser.add_argument("--interrupt", metavar="RUN_ID", help="interrupt this run if it is running")
     args = parser.parse_args(argv)
     runs_dir = args.runs_dir or os.path.join(args.home, ".codex-daytona", "runs")
     if args.list_ports:
@@ -803,6 +888,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.start_daemon:
         ensure_daemon(args.home, runs_dir)
         return EXIT_OK
+    if args.attach:
+        return attach(args.home, runs_dir, args.attach, args.offset, args.follow)
+    if args.interrupt:
+        reply = daemon_call(args.home, {"op": "interrupt", "run_id": args.interrupt})
+        print(json.dumps(reply))
+        return EXIT_OK if reply.get("interrupted") else EXIT_ERROR
     if not args.run_id:
         parser.error("--run-id is required")
     args.runs_dir = runs_dir

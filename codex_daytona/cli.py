@@ -18,7 +18,7 @@ from codex_daytona import __version__
 from codex_daytona.errors import CodexDaytonaError, ExitCode, UsageError
 
 if TYPE_CHECKING:
-    from codex_daytona.core import App
+    from codex_daytona.core import App, StatusReport, TurnOutcome
     from codex_daytona.output import Output
 
 EXIT_CODES_HELP = (
@@ -128,6 +128,28 @@ def up(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = Fa
         )
 
 
+def _result_line(outcome: TurnOutcome | None, error: CodexDaytonaError | None = None) -> dict[str, object]:
+    """The last line of `ask --json` and `logs --json`: how the turn ended."""
+    from codex_daytona import events as ev
+
+    line: dict[str, object] = {"type": ev.RESULT}
+    if outcome is not None:
+        line.update(
+            status=outcome.status,
+            exit_code=0,
+            run_id=outcome.run_id,
+            sandbox_id=outcome.sandbox_id,
+            thread_id=outcome.thread_id,
+            final_message=outcome.final_message,
+            usage=outcome.usage,
+            previews=[{"port": p.port, "url": p.url} for p in outcome.previews],
+        )
+    if error is not None:
+        line.update(error.details)
+        line.update(status=line.get("status") or "error", exit_code=int(error.exit_code), error=error.message)
+    return line
+
+
 @app.command()
 def ask(
     prompt: Annotated[
@@ -138,6 +160,10 @@ def ask(
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=1, help="Interrupt the turn after SECONDS (exit 124).")
     ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Start the turn, print its run id and return.")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="If a turn is running, wait for it instead of failing.")] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -145,38 +171,50 @@ def ask(
     """Ask the agent to do something; streams its work and prints its answer.
 
     Creates the sandbox first when there is none, and continues the same conversation
-    on every call.
+    on every call. Ctrl-C interrupts the turn (exit 130) and keeps the sandbox and thread.
 
     Example: codex-daytona ask "create a 3d animated web-based lunar lander game"
     """
-    from codex_daytona import events as ev
-
     with _session(json_mode, quiet, debug) as (core, out):
         out.stream_events = json_mode
         text = _read_prompt(prompt)
         try:
-            outcome = core.ask(text, new_thread=new_thread, model=model, timeout=timeout)
+            outcome = core.ask(text, new_thread=new_thread, model=model, timeout=timeout, detach=detach, wait=wait)
         except CodexDaytonaError as exc:
             if json_mode:
-                out.json_line(
-                    {"type": ev.RESULT, "status": "error", "exit_code": int(exc.exit_code), "error": exc.message}
-                )
+                out.json_line(_result_line(None, exc))
+            raise
+        if detach:
+            out.value(f"Started run {outcome.run_id}", outcome.run_id, {"run_id": outcome.run_id, "status": "running"})
+        elif json_mode:
+            out.json_line(_result_line(outcome))
+        else:
+            out.final_answer(outcome.final_message or out.final_message)
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str | None, typer.Argument(help="The run to show (default: the last one).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the run ends.")] = False,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show a run's events, also one started by another process or machine.
+
+    Example: codex-daytona logs -f
+    """
+    with _session(json_mode, quiet, debug) as (core, out):
+        out.stream_events = json_mode
+        try:
+            outcome = core.logs(run_id, follow=follow)
+        except CodexDaytonaError as exc:
+            if json_mode:
+                out.json_line(_result_line(None, exc))
             raise
         if json_mode:
-            out.json_line(
-                {
-                    "type": ev.RESULT,
-                    "status": outcome.status,
-                    "exit_code": 0,
-                    "run_id": outcome.run_id,
-                    "sandbox_id": outcome.sandbox_id,
-                    "thread_id": outcome.thread_id,
-                    "final_message": outcome.final_message,
-                    "usage": outcome.usage,
-                    "previews": [{"port": p.port, "url": p.url} for p in outcome.previews],
-                }
-            )
-        else:
+            out.json_line(_result_line(outcome))
+        elif outcome.status in ("completed", "unknown") or quiet:
             out.final_answer(outcome.final_message or out.final_message)
 
 
@@ -204,6 +242,77 @@ def preview(
         elif quiet:
             for link in links:
                 out.value("", link.url, {})
+
+
+@app.command()
+def status(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """Show the sandbox, its state, the thread, the last turn and the listening ports.
+
+    -q prints only the sandbox's state (none, started, stopped, deleted, ...).
+
+    Example: codex-daytona status
+    """
+    with _session(json_mode, quiet, debug) as (core, out):
+        report = core.status()
+        data: dict[str, object] = {
+            "name": report.name,
+            "state": report.state,
+            "sandbox_id": report.sandbox_id,
+            "thread_id": report.thread_id,
+            "home_dir": report.home_dir,
+            "last_turn": report.last_turn.model_dump(mode="json") if report.last_turn else None,
+            "previews": [{"port": p.port, "url": p.url} for p in report.previews],
+        }
+        out.value(_status_text(report), report.state, data)
+
+
+def _status_text(report: StatusReport) -> str:
+    if report.state == "none":
+        return 'No sandbox here. `codex-daytona up` or `codex-daytona ask "..."` creates one.'
+    lines = [f"Sandbox    {report.sandbox_id} ({report.state})"]
+    if report.state == "deleted":
+        lines.append("           deleted outside codex-daytona; `codex-daytona up` creates a new one")
+    lines.append(f"Thread     {report.thread_id or '-'}")
+    turn = report.last_turn
+    if turn is not None:
+        tokens = ""
+        if turn.usage is not None:
+            tokens = f", {turn.usage.input_tokens:,} tokens in, {turn.usage.output_tokens:,} out"
+        error = f": {turn.error}" if turn.error else ""
+        lines.append(f"Last turn  {turn.ended_at or turn.started_at}, {turn.status}{error}{tokens} (run {turn.run_id})")
+    for link in report.previews:
+        lines.append(f"Port {link.port:<6} {link.url}")
+    if report.state == "started" and not report.previews:
+        lines.append("Ports      nothing listening")
+    return "\n".join(lines)
+
+
+@app.command(
+    "exec",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def exec_(
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Stop it after SECONDS (exit 124).")] = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a shell command in the sandbox's home; streams its output, exits with its exit code.
+
+    One argument is run as a shell line; several are quoted and joined.
+
+    Example: codex-daytona exec -- ls -la
+    """
+    import shlex
+
+    line = command[0] if len(command) == 1 else shlex.join(command)
+    with _session(json_mode, quiet, debug) as (core, out):
+        out.stream_events = json_mode
+        exit_code = core.exec(line, timeout=timeout)
+        if json_mode:
+            out.json_line({"exit_code": exit_code})
+    raise typer.Exit(exit_code)
 
 
 @app.command()

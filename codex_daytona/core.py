@@ -7,11 +7,11 @@ are our errors. The CLI decides how any of it looks.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import secrets
+import shlex
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +25,8 @@ from codex_daytona import runtime
 from codex_daytona.daytona_api import DaytonaApi, PreviewLink
 from codex_daytona.errors import (
     AgentSetupError,
+    BusyError,
+    CodexDaytonaError,
     DaytonaError,
     InterruptedByUser,
     NoSandboxError,
@@ -67,6 +69,18 @@ class UpResult:
     created: bool
     home_dir: str
     state: str = "started"
+
+
+@dataclass
+class StatusReport:
+    name: str
+    state: str  # "none" (no sandbox here), "deleted", or Daytona's state: started, stopped, ...
+    sandbox_id: str | None = None
+    thread_id: str | None = None
+    home_dir: str | None = None
+    last_turn: LastTurn | None = None
+    previews: list[PreviewLink] = field(default_factory=list)
+    public: bool = False
 
 
 @dataclass
@@ -235,7 +249,7 @@ class App:
         command_id = self.api.start_command(sandbox, session, command)
         output: list[str] = []
         with contextlib.suppress(DaytonaError):
-            asyncio.run(self.api.follow_logs(sandbox, session, command_id, output.append, output.append))
+            self.api.stream_logs(sandbox, session, command_id, output.append, output.append, timeout=900)
         exit_code = self.api.command_exit_code(sandbox, session, command_id)
         deadline = time.monotonic() + 900
         while exit_code is None and time.monotonic() < deadline:
@@ -256,8 +270,13 @@ class App:
         new_thread: bool = False,
         model: str | None = None,
         timeout: float | None = None,
+        detach: bool = False,
+        wait: bool = False,
     ) -> TurnOutcome:
-        """Runs one turn of the agent on `prompt` and streams its events."""
+        """Runs one turn of the agent on `prompt` and streams its events.
+
+        With `detach`, starts the turn and returns at once (status "running"); `logs` follows it.
+        """
         api_key = self.settings.require_openai_key()
         record = self.record()
         if record is None:
@@ -274,19 +293,6 @@ class App:
         if record.runtime != runtime.runtime_fingerprint():
             self.up()
             record = self._require_record()
-        return self._turn(sandbox, record, prompt, api_key, new_thread=new_thread, model=model, timeout=timeout)
-
-    def _turn(
-        self,
-        sandbox: Sandbox,
-        record: SandboxRecord,
-        prompt: str,
-        api_key: str,
-        *,
-        new_thread: bool,
-        model: str | None,
-        timeout: float | None,
-    ) -> TurnOutcome:
         layout = runtime.Layout(record.home_dir)
         run_id = new_run_id()
         session = record.session_id or SESSION_ID
@@ -294,73 +300,108 @@ class App:
         record.session_id = session
         record.last_turn = LastTurn(run_id=run_id, started_at=now())
         self._save(record)
-        self.api.send_input(
-            sandbox,
-            session,
-            command_id,
-            runtime.agent_request(
-                prompt=prompt,
-                api_key=api_key,
-                thread_id=None if new_thread else record.thread_id,
-                new_thread=new_thread,
-                model=model or self.settings.codex_daytona_model,
-                base_url=self.settings.base_url,
-                layout=layout,
-            ),
+        request = runtime.agent_request(
+            prompt=prompt,
+            api_key=api_key,
+            thread_id=None if new_thread else record.thread_id,
+            new_thread=new_thread,
+            model=model or self.settings.codex_daytona_model,
+            base_url=self.settings.base_url,
+            layout=layout,
+            wait=wait,
         )
-        follower = RunFollower(self.api, sandbox, session, command_id, self.emit)
+        self.api.send_input(sandbox, session, command_id, request)
+        if detach:
+            return TurnOutcome(run_id, "running", 0, record.thread_id, "", sandbox_id=record.sandbox_id)
+        follower = self._follower(sandbox, session, layout, run_id)
+        follower.command_id = command_id
+        return self._follow(sandbox, record, follower, timeout)
+
+    def logs(self, run_id: str | None = None, *, follow: bool = False) -> TurnOutcome:
+        """Shows a run's events (the last run by default); with `follow`, until it ends."""
+        record = self._require_record()
+        run_id = run_id or (record.last_turn.run_id if record.last_turn else None)
+        if not run_id:
+            raise NoSandboxError("No turn has run in this sandbox yet.", 'Run `codex-daytona ask "..."` first.')
+        sandbox = self._connect_or_forget(record)
+        layout = runtime.Layout(record.home_dir)
+        session = record.session_id or SESSION_ID
+        follower = self._follower(sandbox, session, layout, run_id)
+        if not follow:
+            result = self.api.exec(sandbox, runtime.attach_command(layout, run_id, 0, follow=False), timeout=60)
+            if result.exit_code != 0:
+                raise NoSandboxError(f"No run {run_id} in this sandbox.", "`codex-daytona status` shows the last run.")
+            follower.feed_text(result.output)
+            return follower.outcome(record)
+        follower.reattach()
+        return self._follow(sandbox, record, follower, None)
+
+    def _follower(self, sandbox: Sandbox, session: str, layout: runtime.Layout, run_id: str) -> RunFollower:
+        follower = RunFollower(self.api, sandbox, session, layout, run_id, self.emit)
+        follower.keepalive_seconds = self.settings.codex_daytona_keepalive_seconds
+        return follower
+
+    def _follow(
+        self, sandbox: Sandbox, record: SandboxRecord, follower: RunFollower, timeout: float | None
+    ) -> TurnOutcome:
         try:
             follower.follow(timeout)
         except KeyboardInterrupt:
-            self._interrupt(follower, sandbox, session, command_id)
-            self._finish(record, follower, run_id)
-            raise InterruptedByUser("Interrupted: the turn was stopped.") from None
-        except TurnTimeoutError:
-            self._interrupt(follower, sandbox, session, command_id)
-            self._finish(record, follower, run_id)
-            raise
-        outcome = self._finish(record, follower, run_id)
+            self._interrupt(sandbox, follower)
+            raise _with_details(
+                InterruptedByUser(f"Interrupted: run {follower.run_id} was stopped."), self._finish(record, follower)
+            ) from None
+        except TurnTimeoutError as exc:
+            self._interrupt(sandbox, follower)
+            raise _with_details(exc, self._finish(record, follower)) from None
+        outcome = self._finish(record, follower)
         outcome.previews = self._previews(sandbox, record, follower.ports_event)
-        if outcome.status != "completed":
-            raise TurnFailedError(f"The agent's turn failed: {outcome.error or 'unknown error'}")
+        error: CodexDaytonaError | None = None
+        if outcome.status == "busy":
+            running = (follower.completed or {}).get("running_run_id") or "unknown"
+            error = BusyError(
+                f"Another turn is running on this sandbox (run {running}).",
+                f"Follow it with `codex-daytona logs -f {running}`, or ask with --wait to queue behind it.",
+            )
+        elif outcome.status == "error":
+            error = AgentSetupError(f"The agent failed in the sandbox: {outcome.error or 'unknown error'}")
+        elif outcome.status == "interrupted":
+            error = InterruptedByUser(f"The turn (run {outcome.run_id}) was interrupted.")
+        elif outcome.status != "completed":
+            error = TurnFailedError(f"The agent's turn failed: {outcome.error or 'unknown error'}")
+        if error is not None:
+            raise _with_details(error, outcome)
         return outcome
 
-    def _interrupt(self, follower: RunFollower, sandbox: Sandbox, session: str, command_id: str) -> None:
+    def interrupt(self, sandbox: Sandbox, layout: runtime.Layout, run_id: str) -> bool:
+        result = self.api.exec(sandbox, runtime.interrupt_command(layout, run_id), timeout=30)
+        return result.exit_code == 0
+
+    def _interrupt(self, sandbox: Sandbox, follower: RunFollower) -> None:
         """Asks the agent to interrupt the turn, then waits briefly for it to wind down."""
         self.emit(ev.progress("Interrupting the turn..."))
-        with contextlib.suppress(DaytonaError):
-            self.api.send_input(sandbox, session, command_id, runtime.interrupt_request())
-        with contextlib.suppress(DaytonaError, TurnTimeoutError, KeyboardInterrupt):
+        with contextlib.suppress(DaytonaError, KeyboardInterrupt):
+            self.interrupt(sandbox, follower.layout, follower.run_id)
+        with contextlib.suppress(DaytonaError, TurnTimeoutError, AgentSetupError, KeyboardInterrupt):
             follower.follow(INTERRUPT_GRACE_S)
 
-    def _finish(self, record: SandboxRecord, follower: RunFollower, run_id: str) -> TurnOutcome:
-        done = follower.completed or {}
-        status = str(done.get("status") or ("interrupted" if follower.interrupted else "unknown"))
-        thread_id = done.get("thread_id") or follower.thread_id or record.thread_id
-        usage = done.get("usage") or {}
-        if thread_id:
-            record.thread_id = thread_id
+    def _finish(self, record: SandboxRecord, follower: RunFollower) -> TurnOutcome:
+        outcome = follower.outcome(record)
+        if outcome.thread_id:
+            record.thread_id = outcome.thread_id
+        usage = outcome.usage
         record.last_turn = LastTurn(
-            run_id=run_id,
+            run_id=follower.run_id,
             started_at=record.last_turn.started_at if record.last_turn else now(),
             ended_at=now(),
-            status=status,
+            status=outcome.status,
             usage=Usage(**usage) if usage else None,
-            error=done.get("error"),
+            error=outcome.error,
         )
         if follower.ports_event is not None:
             record.ports = list(follower.ports_event.get("listening") or [])
         self._save(record)
-        return TurnOutcome(
-            run_id=run_id,
-            status=status,
-            exit_code=int(done.get("exit_code", 1)),
-            thread_id=thread_id,
-            final_message=str(done.get("final_message") or ""),
-            error=done.get("error"),
-            usage=usage,
-            sandbox_id=record.sandbox_id,
-        )
+        return outcome
 
     def _previews(self, sandbox: Sandbox, record: SandboxRecord, ports: ev.Event | None) -> list[PreviewLink]:
         if not ports:
@@ -403,6 +444,54 @@ class App:
             self.emit(preview_event(link, public or signed))
         return links
 
+    # --- status and exec -------------------------------------------------------------------
+
+    def status(self) -> StatusReport:
+        """What this directory's sandbox is doing. Read-only: forgets nothing, starts nothing."""
+        record = self.record()
+        if record is None:
+            return StatusReport(name=self.name, state="none")
+        report = StatusReport(
+            name=self.name,
+            state="unknown",
+            sandbox_id=record.sandbox_id,
+            thread_id=record.thread_id,
+            home_dir=record.home_dir,
+            last_turn=record.last_turn,
+        )
+        try:
+            sandbox = self.api.get(record.sandbox_id)
+        except SandboxGoneError:
+            report.state = "deleted"
+            return report
+        report.state = self.api.info(sandbox).state
+        if report.state == "started" and record.runtime:
+            public = self.api.info(sandbox).public
+            for port in self.listening_ports(sandbox, record):
+                link = self.api.preview_link(sandbox, port)
+                report.previews.append(link)
+                report.public = public
+        return report
+
+    def exec(self, command: str, *, timeout: float | None = None) -> int:
+        """Runs a shell command in the sandbox's home, streams its output; returns its exit code."""
+        record = self._require_record()
+        sandbox = self._connect_or_forget(record)
+        session = f"{SESSION_ID}-exec"
+        full = f"cd {shlex.quote(record.home_dir)} && {command}"
+        command_id = self.api.start_command(sandbox, session, full)
+        stream = CommandStream(self.api, sandbox, session, command_id, self.emit)
+        try:
+            return stream.run(timeout)
+        except KeyboardInterrupt:
+            with contextlib.suppress(DaytonaError):
+                self.api.delete_session(sandbox, session)
+            raise InterruptedByUser("Interrupted: the command was stopped.") from None
+        except TurnTimeoutError:
+            with contextlib.suppress(DaytonaError):
+                self.api.delete_session(sandbox, session)
+            raise TurnTimeoutError(f"The command did not finish within {timeout:g} s; it was stopped.") from None
+
     # --- down ----------------------------------------------------------------------------
 
     def down(self) -> str:
@@ -420,6 +509,18 @@ class App:
         return record.sandbox_id
 
 
+def _with_details(error: CodexDaytonaError, outcome: TurnOutcome) -> CodexDaytonaError:
+    error.details = {
+        "status": outcome.status,
+        "run_id": outcome.run_id,
+        "sandbox_id": outcome.sandbox_id,
+        "thread_id": outcome.thread_id,
+        "final_message": outcome.final_message,
+        "usage": outcome.usage,
+    }
+    return error
+
+
 def preview_event(link: PreviewLink, public: bool) -> ev.Event:
     event: ev.Event = {"type": ev.PREVIEW, "port": link.port, "url": link.url, "public": public}
     if link.token and not public:
@@ -429,44 +530,47 @@ def preview_event(link: PreviewLink, public: bool) -> ev.Event:
 
 
 class RunFollower:
-    """Follows one agent run's output: decodes events, survives dropped streams, never
-    shows an event twice, and knows when the run is over."""
+    """Follows one agent run: decodes its events, and when the stream drops, picks up from the
+    run's event file in the sandbox at the byte where it was, so no event is lost or repeated."""
 
     keepalive_seconds = 240.0
 
-    def __init__(self, api: DaytonaApi, sandbox: Sandbox, session: str, command_id: str, emit: OnEvent) -> None:
+    def __init__(
+        self,
+        api: DaytonaApi,
+        sandbox: Sandbox,
+        session: str,
+        layout: runtime.Layout,
+        run_id: str,
+        emit: OnEvent,
+    ) -> None:
         self.api = api
         self.sandbox = sandbox
         self.session = session
-        self.command_id = command_id
+        self.layout = layout
+        self.run_id = run_id
         self.emit = emit
-        self.decoder = ev.LineDecoder()
-        self.seen_stdout = 0
-        self.seen_stderr = 0
+        self.command_id: str | None = None
+        self.offset = 0  # bytes of complete event lines handled so far
+        self.reattaches = 0
+        self._partial = b""
         self.stderr: list[str] = []
         self.completed: ev.Event | None = None
         self.ports_event: ev.Event | None = None
         self.thread_id: str | None = None
-        self.interrupted = False
-        self._skip_stdout = 0
-        self._skip_stderr = 0
 
-    # Replayed output is skipped by counting characters already delivered on earlier streams.
-    def _on_stdout(self, chunk: str) -> None:
-        if self._skip_stdout:
-            dropped = min(self._skip_stdout, len(chunk))
-            self._skip_stdout -= dropped
-            chunk = chunk[dropped:]
-        self.seen_stdout += len(chunk)
-        for event in self.decoder.feed(chunk):
-            self._handle(event)
+    # --- decoding ---------------------------------------------------------------------
+
+    def feed_text(self, chunk: str) -> None:
+        data = self._partial + chunk.encode("utf-8")
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            self.offset += len(line) + 1
+            event = ev.parse_line(line.decode("utf-8", "replace"))
+            if event is not None and self.completed is None:
+                self._handle(event)
 
     def _on_stderr(self, chunk: str) -> None:
-        if self._skip_stderr:
-            dropped = min(self._skip_stderr, len(chunk))
-            self._skip_stderr -= dropped
-            chunk = chunk[dropped:]
-        self.seen_stderr += len(chunk)
         self.stderr.append(chunk)
 
     def _handle(self, event: ev.Event) -> None:
@@ -479,70 +583,126 @@ class RunFollower:
             return
         if kind == ev.THREAD_STARTED:
             self.thread_id = event.get("thread_id")
-        if kind == ev.TURN_FAILED and event.get("status") == "interrupted":
-            self.interrupted = True
         self.emit(event)
+
+    def outcome(self, record: SandboxRecord) -> TurnOutcome:
+        done = self.completed or {}
+        status = str(done.get("status") or "unknown")
+        return TurnOutcome(
+            run_id=self.run_id,
+            status=status,
+            exit_code=int(done.get("exit_code", 1)),
+            thread_id=done.get("thread_id") or self.thread_id or record.thread_id,
+            final_message=str(done.get("final_message") or ""),
+            error=done.get("error"),
+            usage=done.get("usage") or {},
+            sandbox_id=record.sandbox_id,
+        )
+
+    # --- streaming --------------------------------------------------------------------
+
+    def reattach(self) -> None:
+        """Follows the run from its event file, from where this follower is."""
+        if self.reattaches >= STREAM_RECONNECTS:
+            raise DaytonaError(
+                "The agent's output stream kept dropping; the run goes on in the sandbox.",
+                f"Follow it with `codex-daytona logs -f {self.run_id}`.",
+            )
+        self.reattaches += 1
+        self._partial = b""
+        command = runtime.attach_command(self.layout, self.run_id, self.offset, follow=True)
+        self.command_id = self.api.start_command(self.sandbox, self.session, command)
 
     def follow(self, timeout: float | None) -> None:
         """Streams until the run completes; raises TurnTimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        drops = 0
         while self.completed is None:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TurnTimeoutError(f"The turn did not finish within {timeout:g} s.")
-            self._skip_stdout, self._skip_stderr = self.seen_stdout, self.seen_stderr
+            if self.command_id is None:
+                self.reattach()
+            assert self.command_id is not None
             try:
-                finished = asyncio.run(self._stream(remaining))
+                finished = self.api.stream_logs(
+                    self.sandbox,
+                    self.session,
+                    self.command_id,
+                    self.feed_text,
+                    self._on_stderr,
+                    timeout=remaining,
+                    keepalive_seconds=self.keepalive_seconds,
+                )
+            except KeyboardInterrupt:
+                self.command_id = None
+                raise
             except DaytonaError:
-                drops += 1
-                if drops > STREAM_RECONNECTS:
-                    raise
                 self.emit({"type": ev.RETRY, "message": "The log stream dropped; reconnecting..."})
-                time.sleep(min(0.2 * drops, 2.0))
+                time.sleep(min(0.2 * self.reattaches, 2.0))
+                self.reattach()
                 continue
             if not finished:
+                # A stream is never read twice: the next follow() picks up from the event file.
+                self.command_id = None
                 raise TurnTimeoutError(f"The turn did not finish within {timeout:g} s.")
             if self.completed is None:
-                for event in self.decoder.flush():
-                    self._handle(event)
-            if self.completed is None:
-                self._check_exited()
-                time.sleep(0.2)
+                self._stream_ended_early()
 
-    async def _stream(self, timeout: float | None) -> bool:
-        """One log stream; False when `timeout` ran out first."""
-        follow = asyncio.ensure_future(
-            self.api.follow_logs(self.sandbox, self.session, self.command_id, self._on_stdout, self._on_stderr)
-        )
-        keepalive = asyncio.ensure_future(self._keepalive())
-        try:
-            await asyncio.wait_for(asyncio.shield(follow), timeout)
-            return True
-        except asyncio.TimeoutError:
-            follow.cancel()
-            return False
-        finally:
-            keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await keepalive
-            if not follow.done():
-                follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follow
-
-    async def _keepalive(self) -> None:
-        """Tells Daytona the sandbox is busy while the model thinks, so auto-stop waits."""
-        while True:
-            await asyncio.sleep(self.keepalive_seconds)
-            with contextlib.suppress(DaytonaError):
-                await asyncio.to_thread(self.api.refresh_activity, self.sandbox)
-
-    def _check_exited(self) -> None:
-        """The stream ended without the agent's last event: it crashed or was killed."""
+    def _stream_ended_early(self) -> None:
+        """The command ended without the run's closing event."""
+        assert self.command_id is not None
         exit_code = self.api.command_exit_code(self.sandbox, self.session, self.command_id)
         if exit_code is None:
-            return  # still running: the stream closed early; reconnect
-        stderr = "".join(self.stderr).strip().splitlines()
-        tail = " | ".join(stderr[-3:]) or "no output"
-        raise AgentSetupError(f"The agent in the sandbox exited with code {exit_code} before finishing: {tail}")
+            time.sleep(0.2)  # still running: the stream closed early
+            self.reattach()
+            return
+        if self.offset == 0:
+            stderr = "".join(self.stderr).strip().splitlines()
+            tail = " | ".join(stderr[-3:]) or "no output"
+            raise AgentSetupError(f"The agent in the sandbox exited with code {exit_code} before starting: {tail}")
+        # The client went away mid-run (killed, or its session reset): the run may go on.
+        self.reattach()
+
+
+class CommandStream:
+    """Streams a plain command's stdout and stderr as EXEC_OUTPUT events until it exits."""
+
+    def __init__(self, api: DaytonaApi, sandbox: Sandbox, session: str, command_id: str, emit: OnEvent) -> None:
+        self.api = api
+        self.sandbox = sandbox
+        self.session = session
+        self.command_id = command_id
+        self.emit = emit
+        self.sent = {"stdout": 0, "stderr": 0}
+
+    def _output(self, stream: str, text: str) -> None:
+        if text:
+            self.sent[stream] += len(text)
+            self.emit({"type": ev.EXEC_OUTPUT, "stream": stream, "data": text})
+
+    def run(self, timeout: float | None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        try:
+            finished = self.api.stream_logs(
+                self.sandbox,
+                self.session,
+                self.command_id,
+                lambda t: self._output("stdout", t),
+                lambda t: self._output("stderr", t),
+                timeout=timeout,
+            )
+        except DaytonaError:
+            finished = True  # the stream dropped: poll for the rest below
+        if not finished:
+            raise TurnTimeoutError("The command did not finish in time.")
+        while True:
+            exit_code = self.api.command_exit_code(self.sandbox, self.session, self.command_id)
+            stdout, stderr = self.api.command_logs(self.sandbox, self.session, self.command_id)
+            self._output("stdout", stdout[self.sent["stdout"] :])
+            self._output("stderr", stderr[self.sent["stderr"] :])
+            if exit_code is not None:
+                return exit_code
+            if deadline is not None and time.monotonic() > deadline:
+                raise TurnTimeoutError("The command did not finish in time.")
+            time.sleep(0.5)

@@ -8,8 +8,11 @@ errors with a hint. Idempotent calls are retried on transient failures.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -236,6 +239,11 @@ class DaytonaApi:
             raise DaytonaError("Daytona did not return a command id for the agent.")
         return str(response.cmd_id)
 
+    def delete_session(self, sandbox: Sandbox, session_id: str) -> None:
+        """Deletes a session, which stops the commands running in it."""
+        with self._translate("stop the command", sandbox.id):
+            sandbox.process.delete_session(session_id)
+
     def send_input(self, sandbox: Sandbox, session_id: str, command_id: str, data: str) -> None:
         with self._translate("send input to the agent", sandbox.id):
             sandbox.process.send_session_command_input(session_id, command_id, data)
@@ -254,19 +262,48 @@ class DaytonaApi:
 
         return self._retrying("read the agent's output", call, sandbox.id)
 
-    async def follow_logs(
+    def stream_logs(
         self,
         sandbox: Sandbox,
         session_id: str,
         command_id: str,
         on_stdout: Callable[[str], None],
         on_stderr: Callable[[str], None],
-    ) -> None:
-        """Streams a command's output until it ends. Raises DaytonaError when the stream drops."""
-        with self._translate("stream the agent's output", sandbox.id):
-            await sandbox.process.get_session_command_logs_async(session_id, command_id, on_stdout, on_stderr)
+        *,
+        timeout: float | None = None,
+        keepalive_seconds: float | None = None,
+    ) -> bool:
+        """Streams a command's output until it ends; False when `timeout` ran out first.
 
-    # --- previews -------------------------------------------------------------------
+        Raises DaytonaError when the stream drops (close code other than 1000). While it
+        streams, `keepalive_seconds` (if set) refreshes the sandbox's activity so auto-stop
+        does not stop it mid-turn.
+        """
+
+        async def follow() -> None:
+            with self._translate("stream the agent's output", sandbox.id):
+                await sandbox.process.get_session_command_logs_async(session_id, command_id, on_stdout, on_stderr)
+
+        async def keepalive(interval: float) -> None:
+            while True:
+                await asyncio.sleep(interval)
+                with contextlib.suppress(DaytonaError):
+                    await asyncio.to_thread(self.refresh_activity, sandbox)
+
+        async def main() -> bool:
+            ticker = asyncio.ensure_future(keepalive(keepalive_seconds)) if keepalive_seconds else None
+            try:
+                await asyncio.wait_for(follow(), timeout)
+                return True
+            except asyncio.TimeoutError:
+                return False
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+
+        return _run_abandonable(main())
+
+    # --- previews ---    # --- previews -------------------------------------------------------------------
 
     def preview_link(self, sandbox: Sandbox, port: int) -> PreviewLink:
         def call() -> PreviewLink:
@@ -283,8 +320,44 @@ class DaytonaApi:
         return self._retrying(f"sign a preview link for port {port}", call, sandbox.id)
 
 
-def run_async(coro: Any) -> Any:
-    return asyncio.run(coro)
+class _DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs each call on a daemon thread and never waits for it.
+
+    The SDK reads its log WebSocket with a blocking receive() on an executor thread that a
+    cancelled stream leaves blocked forever; asyncio's default executor would then hang the
+    process at exit. Daemon threads let a timed-out or interrupted stream be abandoned.
+    """
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=work, daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
+
+
+def _run_abandonable(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, except that threads left blocked by cancelled work never block us."""
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(_DaemonThreadExecutor())
+    task = loop.create_task(coro)
+    try:
+        return loop.run_until_complete(task)
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(asyncio.wait_for(asyncio.shield(task), 2.0))
+        loop.close()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -43,6 +43,8 @@ PROGRESS = "codex_daytona.progress"  # setup steps: creating the sandbox, instal
 PREVIEW = "codex_daytona.preview"
 AGENT_OUTPUT = "codex_daytona.agent_output"  # a line from the agent that is not an event
 RESULT = "codex_daytona.result"  # the last line of `ask --json`
+EXEC_OUTPUT = "codex_daytona.exec.output"  # a chunk of `exec`'s stdout or stderr
+BUSY = "codex_daytona.busy"
 
 
 def is_ours(event: Event) -> bool:

@@ -133,6 +133,11 @@ class Output:
 
     def event(self, event: ev.Event) -> None:
         kind = event.get("type")
+        if kind == ev.EXEC_OUTPUT and self.mode is not Mode.JSON:
+            stream = self.stdout if event.get("stream") == "stdout" else self.stderr
+            stream.write(self.mask(str(event.get("data", ""))))
+            stream.flush()
+            return
         if self.mode is Mode.JSON:
             if self.stream_events:
                 self.json_line(event)

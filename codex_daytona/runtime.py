@@ -187,6 +187,7 @@ def agent_request(
     model: str | None,
     base_url: str | None,
     layout: Layout,
+    wait: bool = False,
 ) -> str:
     """The one JSON line the agent reads from stdin. It carries the key: never log it."""
     request = {
@@ -198,12 +199,23 @@ def agent_request(
         "model": model,
         "base_url": base_url,
         "codex_home": layout.codex_home,
+        "wait": wait,
     }
     return json.dumps(request, ensure_ascii=True) + "\n"
 
 
-def interrupt_request() -> str:
-    return json.dumps({"op": "interrupt"}) + "\n"
+def attach_command(layout: Layout, run_id: str, offset: int, *, follow: bool) -> str:
+    """Prints a run's events from byte `offset` of its event file (and follows it)."""
+    q = shlex.quote
+    argv = [layout.python, layout.agent, "--home", layout.home, "--runs-dir", layout.runs]
+    argv += ["--attach", run_id, "--offset", str(offset)] + (["--follow"] if follow else [])
+    return " ".join(q(a) for a in argv)
+
+
+def interrupt_command(layout: Layout, run_id: str) -> str:
+    q = shlex.quote
+    argv = [layout.python, layout.agent, "--home", layout.home, "--runs-dir", layout.runs, "--interrupt", run_id]
+    return " ".join(q(a) for a in argv)
 
 
 def parse_probe(output: str) -> tuple[str, tuple[int, int] | None]:

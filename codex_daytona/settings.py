@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # sandboxes orphaned by a crash (0 = never delete; default one week).
     codex_daytona_auto_delete_minutes: PositiveMinutes = 60 * 24 * 7
 
+    # While a turn runs, tell Daytona the sandbox is active this often, so auto-stop never
+    # stops it mid-turn (Daytona counts API calls, not model thinking, as activity).
+    codex_daytona_keepalive_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+
     @field_validator("daytona_api_key", "sandbox_openai_api_key")
     @classmethod
     def _no_blank_key(cls, value: SecretStr | None) -> SecretStr | None:

@@ -1,0 +1,239 @@
+"""Turns from a script's point of view and under stress: output modes, stdin, timeouts,
+Ctrl-C, detached runs, one turn at a time, dropped streams and Daytona faults."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import DAYTONA_KEY, OPENAI_KEY, Rig
+from tests.fakes.model import msg, run, turn
+
+pytestmark = pytest.mark.e2e
+
+
+def _ready(rig: Rig) -> str:
+    result = rig.cli("up", "-q")
+    assert result.code == 0, result
+    return result.stdout.strip()
+
+
+def _sandbox_processes(rig: Rig, sandbox_id: str, needle: str) -> list[str]:
+    """Command lines of the sandbox's processes that contain `needle`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"DAYTONA_SANDBOX_ID={sandbox_id}".encode() in environ.split(b"\0") and needle in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_quiet_prints_only_the_answer(rig: Rig) -> None:
+    rig.model.enqueue(turn(run("echo working")), turn(msg("42")))
+    result = rig.cli("ask", "-q", "what is the answer?")
+    assert result.code == 0, result
+    assert result.stdout == "42\n"
+    assert "Run:" not in result.stderr
+
+
+def test_json_is_the_exec_stream_plus_ours_and_a_result(rig: Rig) -> None:
+    rig.model.enqueue(turn(run("echo hi")), turn(msg("done")))
+    result = rig.cli("ask", "--json", "say hi")
+    assert result.code == 0, result
+    events = result.json_lines  # every stdout line is JSON
+    types = [e["type"] for e in events]
+    exec_types = [t for t in types if not t.startswith("codex_daytona.")]
+    assert exec_types[0] == "thread.started" and exec_types[1] == "turn.started"
+    assert exec_types[-1] == "turn.completed"
+    assert types[-1] == "codex_daytona.result"
+    assert events[-1]["status"] == "completed" and events[-1]["final_message"] == "done"
+    assert events[-1]["thread_id"] == events[types.index("thread.started")]["thread_id"]
+    assert "{" not in result.stderr
+
+
+def test_prompt_from_a_pipe_and_a_new_thread(rig: Rig) -> None:
+    rig.model.enqueue(turn(msg("one")))
+    first = rig.cli("ask", input="from the pipe\n")
+    assert first.code == 0, first
+    assert "from the pipe" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    thread = rig.record()["thread_id"]
+    rig.model.enqueue(turn(msg("two")))
+    second = rig.cli("ask", "--new-thread", "fresh")
+    assert second.code == 0, second
+    assert rig.record()["thread_id"] != thread
+    assert "from the pipe" not in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+
+
+def test_timeout_interrupts_the_turn_with_124(rig: Rig) -> None:
+    sandbox_id = _ready(rig)
+    rig.model.enqueue(turn(run("sleep 71", yield_time_ms=60000)), turn(msg("unreachable")))
+    started = time.monotonic()
+    result = rig.cli("ask", "--timeout", "3", "sleep a while")
+    assert result.code == 124, result
+    assert time.monotonic() - started < 20
+    _wait_for(lambda: not _sandbox_processes(rig, sandbox_id, "sleep 71"))
+    assert rig.record()["last_turn"]["status"] == "interrupted"
+
+
+def test_ctrl_c_stops_the_turn_not_the_sandbox(rig: Rig) -> None:
+    sandbox_id = _ready(rig)
+    rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000)), turn(msg("unreachable")))
+    proc = rig.popen(
+        "ask", "sleep for a minute", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for(lambda: bool(_sandbox_processes(rig, sandbox_id, "sleep 60")))
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    elapsed = time.monotonic() - sent
+    assert proc.returncode == 130, stderr
+    assert elapsed < 5, f"took {elapsed:.1f} s to give control back"
+    assert "Traceback" not in stderr
+    _wait_for(lambda: not _sandbox_processes(rig, sandbox_id, "sleep 60"), timeout=5)
+    thread = rig.record()["thread_id"]
+    assert rig.sandbox(sandbox_id)["state"] == "started"
+    # The thread resumes, and the model is told the last turn was aborted.
+    rig.model.enqueue(turn(msg("resumed")))
+    again = rig.cli("ask", "are you there?")
+    assert again.code == 0, again
+    assert rig.record()["thread_id"] == thread
+    assert "sleep for a minute" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+
+
+def test_detached_run_followed_from_another_process(rig: Rig) -> None:
+    _ready(rig)
+    rig.model.enqueue(turn(run("sleep 2; echo slow-work-done")), turn(msg("finished in the background")))
+    started = rig.cli("ask", "--detach", "-q", "work in the background")
+    assert started.code == 0, started
+    run_id = started.stdout.strip()
+    assert run_id
+    follow = rig.cli("logs", "-f", run_id)
+    assert follow.code == 0, follow
+    assert "slow-work-done" not in follow.stdout  # command output stays on stderr in human mode
+    assert follow.stdout.strip() == "finished in the background"
+    assert "Run:" in follow.stderr
+    again = rig.cli("logs", "--json", run_id)
+    assert again.code == 0, again
+    types = [e["type"] for e in again.json_lines]
+    assert "turn.completed" in types and types[-1] == "codex_daytona.result"
+
+
+def test_one_turn_at_a_time(rig: Rig) -> None:
+    _ready(rig)
+    rig.model.enqueue(turn(run("sleep 4", yield_time_ms=60000)), turn(msg("first done")))
+    first = rig.cli("ask", "--detach", "-q", "first")
+    run_id = first.stdout.strip()
+    time.sleep(1.0)
+    busy = rig.cli("ask", "second")
+    assert busy.code == 6, busy
+    assert run_id in busy.stderr
+    rig.model.enqueue(turn(msg("second done")))
+    waited = rig.cli("ask", "--wait", "second, patiently")
+    assert waited.code == 0, waited
+    assert waited.stdout.strip() == "second done"
+
+
+def test_dropped_log_streams_lose_and_repeat_nothing(rig: Rig) -> None:
+    _ready(rig)
+    steps = [turn(run(f"echo step-{i}; sleep 0.2")) for i in range(6)] + [turn(msg("all steps done"))]
+    rig.model.enqueue(*steps)
+    rig.emulator.set_faults(drop_log_streams=3)
+    result = rig.cli("ask", "--json", "do six steps")
+    assert result.code == 0, result
+    shown = [e for e in result.json_lines if not e["type"].startswith("codex_daytona.")]
+    run_id = result.json_lines[-1]["run_id"]
+    home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
+    saved = [
+        json.loads(line)
+        for line in (home / ".codex-daytona" / "runs" / run_id / "events.jsonl").read_text().splitlines()
+    ]
+    expected = [e for e in saved if not e["type"].startswith("codex_daytona.")]
+    assert shown == expected
+    assert rig.emulator.faults()["drop_log_streams"] == 0, "the faults were really injected"
+
+
+def test_transient_daytona_errors_are_retried(rig: Rig) -> None:
+    _ready(rig)
+    rig.model.enqueue(turn(msg("fine")))
+    rig.emulator.set_faults(fail_next=2)
+    result = rig.cli("ask", "hello")
+    assert result.code == 0, result
+
+
+def test_a_stopped_sandbox_is_started(rig: Rig) -> None:
+    sandbox_id = _ready(rig)
+    thread_before = rig.record().get("thread_id")
+    request = urllib.request.Request(
+        f"{rig.emulator.api_url}/sandbox/{sandbox_id}/stop",
+        method="POST",
+        headers={"Authorization": f"Bearer {DAYTONA_KEY}"},
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+    assert rig.sandbox(sandbox_id)["state"] == "stopped"
+    rig.model.enqueue(turn(msg("back up")))
+    result = rig.cli("ask", "hello again")
+    assert result.code == 0, result
+    assert "Starting sandbox" in result.stderr
+    assert rig.sandbox(sandbox_id)["state"] == "started"
+    assert thread_before is None or rig.record()["thread_id"] == thread_before
+
+
+def test_status_in_every_mode(rig: Rig) -> None:
+    none = rig.cli("status", "-q")
+    assert none.code == 0 and none.stdout.strip() == "none", none
+    sandbox_id = _ready(rig)
+    rig.model.enqueue(turn(msg("ok")))
+    assert rig.cli("ask", "hi").code == 0
+    human = rig.cli("status")
+    assert human.code == 0, human
+    assert sandbox_id in human.stdout and "completed" in human.stdout
+    data = json.loads(rig.cli("status", "--json").stdout)
+    assert data["state"] == "started" and data["sandbox_id"] == sandbox_id
+    assert data["last_turn"]["status"] == "completed" and data["thread_id"]
+    assert rig.cli("status", "-q").stdout.strip() == "started"
+
+
+def test_exec_streams_and_exits_with_the_command_code(rig: Rig) -> None:
+    _ready(rig)
+    result = rig.cli("exec", "--", "sh", "-c", "echo to-out; echo to-err >&2; pwd; exit 7")
+    assert result.code == 7, result
+    assert "to-out" in result.stdout and "to-err" not in result.stdout
+    assert "to-err" in result.stderr
+    assert result.stdout.strip().endswith("/home")
+    timed = rig.cli("exec", "--timeout", "2", "--", "sleep", "30")
+    assert timed.code == 124, timed
+
+
+def test_no_secret_in_any_output_mode(rig: Rig) -> None:
+    rig.model.enqueue(turn(run("env; printenv")), turn(msg(f"the key might be {OPENAI_KEY}")))
+    for args in (("ask", "leak?"), ("status",), ("status", "--json")):
+        result = rig.cli(*args)
+        assert OPENAI_KEY not in result.stdout + result.stderr, args
+        assert DAYTONA_KEY not in result.stdout + result.stderr, args
+        if args[0] == "ask":
+            rig.model.enqueue(turn(run("env")), turn(msg(f"again {OPENAI_KEY}")))
+    for args in (("ask", "--json", "leak?"), ("ask", "-q", "leak?")):
+        result = rig.cli(*args)
+        assert OPENAI_KEY not in result.stdout + result.stderr, args
+        rig.model.enqueue(turn(msg(f"and {OPENAI_KEY}")))
