@@ -870,7 +870,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id")
     parser.add_argument("--runs-dir")
     parser.add_argument("--home", default=os.path.expanduser("~"))
-    parser.add_argument("--list-ports", action="store_true", help="print the listening ports as JSON and exit")
+    parser.add_argument(
+        "--list-ports",
+        action="store_true",
+        help='print {"listening": [...], "loopback_only": [...]} as JSON and exit',
+    )
     parser.add_argument("--serve", action="store_true", help="run the agent daemon (started on demand)")
     parser.add_argument("--start-daemon", action="store_true", help="start the daemon if needed, then exit")
     parser.add_argument("--attach", metavar="RUN_ID", help="print a run's events from --offset")
@@ -880,7 +884,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs_dir = args.runs_dir or os.path.join(args.home, ".codex-daytona", "runs")
     if args.list_ports:
-        print(json.dumps(listening_ports(os.environ.get("CODEX_DAYTONA_SCOPE"))))
+        ports = listening_ports(os.environ.get("CODEX_DAYTONA_SCOPE"))
+        print(json.dumps({"listening": ports, "loopback_only": loopback_only_ports(ports)}))
         return EXIT_OK
     if args.serve:
         Daemon(args.home, runs_dir).serve(socket_path(args.home))

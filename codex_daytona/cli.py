@@ -142,7 +142,7 @@ def _result_line(outcome: TurnOutcome | None, error: CodexDaytonaError | None = 
             thread_id=outcome.thread_id,
             final_message=outcome.final_message,
             usage=outcome.usage,
-            previews=[{"port": p.port, "url": p.url} for p in outcome.previews],
+            previews=[p.as_dict() for p in outcome.previews],
         )
     if error is not None:
         line.update(error.details)
@@ -224,21 +224,36 @@ def preview(
     signed: Annotated[
         bool, typer.Option("--signed", help="A signed URL that opens in any browser with no header.")
     ] = False,
-    ttl: Annotated[int, typer.Option("--ttl", min=1, help="Lifetime of a signed URL, in seconds.")] = 3600,
+    ttl: Annotated[
+        int,
+        typer.Option("--ttl", min=1, help="Lifetime of a signed URL, in seconds (Daytona's own default is 60)."),
+    ] = 3600,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the links in the local browser (signed when the sandbox is private).")
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Print preview links for the servers listening in the sandbox.
+    """Print preview links for the servers listening in the sandbox, each checked through
+    Daytona's preview proxy (its HTTP status, and why it fails when it does).
 
-    Example: URL=$(codex-daytona preview -q --port 8080)
+    Example: URL=$(codex-daytona preview -q --signed --port 8080)
     """
     with _session(json_mode, quiet, debug) as (core, out):
-        links = core.preview(port, signed=signed, ttl=ttl)
+        links = core.preview(port, signed=signed, ttl=ttl, for_browser=open_browser)
         if not links:
             out.warning("Nothing is listening in the sandbox yet. Ask the agent to start a server.")
+        if open_browser:
+            import webbrowser
+
+            for link in links:
+                if webbrowser.open(link.url):
+                    out.progress(f"Opened port {link.port} in the browser.")
+                else:
+                    out.warning(f"Could not open a browser; open {link.url} yourself.")
         if json_mode:
-            out.json_line({"previews": [{"port": p.port, "url": p.url, "token": p.token} for p in links]})
+            out.json_line({"previews": [p.as_dict() for p in links]})
         elif quiet:
             for link in links:
                 out.value("", link.url, {})

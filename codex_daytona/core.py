@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
+from codex_daytona import previews, runtime
 from codex_daytona.daytona_api import DaytonaApi, PreviewLink
 from codex_daytona.errors import (
     AgentSetupError,
@@ -84,6 +84,40 @@ class StatusReport:
 
 
 @dataclass
+class Preview:
+    """A preview link and what checking it through the preview proxy found."""
+
+    link: PreviewLink
+    public: bool
+    signed: bool = False
+    check: previews.LinkCheck | None = None
+
+    @property
+    def port(self) -> int:
+        return self.link.port
+
+    @property
+    def url(self) -> str:
+        return self.link.url
+
+    @property
+    def token(self) -> str | None:
+        return self.link.token
+
+    def as_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "port": self.port,
+            "url": self.url,
+            "token": self.token,
+            "public": self.public,
+            "signed": self.signed,
+        }
+        if self.check is not None:
+            data.update(self.check.as_dict())
+        return data
+
+
+@dataclass
 class TurnOutcome:
     run_id: str
     status: str
@@ -92,7 +126,7 @@ class TurnOutcome:
     final_message: str
     error: str | None = None
     usage: dict[str, int] = field(default_factory=dict)
-    previews: list[PreviewLink] = field(default_factory=list)
+    previews: list[Preview] = field(default_factory=list)
     sandbox_id: str = ""
 
 
@@ -403,46 +437,70 @@ class App:
         self._save(record)
         return outcome
 
-    def _previews(self, sandbox: Sandbox, record: SandboxRecord, ports: ev.Event | None) -> list[PreviewLink]:
+    def _previews(self, sandbox: Sandbox, record: SandboxRecord, ports: ev.Event | None) -> list[Preview]:
         if not ports:
             return []
-        links = []
+        new_ports = [int(p) for p in ports.get("new") or []]
+        loopback = [int(p) for p in ports.get("loopback_only") or []]
+        for port in loopback:
+            if port not in new_ports:
+                self.emit(ev.warning(previews.loopback_problem(port).message()))
+        if not new_ports:
+            return []
         public = self.api.info(sandbox).public
-        for port in ports.get("loopback_only") or []:
-            self.emit(
-                ev.warning(
-                    f"Port {port} listens on 127.0.0.1 only, so its preview link cannot reach it: "
-                    "restart the server bound to 0.0.0.0 (e.g. `--host 0.0.0.0`)."
-                )
-            )
-        for port in ports.get("new") or []:
-            link = self.api.preview_link(sandbox, int(port))
-            links.append(link)
-            self.emit(preview_event(link, public))
-        return links
+        links = [self.api.preview_link(sandbox, port) for port in new_ports]
+        return self._check_and_report(links, public, loopback)
+
+    def _check_and_report(
+        self, links: list[PreviewLink], public: bool, loopback_only: list[int], *, signed: bool = False
+    ) -> list[Preview]:
+        """Checks each link through the preview proxy, then reports it and any problem."""
+        checks = previews.check_links(
+            [(link.port, link.url, None if public else link.token) for link in links], loopback_only
+        )
+        found = []
+        for link, check in zip(links, checks, strict=True):
+            preview = Preview(link, public, signed, check)
+            found.append(preview)
+            self.emit(preview_event(link, public, check, signed=signed))
+            if not check.ok:
+                self.emit(ev.warning(check.message()))
+        return found
 
     # --- preview -------------------------------------------------------------------------
 
-    def listening_ports(self, sandbox: Sandbox, record: SandboxRecord) -> list[int]:
+    def port_report(self, sandbox: Sandbox, record: SandboxRecord) -> tuple[list[int], list[int]]:
+        """The ports listening in the sandbox, and those of them bound to 127.0.0.1 only."""
         layout = runtime.Layout(record.home_dir)
         result = self.api.exec(sandbox, runtime.ports_command(layout), timeout=30)
         try:
-            return [int(p) for p in json.loads(result.output.strip().splitlines()[-1])]
-        except (ValueError, IndexError):
+            report = json.loads(result.output.strip().splitlines()[-1])
+            if isinstance(report, list):  # an agent uploaded by an older codex-daytona
+                return [int(p) for p in report], []
+            return [int(p) for p in report["listening"]], [int(p) for p in report.get("loopback_only") or []]
+        except (ValueError, IndexError, KeyError, TypeError):
             raise AgentSetupError(f"Could not list the sandbox's ports: {result.output.strip()[:200]}") from None
 
-    def preview(self, port: int | None = None, *, signed: bool = False, ttl: int = 3600) -> list[PreviewLink]:
-        """Preview links for `port`, or for every port listening in the sandbox."""
+    def listening_ports(self, sandbox: Sandbox, record: SandboxRecord) -> list[int]:
+        return self.port_report(sandbox, record)[0]
+
+    def preview(
+        self, port: int | None = None, *, signed: bool = False, ttl: int = 3600, for_browser: bool = False
+    ) -> list[Preview]:
+        """Preview links for `port`, or for every port listening in the sandbox, each checked
+        through the preview proxy. `for_browser` signs the links of a private sandbox, since
+        a browser cannot send the token header."""
         record = self._require_record()
         sandbox = self._connect_or_forget(record)
-        ports = [port] if port is not None else self.listening_ports(sandbox, record)
+        listening, loopback = self.port_report(sandbox, record)
+        ports = [port] if port is not None else listening
         public = self.api.info(sandbox).public
-        links = []
-        for p in ports:
-            link = self.api.signed_preview_link(sandbox, p, ttl) if signed else self.api.preview_link(sandbox, p)
-            links.append(link)
-            self.emit(preview_event(link, public or signed))
-        return links
+        signed = signed or (for_browser and not public)
+        links = [
+            self.api.signed_preview_link(sandbox, p, ttl) if signed else self.api.preview_link(sandbox, p)
+            for p in ports
+        ]
+        return self._check_and_report(links, public, loopback, signed=signed)
 
     # --- status and exec -------------------------------------------------------------------
 
@@ -521,11 +579,17 @@ def _with_details(error: CodexDaytonaError, outcome: TurnOutcome) -> CodexDayton
     return error
 
 
-def preview_event(link: PreviewLink, public: bool) -> ev.Event:
+def preview_event(
+    link: PreviewLink, public: bool, check: previews.LinkCheck | None = None, *, signed: bool = False
+) -> ev.Event:
     event: ev.Event = {"type": ev.PREVIEW, "port": link.port, "url": link.url, "public": public}
+    if signed:
+        event["signed"] = True
     if link.token and not public:
         event["token"] = link.token
-        event["header"] = "X-Daytona-Preview-Token"
+        event["header"] = previews.TOKEN_HEADER
+    if check is not None:
+        event.update(check.as_dict())
     return event
 
 

@@ -71,6 +71,7 @@ class Output:
         self.final_message: str | None = None
         # `ask --json` streams every event as a JSON line; other commands print one object.
         self.stream_events = False
+        self._browser_hint_shown = False
 
     # --- primitives -------------------------------------------------------------------
 
@@ -272,12 +273,30 @@ class Output:
         if self.mode is Mode.QUIET:
             return
         url = str(event.get("url"))
-        self._err(f"🔗 Port {event.get('port')}: [bold]{escape(url)}[/bold]")
+        port = event.get("port")
+        self._err(f"🔗 Port {port}: [bold]{escape(url)}[/bold]")
+        if "ok" in event:
+            status = event.get("status")
+            got = f"HTTP {status}" if status is not None else "no answer"
+            if event.get("ok"):
+                self._err(f"   [green]✓[/green] [dim]answers through the preview proxy ({got})[/dim]")
+            else:
+                self._err(f"   [red]✗[/red] [dim]through the preview proxy: {got}, see the warning below[/dim]")
         if event.get("token"):
+            token = escape(str(event.get("token")))
+            header = escape(str(event.get("header")))
             self._err(
-                f"[dim]   Private sandbox: send the header {event.get('header')}: {event.get('token')}, "
-                f"or open `codex-daytona preview --signed --port {event.get('port')}` in a browser.[/dim]"
+                f"[dim]   Private sandbox: send the header {header}: {token}, "
+                f"e.g. curl -H '{header}: {token}' {escape(url)}[/dim]"
             )
+            if not self._browser_hint_shown:
+                self._browser_hint_shown = True
+                self._err(
+                    f"[dim]   A browser cannot send it: `codex-daytona preview --open --port {port}` opens a signed "
+                    f"URL, `codex-daytona preview --signed --port {port}` prints one (valid 1 h; --ttl SECONDS).[/dim]"
+                )
+        elif event.get("signed"):
+            self._err("[dim]   Signed URL: opens in any browser, no header needed, until it expires.[/dim]")
 
     # --- results -------------------------------------------------------------------------
 

@@ -120,7 +120,9 @@ def start_daemon_command(layout: Layout) -> str:
 
 
 def ports_command(layout: Layout) -> str:
-    """Prints the sandbox's listening ports (less Daytona's own) as a JSON list."""
+    """Prints the sandbox's listening TCP ports (less Daytona's own; the agent itself only
+    uses a unix socket) as JSON: `{"listening": [...], "loopback_only": [...]}`. An agent
+    uploaded by an older codex-daytona prints a bare list."""
     q = shlex.quote
     return f"{q(layout.python)} {q(layout.agent)} --list-ports"
 

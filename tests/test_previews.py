@@ -1,0 +1,153 @@
+"""The preview link check on its own: real HTTP servers on 127.0.0.1, no Daytona."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pytest
+
+from codex_daytona import previews
+from tests.e2e import free_port
+
+VITE_BODY = (
+    'Blocked request. This host ("8080-abc.proxy.daytona.works") is not allowed.\n'
+    'To allow this host, add "8080-abc.proxy.daytona.works" to `server.allowedHosts` in vite.config.js.'
+)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    status = 200
+    body = "<html>ok</html>"
+    seen: ClassVar[list[dict[str, str]]] = []  # one list per server: see serve()
+
+    def do_GET(self) -> None:
+        type(self).seen.append(dict(self.headers.items()))
+        payload = self.body.encode()
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def serve(status: int, body: str) -> Iterator[tuple[str, type[Handler]]]:
+    handler = type("H", (Handler,), {"status": status, "body": body, "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def good() -> Iterator[tuple[str, type[Handler]]]:
+    yield from serve(200, "<html>ok</html>")
+
+
+@pytest.fixture
+def vite() -> Iterator[tuple[str, type[Handler]]]:
+    yield from serve(403, VITE_BODY)
+
+
+@pytest.fixture
+def webpack() -> Iterator[tuple[str, type[Handler]]]:
+    yield from serve(403, "Invalid Host header")
+
+
+@pytest.fixture
+def gateway() -> Iterator[tuple[str, type[Handler]]]:
+    yield from serve(502, "Nothing is listening on port 3000 in sandbox x\n")
+
+
+def test_a_good_server_is_ok_and_gets_the_token_and_the_skip_warning_header(good: tuple[str, type[Handler]]) -> None:
+    url, handler = good
+    check = previews.check_link(3000, url, "tok-123")
+    assert check == previews.LinkCheck(200, True)
+    assert handler.seen[0]["X-Daytona-Preview-Token"] == "tok-123"
+    assert handler.seen[0]["X-Daytona-Skip-Preview-Warning"] == "true"
+    assert check.as_dict() == {"status": 200, "ok": True}
+
+
+def test_no_token_sends_no_token_header(good: tuple[str, type[Handler]]) -> None:
+    url, handler = good
+    assert previews.check_link(3000, url, None).ok
+    assert "X-Daytona-Preview-Token" not in handler.seen[0]
+
+
+def test_vite_host_check_gets_the_allowed_hosts_hint(vite: tuple[str, type[Handler]]) -> None:
+    check = previews.check_link(5173, vite[0])
+    assert (check.status, check.ok) == (403, False)
+    assert "Vite blocked the preview host" in (check.problem or "")
+    assert "server.allowedHosts" in (check.hint or "") and "allowedHosts: true" in (check.hint or "")
+    assert "--host 0.0.0.0" in (check.hint or "")
+
+
+def test_webpack_invalid_host_header_gets_its_hint(webpack: tuple[str, type[Handler]]) -> None:
+    check = previews.check_link(8080, webpack[0])
+    assert (check.status, check.ok) == (403, False)
+    assert "Invalid Host header" in (check.problem or "")
+    assert "allowedHosts: 'all'" in (check.hint or "")
+
+
+def test_a_loopback_server_is_a_problem_even_when_a_local_proxy_reaches_it(good: tuple[str, type[Handler]]) -> None:
+    check = previews.check_link(8000, good[0], loopback_only=True)
+    assert not check.ok
+    assert "127.0.0.1 only" in (check.problem or "")
+    assert "--bind 0.0.0.0" in (check.hint or "") and "8000" in (check.hint or "")
+
+
+def test_a_gateway_error_is_retried_then_explained_within_the_timeout(gateway: tuple[str, type[Handler]]) -> None:
+    url, handler = gateway
+    started = time.monotonic()
+    check = previews.check_link(3000, url, timeout=1.5)
+    elapsed = time.monotonic() - started
+    assert (check.status, check.ok) == (502, False)
+    assert "nothing answers" in (check.problem or "")
+    assert len(handler.seen) >= 2, "a server still starting gets another chance"
+    assert elapsed < 3
+
+
+def test_nothing_there_is_a_problem_not_an_exception() -> None:
+    port = free_port()
+    check = previews.check_link(port, f"http://127.0.0.1:{port}/", timeout=1)
+    assert check.status is None and not check.ok
+    assert "Could not reach" in (check.problem or "")
+
+
+def test_a_hung_server_times_out_quickly() -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # accepts the connection, never answers
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        check = previews.check_link(port, f"http://127.0.0.1:{port}/", timeout=1)
+    assert time.monotonic() - started < 3
+    assert check.status is None and not check.ok
+    assert "did not answer" in (check.problem or "")
+
+
+def test_other_statuses() -> None:
+    assert previews.diagnose(1, 404, "Not Found", None, loopback_only=False).ok  # the app answered
+    assert previews.diagnose(1, 302, "", None, loopback_only=False).ok
+    failed = previews.diagnose(1, 500, "Traceback", None, loopback_only=False)
+    assert not failed.ok and "the app itself failed" in (failed.problem or "")
+    refused = previews.diagnose(1, 403, "Invalid preview token\n", None, loopback_only=False)
+    assert not refused.ok and "refused the preview token" in (refused.problem or "")
+
+
+def test_check_links_runs_side_by_side(gateway: tuple[str, type[Handler]], good: tuple[str, type[Handler]]) -> None:
+    started = time.monotonic()
+    checks = previews.check_links([(1, gateway[0], None), (2, good[0], None), (3, gateway[0], None)], timeout=1.5)
+    assert [c.status for c in checks] == [502, 200, 502]
+    assert time.monotonic() - started < 2.5
