@@ -105,7 +105,7 @@ def test_ctrl_c_stops_the_turn_not_the_sandbox(rig: Rig) -> None:
     _wait_for(lambda: bool(_sandbox_processes(rig, sandbox_id, "sleep 60")))
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)
+    _stdout, stderr = proc.communicate(timeout=30)
     elapsed = time.monotonic() - sent
     assert proc.returncode == 130, stderr
     assert elapsed < 5, f"took {elapsed:.1f} s to give control back"
