@@ -182,8 +182,9 @@ def unsafe_reason(member: tarfile.TarInfo, dest: Path) -> str | None:
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
         return "not a file, directory or link"
     real_dest = os.path.realpath(dest)
-    target = os.path.join(real_dest, *parts)
-    if not _inside(os.path.realpath(target), real_dest):
+    # The parent must resolve inside; the last component itself is replaced, never followed.
+    parent = os.path.realpath(os.path.join(real_dest, *parts[:-1]))
+    if not _inside(parent, real_dest):
         return "goes outside the destination through a symlink"
     if member.issym() or member.islnk():
         link = member.linkname
