@@ -505,6 +505,8 @@ class App:
     def push(self, local: Path | None = None, remote: str | None = None) -> PushResult:
         """Uploads a local directory (its files git does not ignore) into the sandbox as one archive."""
         source = transfer.require_directory(local or self.project_dir)
+        if self.record() is None:
+            self.up()  # like `ask`: the first push creates the sandbox
         record = self._require_record()
         sandbox = self._connect_or_forget(record)
         layout = runtime.Layout(record.home_dir)
