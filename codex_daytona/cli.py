@@ -347,6 +347,8 @@ def diff(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = 
                 }
             )
         else:
+            if not result.patch:
+                out.progress("No changes since the baseline.")
             out.raw(result.patch)
 
 
