@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -111,15 +112,27 @@ def _read_prompt(prompt: str | None) -> str:
 
 
 @app.command()
-def up(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def up(
+    repo: Annotated[
+        str | None,
+        typer.Option("--repo", help="Create the sandbox with a clone of this git repository as its home."),
+    ] = None,
+    branch: Annotated[str | None, typer.Option("--branch", help="The branch (or tag) to clone.")] = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """Create the sandbox for this directory (or start the one it has) and install the agent.
 
-    Prints the sandbox id. A second `up` only reports the sandbox.
+    Prints the sandbox id. A second `up` only reports the sandbox. `--repo URL` clones a
+    repository into the new sandbox's home, where the agent works.
 
-    Example: codex-daytona up
+    Example: codex-daytona up --repo https://github.com/me/app.git --branch main
     """
     with _session(json_mode, quiet, debug) as (core, out):
-        result = core.up()
+        if branch is not None and repo is None:
+            raise_usage("--branch needs --repo.")
+        result = core.up(repo=repo, branch=branch)
         verb = "Created" if result.created else "Using"
         out.value(
             f"{verb} sandbox {result.sandbox_id}",
@@ -353,6 +366,114 @@ def down(
             typer.confirm(f"Delete sandbox {record.sandbox_id} and everything in it?", abort=True, err=True)
         sandbox_id = core.down()
         out.value(f"Deleted sandbox {sandbox_id}", sandbox_id, {"sandbox_id": sandbox_id, "deleted": True})
+
+
+def raise_usage(message: str, hint: str = "") -> NoReturn:
+    raise UsageError(message, hint)
+
+
+@app.command()
+def push(
+    local: Annotated[
+        Path | None, typer.Argument(help="The directory to upload (default: the current one).", show_default=False)
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Where in the sandbox: relative to its home, or absolute (default: the home)."),
+    ] = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Upload a local directory into the sandbox.
+
+    Sends the files git would track (tracked plus untracked, less .gitignore'd ones), never
+    `.git/`, `.codex-daytona/` or `.env` files, as one archive. Files in the sandbox that
+    are not in the upload are kept. The pushed files become the starting point of `diff`.
+    -q prints the destination path.
+
+    Example: codex-daytona push ./src --to src
+    """
+    with _session(json_mode, quiet, debug) as (core, out):
+        result = core.push(local, to)
+        out.value(
+            f"Pushed {result.files} files ({result.bytes:,} bytes) to {result.destination}",
+            result.destination,
+            {
+                "sandbox_id": result.sandbox_id,
+                "destination": result.destination,
+                "files": result.files,
+                "bytes": result.bytes,
+                "baselined": result.baselined,
+            },
+        )
+
+
+@app.command()
+def pull(
+    remote: Annotated[
+        str | None,
+        typer.Argument(help="A directory or file in the sandbox (default: its home).", show_default=False),
+    ] = None,
+    local: Annotated[
+        Path | None, typer.Argument(help="Where to put it (default: the current directory).", show_default=False)
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite local files that differ.")] = False,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Download the agent's work from the sandbox.
+
+    By default the sandbox home's project files: what git would not ignore there, less
+    `.codex-daytona/`, `.codex/`, the sandbox's own dotfiles and caches (node_modules, .venv,
+    __pycache__). Refuses to overwrite a local file whose content differs, unless --force;
+    never deletes local files. -q prints the local directory.
+
+    Example: codex-daytona pull src ./src
+    """
+    with _session(json_mode, quiet, debug) as (core, out):
+        result = core.pull(remote, local, force=force)
+        unchanged = f", {result.unchanged} unchanged" if result.unchanged else ""
+        out.value(
+            f"Pulled {result.written} files{unchanged} from {result.source} into {result.destination}",
+            str(result.destination),
+            {
+                "sandbox_id": result.sandbox_id,
+                "source": result.source,
+                "destination": str(result.destination),
+                "written": result.written,
+                "unchanged": result.unchanged,
+                "overwritten": result.overwritten,
+                "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+            },
+        )
+
+
+@app.command()
+def diff(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """Print what changed in the sandbox since it was set up (or last pushed to), as a patch.
+
+    The output is a git-style unified diff with binary files included, relative to the
+    sandbox home: `codex-daytona diff | git apply` replays the agent's work here. Prints
+    nothing when nothing changed. --json gives the patch and the changed paths.
+
+    Example: codex-daytona diff > agent.patch && git apply agent.patch
+    """
+    with _session(json_mode, quiet, debug) as (core, out):
+        result = core.diff()
+        if json_mode:
+            out.json_line(
+                {
+                    "sandbox_id": result.sandbox_id,
+                    "changes": [{"status": s, "path": p} for s, p in result.changes],
+                    "patch": result.patch.decode("utf-8", "replace"),
+                }
+            )
+        else:
+            if not result.patch:
+                out.progress("No changes since the baseline.")
+            out.raw(result.patch)
 
 
 def main() -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import shlex
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from codex_daytona import events as ev
-from codex_daytona import previews, runtime
+from codex_daytona import previews, runtime, transfer
 from codex_daytona.daytona_api import DaytonaApi, PreviewLink
 from codex_daytona.errors import (
     AgentSetupError,
@@ -31,8 +33,10 @@ from codex_daytona.errors import (
     InterruptedByUser,
     NoSandboxError,
     SandboxGoneError,
+    TransferError,
     TurnFailedError,
     TurnTimeoutError,
+    UsageError,
 )
 from codex_daytona.settings import Settings
 from codex_daytona.state import DEFAULT_NAME, LastTurn, SandboxRecord, State, StateStore, Usage, now
@@ -130,6 +134,33 @@ class TurnOutcome:
     sandbox_id: str = ""
 
 
+@dataclass
+class PushResult:
+    sandbox_id: str
+    destination: str
+    files: int
+    bytes: int
+    baselined: bool
+
+
+@dataclass
+class PullResult:
+    sandbox_id: str
+    source: str
+    destination: Path
+    written: int
+    unchanged: int
+    overwritten: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class DiffResult:
+    sandbox_id: str
+    patch: bytes
+    changes: list[tuple[str, str]] = field(default_factory=list)
+
+
 class App:
     """One project directory's sandboxes, as the CLI sees them."""
 
@@ -199,8 +230,12 @@ class App:
 
     # --- up ------------------------------------------------------------------------------
 
-    def up(self) -> UpResult:
-        """Reuses the sandbox in state (starting it if stopped), or creates and sets up one."""
+    def up(self, *, repo: str | None = None, branch: str | None = None) -> UpResult:
+        """Reuses the sandbox in state (starting it if stopped), or creates and sets up one.
+
+        With `repo`, creates a new sandbox whose home is a clone of that repository."""
+        if repo is not None:
+            return self._up_from_repo(repo, branch)
         with self.store.lock():
             state = self.store.load()
             record = state.sandboxes.get(self.name)
@@ -223,6 +258,7 @@ class App:
                     return UpResult(record.sandbox_id, created=False, home_dir=record.home_dir)
             sandbox, record = self._create(state)
             self._setup(sandbox, record, state)
+            self._ensure_baseline(sandbox, record)
             return UpResult(record.sandbox_id, created=True, home_dir=record.home_dir)
 
     def _create(self, state: State) -> tuple[Sandbox, SandboxRecord]:
@@ -566,6 +602,164 @@ class App:
         self._forget(record.sandbox_id)
         return record.sandbox_id
 
+    # --- transfer: up --repo, push, pull, diff --------------------------------------------
+
+    def _up_from_repo(self, repo: str, branch: str | None) -> UpResult:
+        """A new sandbox whose home is a clone of `repo`; the clone is the diff baseline."""
+        record = self.record()
+        if record is not None:
+            raise UsageError(
+                f"This directory already has sandbox {record.sandbox_id}; --repo only applies to a new sandbox.",
+                "Run `codex-daytona down` first, or `codex-daytona push` your code into the existing one.",
+            )
+        result = self.up()
+        record = self._require_record()
+        sandbox = self._connect(record)
+        layout = runtime.Layout(record.home_dir)
+        self.emit(ev.progress(f"Cloning {repo}{f' (branch {branch})' if branch else ''}..."))
+        cloned = self.api.exec(sandbox, runtime.clone_command(layout, repo, branch), timeout=900)
+        if cloned.exit_code != 0:
+            # A fresh sandbox with a failed clone is of no use: delete it so `up --repo` can be retried.
+            with contextlib.suppress(DaytonaError):
+                self.api.delete(sandbox)
+            self._forget(record.sandbox_id)
+            raise TransferError(
+                f"Could not clone {repo}: {_tail(cloned.output)}",
+                "Check the URL and the branch (the sandbox must reach the repository); the new sandbox was deleted.",
+            )
+        rebased = self.api.exec(sandbox, runtime.rebaseline_all_command(layout), timeout=600)
+        if rebased.exit_code != 0:
+            self.emit(ev.warning(f"Could not record the clone as the diff baseline: {_tail(rebased.output)}"))
+        return result
+
+    def _ensure_baseline(self, sandbox: Sandbox, record: SandboxRecord) -> bool:
+        """Takes the diff baseline once (the home as `up` left it). False when git is missing."""
+        layout = runtime.Layout(record.home_dir)
+        probe = self.api.exec(sandbox, runtime.baseline_probe_command(layout), timeout=60)
+        status, dotfiles = runtime.parse_baseline_probe(probe.output)
+        if status == "present":
+            return True
+        if status != "ready":
+            self.emit(ev.warning("The sandbox has no git, so `codex-daytona diff` will not work in it."))
+            return False
+        self.api.upload(sandbox, {runtime.baseline_exclude(layout): runtime.baseline_exclude_file(dotfiles)})
+        taken = self.api.exec(sandbox, runtime.baseline_init_command(layout), timeout=600)
+        if taken.exit_code != 0:
+            self.emit(ev.warning(f"Could not record the diff baseline: {_tail(taken.output)}"))
+            return False
+        return True
+
+    def push(self, local: Path | None = None, remote: str | None = None) -> PushResult:
+        """Uploads a local directory (its files git does not ignore) into the sandbox as one archive."""
+        source = transfer.require_directory(local or self.project_dir)
+        if self.record() is None:
+            self.up()  # like `ask`: the first push creates the sandbox
+        record = self._require_record()
+        sandbox = self._connect_or_forget(record)
+        layout = runtime.Layout(record.home_dir)
+        dest = transfer.resolve_remote(record.home_dir, remote)
+        paths = transfer.list_push_files(source)
+        self.emit(ev.progress(f"Packing {len(paths)} files from {source}..."))
+        token = secrets.token_hex(6)
+        archive = f"{runtime.transfer_dir(layout)}/push-{token}.tar.gz"
+        path_list = f"{runtime.transfer_dir(layout)}/push-{token}.list"
+        with tempfile.TemporaryDirectory(prefix="codex-daytona-push-") as tmp:
+            local_archive = Path(tmp) / "push.tar.gz"
+            with open(local_archive, "wb") as out:
+                stats = transfer.build_archive(source, paths, out)
+            size = local_archive.stat().st_size
+            self.emit(ev.progress(f"Uploading {stats.files} files ({_size(size)} compressed) to {dest}..."))
+            listing = b"".join(os.fsencode(p) + b"\0" for p in paths)
+            self.api.upload_from(sandbox, {archive: str(local_archive), path_list: listing})
+        unpacked = self.api.exec(sandbox, runtime.push_extract_command(archive, dest), timeout=900)
+        if unpacked.exit_code != 0:
+            self.api.exec(sandbox, runtime.remove_command(path_list), timeout=60)
+            raise TransferError(f"Unpacking in the sandbox failed: {_tail(unpacked.output)}")
+        baselined = False
+        if transfer.within(dest, record.home_dir) and self._ensure_baseline(sandbox, record):
+            rebased = self.api.exec(sandbox, runtime.rebaseline_paths_command(layout, dest, path_list), timeout=600)
+            baselined = rebased.exit_code == 0
+            if not baselined:
+                self.emit(ev.warning(f"Could not update the diff baseline: {_tail(rebased.output)}"))
+        else:
+            self.api.exec(sandbox, runtime.remove_command(path_list), timeout=60)
+        return PushResult(record.sandbox_id, dest, stats.files, stats.bytes, baselined)
+
+    def pull(self, remote: str | None = None, local: Path | None = None, *, force: bool = False) -> PullResult:
+        """Downloads sandbox files as one archive and unpacks it locally, refusing to overwrite
+        local files that differ unless `force`."""
+        record = self._require_record()
+        sandbox = self._connect_or_forget(record)
+        layout = runtime.Layout(record.home_dir)
+        source = transfer.resolve_remote(record.home_dir, remote)
+        dest = (local or self.project_dir).absolute()
+        if dest.exists() and not dest.is_dir():
+            raise UsageError(f"{dest} is not a directory.", "Pull into a directory (default: the current one).")
+        archive = f"{runtime.transfer_dir(layout)}/pull-{secrets.token_hex(6)}.tar.gz"
+        self.emit(ev.progress(f"Packing {source} in the sandbox..."))
+        command = runtime.pull_archive_command(
+            layout, source, archive, use_baseline=transfer.within(source, record.home_dir)
+        )
+        packed = self.api.exec(sandbox, command, timeout=900)
+        if packed.exit_code != 0:
+            self.api.exec(sandbox, runtime.remove_command(archive), timeout=60)
+            if packed.exit_code == runtime.MISSING_PATH_EXIT:
+                raise TransferError(f"No such file or directory in the sandbox: {source}")
+            raise TransferError(f"Packing {source} in the sandbox failed: {_tail(packed.output)}")
+        with tempfile.TemporaryDirectory(prefix="codex-daytona-pull-") as tmp:
+            local_archive = Path(tmp) / "pull.tar.gz"
+            self.emit(ev.progress("Downloading..."))
+            try:
+                self.api.download_to(sandbox, archive, str(local_archive))
+            finally:
+                with contextlib.suppress(DaytonaError):
+                    self.api.exec(sandbox, runtime.remove_command(archive), timeout=60)
+            with transfer.open_archive(local_archive) as tar:
+                plan = transfer.plan_pull(tar, dest)
+                if plan.conflicts and force:
+                    self.emit(ev.warning(f"Overwriting local changes: {transfer.describe(plan.conflicts)}"))
+                try:
+                    transfer.apply_pull(tar, plan, dest, force=force)
+                except (OSError, ValueError) as exc:
+                    raise TransferError(f"Unpacking into {dest} failed: {exc}") from exc
+        for name, reason in plan.skipped:
+            self.emit(ev.warning(f"Skipped {name}: {reason}."))
+        files = [m for m in plan.write if not m.isdir()]
+        return PullResult(
+            record.sandbox_id,
+            source,
+            dest,
+            written=len(files),
+            unchanged=len(plan.unchanged),
+            overwritten=list(plan.conflicts),
+            skipped=plan.skipped,
+        )
+
+    def diff(self) -> DiffResult:
+        """The agent's changes since the baseline, as a patch `git apply` accepts."""
+        record = self._require_record()
+        sandbox = self._connect_or_forget(record)
+        layout = runtime.Layout(record.home_dir)
+        patch_path = f"{runtime.transfer_dir(layout)}/diff-{secrets.token_hex(6)}.patch"
+        result = self.api.exec(sandbox, runtime.diff_command(layout, patch_path), timeout=600)
+        if result.exit_code == runtime.NO_BASELINE_EXIT:
+            raise TransferError(
+                "This sandbox has no baseline to compare with (it predates `diff`, or has no git).",
+                "`codex-daytona push` records one when the sandbox has git.",
+            )
+        if result.exit_code != 0:
+            self.api.exec(sandbox, runtime.remove_command(patch_path), timeout=60)
+            raise TransferError(f"Computing the diff in the sandbox failed: {_tail(result.output)}")
+        with tempfile.TemporaryDirectory(prefix="codex-daytona-diff-") as tmp:
+            local_patch = Path(tmp) / "changes.patch"
+            try:
+                self.api.download_to(sandbox, patch_path, str(local_patch))
+            finally:
+                with contextlib.suppress(DaytonaError):
+                    self.api.exec(sandbox, runtime.remove_command(patch_path), timeout=60)
+            patch = local_patch.read_bytes()
+        return DiffResult(record.sandbox_id, patch, runtime.parse_changes(result.output))
+
 
 def _with_details(error: CodexDaytonaError, outcome: TurnOutcome) -> CodexDaytonaError:
     error.details = {
@@ -770,3 +964,11 @@ class CommandStream:
             if deadline is not None and time.monotonic() > deadline:
                 raise TurnTimeoutError("The command did not finish in time.")
             time.sleep(0.5)
+
+
+def _tail(output: str, lines: int = 3) -> str:
+    return " | ".join(output.strip().splitlines()[-lines:]) or "no output"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB" if n >= 100_000 else f"{n / 1000:.1f} kB"

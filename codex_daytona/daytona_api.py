@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+TRANSFER_TIMEOUT_S = 3600
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,20 @@ class DaytonaApi:
         uploads = [FileUpload(source=data, destination=path) for path, data in files.items()]
         with self._translate("upload files to the sandbox", sandbox.id):
             sandbox.fs.upload_files(uploads)
+
+    def upload_from(self, sandbox: Sandbox, files: dict[str, str | bytes]) -> None:
+        """One upload request. A `str` source is a local file path, streamed from disk."""
+        from daytona import FileUpload
+
+        uploads = [FileUpload(source=source, destination=path) for path, source in files.items()]
+        with self._translate("upload files to the sandbox", sandbox.id):
+            sandbox.fs.upload_files(uploads, timeout=TRANSFER_TIMEOUT_S)
+
+    def download_to(self, sandbox: Sandbox, remote_path: str, local_path: str) -> None:
+        """Streams one sandbox file to a local file."""
+        # No sandbox id: a missing file must not read as a deleted sandbox.
+        with self._translate(f"download {remote_path} from the sandbox"):
+            sandbox.fs.download_file(remote_path, local_path, TRANSFER_TIMEOUT_S)
 
     def exec(self, sandbox: Sandbox, command: str, timeout: int = 120) -> CommandResult:
         with self._translate("run a command in the sandbox", sandbox.id):

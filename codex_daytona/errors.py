@@ -87,3 +87,15 @@ class InterruptedByUser(CodexDaytonaError):
 
 class UsageError(CodexDaytonaError):
     exit_code = ExitCode.USAGE
+
+
+class TransferError(CodexDaytonaError):
+    """push, pull, diff or a clone failed."""
+
+    default_hint = "Check the paths and try again."
+
+
+class PullConflictError(CodexDaytonaError):
+    """A pull would overwrite local files that differ from the sandbox's."""
+
+    default_hint = "Commit, move or discard your local changes, or pass --force to overwrite them."

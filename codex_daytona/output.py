@@ -316,3 +316,15 @@ class Output:
                 self._out(quiet)
         else:
             self._out(human)
+
+    def raw(self, data: bytes) -> None:
+        """Bytes as they are (a patch) on stdout, secrets masked."""
+        for secret in self.secrets:
+            data = data.replace(secret.encode(), MASK.encode())
+        buffer = getattr(self.stdout, "buffer", None)
+        self.stdout.flush()
+        if buffer is None:
+            self.stdout.write(data.decode("utf-8", "replace"))
+        else:
+            buffer.write(data)
+            buffer.flush()
