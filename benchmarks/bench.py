@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e import DAYTONA_KEY, OPENAI_KEY, SNAPSHOT, build_runtime_snapshot  # noqa: E402
+from tests.e2e import DAYTONA_KEY, OPENAI_KEY  # noqa: E402
 from tests.fakes.codex_home import codex_binary, codex_env, write_codex_home  # noqa: E402
 from tests.fakes.daytona import DaytonaEmulator  # noqa: E402
 from tests.fakes.model import ScriptedModel, msg, run, turn  # noqa: E402
@@ -82,6 +82,7 @@ class Bench:
             SANDBOX_OPENAI_BASE_URL=self.model.base_url,
             CODEX_DAYTONA_MODEL="gpt-5.5",
             CODEX_DAYTONA_STATE_DIR=str(state_dir),
+            CODEX_DAYTONA_SNAPSHOT="",  # no explicit snapshot: `up` looks up the one `snapshot` builds
             NO_COLOR="1",
         )
         env.update(extra)
@@ -213,12 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"Measuring, {runs} runs each (a few minutes)...", file=sys.stderr)
             help_ours, help_typer = measure_help(runs)
-            # The runtime every ready sandbox uses, installed once as the test suite does.
-            emulator.add_snapshot(SNAPSHOT, build_runtime_snapshot(work / "runtime"))
-            up_fresh, trips_fresh = measure_up(bench, runs, "up fresh", CODEX_DAYTONA_SNAPSHOT="")
-            up_snap, trips_snap = measure_up(bench, runs, "up from snapshot", CODEX_DAYTONA_SNAPSHOT=SNAPSHOT)
+            up_fresh, trips_fresh = measure_up(bench, runs, "up fresh")
             project, state = bench.project()
-            env = bench.env(state, CODEX_DAYTONA_SNAPSHOT=SNAPSHOT)
+            env = bench.env(state)
+            (build, _), trips_build = bench.counted("snapshot", lambda: bench.cli(project, env, "snapshot"))
+            up_snap, trips_snap = measure_up(bench, runs, "up from snapshot")
             bench.cli(project, env, "up")
             ask_ours, ask_exec, trips_ask = measure_ask(bench, project, env, runs)
             latencies = measure_latency(bench, project, env)
@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             "median <= 100 ms",
         ),
         ("`up` fresh / `up` from snapshot", f"{ratio(up_fresh, up_snap)} ({up_fresh:.1f} s / {up_snap:.1f} s)", ""),
+        ("`snapshot`, once / `up` fresh", f"{ratio(build, up_fresh)} ({build:.1f} s, {trips_build} round trips)", ""),
     ]
     widths = [max(len(r[i]) for r in [("measure", "median", "target"), *rows]) for i in range(3)]
     line = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
@@ -262,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         "scripted turn on this machine (stdin /dev/null, one warm-up run first). Round trips: requests\n"
         "in the emulator's log of kind api, toolbox or ws (Socket.IO left out). Event latency: arrival\n"
         "time of each `ask --json` line at this process minus the `ts` the agent stamped on it, over a\n"
-        f"turn of {LATENCY_COMMANDS} commands (same clock). `up` fresh: no snapshot, the runtime is\n"
-        "pip-installed in the sandbox; from snapshot: the runtime is in the sandbox's image."
+        f"turn of {LATENCY_COMMANDS} commands (same clock). `up` fresh: no snapshot yet, the runtime is\n"
+        "pip-installed in the sandbox; then `codex-daytona snapshot` builds the runtime snapshot once\n"
+        "and `up` finds it by name. A sandbox is deleted (`down`) after each `up` run, untimed."
     )
     if args.verbose:
         for label, calls in bench.notes.items():
