@@ -111,6 +111,8 @@ class App:
         self.project_dir = (project_dir or Path.cwd()).absolute()
         self.emit: OnEvent = on_event or (lambda _event: None)
         self._api: DaytonaApi | None = None
+        # Set when a new sandbox comes from the prebuilt runtime snapshot (runtime.snapshot_name).
+        self._runtime_baked_in = False
 
     @property
     def api(self) -> DaytonaApi:
@@ -210,7 +212,8 @@ class App:
     def _setup(self, sandbox: Sandbox, record: SandboxRecord, state: State) -> None:
         """Installs the agent runtime when missing, uploads the agent and Codex's config."""
         layout = runtime.Layout(record.home_dir)
-        self._install_runtime(sandbox, layout)
+        if not self._runtime_baked_in:
+            self._install_runtime(sandbox, layout)
         if record.preview_pattern is None:
             probe_link = self.api.preview_link(sandbox, runtime.PATTERN_PROBE_PORT)
             record.preview_pattern = probe_link.url.replace(str(runtime.PATTERN_PROBE_PORT), "{PORT}")
@@ -247,7 +250,10 @@ class App:
 
     def _run_setup_command(self, sandbox: Sandbox, command: str) -> None:
         """Runs a long setup command as a session command, so no HTTP request waits minutes."""
-        session = f"{SESSION_ID}-setup"
+        # A new session each time: creating it first costs one request, where trying the
+        # command in a session that a fresh sandbox does not have yet costs two.
+        session = f"{SESSION_ID}-setup-{secrets.token_hex(3)}"
+        self.api.create_session(sandbox, session)
         command_id = self.api.start_command(sandbox, session, command)
         output: list[str] = []
         with contextlib.suppress(DaytonaError):
@@ -275,6 +281,8 @@ class App:
         state = self.api.snapshot_state(name)
         if state == "active":
             self.emit(ev.progress(f"Using snapshot {name}"))
+            # Its name vouches for the runtime in it, so `_setup` need not probe for it.
+            self._runtime_baked_in = True
             return name
         if state is not None:
             self.emit(ev.progress(f"Snapshot {name} is {state}, not usable yet; installing the runtime instead."))
