@@ -59,6 +59,9 @@ class Emitter:
             self._secrets.append(secret)
 
     def emit(self, event: dict[str, Any]) -> None:
+        # Every event carries when it was written (`ts`, seconds since the epoch), so a reader
+        # can tell how late it arrived; `make bench` measures the CLI's event latency with it.
+        event = {**event, "ts": event.get("ts", round(time.time(), 6))}
         line = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
         for secret in self._secrets:
             line = line.replace(secret, "***")

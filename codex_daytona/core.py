@@ -49,6 +49,10 @@ TOOL_LABEL = "codex-daytona"
 SESSION_ID = "codex-daytona"
 INTERRUPT_GRACE_S = 10.0
 STREAM_RECONNECTS = 20
+# Snapshot states (daytona SnapshotState) worth waiting for, and the ones that will not recover.
+SNAPSHOT_PENDING = frozenset({"pending", "building", "pulling", "snapshotting"})
+SNAPSHOT_FAILED = frozenset({"error", "build_failed"})
+SNAPSHOT_BUILDER_MINUTES = 60
 
 
 def project_labels(project_dir: Path, name: str) -> dict[str, str]:
@@ -122,6 +126,13 @@ class Preview:
 
 
 @dataclass
+class SnapshotResult:
+    name: str
+    created: bool
+    state: str
+
+
+@dataclass
 class TurnOutcome:
     run_id: str
     status: str
@@ -179,6 +190,8 @@ class App:
         self.project_dir = (project_dir or Path.cwd()).absolute()
         self.emit: OnEvent = on_event or (lambda _event: None)
         self._api: DaytonaApi | None = None
+        # Set when a new sandbox comes from the prebuilt runtime snapshot (runtime.snapshot_name).
+        self._runtime_baked_in = False
 
     @property
     def api(self) -> DaytonaApi:
@@ -269,7 +282,7 @@ class App:
             env={"CODEX_DAYTONA_SCOPE": scope},
             auto_stop_minutes=self.settings.codex_daytona_auto_stop_minutes,
             auto_delete_minutes=self.settings.codex_daytona_auto_delete_minutes,
-            snapshot=self.settings.codex_daytona_snapshot,
+            snapshot=self._base_snapshot(),
         )
         # Saved before anything else can fail, so the sandbox is never orphaned.
         record = SandboxRecord(sandbox_id=sandbox.id, home_dir="", scope=scope)
@@ -283,17 +296,8 @@ class App:
     def _setup(self, sandbox: Sandbox, record: SandboxRecord, state: State) -> None:
         """Installs the agent runtime when missing, uploads the agent and Codex's config."""
         layout = runtime.Layout(record.home_dir)
-        probe = self.api.exec(sandbox, runtime.probe_command(layout), timeout=60)
-        marker, python = runtime.parse_probe(probe.output)
-        if marker != runtime.RUNTIME_MARKER:
-            if python is None or python < runtime.MIN_PYTHON:
-                found = "no python3" if python is None else f"Python {python[0]}.{python[1]}"
-                raise AgentSetupError(
-                    f"The sandbox has {found}; the Codex SDK needs Python 3.10 or newer.",
-                    "Use a sandbox image with Python >= 3.10.",
-                )
-            self.emit(ev.progress(f"Installing the Codex agent runtime (openai-codex {runtime.CODEX_SDK_VERSION})..."))
-            self._run_setup_command(sandbox, runtime.install_command(layout))
+        if not self._runtime_baked_in:
+            self._install_runtime(sandbox, layout)
         if record.preview_pattern is None:
             probe_link = self.api.preview_link(sandbox, runtime.PATTERN_PROBE_PORT)
             record.preview_pattern = probe_link.url.replace(str(runtime.PATTERN_PROBE_PORT), "{PORT}")
@@ -313,9 +317,27 @@ class App:
         state.sandboxes[self.name] = record
         self.store.save(state)
 
+    def _install_runtime(self, sandbox: Sandbox, layout: runtime.Layout) -> None:
+        """Installs the agent runtime unless the sandbox's marker says it is there already."""
+        probe = self.api.exec(sandbox, runtime.probe_command(layout), timeout=60)
+        marker, python = runtime.parse_probe(probe.output)
+        if marker == runtime.RUNTIME_MARKER:
+            return
+        if python is None or python < runtime.MIN_PYTHON:
+            found = "no python3" if python is None else f"Python {python[0]}.{python[1]}"
+            raise AgentSetupError(
+                f"The sandbox has {found}; the Codex SDK needs Python 3.10 or newer.",
+                "Use a sandbox image with Python >= 3.10.",
+            )
+        self.emit(ev.progress(f"Installing the Codex agent runtime (openai-codex {runtime.CODEX_SDK_VERSION})..."))
+        self._run_setup_command(sandbox, runtime.install_command(layout))
+
     def _run_setup_command(self, sandbox: Sandbox, command: str) -> None:
         """Runs a long setup command as a session command, so no HTTP request waits minutes."""
-        session = f"{SESSION_ID}-setup"
+        # A new session each time: creating it first costs one request, where trying the
+        # command in a session that a fresh sandbox does not have yet costs two.
+        session = f"{SESSION_ID}-setup-{secrets.token_hex(3)}"
+        self.api.create_session(sandbox, session)
         command_id = self.api.start_command(sandbox, session, command)
         output: list[str] = []
         with contextlib.suppress(DaytonaError):
@@ -330,6 +352,82 @@ class App:
             raise AgentSetupError(
                 f"Installing the agent runtime failed (exit {exit_code}): {' | '.join(tail) or 'no output'}"
             )
+
+    # --- snapshot ------------------------------------------------------------------------
+
+    def _base_snapshot(self) -> str | None:
+        """What a new sandbox is created from: CODEX_DAYTONA_SNAPSHOT when it is set, else the
+        prebuilt runtime snapshot (`codex-daytona snapshot`) when it is active, else Daytona's
+        default image (and `up` installs the runtime). One request to Daytona at most."""
+        if self.settings.codex_daytona_snapshot:
+            return self.settings.codex_daytona_snapshot
+        name = runtime.snapshot_name()
+        state = self.api.snapshot_state(name)
+        if state == "active":
+            self.emit(ev.progress(f"Using snapshot {name}"))
+            # Its name vouches for the runtime in it, so `_setup` need not probe for it.
+            self._runtime_baked_in = True
+            return name
+        if state is not None:
+            self.emit(ev.progress(f"Snapshot {name} is {state}, not usable yet; installing the runtime instead."))
+        return None
+
+    def snapshot(self) -> SnapshotResult:
+        """Builds the Daytona snapshot with the agent runtime baked in, named by a hash of what
+        is in it (runtime.snapshot_name). Does nothing but report when it exists already."""
+        name = runtime.snapshot_name()
+        state = self.api.snapshot_state(name)
+        if state == "inactive":
+            self.emit(ev.progress(f"Activating snapshot {name} (Daytona deactivates unused snapshots)..."))
+            self.api.activate_snapshot(name)
+            state = self._wait_for_snapshot(name)
+        elif state in SNAPSHOT_PENDING:
+            state = self._wait_for_snapshot(name)
+        elif state in SNAPSHOT_FAILED:
+            raise DaytonaError(
+                f"Snapshot {name} exists but its build failed (state {state}).",
+                "Delete it (Daytona dashboard, Snapshots), then run `codex-daytona snapshot` again.",
+            )
+        if state is not None:
+            return SnapshotResult(name, created=False, state=state)
+        self._build_snapshot(name)
+        return SnapshotResult(name, created=True, state=self._wait_for_snapshot(name))
+
+    def _build_snapshot(self, name: str) -> None:
+        """Installs the runtime in a temporary sandbox of Daytona's default image, exactly as `up`
+        would, captures its filesystem as `name`, and deletes the sandbox."""
+        self.emit(ev.progress(f"Building snapshot {name}: creating a temporary sandbox..."))
+        sandbox = self.api.create(
+            labels={"app": TOOL_LABEL, f"{TOOL_LABEL}.role": "snapshot-builder"},
+            env={},
+            # If this process dies mid-build, Daytona stops and then deletes the sandbox on its own.
+            auto_stop_minutes=SNAPSHOT_BUILDER_MINUTES,
+            auto_delete_minutes=1,
+        )
+        try:
+            layout = runtime.Layout(self.api.home_dir(sandbox))
+            self._install_runtime(sandbox, layout)
+            # `up` uploads the agent anyway; it is in the snapshot too so the name tells the truth.
+            self.api.upload(sandbox, {layout.agent: runtime.agent_source()})
+            self.emit(ev.progress(f"Saving snapshot {name} (this can take a few minutes)..."))
+            self.api.snapshot_sandbox(sandbox, name)
+        finally:
+            self.emit(ev.progress(f"Deleting the temporary sandbox {sandbox.id}..."))
+            try:
+                self.api.delete(sandbox)
+            except DaytonaError as exc:
+                self.emit(ev.warning(f"Could not delete the temporary sandbox {sandbox.id}: {exc.message}"))
+
+    def _wait_for_snapshot(self, name: str, timeout: float = 900) -> str:
+        """Waits for Daytona to finish building or activating the snapshot; returns its state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.api.snapshot_state(name)
+            if state is None or state in SNAPSHOT_FAILED:
+                raise DaytonaError(f"Daytona could not build snapshot {name} (state {state or 'gone'}).")
+            if state not in SNAPSHOT_PENDING or time.monotonic() > deadline:
+                return state
+            time.sleep(2)
 
     # --- ask -----------------------------------------------------------------------------
 

@@ -206,6 +206,35 @@ class DaytonaApi:
     def home_dir(self, sandbox: Sandbox) -> str:
         return self._retrying("read the sandbox's home directory", sandbox.get_user_home_dir, sandbox.id)
 
+    # --- snapshots ------------------------------------------------------------------
+
+    def snapshot_state(self, name: str) -> str | None:
+        """The state of snapshot `name` ("active", "building", "inactive", ...), None when there is none.
+
+        One request (`GET /api/snapshots/{name}`): `up` calls it before every create.
+        """
+        from daytona import DaytonaNotFoundError
+
+        def call() -> str | None:
+            try:
+                snapshot = self.client.snapshot.get(name)
+            except DaytonaNotFoundError:
+                return None
+            state = getattr(snapshot, "state", None)
+            return str(getattr(state, "value", state) or "unknown")
+
+        return self._retrying(f"look up snapshot {name}", call)
+
+    def activate_snapshot(self, name: str) -> None:
+        """Daytona deactivates snapshots nobody used for a while; this makes one usable again."""
+        with self._translate(f"activate snapshot {name}"):
+            self.client.snapshot.activate(name)
+
+    def snapshot_sandbox(self, sandbox: Sandbox, name: str, timeout: int = 900) -> None:
+        """Captures the sandbox's filesystem as snapshot `name`; waits until the sandbox is back."""
+        with self._translate(f"save snapshot {name}", sandbox.id):
+            sandbox.create_snapshot(name, timeout=timeout)
+
     # --- files and commands -----------------------------------------------------------
 
     def upload(self, sandbox: Sandbox, files: dict[str, bytes]) -> None:

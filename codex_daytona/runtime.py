@@ -42,6 +42,26 @@ def runtime_fingerprint() -> str:
     return f"openai-codex-{CODEX_SDK_VERSION}-{digest.hexdigest()[:12]}"
 
 
+SNAPSHOT_PREFIX = "codex-daytona-runtime"
+
+
+def snapshot_name() -> str:
+    """The name of the Daytona snapshot that has this runtime baked in, a hash of what is in it.
+
+    `codex-daytona snapshot` builds it from a sandbox of Daytona's default image with the
+    runtime installed by `install_command` and the agent uploaded; `up` looks it up by this
+    name. The hash covers the Codex SDK pin, the install recipe and the agent program, so a
+    change to any of them names a new snapshot (and `up` falls back to installing until it is
+    built). The Python version is not in the name: it is whatever Daytona's default image has,
+    and the snapshot captures the whole filesystem, interpreter included, so the venv in it
+    always matches the Python in it.
+    """
+    digest = hashlib.sha256()
+    for part in (CODEX_SDK_VERSION.encode(), install_command(Layout("~")).encode(), agent_source()):
+        digest.update(hashlib.sha256(part).digest())
+    return f"{SNAPSHOT_PREFIX}-{CODEX_SDK_VERSION}-{digest.hexdigest()[:12]}"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where things live inside the sandbox, all under its home directory."""
