@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from codex_daytona import __version__
-from codex_daytona.errors import CodexDaytonaError, ExitCode, UsageError
+from codex_daytona.errors import (
+    AgentSetupError,
+    BusyError,
+    CodexDaytonaError,
+    ExitCode,
+    InterruptedByUser,
+    TurnFailedError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from codex_daytona.core import App, StatusReport, TurnOutcome
@@ -367,26 +375,119 @@ def exec_(
 @app.command()
 def down(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the sandbox instead: files and thread are kept for the next ask.")
+    ] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Delete every sandbox this tool made, in every project (asks first).")
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Delete this directory's sandbox and forget it.
+    """Delete this directory's sandbox and forget it (or stop it, or delete all of them).
 
-    Asks first on a terminal; never asks when stdin is not a terminal.
+    Asks first on a terminal; never asks when stdin is not a terminal (`--all` then needs --yes).
 
     Example: codex-daytona down --yes
     """
     with _session(json_mode, quiet, debug) as (core, out):
+        if stop and all_:
+            raise UsageError("--stop and --all cannot be used together.")
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if all_:
+            sandboxes = core.all_sandboxes()
+            for info in sandboxes:
+                out.progress(f"{info.id}  {info.state:<10} {info.labels.get('codex-daytona.dir', '')}")
+            if sandboxes and not yes:
+                if not interactive:
+                    raise UsageError(f"--all would delete {len(sandboxes)} sandboxes; pass --yes to confirm.")
+                typer.confirm(f"Delete these {len(sandboxes)} sandboxes and everything in them?", abort=True, err=True)
+            deleted = core.down_all(sandboxes)
+            out.value(f"Deleted {len(deleted)} sandboxes", "\n".join(deleted), {"deleted": deleted})
+            return
         record = core.record()
         if record is None:
-            out.warning("No sandbox here; nothing to delete.")
-            out.value("Nothing to delete.", "", {"sandbox_id": None, "deleted": False})
+            out.warning("No sandbox here; nothing to do.")
+            out.value("Nothing to do.", "", {"sandbox_id": None, "deleted": False, "stopped": False})
             return
-        if not yes and sys.stdin.isatty() and sys.stdout.isatty():
+        if stop:
+            sandbox_id = core.stop()
+            out.value(f"Stopped sandbox {sandbox_id}", sandbox_id, {"sandbox_id": sandbox_id, "stopped": True})
+            return
+        if not yes and interactive:
             typer.confirm(f"Delete sandbox {record.sandbox_id} and everything in it?", abort=True, err=True)
         sandbox_id = core.down()
         out.value(f"Deleted sandbox {sandbox_id}", sandbox_id, {"sandbox_id": sandbox_id, "deleted": True})
+
+
+class _EndChat(Exception):
+    """SIGTERM or SIGHUP: leave the chat, cleaning up as on Ctrl-D."""
+
+
+@app.command()
+def chat(
+    keep: Annotated[bool, typer.Option("--keep", help="Keep a sandbox that this chat created when it ends.")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="The model for this chat.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Talk to the agent turn after turn, like the seed's REPL, on the same thread as `ask`.
+
+    Ctrl-C interrupts the running turn and returns to the prompt; Ctrl-C at the prompt, a
+    second Ctrl-C, Ctrl-D or `exit` ends the chat. A sandbox the chat created is deleted when
+    it ends (unless --keep); one it found is left running.
+
+    Example: codex-daytona chat
+    """
+    import signal
+
+    def end(signum: int, _frame: object) -> None:
+        raise _EndChat(signal.Signals(signum).name)
+
+    with _session(False, False, debug) as (core, out):
+        core.settings.require_openai_key()
+        created = False
+        if core.record() is None:
+            created = core.up().created
+            core.mark_created_by("chat")
+        previous = {sig: signal.signal(sig, end) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            _chat_loop(core, out, model)
+        except _EndChat as exc:
+            out.progress(f"{exc.args[0]}: ending the chat.")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            record = core.record()
+            if created and not keep and record is not None and record.created_by == "chat":
+                out.progress("Deleting the sandbox this chat created (use --keep to keep it)...")
+                core.down()
+            elif record is not None:
+                out.progress(f"Sandbox {record.sandbox_id} is still running; `codex-daytona down` deletes it.")
+
+
+def _chat_loop(core: App, out: Output, model: str | None) -> None:
+    while True:
+        try:
+            prompt = out.ask_line("User: ")
+        except (EOFError, KeyboardInterrupt):
+            out.progress("")
+            return
+        if prompt.strip() in ("exit", "quit"):
+            return
+        if not prompt.strip():
+            continue
+        try:
+            outcome = core.ask(prompt, model=model)
+        except InterruptedByUser:
+            if core.forced_interrupt:
+                return
+            out.warning("Interrupted. The thread is kept; ask again or Ctrl-D to leave.")
+            continue
+        except (TurnFailedError, BusyError, AgentSetupError) as exc:
+            out.error(exc.message, exc.hint)
+            continue
+        out.final_answer(outcome.final_message or out.final_message)
 
 
 def raise_usage(message: str, hint: str = "") -> NoReturn:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from codex_daytona import events as ev
 from codex_daytona import previews, runtime, transfer
-from codex_daytona.daytona_api import DaytonaApi, PreviewLink
+from codex_daytona.daytona_api import DaytonaApi, PreviewLink, SandboxInfo
 from codex_daytona.errors import (
     AgentSetupError,
     BusyError,
@@ -190,6 +190,7 @@ class App:
         self.project_dir = (project_dir or Path.cwd()).absolute()
         self.emit: OnEvent = on_event or (lambda _event: None)
         self._api: DaytonaApi | None = None
+        self.forced_interrupt = False
         # Set when a new sandbox comes from the prebuilt runtime snapshot (runtime.snapshot_name).
         self._runtime_baked_in = False
 
@@ -283,6 +284,7 @@ class App:
             auto_stop_minutes=self.settings.codex_daytona_auto_stop_minutes,
             auto_delete_minutes=self.settings.codex_daytona_auto_delete_minutes,
             snapshot=self._base_snapshot(),
+            secrets=self._secrets(),
         )
         # Saved before anything else can fail, so the sandbox is never orphaned.
         record = SandboxRecord(sandbox_id=sandbox.id, home_dir="", scope=scope)
@@ -292,6 +294,12 @@ class App:
         self.store.save(state)
         self.emit(ev.progress(f"Created sandbox {sandbox.id}"))
         return sandbox, record
+
+    def _secrets(self) -> dict[str, str] | None:
+        """Daytona Secret mode: the key's variable holds a placeholder Daytona replaces in transit."""
+        if self.settings.sandbox_openai_secret:
+            return {runtime.KEY_ENV: self.settings.sandbox_openai_secret}
+        return None
 
     def _setup(self, sandbox: Sandbox, record: SandboxRecord, state: State) -> None:
         """Installs the agent runtime when missing, uploads the agent and Codex's config."""
@@ -445,7 +453,7 @@ class App:
 
         With `detach`, starts the turn and returns at once (status "running"); `logs` follows it.
         """
-        api_key = self.settings.require_openai_key()
+        api_key = self.settings.openai_key_for_turn()
         record = self.record()
         if record is None:
             self.up()
@@ -546,12 +554,18 @@ class App:
         return result.exit_code == 0
 
     def _interrupt(self, sandbox: Sandbox, follower: RunFollower) -> None:
-        """Asks the agent to interrupt the turn, then waits briefly for it to wind down."""
+        """Asks the agent to interrupt the turn, then waits briefly for it to wind down.
+
+        A second Ctrl-C while it winds down stops waiting and sets `forced_interrupt`."""
         self.emit(ev.progress("Interrupting the turn..."))
-        with contextlib.suppress(DaytonaError, KeyboardInterrupt):
-            self.interrupt(sandbox, follower.layout, follower.run_id)
-        with contextlib.suppress(DaytonaError, TurnTimeoutError, AgentSetupError, KeyboardInterrupt):
-            follower.follow(INTERRUPT_GRACE_S)
+        self.forced_interrupt = False
+        try:
+            with contextlib.suppress(DaytonaError):
+                self.interrupt(sandbox, follower.layout, follower.run_id)
+            with contextlib.suppress(DaytonaError, TurnTimeoutError, AgentSetupError):
+                follower.follow(INTERRUPT_GRACE_S)
+        except KeyboardInterrupt:
+            self.forced_interrupt = True
 
     def _finish(self, record: SandboxRecord, follower: RunFollower) -> TurnOutcome:
         outcome = follower.outcome(record)
@@ -685,6 +699,43 @@ class App:
             raise TurnTimeoutError(f"The command did not finish within {timeout:g} s; it was stopped.") from None
 
     # --- down ----------------------------------------------------------------------------
+
+    def mark_created_by(self, command: str) -> None:
+        record = self._require_record()
+        record.created_by = command
+        self._save(record)
+
+    def stop(self) -> str:
+        """Stops the sandbox, keeping its files and the thread; the next `up` or `ask` starts it."""
+        record = self._require_record()
+        try:
+            sandbox = self.api.get(record.sandbox_id)
+        except SandboxGoneError:
+            self._forget(record.sandbox_id)
+            raise
+        if self.api.info(sandbox).state != "stopped":
+            self.emit(ev.progress(f"Stopping sandbox {record.sandbox_id}..."))
+            self.api.stop(sandbox)
+        return record.sandbox_id
+
+    def all_sandboxes(self) -> list[SandboxInfo]:
+        """Every sandbox this tool made, in every project of this Daytona account."""
+        return [s for s in self.api.list({"app": TOOL_LABEL}) if s.state not in ("destroyed", "destroying")]
+
+    def down_all(self, sandboxes: list[SandboxInfo]) -> list[str]:
+        """Deletes the given sandboxes and forgets those this directory knew. Returns their ids."""
+        deleted = []
+        for info in sandboxes:
+            self.emit(ev.progress(f"Deleting sandbox {info.id}..."))
+            with contextlib.suppress(SandboxGoneError):
+                self.api.delete(self.api.get(info.id))
+            deleted.append(info.id)
+        with self.store.lock():
+            state = self.store.load()
+            gone = set(deleted)
+            state.sandboxes = {n: r for n, r in state.sandboxes.items() if r.sandbox_id not in gone}
+            self.store.save(state)
+        return deleted
 
     def down(self) -> str:
         """Deletes the sandbox and forgets it. Returns its id."""

@@ -9,6 +9,7 @@ secret can never be printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -85,12 +86,15 @@ class Output:
             self.secrets.append(secret)
 
     def _out(self, text: str) -> None:
-        self.stdout.write(self.mask(text) + "\n")
-        self.stdout.flush()
+        # A closed pipe or terminal (`| head`, a hung-up chat) must not stop the work itself.
+        with contextlib.suppress(OSError, ValueError):
+            self.stdout.write(self.mask(text) + "\n")
+            self.stdout.flush()
 
     def _err(self, markup: str) -> None:
         """A permanent line on stderr (above the spinner when one runs)."""
-        self.err.print(self.mask(markup))
+        with contextlib.suppress(OSError, ValueError):
+            self.err.print(self.mask(markup))
 
     def json_line(self, value: Any) -> None:
         self._out(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
@@ -127,8 +131,9 @@ class Output:
 
     def stop_live(self) -> None:
         if self._live is not None:
-            self._live.stop()
-            self._live = None
+            live, self._live = self._live, None
+            with contextlib.suppress(OSError, ValueError):
+                live.stop()
 
     # --- events ------------------------------------------------------------------------
 
@@ -136,8 +141,9 @@ class Output:
         kind = event.get("type")
         if kind == ev.EXEC_OUTPUT and self.mode is not Mode.JSON:
             stream = self.stdout if event.get("stream") == "stdout" else self.stderr
-            stream.write(self.mask(str(event.get("data", ""))))
-            stream.flush()
+            with contextlib.suppress(OSError, ValueError):
+                stream.write(self.mask(str(event.get("data", ""))))
+                stream.flush()
             return
         if self.mode is Mode.JSON:
             if self.stream_events:
@@ -297,6 +303,14 @@ class Output:
                 )
         elif event.get("signed"):
             self._err("[dim]   Signed URL: opens in any browser, no header needed, until it expires.[/dim]")
+
+    def ask_line(self, prompt: str) -> str:
+        """Reads one line of input after showing `prompt` on stderr (the chat's `User:`)."""
+        self.stop_live()
+        self.stderr.write(prompt)
+        self.stderr.flush()
+        line = input()
+        return line
 
     # --- results -------------------------------------------------------------------------
 

@@ -204,7 +204,7 @@ def codex_config(settings: Settings, layout: Layout, preview_pattern: str | None
 def agent_request(
     *,
     prompt: str,
-    api_key: str,
+    api_key: str | None,
     thread_id: str | None,
     new_thread: bool,
     model: str | None,

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     daytona_target: str | None = None
     sandbox_openai_api_key: SecretStr | None = None
     sandbox_openai_base_url: AnyHttpUrl | None = None
+    # The name of a Daytona organisation Secret holding the OpenAI key. The sandbox then only
+    # ever holds a placeholder; Daytona puts the real key in on outbound requests.
+    sandbox_openai_secret: str | None = None
     codex_daytona_model: str | None = None
     codex_daytona_state_dir: Path | None = None
     # Create sandboxes from this Daytona snapshot (one with the agent runtime baked in starts fastest).
@@ -76,11 +79,18 @@ class Settings(BaseSettings):
             )
         return self.daytona_api_key.get_secret_value().strip()
 
+    def openai_key_for_turn(self) -> str | None:
+        """The key to hand the agent for a turn, or None in Daytona Secret mode."""
+        if self.sandbox_openai_secret:
+            return None
+        return self.require_openai_key()
+
     def require_openai_key(self) -> str:
         if self.sandbox_openai_api_key is None:
             raise ConfigError(
                 "SANDBOX_OPENAI_API_KEY is not set.",
-                "Codex needs an OpenAI key (or your gateway's key) to think; put it in .env or the environment.",
+                "Codex needs an OpenAI key (or your gateway's key): put it in .env or the environment, "
+                "or name a Daytona Secret holding it in SANDBOX_OPENAI_SECRET.",
             )
         return self.sandbox_openai_api_key.get_secret_value().strip()
 

@@ -114,6 +114,11 @@ class StateStore:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)
+        # Keeps the state out of git without touching the project's own .gitignore.
+        ignore = self.directory / ".gitignore"
+        if not ignore.exists():
+            with contextlib.suppress(OSError):
+                ignore.write_text("# Written by codex-daytona: which sandbox this directory uses.\n*\n")
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

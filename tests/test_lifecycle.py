@@ -1,0 +1,224 @@
+"""The sandbox lifecycle: chat like the seed's REPL, stop and start, delete everything, and
+no auto-stop in the middle of a turn."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+
+from tests.e2e import Rig
+from tests.fakes.model import msg, run, turn
+
+pytestmark = pytest.mark.e2e
+
+
+def _controlling_terminal() -> None:
+    """In the child: a session of its own with the pty as controlling terminal, so ^C is SIGINT."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """The CLI on a pseudo-terminal, as a person would run it."""
+
+    def __init__(self, rig: Rig, *args: str) -> None:
+        self.master, slave = pty.openpty()
+        env = dict(rig.env, TERM="xterm-256color", COLUMNS="100", LINES="40")
+        env.pop("NO_COLOR", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "codex_daytona", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=rig.project,
+            env=env,
+            preexec_fn=_controlling_terminal,
+        )
+        os.close(slave)
+        self.seen = b""
+        self.stamps: list[tuple[float, bytes]] = []
+
+    def read_until(self, needle: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while needle.encode() not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{needle!r} never appeared; saw:\n{self.text()}")
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:
+                    break
+                self.seen += chunk
+                self.stamps.append((time.monotonic(), chunk))
+        return self.text()
+
+    def text(self) -> str:
+        return self.seen.decode("utf-8", "replace")
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def wait(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.2)
+            if ready:
+                with contextlib.suppress(OSError):
+                    self.seen += os.read(self.master, 65536)
+        return self.proc.wait(timeout=1)
+
+
+def test_chat_two_turns_then_exit_deletes_its_sandbox(rig: Rig) -> None:
+    rig.model.enqueue(turn(run("echo first-turn")), turn(msg("Answer one.")))
+    term = Terminal(rig, "chat")
+    term.read_until("User: ")
+    term.send("make something\r")
+    term.read_until("Answer one.")
+    term.read_until("User: ")
+    sandbox_id = rig.record()["sandbox_id"]
+    thread = rig.record()["thread_id"]
+    rig.model.enqueue(turn(msg("Answer two.")))
+    term.send("and now?\r")
+    term.read_until("Answer two.")
+    assert rig.record()["thread_id"] == thread
+    term.read_until("User: ")
+    term.send("exit\r")
+    assert term.wait() == 0, term.text()
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"
+    assert rig.record() == {}
+    # Both prompts were one conversation.
+    assert "make something" in str(rig.model.model_requests[-1]["body"]["input"])
+
+
+def test_chat_on_a_sandbox_from_up_leaves_it_running_and_continues_the_thread(rig: Rig) -> None:
+    rig.model.enqueue(turn(msg("from ask")))
+    assert rig.cli("ask", "hello from ask").code == 0
+    sandbox_id, thread = rig.record()["sandbox_id"], rig.record()["thread_id"]
+    rig.model.enqueue(turn(msg("from chat")))
+    term = Terminal(rig, "chat")
+    term.read_until("User: ")
+    term.send("hello from chat\r")
+    term.read_until("from chat")
+    term.read_until("User: ")
+    os.close(term.master)  # the terminal goes away: SIGHUP
+    term.proc.send_signal(signal.SIGHUP)
+    term.proc.wait(timeout=30)
+    assert rig.sandbox(sandbox_id)["state"] == "started"
+    assert rig.record()["thread_id"] == thread
+    assert "hello from ask" in str(rig.model.model_requests[-1]["body"]["input"])
+
+
+def test_chat_ctrl_c_interrupts_the_turn_and_returns_to_the_prompt(rig: Rig) -> None:
+    rig.model.enqueue(turn(run("sleep 63", yield_time_ms=60000)))
+    term = Terminal(rig, "chat")
+    term.read_until("User: ")
+    term.send("sleep a while\r")
+    term.read_until("sleep 63")
+    time.sleep(1.0)
+    term.send("\x03")  # Ctrl-C
+    term.read_until("Interrupted", timeout=15)
+    term.read_until("User: ")
+    rig.model.enqueue(turn(msg("still here")))
+    term.send("are you there?\r")
+    term.read_until("still here")
+    term.read_until("User: ")
+    term.send("\x04")  # Ctrl-D
+    assert term.wait() == 0, term.text()
+
+
+def test_sigterm_ends_a_chat_and_deletes_its_sandbox(rig: Rig) -> None:
+    term = Terminal(rig, "chat")
+    term.read_until("User: ")
+    sandbox_id = rig.record()["sandbox_id"]
+    term.proc.send_signal(signal.SIGTERM)
+    term.wait()
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"
+
+
+def test_a_turn_watched_in_a_terminal_shows_commands_as_they_start(rig: Rig) -> None:
+    assert rig.cli("up").code == 0
+    rig.model.enqueue(turn(run("sleep 3; echo woke")), turn(msg("rested")))
+    term = Terminal(rig, "ask", "rest a bit")
+    term.read_until("sleep 3")
+    shown = time.monotonic()
+    term.read_until("rested", timeout=60)
+    done = time.monotonic()
+    assert term.wait() == 0, term.text()
+    assert done - shown > 2, "the running command was on screen while it ran"
+    assert "Run:" in term.text()
+
+
+def test_down_stop_keeps_files_and_thread(rig: Rig) -> None:
+    rig.model.enqueue(turn(run("echo kept > kept.txt")), turn(msg("written")))
+    assert rig.cli("ask", "write a file").code == 0
+    sandbox_id, thread = rig.record()["sandbox_id"], rig.record()["thread_id"]
+    stopped = rig.cli("down", "--stop")
+    assert stopped.code == 0, stopped
+    assert rig.sandbox(sandbox_id)["state"] == "stopped"
+    assert rig.record()["sandbox_id"] == sandbox_id
+    rig.model.enqueue(turn(run("cat kept.txt")), turn(msg("still kept")))
+    again = rig.cli("ask", "is it there?")
+    assert again.code == 0, again
+    assert rig.sandbox(sandbox_id)["state"] == "started"
+    assert rig.record()["thread_id"] == thread
+    assert "kept" in str(rig.model.model_requests[-1]["body"]["input"])
+
+
+def test_down_all_deletes_every_sandbox_of_this_tool(rig: Rig, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert rig.cli("up").code == 0
+    other = tmp_path / "other-project"
+    other.mkdir()
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "codex_daytona", "up", "-q"],
+        cwd=other,
+        env=dict(rig.env, CODEX_DAYTONA_STATE_DIR=str(other / ".state")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    refused = rig.cli("down", "--all")
+    assert refused.code == 2, refused  # not a terminal and no --yes: nothing deleted
+    ids = {rig.record()["sandbox_id"], elsewhere.stdout.strip()}
+    result = rig.cli("down", "--all", "--yes", "--json")
+    assert result.code == 0, result
+    import json
+
+    assert ids <= set(json.loads(result.stdout)["deleted"])
+    for sandbox_id in ids:
+        assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"
+    assert rig.record() == {}
+
+
+def test_no_auto_stop_in_the_middle_of_a_turn(rig: Rig) -> None:
+    """A sandbox with a 1-minute auto-stop stays up through a 3-minute turn (on the
+    emulator's clock, where a minute lasts one second)."""
+    env = {"CODEX_DAYTONA_AUTO_STOP_MINUTES": "1", "CODEX_DAYTONA_KEEPALIVE_SECONDS": "0.3"}
+    assert rig.cli("up", env=env).code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.set_config(autostop_seconds_per_minute=1)
+    try:
+        rig.model.enqueue(turn(run("sleep 3; echo survived", yield_time_ms=60000)), turn(msg("made it")))
+        result = rig.cli("ask", "a long turn", env=env)
+        assert result.code == 0, result
+        assert result.stdout.strip() == "made it"
+        assert rig.sandbox(sandbox_id)["state"] == "started"
+        # The emulator's auto-stop is real: left idle, the sandbox stops.
+        deadline = time.monotonic() + 10
+        while rig.sandbox(sandbox_id)["state"] == "started" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rig.sandbox(sandbox_id)["state"] == "stopped"
+    finally:
+        rig.emulator.set_config(autostop_seconds_per_minute=0)
