@@ -1,0 +1,91 @@
+"""The command-line surface, in process with Typer's CliRunner: help with an example on
+every command, the version, usage errors, and the help text kept as a snapshot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from codex_daytona import __version__
+from codex_daytona.cli import app
+from codex_daytona.errors import ExitCode
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _help(runner: CliRunner, *args: str) -> str:
+    result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_version(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"codex-daytona {__version__}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(runner: CliRunner, command: str) -> None:
+    text = _help(runner, command)
+    assert "Example:" in text and "codex-daytona" in text
+
+
+def test_main_help_lists_the_exit_codes(runner: CliRunner) -> None:
+    text = " ".join(_help(runner).split())
+    for code in ExitCode:
+        assert f"{int(code)} " in text, code
+
+
+def test_help_snapshot(runner: CliRunner) -> None:
+    """The help text, kept in tests/snapshots/help.txt. UPDATE_SNAPSHOTS=1 rewrites it."""
+    text = f"$ codex-daytona --help\n{_help(runner)}"
+    text += "".join(f"\n$ codex-daytona {c} --help\n{_help(runner, c)}" for c in COMMANDS)
+    path = SNAPSHOTS / "help.txt"
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        path.write_text(text)
+    assert text == path.read_text(), "help changed: run with UPDATE_SNAPSHOTS=1 and review the diff"
+
+
+def test_unknown_option_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["ask", "--no-such-option", "x"])
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stdout == ""
+
+
+def test_missing_key_is_one_line_on_stderr(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == ExitCode.OK  # nothing here yet, and nothing needed to say so
+    assert "No sandbox here" in result.stdout
+    result = runner.invoke(app, ["up"])
+    assert result.exit_code == ExitCode.CONFIG
+    assert result.stdout == ""
+    assert "DAYTONA_API_KEY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_empty_prompt_from_stdin(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["ask", "-"], input="   \n")
+    assert result.exit_code == ExitCode.USAGE
+    assert "empty" in result.stderr
+
+
+def test_json_and_quiet_conflict(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["status", "--json", "-q"])
+    assert result.exit_code == ExitCode.USAGE
+
+
+def test_status_json_when_nothing_is_up(runner: CliRunner) -> None:
+    import json
+
+    result = runner.invoke(app, ["status", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["state"] == "none"
