@@ -294,10 +294,9 @@ def _socket_owners(scope: str | None) -> set | None:
     return inodes
 
 
-def listening_ports(scope: str | None = None) -> list[int]:
-    """TCP ports listening on any address in this sandbox, less Daytona's own."""
-    owners = _socket_owners(scope)
-    ports = set()
+def _listening_sockets() -> list[tuple[str, int, str]]:
+    """(address, port, socket inode) of every listening TCP socket, IPv4 and IPv6."""
+    sockets = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table, encoding="ascii") as fh:
@@ -306,35 +305,32 @@ def listening_ports(scope: str | None = None) -> list[int]:
             continue
         for row in rows:
             fields = row.split()
-            if len(fields) < 10 or fields[3] != "0A":  # 0A = LISTEN
-                continue
-            if owners is not None and fields[9] not in owners:
-                continue
-            port = int(fields[1].rsplit(":", 1)[1], 16)
-            if port not in DAYTONA_PORTS:
-                ports.add(port)
-    return sorted(ports)
+            if len(fields) >= 10 and fields[3] == "0A":  # 0A = LISTEN
+                address, port = fields[1].rsplit(":", 1)
+                sockets.append((address, int(port, 16), fields[9]))
+    return sockets
+
+
+def listening_ports(scope: str | None = None) -> list[int]:
+    """TCP ports listening on any address in this sandbox, less Daytona's own."""
+    owners = _socket_owners(scope)
+    return sorted(
+        {
+            port
+            for _, port, inode in _listening_sockets()
+            if port not in DAYTONA_PORTS and (owners is None or inode in owners)
+        }
+    )
 
 
 def loopback_only_ports(ports: list[int]) -> list[int]:
     """Ports from `ports` that listen only on 127.0.0.1/::1, which the preview proxy cannot reach."""
     wildcard, loopback = set(), set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, encoding="ascii") as fh:
-                rows = fh.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if len(fields) < 4 or fields[3] != "0A":
-                continue
-            addr, port_hex = fields[1].rsplit(":", 1)
-            port = int(port_hex, 16)
-            if addr in ("0100007F", "00000000000000000000000001000000"):
-                loopback.add(port)
-            else:
-                wildcard.add(port)
+    for address, port, _ in _listening_sockets():
+        if address in ("0100007F", "00000000000000000000000001000000"):
+            loopback.add(port)
+        else:
+            wildcard.add(port)
     return sorted(p for p in ports if p in loopback and p not in wildcard)
 
 

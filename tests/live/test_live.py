@@ -1,0 +1,72 @@
+"""The same flow against real Daytona and OpenAI. Opt-in: skipped unless the real keys are
+set (DAYTONA_API_KEY and SANDBOX_OPENAI_API_KEY, or SANDBOX_OPENAI_SECRET). Costs money and
+a few minutes: `make test-live`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+# Read at import, before the suite's isolation fixture clears these for every test.
+LIVE_ENV = {
+    k: v for k, v in os.environ.items() if k.startswith(("DAYTONA_", "SANDBOX_OPENAI_", "CODEX_DAYTONA_")) and v
+}
+HAVE_KEYS = "DAYTONA_API_KEY" in LIVE_ENV and (
+    "SANDBOX_OPENAI_API_KEY" in LIVE_ENV or "SANDBOX_OPENAI_SECRET" in LIVE_ENV
+)
+
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(not HAVE_KEYS, reason="live suite: set DAYTONA_API_KEY and SANDBOX_OPENAI_API_KEY"),
+]
+
+
+def _cli(project: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAYTONA_", "SANDBOX_OPENAI_", "CODEX_"))}
+    env.update(LIVE_ENV, CODEX_DAYTONA_STATE_DIR=str(project / ".codex-daytona"))
+    return subprocess.run(
+        [sys.executable, "-m", "codex_daytona", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_live_build_serve_preview_resume_down(tmp_path: Path) -> None:
+    project = tmp_path / "live"
+    project.mkdir()
+    try:
+        up = _cli(project, "up", "-q")
+        assert up.returncode == 0, up.stderr
+        first = _cli(
+            project,
+            "ask",
+            "--json",
+            "Create index.html containing exactly <h1>codex-daytona live</h1>, then start "
+            "`python3 -m http.server 8080 --bind 0.0.0.0` in the background with nohup. Reply 'ready'.",
+        )
+        assert first.returncode == 0, first.stderr
+        events = [json.loads(line) for line in first.stdout.splitlines() if line.strip()]
+        result = events[-1]
+        assert result["type"] == "codex_daytona.result" and result["status"] == "completed"
+        preview = _cli(project, "preview", "--json", "--port", "8080")
+        assert preview.returncode == 0, preview.stderr
+        link = json.loads(preview.stdout)["previews"][0]
+        request = urllib.request.Request(link["url"], headers={"X-Daytona-Preview-Token": link.get("token") or ""})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert "codex-daytona live" in response.read().decode()
+        again = _cli(project, "ask", "-q", "What file did you create? Answer with the file name only.")
+        assert again.returncode == 0, again.stderr
+        assert "index.html" in again.stdout
+    finally:
+        down = _cli(project, "down", "--yes")
+        assert down.returncode == 0, down.stderr
