@@ -35,6 +35,7 @@ from typing import Any, TextIO
 PROTOCOL = 1
 KEY_ENV = "CODEX_DAYTONA_OPENAI_API_KEY"
 REQUEST_TIMEOUT_S = 120.0
+MODEL_TIMEOUT_S = 300.0  # silence from the model, while no command runs, that fails a turn
 # Ports the sandbox itself uses (Daytona's toolbox, terminal and SSH gateway).
 DAYTONA_PORTS = frozenset({2280, 22220, 22222, 33333})
 
@@ -540,10 +541,19 @@ class Engine:
         mapper = TurnMapper()
         handle = thread.turn(TextInput(request["prompt"]))
         interrupter.attach(handle)
-        for notification in handle.stream():
-            params = notification.payload.model_dump(mode="json", by_alias=True)
-            for event in mapper.feed(notification.method, params):
-                emit(event)
+        watchdog = Watchdog(mapper, interrupter, float(request.get("model_timeout") or MODEL_TIMEOUT_S))
+        try:
+            for notification in handle.stream():
+                watchdog.touch()
+                params = notification.payload.model_dump(mode="json", by_alias=True)
+                for event in mapper.feed(notification.method, params):
+                    if watchdog.fired and event["type"] == "turn.failed":
+                        event = dict(event, error={"message": watchdog.message}, status="failed")
+                    emit(event)
+        finally:
+            watchdog.stop()
+        if watchdog.fired:
+            mapper.status, mapper.error = "failed", watchdog.message
         return {
             "status": mapper.status,
             "thread_id": thread.id,
@@ -551,6 +561,41 @@ class Engine:
             "final_message": mapper.final_message,
             "usage": mapper.turn_usage(),
         }
+
+
+class Watchdog:
+    """Ends a turn whose model endpoint stopped answering.
+
+    Codex has no timeout for a server that accepts a request and never sends headers, and its
+    idle timeout for a stalled stream is long. While no command runs, silence from Codex means
+    it waits on the model: after `limit` seconds of it the turn is interrupted and fails."""
+
+    def __init__(self, mapper: TurnMapper, interrupter: Interrupter, limit: float) -> None:
+        self.mapper = mapper
+        self.interrupter = interrupter
+        self.limit = limit
+        self.fired = False
+        self.message = f"the model endpoint did not answer for {limit:g} s"
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.limit / 4)):
+            running = any(i.get("type") == "command_execution" for i in list(self.mapper.open_items.values()))
+            if running:
+                self.touch()
+            elif time.monotonic() - self._last > self.limit:
+                self.fired = True
+                with contextlib.suppress(Exception):
+                    self.interrupter.interrupt()
+                return
 
 
 def execute_run(

@@ -485,6 +485,7 @@ class App:
             base_url=self.settings.base_url,
             layout=layout,
             wait=wait,
+            model_timeout=self.settings.codex_daytona_model_timeout_seconds,
         )
         self.api.send_input(sandbox, session, command_id, request)
         if detach:

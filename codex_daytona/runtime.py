@@ -211,6 +211,7 @@ def agent_request(
     base_url: str | None,
     layout: Layout,
     wait: bool = False,
+    model_timeout: float | None = None,
 ) -> str:
     """The one JSON line the agent reads from stdin. It carries the key: never log it."""
     request = {
@@ -223,6 +224,7 @@ def agent_request(
         "base_url": base_url,
         "codex_home": layout.codex_home,
         "wait": wait,
+        "model_timeout": model_timeout,
     }
     return json.dumps(request, ensure_ascii=True) + "\n"
 

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # stops it mid-turn (Daytona counts API calls, not model thinking, as activity).
     codex_daytona_keepalive_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
 
+    # A turn fails when the model endpoint stays silent this long while no command runs
+    # (Codex itself never times out a server that accepts a request and does not answer).
+    codex_daytona_model_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
+
     @field_validator("daytona_api_key", "sandbox_openai_api_key")
     @classmethod
     def _no_blank_key(cls, value: SecretStr | None) -> SecretStr | None:
