@@ -1,0 +1,97 @@
+"""The output layer, on captured real Codex event streams: what a person sees, what a
+script gets, and that a secret never gets out."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+from codex_daytona.output import Mode, Output
+
+FIXTURES = Path(__file__).parent / "fixtures" / "codex-exec-json"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _events(name: str) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in (FIXTURES / name).read_text().splitlines() if line.strip()]
+
+
+def _render(mode: Mode, events: list[dict], secrets: list[str] | None = None) -> tuple[str, str]:  # type: ignore[type-arg]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    out = Output(mode, secrets=secrets, stdout=stdout, stderr=stderr)
+    for event in events:
+        out.event(event)
+    out.final_answer(out.final_message)
+    return stdout.getvalue(), stderr.getvalue()
+
+
+def test_human_rendering_of_a_real_turn() -> None:
+    stdout, stderr = _render(Mode.HUMAN, _events("e2e.jsonl"))
+    lines = stderr.splitlines()
+    # Commands are shown when they start and resolved when they end, with the exit code.
+    assert any(line.startswith("🔨 Run: /bin/bash -lc") and "ls -la" in line for line in lines)
+    assert "   ✓ (exit 0)" in lines
+    assert "   ✗ (exit 3)" in lines
+    assert any("│ to-stderr" in line for line in lines), "the tail of a failed command's output"
+    assert "📝 Add /home/daytona/patched.txt" in stderr and "📝 Update /home/daytona/shell_out.txt" in stderr
+    assert "🗒️  To-do list (0/2):" in stderr and "🗒️  To-do list (2/2):" in stderr
+    assert "[x] Inspect dir" in stderr and "[ ] Write files" in stderr
+    assert "💭 I'll plan, then run a shell command." in stderr
+    assert "Now applying a patch and running a failing command." in stderr  # not the last message
+    assert "Tokens: 1,000 in (100 cached) · 28 out (12 reasoning)" in stderr
+    # The final answer is the result: on stdout, and only there.
+    assert stdout == "All done: created shell_out.txt and patched.txt.\n"
+    assert "All done" not in stderr
+    # Not a terminal: no escape codes, no spinner frames, nothing drawn twice.
+    assert not ANSI.search(stderr)
+    assert stderr.count("Run: /bin/bash -lc 'echo to-stderr >&2; exit 3'") == 1
+
+
+def test_web_search_and_failed_turn() -> None:
+    _, stderr = _render(Mode.HUMAN, _events("websearch.jsonl"))
+    assert "🌐 Web search: codex offline fake" in stderr
+    _, stderr = _render(Mode.HUMAN, _events("r0-failed.jsonl"))
+    assert "❌ Error: stream disconnected before completion" in stderr
+    assert "❌ Turn failed:" in stderr
+
+
+def test_json_mode_passes_every_event_through() -> None:
+    events = _events("e2e.jsonl")
+    stdout = io.StringIO()
+    out = Output(Mode.JSON, stdout=stdout, stderr=io.StringIO())
+    out.stream_events = True
+    for event in events:
+        out.event(event)
+    assert [json.loads(line) for line in stdout.getvalue().splitlines()] == events
+
+
+def test_quiet_mode_prints_only_the_answer() -> None:
+    stdout, stderr = _render(Mode.QUIET, _events("e2e.jsonl"))
+    assert stdout == "All done: created shell_out.txt and patched.txt.\n"
+    assert stderr == ""
+
+
+def test_secrets_are_masked_in_every_mode() -> None:
+    secret = "sk-very-secret-0123456789"
+    event = {"type": "item.completed", "item": {"id": "1", "type": "agent_message", "text": f"key={secret}"}}
+    for mode in Mode:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        out = Output(mode, secrets=[secret], stdout=stdout, stderr=stderr)
+        out.stream_events = True
+        out.event(event)
+        out.final_answer(out.final_message)
+        out.error(f"failed with {secret}", f"hint {secret}")
+        assert secret not in stdout.getvalue() + stderr.getvalue(), mode
+        assert "***" in stdout.getvalue() + stderr.getvalue()
+
+
+def test_no_color_and_plain_pipes(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("NO_COLOR", "1")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    out = Output(Mode.HUMAN, stdout=stdout, stderr=stderr)
+    out.warning("careful")
+    out.error("broken", "fix it")
+    assert not ANSI.search(stderr.getvalue())
+    assert "Error: broken" in stderr.getvalue() and "Hint: fix it" in stderr.getvalue()
