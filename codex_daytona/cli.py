@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from codex_daytona import __version__
-from codex_daytona.errors import CodexDaytonaError, ExitCode, UsageError
+from codex_daytona.errors import CodexDaytonaError, ConfigError, ExitCode, UsageError
 
 if TYPE_CHECKING:
     from codex_daytona.core import App, StatusReport, TurnOutcome
@@ -40,6 +40,14 @@ app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the value (id, URL, answer).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", hidden=True)]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Which of this directory's sandboxes (default: $CODEX_DAYTONA_SANDBOX, else 'default').",
+        show_default=False,
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -58,9 +66,10 @@ def _main(
 
 
 @contextmanager
-def _session(json_mode: bool, quiet: bool, debug: bool) -> Iterator[tuple[App, Output]]:
+def _session(json_mode: bool, quiet: bool, debug: bool, name: str | None = None) -> Iterator[tuple[App, Output]]:
     """Builds settings, state, the app and the output for one command; turns our errors into
-    one line, a hint and an exit code."""
+    one line, a hint and an exit code. `name` (--name, else CODEX_DAYTONA_SANDBOX, else
+    "default") selects which of the directory's sandboxes the app works on."""
     from codex_daytona.output import Mode, Output
 
     if json_mode and quiet:
@@ -72,13 +81,19 @@ def _session(json_mode: bool, quiet: bool, debug: bool) -> Iterator[tuple[App, O
     try:
         from codex_daytona.core import App
         from codex_daytona.settings import load_settings
-        from codex_daytona.state import StateStore, state_dir
+        from codex_daytona.state import DEFAULT_NAME, StateStore, check_name, state_dir
 
         settings = load_settings()
         for secret in settings.secrets():
             out.add_secret(secret)
+        if name is None and settings.codex_daytona_sandbox:
+            try:
+                check_name(settings.codex_daytona_sandbox)
+            except UsageError as exc:
+                raise ConfigError(f"CODEX_DAYTONA_SANDBOX: {exc.message}", exc.hint) from None
+        selected = check_name(name or settings.codex_daytona_sandbox or DEFAULT_NAME)
         store = StateStore(state_dir(settings.codex_daytona_state_dir))
-        yield App(settings, store, on_event=out.event), out
+        yield App(settings, store, name=selected, on_event=out.event), out
     except CodexDaytonaError as exc:
         _fail(out, exc, debug)
     except KeyboardInterrupt:
@@ -118,6 +133,7 @@ def up(
         typer.Option("--repo", help="Create the sandbox with a clone of this git repository as its home."),
     ] = None,
     branch: Annotated[str | None, typer.Option("--branch", help="The branch (or tag) to clone.")] = None,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -129,7 +145,7 @@ def up(
 
     Example: codex-daytona up --repo https://github.com/me/app.git --branch main
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         if branch is not None and repo is None:
             raise_usage("--branch needs --repo.")
         result = core.up(repo=repo, branch=branch)
@@ -198,6 +214,7 @@ def ask(
         bool, typer.Option("--detach", "-d", help="Start the turn, print its run id and return.")
     ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If a turn is running, wait for it instead of failing.")] = False,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -209,7 +226,7 @@ def ask(
 
     Example: codex-daytona ask "create a 3d animated web-based lunar lander game"
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         out.stream_events = json_mode
         text = _read_prompt(prompt)
         try:
@@ -230,6 +247,7 @@ def ask(
 def logs(
     run_id: Annotated[str | None, typer.Argument(help="The run to show (default: the last one).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the run ends.")] = False,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -238,7 +256,7 @@ def logs(
 
     Example: codex-daytona logs -f
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         out.stream_events = json_mode
         try:
             outcome = core.logs(run_id, follow=follow)
@@ -265,6 +283,7 @@ def preview(
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open the links in the local browser (signed when the sandbox is private).")
     ] = False,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -274,7 +293,7 @@ def preview(
 
     Example: URL=$(codex-daytona preview -q --signed --port 8080)
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         links = core.preview(port, signed=signed, ttl=ttl, for_browser=open_browser)
         if not links:
             out.warning("Nothing is listening in the sandbox yet. Ask the agent to start a server.")
@@ -294,14 +313,14 @@ def preview(
 
 
 @app.command()
-def status(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def status(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Show the sandbox, its state, the thread, the last turn and the listening ports.
 
     -q prints only the sandbox's state (none, started, stopped, deleted, ...).
 
     Example: codex-daytona status
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         report = core.status()
         data: dict[str, object] = {
             "name": report.name,
@@ -343,6 +362,7 @@ def _status_text(report: StatusReport) -> str:
 def exec_(
     command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
     timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Stop it after SECONDS (exit 124).")] = None,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -356,7 +376,7 @@ def exec_(
     import shlex
 
     line = command[0] if len(command) == 1 else shlex.join(command)
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         out.stream_events = json_mode
         exit_code = core.exec(line, timeout=timeout)
         if json_mode:
@@ -367,6 +387,7 @@ def exec_(
 @app.command()
 def down(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -377,7 +398,7 @@ def down(
 
     Example: codex-daytona down --yes
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         record = core.record()
         if record is None:
             out.warning("No sandbox here; nothing to delete.")
@@ -402,6 +423,7 @@ def push(
         str | None,
         typer.Option("--to", help="Where in the sandbox: relative to its home, or absolute (default: the home)."),
     ] = None,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -415,7 +437,7 @@ def push(
 
     Example: codex-daytona push ./src --to src
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         result = core.push(local, to)
         out.value(
             f"Pushed {result.files} files ({result.bytes:,} bytes) to {result.destination}",
@@ -440,6 +462,7 @@ def pull(
         Path | None, typer.Argument(help="Where to put it (default: the current directory).", show_default=False)
     ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite local files that differ.")] = False,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -453,7 +476,7 @@ def pull(
 
     Example: codex-daytona pull src ./src
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         result = core.pull(remote, local, force=force)
         unchanged = f", {result.unchanged} unchanged" if result.unchanged else ""
         out.value(
@@ -472,7 +495,7 @@ def pull(
 
 
 @app.command()
-def diff(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def diff(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Print what changed in the sandbox since it was set up (or last pushed to), as a patch.
 
     The output is a git-style unified diff with binary files included, relative to the
@@ -481,7 +504,7 @@ def diff(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = 
 
     Example: codex-daytona diff > agent.patch && git apply agent.patch
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         result = core.diff()
         if json_mode:
             out.json_line(

@@ -207,6 +207,10 @@ class App:
     def _require_record(self) -> SandboxRecord:
         record = self.record()
         if record is None:
+            if self.name != DEFAULT_NAME:
+                raise NoSandboxError(
+                    f"No sandbox named {self.name} here yet.", f"`codex-daytona up --name {self.name}` creates it."
+                )
             raise NoSandboxError("No sandbox here yet.")
         return record
 
