@@ -18,7 +18,8 @@ Limitations: each session command is its own ``bash -c`` process (``cd``/``expor
 carry over between commands of a session as they would in a real Daytona session shell);
 snapshots built from an image start with an empty home (the Dockerfile is only stored);
 snapshot trees are hard-linked, so editing a file *in place* inside a sandbox also changes
-the snapshot (tools that replace files, like pip, are fine).
+the snapshot (tools that replace files, like pip, are fine), except that a snapshot taken
+from a sandbox, and the sandboxes made from it, get their own copies of files under 1 MB.
 """
 
 from __future__ import annotations
@@ -114,8 +115,15 @@ def json_error(status: int, message: str, code: str | None = None, source: str |
 # Files and processes
 
 
-def link_copy_tree(src: Path, dst: Path, link: bool = True) -> None:
-    """Copy a tree cheaply: hard links for files (copy2 across filesystems or if not ``link``)."""
+# A snapshot taken from a sandbox copies its files below this size instead of linking them, so
+# that files edited in place (logs, Codex's thread files) stay private to each sandbox made from
+# it, as on Daytona; binaries and libraries, which nobody edits in place, are still linked.
+PRIVATE_COPY_BELOW = 1 << 20
+
+
+def link_copy_tree(src: Path, dst: Path, link: bool = True, copy_below: int = 0) -> None:
+    """Copy a tree cheaply: hard links for files (copy2 across filesystems, if not ``link``, or
+    for files smaller than ``copy_below`` bytes)."""
     can_link = link
     dst.mkdir(parents=True, exist_ok=True)
     for dirpath, dirnames, filenames in os.walk(src):
@@ -134,7 +142,7 @@ def link_copy_tree(src: Path, dst: Path, link: bool = True) -> None:
             if s.is_symlink():
                 os.symlink(os.readlink(s), d)
                 continue
-            if can_link:
+            if can_link and (not copy_below or s.stat().st_size >= copy_below):
                 try:
                     os.link(s, d)
                     continue
@@ -783,7 +791,8 @@ class EmulatorServer:
             }
         sb.extra = {k: v for k, v in body.items() if k not in ("env", "labels")}
         if snapshot is not None:
-            await asyncio.to_thread(link_copy_tree, snapshot.dir, sb.home)
+            copy_below = PRIVATE_COPY_BELOW if snapshot.source_sandbox_id else 0
+            await asyncio.to_thread(link_copy_tree, snapshot.dir, sb.home, True, copy_below)
         else:
             sb.home.mkdir(parents=True)
         self.sandboxes[sid] = sb
@@ -981,7 +990,7 @@ class EmulatorServer:
         if not body.get("name"):
             raise ApiError(400, "name is required")
         snap = self._new_snapshot(body["name"], source_sandbox_id=sb.id)
-        await asyncio.to_thread(link_copy_tree, sb.home, snap.dir)
+        await asyncio.to_thread(link_copy_tree, sb.home, snap.dir, True, PRIVATE_COPY_BELOW)
         self.snapshots[snap.id] = snap
         return self._sandbox_response(sb)
 
