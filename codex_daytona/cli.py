@@ -21,6 +21,7 @@ from codex_daytona.errors import CodexDaytonaError, ConfigError, ExitCode, Usage
 if TYPE_CHECKING:
     from codex_daytona.core import App, StatusReport, TurnOutcome
     from codex_daytona.output import Output
+    from codex_daytona.state import SandboxRecord
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error, 2 usage, 3 the agent's turn failed, 4 missing or invalid setting, "
@@ -214,6 +215,15 @@ def ask(
         bool, typer.Option("--detach", "-d", help="Start the turn, print its run id and return.")
     ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If a turn is running, wait for it instead of failing.")] = False,
+    fanout: Annotated[
+        int | None,
+        typer.Option(
+            "--fanout",
+            min=1,
+            help="Run the prompt in N sandboxes at once (<name>-1..N, forked from this one) and compare them.",
+            show_default=False,
+        ),
+    ] = None,
     name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -224,9 +234,19 @@ def ask(
     Creates the sandbox first when there is none, and continues the same conversation
     on every call. Ctrl-C interrupts the turn (exit 130) and keeps the sandbox and thread.
 
+    --fanout N runs the prompt in sandboxes <name>-1..N at once (created from a snapshot of
+    this one, or reused), shows one line per sandbox, and ends with a table comparing them
+    (-q: the names whose turn completed). Exit 0 when every turn completed, 3 when any did
+    not, 130 on Ctrl-C (every turn is interrupted). `keep NAME` then `down --others` keeps one.
+
     Example: codex-daytona ask "create a 3d animated web-based lunar lander game"
     """
     with _session(json_mode, quiet, debug, name) as (core, out):
+        if fanout is not None:
+            if detach or wait:
+                raise_usage("--fanout cannot be used with --detach or --wait.")
+            _fanout(core, out, fanout, _read_prompt(prompt), new_thread=new_thread, model=model, timeout=timeout)
+            return
         out.stream_events = json_mode
         text = _read_prompt(prompt)
         try:
@@ -241,6 +261,125 @@ def ask(
             out.json_line(_result_line(outcome))
         else:
             out.final_answer(outcome.final_message or out.final_message)
+
+
+def _fanout(
+    core: App, out: Output, count: int, text: str, *, new_thread: bool, model: str | None, timeout: float | None
+) -> None:
+    from codex_daytona.fleet import Fanout
+
+    result = Fanout(core, count).run(text, new_thread=new_thread, model=model, timeout=timeout)
+    code = result.exit_code
+    summary = {"name": core.name, "snapshot": result.snapshot, "interrupted": result.interrupted, "exit_code": code}
+    out.fanout_results([a.as_dict() for a in result.attempts], summary)
+    if result.interrupted:
+        out.error("Interrupted: every turn was stopped; the sandboxes are kept.")
+    completed = [a.name for a in result.attempts if a.status == "completed"]
+    if completed:
+        flag = "" if core.name == "default" else f" --name {core.name}"
+        out.progress(f"Keep one: codex-daytona keep {completed[0]}{flag} && codex-daytona down --others --yes{flag}")
+    if code:
+        raise typer.Exit(int(code))
+
+
+@app.command("ls")
+def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """List this directory's sandboxes: state, thread, last turn and ports; * marks the one
+    commands use (the default, or --name's).
+
+    -q prints the names, one per line.
+
+    Example: codex-daytona ls
+    """
+    from codex_daytona.fleet import list_sandboxes
+
+    with _session(json_mode, quiet, debug, name) as (core, out):
+        rows = list_sandboxes(core)
+        if json_mode:
+            out.json_line(
+                {
+                    "sandboxes": [
+                        {
+                            "name": row.name,
+                            "current": row.current,
+                            "default": row.name == "default",
+                            "state": row.state,
+                            **row.record.model_dump(mode="json", include=_LS_FIELDS),
+                        }
+                        for row in rows
+                    ]
+                }
+            )
+        elif quiet:
+            for row in rows:
+                out.value("", row.name, {})
+        elif not rows:
+            out.progress('No sandboxes here. `codex-daytona up` or `codex-daytona ask "..."` creates one.')
+        else:
+            out.table(
+                ["", "name", "state", "sandbox", "thread", "last turn", "ports"],
+                [
+                    [
+                        "*" if row.current else "",
+                        row.name,
+                        row.state,
+                        row.record.sandbox_id,
+                        row.record.thread_id or "-",
+                        _last_turn_text(row.record),
+                        " ".join(str(p) for p in row.record.ports) or "-",
+                    ]
+                    for row in rows
+                ],
+            )
+
+
+_LS_FIELDS = {"sandbox_id", "thread_id", "created_at", "created_by", "ports", "last_turn"}
+
+
+def _last_turn_text(record: SandboxRecord) -> str:
+    turn = record.last_turn
+    if turn is None:
+        return "-"
+    tokens = f", {turn.usage.input_tokens:,}/{turn.usage.output_tokens:,} tokens" if turn.usage else ""
+    return f"{turn.ended_at or turn.started_at} {turn.status}{tokens}"
+
+
+@app.command()
+def keep(
+    chosen: Annotated[str, typer.Argument(help="The sandbox to keep, e.g. default-2.", show_default=False)],
+    name: NameOpt = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Make sandbox CHOSEN the default (or --name's), e.g. the best of a fan-out.
+
+    The two swap names: the previous default takes CHOSEN's name, so nothing is lost, and
+    `down --others` then deletes it with the other fan-out sandboxes. -q prints the sandbox id.
+
+    Example: codex-daytona keep default-2 && codex-daytona down --others --yes
+    """
+    from codex_daytona.fleet import keep as keep_sandbox
+    from codex_daytona.state import check_name
+
+    with _session(json_mode, quiet, debug, name) as (core, out):
+        result = keep_sandbox(core, check_name(chosen))
+        if result.was == result.name:
+            human = f"{result.name} is sandbox {result.sandbox_id} already."
+        else:
+            human = f"{result.name} is now sandbox {result.sandbox_id} (was {result.was})."
+            if result.previous_id:
+                human += f" The previous {result.name}, sandbox {result.previous_id}, is now {result.was}."
+        out.value(
+            human,
+            result.sandbox_id,
+            {
+                "name": result.name,
+                "sandbox_id": result.sandbox_id,
+                "was": result.was,
+                "previous_id": result.previous_id,
+            },
+        )
 
 
 @app.command()
@@ -387,6 +526,12 @@ def exec_(
 @app.command()
 def down(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    others: Annotated[
+        bool,
+        typer.Option(
+            "--others", help="Instead, delete this sandbox's fan-out siblings (<name>-1, -2, ...) and keep it."
+        ),
+    ] = False,
     name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -394,11 +539,15 @@ def down(
 ) -> None:
     """Delete this directory's sandbox and forget it.
 
-    Asks first on a terminal; never asks when stdin is not a terminal.
+    Asks first on a terminal; never asks when stdin is not a terminal. With --others, deletes
+    the fan-out siblings instead: after `keep NAME`, exactly one sandbox is left.
 
     Example: codex-daytona down --yes
     """
     with _session(json_mode, quiet, debug, name) as (core, out):
+        if others:
+            _down_others(core, out, yes)
+            return
         record = core.record()
         if record is None:
             out.warning("No sandbox here; nothing to delete.")
@@ -408,6 +557,23 @@ def down(
             typer.confirm(f"Delete sandbox {record.sandbox_id} and everything in it?", abort=True, err=True)
         sandbox_id = core.down()
         out.value(f"Deleted sandbox {sandbox_id}", sandbox_id, {"sandbox_id": sandbox_id, "deleted": True})
+
+
+def _down_others(core: App, out: Output, yes: bool) -> None:
+    from codex_daytona.fleet import down_others, siblings
+
+    names = siblings(core)
+    if core.record() is not None and not names:
+        out.value(f"{core.name} has no fan-out sandboxes; nothing to delete.", "", {"kept": core.name, "deleted": []})
+        return
+    if names and not yes and sys.stdin.isatty() and sys.stdout.isatty():
+        typer.confirm(f"Delete sandboxes {', '.join(names)} and everything in them?", abort=True, err=True)
+    deleted = down_others(core)
+    out.value(
+        "\n".join(f"Deleted {n} (sandbox {sid})" for n, sid in deleted) + f"\nKept {core.name}.",
+        "\n".join(n for n, _ in deleted),
+        {"kept": core.name, "deleted": [{"name": n, "sandbox_id": sid} for n, sid in deleted]},
+    )
 
 
 def raise_usage(message: str, hint: str = "") -> NoReturn:
