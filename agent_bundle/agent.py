@@ -696,8 +696,9 @@ class Daemon:
         pid_file = Path(self.home) / ".codex-daytona" / "agent.pid"
         with contextlib.suppress(OSError, ValueError):
             old = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{old}/cmdline").read_bytes()
-            if old != os.getpid() and b"--serve" in cmdline:
+            cmdline = Path(f"/proc/{old}/cmdline").read_bytes().split(b"\0")
+            # Only a daemon of this home: a sandbox made from a snapshot of another one has its pid file.
+            if old != os.getpid() and b"--serve" in cmdline and self.home.encode() in cmdline:
                 os.kill(old, signal.SIGTERM)
         with contextlib.suppress(OSError):
             pid_file.parent.mkdir(parents=True, exist_ok=True)

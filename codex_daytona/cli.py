@@ -20,6 +20,7 @@ from codex_daytona.errors import (
     AgentSetupError,
     BusyError,
     CodexDaytonaError,
+    ConfigError,
     ExitCode,
     InterruptedByUser,
     TurnFailedError,
@@ -29,6 +30,7 @@ from codex_daytona.errors import (
 if TYPE_CHECKING:
     from codex_daytona.core import App, StatusReport, TurnOutcome
     from codex_daytona.output import Output
+    from codex_daytona.state import SandboxRecord
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error, 2 usage, 3 the agent's turn failed, 4 missing or invalid setting, "
@@ -48,6 +50,14 @@ app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the value (id, URL, answer).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", hidden=True)]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Which of this directory's sandboxes (default: $CODEX_DAYTONA_SANDBOX, else 'default').",
+        show_default=False,
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -66,9 +76,10 @@ def _main(
 
 
 @contextmanager
-def _session(json_mode: bool, quiet: bool, debug: bool) -> Iterator[tuple[App, Output]]:
+def _session(json_mode: bool, quiet: bool, debug: bool, name: str | None = None) -> Iterator[tuple[App, Output]]:
     """Builds settings, state, the app and the output for one command; turns our errors into
-    one line, a hint and an exit code."""
+    one line, a hint and an exit code. `name` (--name, else CODEX_DAYTONA_SANDBOX, else
+    "default") selects which of the directory's sandboxes the app works on."""
     from codex_daytona.output import Mode, Output
 
     if json_mode and quiet:
@@ -80,13 +91,19 @@ def _session(json_mode: bool, quiet: bool, debug: bool) -> Iterator[tuple[App, O
     try:
         from codex_daytona.core import App
         from codex_daytona.settings import load_settings
-        from codex_daytona.state import StateStore, state_dir
+        from codex_daytona.state import DEFAULT_NAME, StateStore, check_name, state_dir
 
         settings = load_settings()
         for secret in settings.secrets():
             out.add_secret(secret)
+        if name is None and settings.codex_daytona_sandbox:
+            try:
+                check_name(settings.codex_daytona_sandbox)
+            except UsageError as exc:
+                raise ConfigError(f"CODEX_DAYTONA_SANDBOX: {exc.message}", exc.hint) from None
+        selected = check_name(name or settings.codex_daytona_sandbox or DEFAULT_NAME)
         store = StateStore(state_dir(settings.codex_daytona_state_dir))
-        yield App(settings, store, on_event=out.event), out
+        yield App(settings, store, name=selected, on_event=out.event), out
     except CodexDaytonaError as exc:
         _fail(out, exc, debug)
     except KeyboardInterrupt:
@@ -126,6 +143,7 @@ def up(
         typer.Option("--repo", help="Create the sandbox with a clone of this git repository as its home."),
     ] = None,
     branch: Annotated[str | None, typer.Option("--branch", help="The branch (or tag) to clone.")] = None,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -137,7 +155,7 @@ def up(
 
     Example: codex-daytona up --repo https://github.com/me/app.git --branch main
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         if branch is not None and repo is None:
             raise_usage("--branch needs --repo.")
         result = core.up(repo=repo, branch=branch)
@@ -206,6 +224,16 @@ def ask(
         bool, typer.Option("--detach", "-d", help="Start the turn, print its run id and return.")
     ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If a turn is running, wait for it instead of failing.")] = False,
+    fanout: Annotated[
+        int | None,
+        typer.Option(
+            "--fanout",
+            min=1,
+            help="Run the prompt in N sandboxes at once (<name>-1..N, forked from this one) and compare them.",
+            show_default=False,
+        ),
+    ] = None,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -215,9 +243,19 @@ def ask(
     Creates the sandbox first when there is none, and continues the same conversation
     on every call. Ctrl-C interrupts the turn (exit 130) and keeps the sandbox and thread.
 
+    --fanout N runs the prompt in sandboxes <name>-1..N at once (created from a snapshot of
+    this one, or reused), shows one line per sandbox, and ends with a table comparing them
+    (-q: the names whose turn completed). Exit 0 when every turn completed, 3 when any did
+    not, 130 on Ctrl-C (every turn is interrupted). `keep NAME` then `down --others` keeps one.
+
     Example: codex-daytona ask "create a 3d animated web-based lunar lander game"
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
+        if fanout is not None:
+            if detach or wait:
+                raise_usage("--fanout cannot be used with --detach or --wait.")
+            _fanout(core, out, fanout, _read_prompt(prompt), new_thread=new_thread, model=model, timeout=timeout)
+            return
         out.stream_events = json_mode
         text = _read_prompt(prompt)
         try:
@@ -234,10 +272,130 @@ def ask(
             out.final_answer(outcome.final_message or out.final_message)
 
 
+def _fanout(
+    core: App, out: Output, count: int, text: str, *, new_thread: bool, model: str | None, timeout: float | None
+) -> None:
+    from codex_daytona.fleet import Fanout
+
+    result = Fanout(core, count).run(text, new_thread=new_thread, model=model, timeout=timeout)
+    code = result.exit_code
+    summary = {"name": core.name, "snapshot": result.snapshot, "interrupted": result.interrupted, "exit_code": code}
+    out.fanout_results([a.as_dict() for a in result.attempts], summary)
+    if result.interrupted:
+        out.error("Interrupted: every turn was stopped; the sandboxes are kept.")
+    completed = [a.name for a in result.attempts if a.status == "completed"]
+    if completed:
+        flag = "" if core.name == "default" else f" --name {core.name}"
+        out.progress(f"Keep one: codex-daytona keep {completed[0]}{flag} && codex-daytona down --others --yes{flag}")
+    if code:
+        raise typer.Exit(int(code))
+
+
+@app.command("ls")
+def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """List this directory's sandboxes: state, thread, last turn and ports; * marks the one
+    commands use (the default, or --name's).
+
+    -q prints the names, one per line.
+
+    Example: codex-daytona ls
+    """
+    from codex_daytona.fleet import list_sandboxes
+
+    with _session(json_mode, quiet, debug, name) as (core, out):
+        rows = list_sandboxes(core)
+        if json_mode:
+            out.json_line(
+                {
+                    "sandboxes": [
+                        {
+                            "name": row.name,
+                            "current": row.current,
+                            "default": row.name == "default",
+                            "state": row.state,
+                            **row.record.model_dump(mode="json", include=_LS_FIELDS),
+                        }
+                        for row in rows
+                    ]
+                }
+            )
+        elif quiet:
+            for row in rows:
+                out.value("", row.name, {})
+        elif not rows:
+            out.progress('No sandboxes here. `codex-daytona up` or `codex-daytona ask "..."` creates one.')
+        else:
+            out.table(
+                ["", "name", "state", "sandbox", "thread", "last turn", "ports"],
+                [
+                    [
+                        "*" if row.current else "",
+                        row.name,
+                        row.state,
+                        row.record.sandbox_id,
+                        row.record.thread_id or "-",
+                        _last_turn_text(row.record),
+                        " ".join(str(p) for p in row.record.ports) or "-",
+                    ]
+                    for row in rows
+                ],
+            )
+
+
+_LS_FIELDS = {"sandbox_id", "thread_id", "created_at", "created_by", "ports", "last_turn"}
+
+
+def _last_turn_text(record: SandboxRecord) -> str:
+    turn = record.last_turn
+    if turn is None:
+        return "-"
+    tokens = f", {turn.usage.input_tokens:,}/{turn.usage.output_tokens:,} tokens" if turn.usage else ""
+    return f"{turn.ended_at or turn.started_at} {turn.status}{tokens}"
+
+
+@app.command()
+def keep(
+    chosen: Annotated[str, typer.Argument(help="The sandbox to keep, e.g. default-2.", show_default=False)],
+    name: NameOpt = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Make sandbox CHOSEN the default (or --name's), e.g. the best of a fan-out.
+
+    The two swap names: the previous default takes CHOSEN's name, so nothing is lost, and
+    `down --others` then deletes it with the other fan-out sandboxes. -q prints the sandbox id.
+
+    Example: codex-daytona keep default-2 && codex-daytona down --others --yes
+    """
+    from codex_daytona.fleet import keep as keep_sandbox
+    from codex_daytona.state import check_name
+
+    with _session(json_mode, quiet, debug, name) as (core, out):
+        result = keep_sandbox(core, check_name(chosen))
+        if result.was == result.name:
+            human = f"{result.name} is sandbox {result.sandbox_id} already."
+        else:
+            human = f"{result.name} is now sandbox {result.sandbox_id} (was {result.was})."
+            if result.previous_id:
+                human += f" The previous {result.name}, sandbox {result.previous_id}, is now {result.was}."
+        out.value(
+            human,
+            result.sandbox_id,
+            {
+                "name": result.name,
+                "sandbox_id": result.sandbox_id,
+                "was": result.was,
+                "previous_id": result.previous_id,
+            },
+        )
+
+
 @app.command()
 def logs(
     run_id: Annotated[str | None, typer.Argument(help="The run to show (default: the last one).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the run ends.")] = False,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -246,7 +404,7 @@ def logs(
 
     Example: codex-daytona logs -f
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         out.stream_events = json_mode
         try:
             outcome = core.logs(run_id, follow=follow)
@@ -273,6 +431,7 @@ def preview(
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open the links in the local browser (signed when the sandbox is private).")
     ] = False,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -282,7 +441,7 @@ def preview(
 
     Example: URL=$(codex-daytona preview -q --signed --port 8080)
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         links = core.preview(port, signed=signed, ttl=ttl, for_browser=open_browser)
         if not links:
             out.warning("Nothing is listening in the sandbox yet. Ask the agent to start a server.")
@@ -302,14 +461,14 @@ def preview(
 
 
 @app.command()
-def status(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def status(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Show the sandbox, its state, the thread, the last turn and the listening ports.
 
     -q prints only the sandbox's state (none, started, stopped, deleted, ...).
 
     Example: codex-daytona status
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         report = core.status()
         data: dict[str, object] = {
             "name": report.name,
@@ -351,6 +510,7 @@ def _status_text(report: StatusReport) -> str:
 def exec_(
     command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
     timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Stop it after SECONDS (exit 124).")] = None,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -364,7 +524,7 @@ def exec_(
     import shlex
 
     line = command[0] if len(command) == 1 else shlex.join(command)
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         out.stream_events = json_mode
         exit_code = core.exec(line, timeout=timeout)
         if json_mode:
@@ -381,6 +541,13 @@ def down(
     all_: Annotated[
         bool, typer.Option("--all", help="Delete every sandbox this tool made, in every project (asks first).")
     ] = False,
+    others: Annotated[
+        bool,
+        typer.Option(
+            "--others", help="Instead, delete this sandbox's fan-out siblings (<name>-1, -2, ...) and keep it."
+        ),
+    ] = False,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -388,13 +555,18 @@ def down(
     """Delete this directory's sandbox and forget it (or stop it, or delete all of them).
 
     Asks first on a terminal; never asks when stdin is not a terminal (`--all` then needs --yes).
+    With --others, deletes the fan-out siblings instead: after `keep NAME`, exactly one
+    sandbox is left.
 
     Example: codex-daytona down --yes
     """
-    with _session(json_mode, quiet, debug) as (core, out):
-        if stop and all_:
-            raise UsageError("--stop and --all cannot be used together.")
+    with _session(json_mode, quiet, debug, name) as (core, out):
+        if sum((stop, all_, others)) > 1:
+            raise UsageError("--stop, --all and --others cannot be used together.")
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if others:
+            _down_others(core, out, yes)
+            return
         if all_:
             sandboxes = core.all_sandboxes()
             for info in sandboxes:
@@ -429,6 +601,7 @@ class _EndChat(Exception):
 def chat(
     keep: Annotated[bool, typer.Option("--keep", help="Keep a sandbox that this chat created when it ends.")] = False,
     model: Annotated[str | None, typer.Option("--model", help="The model for this chat.")] = None,
+    name: NameOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Talk to the agent turn after turn, like the seed's REPL, on the same thread as `ask`.
@@ -444,8 +617,8 @@ def chat(
     def end(signum: int, _frame: object) -> None:
         raise _EndChat(signal.Signals(signum).name)
 
-    with _session(False, False, debug) as (core, out):
-        core.settings.require_openai_key()
+    with _session(False, False, debug, name) as (core, out):
+        core.settings.openai_key_for_turn()
         created = False
         if core.record() is None:
             created = core.up().created
@@ -490,6 +663,23 @@ def _chat_loop(core: App, out: Output, model: str | None) -> None:
         out.final_answer(outcome.final_message or out.final_message)
 
 
+def _down_others(core: App, out: Output, yes: bool) -> None:
+    from codex_daytona.fleet import down_others, siblings
+
+    names = siblings(core)
+    if core.record() is not None and not names:
+        out.value(f"{core.name} has no fan-out sandboxes; nothing to delete.", "", {"kept": core.name, "deleted": []})
+        return
+    if names and not yes and sys.stdin.isatty() and sys.stdout.isatty():
+        typer.confirm(f"Delete sandboxes {', '.join(names)} and everything in them?", abort=True, err=True)
+    deleted = down_others(core)
+    out.value(
+        "\n".join(f"Deleted {n} (sandbox {sid})" for n, sid in deleted) + f"\nKept {core.name}.",
+        "\n".join(n for n, _ in deleted),
+        {"kept": core.name, "deleted": [{"name": n, "sandbox_id": sid} for n, sid in deleted]},
+    )
+
+
 def raise_usage(message: str, hint: str = "") -> NoReturn:
     raise UsageError(message, hint)
 
@@ -503,6 +693,7 @@ def push(
         str | None,
         typer.Option("--to", help="Where in the sandbox: relative to its home, or absolute (default: the home)."),
     ] = None,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -516,7 +707,7 @@ def push(
 
     Example: codex-daytona push ./src --to src
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         result = core.push(local, to)
         out.value(
             f"Pushed {result.files} files ({result.bytes:,} bytes) to {result.destination}",
@@ -541,6 +732,7 @@ def pull(
         Path | None, typer.Argument(help="Where to put it (default: the current directory).", show_default=False)
     ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite local files that differ.")] = False,
+    name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -554,7 +746,7 @@ def pull(
 
     Example: codex-daytona pull src ./src
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         result = core.pull(remote, local, force=force)
         unchanged = f", {result.unchanged} unchanged" if result.unchanged else ""
         out.value(
@@ -573,7 +765,7 @@ def pull(
 
 
 @app.command()
-def diff(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def diff(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Print what changed in the sandbox since it was set up (or last pushed to), as a patch.
 
     The output is a git-style unified diff with binary files included, relative to the
@@ -582,7 +774,7 @@ def diff(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = 
 
     Example: codex-daytona diff > agent.patch && git apply agent.patch
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    with _session(json_mode, quiet, debug, name) as (core, out):
         result = core.diff()
         if json_mode:
             out.json_line(

@@ -208,6 +208,10 @@ class App:
     def _require_record(self) -> SandboxRecord:
         record = self.record()
         if record is None:
+            if self.name != DEFAULT_NAME:
+                raise NoSandboxError(
+                    f"No sandbox named {self.name} here yet.", f"`codex-daytona up --name {self.name}` creates it."
+                )
             raise NoSandboxError("No sandbox here yet.")
         return record
 
@@ -215,7 +219,9 @@ class App:
         with self.store.lock():
             state = self.store.load()
             record.touch()
-            state.sandboxes[self.name] = record
+            # Saved where its sandbox is now: `keep` may have renamed it while a turn ran.
+            slot = next((n for n, r in state.sandboxes.items() if r.sandbox_id == record.sandbox_id), self.name)
+            state.sandboxes[slot] = record
             self.store.save(state)
 
     def _forget(self, sandbox_id: str) -> None:
@@ -275,7 +281,8 @@ class App:
             self._ensure_baseline(sandbox, record)
             return UpResult(record.sandbox_id, created=True, home_dir=record.home_dir)
 
-    def _create(self, state: State) -> tuple[Sandbox, SandboxRecord]:
+    def _new_sandbox(self, snapshot: str | None) -> tuple[Sandbox, str]:
+        """Creates a sandbox for this name; returns it and its scope."""
         scope = uuid.uuid4().hex
         self.emit(ev.progress("Creating sandbox..."))
         sandbox = self.api.create(
@@ -283,9 +290,13 @@ class App:
             env={"CODEX_DAYTONA_SCOPE": scope},
             auto_stop_minutes=self.settings.codex_daytona_auto_stop_minutes,
             auto_delete_minutes=self.settings.codex_daytona_auto_delete_minutes,
-            snapshot=self._base_snapshot(),
+            snapshot=snapshot,
             secrets=self._secrets(),
         )
+        return sandbox, scope
+
+    def _create(self, state: State) -> tuple[Sandbox, SandboxRecord]:
+        sandbox, scope = self._new_sandbox(self._base_snapshot())
         # Saved before anything else can fail, so the sandbox is never orphaned.
         record = SandboxRecord(sandbox_id=sandbox.id, home_dir="", scope=scope)
         state.sandboxes[self.name] = record
@@ -301,8 +312,11 @@ class App:
             return {runtime.KEY_ENV: self.settings.sandbox_openai_secret}
         return None
 
-    def _setup(self, sandbox: Sandbox, record: SandboxRecord, state: State) -> None:
-        """Installs the agent runtime when missing, uploads the agent and Codex's config."""
+    def _setup(self, sandbox: Sandbox, record: SandboxRecord, state: State | None = None) -> None:
+        """Installs the agent runtime when missing, uploads the agent and Codex's config.
+
+        Saves the record into `state` (loaded under the caller's lock), or, without one,
+        under the lock taken here."""
         layout = runtime.Layout(record.home_dir)
         if not self._runtime_baked_in:
             self._install_runtime(sandbox, layout)
@@ -321,9 +335,55 @@ class App:
         if started.exit_code != 0:
             raise AgentSetupError(f"The agent could not start in the sandbox: {started.output.strip()[-300:]}")
         record.runtime = runtime.runtime_fingerprint()
+        if state is None:
+            self._save(record)
+            return
         record.touch()
         state.sandboxes[self.name] = record
         self.store.save(state)
+
+    def create(
+        self, *, snapshot: str | None = None, runtime_baked_in: bool = False, thread_id: str | None = None
+    ) -> UpResult:
+        """Creates this name's sandbox, from `snapshot` (a fork of another sandbox, which has
+        the runtime when `runtime_baked_in`, and continues `thread_id`) or, without one, as
+        `up` would. Unlike `up`, holds the state lock only to save, so that several names can
+        be created at once (`ask --fanout`)."""
+        if self.record() is not None:
+            raise UsageError(f"There is already a sandbox named {self.name}.")
+        forked = snapshot is not None
+        if snapshot is None:
+            snapshot = self._base_snapshot()
+        else:
+            self._runtime_baked_in = runtime_baked_in
+        sandbox, scope = self._new_sandbox(snapshot)
+        # Saved before anything else can fail, so the sandbox is never orphaned.
+        record = SandboxRecord(
+            sandbox_id=sandbox.id, home_dir="", scope=scope, created_by="fanout", thread_id=thread_id
+        )
+        self._save(record)
+        record.home_dir = self.api.home_dir(sandbox)
+        self._save(record)
+        self.emit(ev.progress(f"Created sandbox {sandbox.id}"))
+        self._setup(sandbox, record)
+        if not forked:  # a fork has its parent's baseline
+            self._ensure_baseline(sandbox, record)
+        return UpResult(record.sandbox_id, created=True, home_dir=record.home_dir)
+
+    def fork_snapshot(self, name: str) -> SandboxRecord:
+        """Saves this name's sandbox's filesystem (its files, the agent runtime, Codex's
+        threads) as snapshot `name`, for `ask --fanout` to create sandboxes from. Returns the
+        record it was taken from."""
+        record = self._require_record()
+        sandbox = self._connect_or_forget(record)
+        if record.last_turn is not None and record.last_turn.status == "running":
+            self.emit(ev.warning(f"A turn may be running in {self.name}; its files are copied as they are now."))
+        self.emit(ev.progress(f"Saving sandbox {self.name} as snapshot {name} to start the fan-out from..."))
+        self.api.snapshot_sandbox(sandbox, name)
+        state = self._wait_for_snapshot(name)
+        if state != "active":
+            raise DaytonaError(f"Snapshot {name} is {state}, not active.")
+        return record
 
     def _install_runtime(self, sandbox: Sandbox, layout: runtime.Layout) -> None:
         """Installs the agent runtime unless the sandbox's marker says it is there already."""

@@ -235,6 +235,10 @@ class DaytonaApi:
         with self._translate(f"save snapshot {name}", sandbox.id):
             sandbox.create_snapshot(name, timeout=timeout)
 
+    def delete_snapshot(self, name: str) -> None:
+        with self._translate(f"delete snapshot {name}"):
+            self.client.snapshot.delete(name)
+
     # --- files and commands -----------------------------------------------------------
 
     def upload(self, sandbox: Sandbox, files: dict[str, bytes]) -> None:

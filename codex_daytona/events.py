@@ -45,6 +45,8 @@ AGENT_OUTPUT = "codex_daytona.agent_output"  # a line from the agent that is not
 RESULT = "codex_daytona.result"  # the last line of `ask --json`
 EXEC_OUTPUT = "codex_daytona.exec.output"  # a chunk of `exec`'s stdout or stderr
 BUSY = "codex_daytona.busy"
+# `ask --fanout`: one attempt's status changed ({sandbox, status, detail, started}).
+FANOUT_UPDATE = "codex_daytona.fanout.update"
 
 
 def is_ours(event: Event) -> bool:

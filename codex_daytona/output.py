@@ -10,9 +10,11 @@ secret can never be printed.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
+import time
 from enum import Enum
 from typing import Any, TextIO
 
@@ -20,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.spinner import Spinner
+from rich.table import Table
 from rich.text import Text
 
 from codex_daytona import events as ev
@@ -73,6 +76,8 @@ class Output:
         # `ask --json` streams every event as a JSON line; other commands print one object.
         self.stream_events = False
         self._browser_hint_shown = False
+        # `ask --fanout`: one row per sandbox (status, detail, started, ended), in order of arrival.
+        self._fanout: dict[str, tuple[str, str, float | None, float | None]] = {}
 
     # --- primitives -------------------------------------------------------------------
 
@@ -139,6 +144,9 @@ class Output:
 
     def event(self, event: ev.Event) -> None:
         kind = event.get("type")
+        if kind == ev.FANOUT_UPDATE:
+            self._fanout_update(event)
+            return
         if kind == ev.EXEC_OUTPUT and self.mode is not Mode.JSON:
             stream = self.stdout if event.get("stream") == "stdout" else self.stderr
             with contextlib.suppress(OSError, ValueError):
@@ -312,7 +320,88 @@ class Output:
         line = input()
         return line
 
+    # --- ask --fanout: one line per sandbox -------------------------------------------------
+
+    def _fanout_update(self, event: ev.Event) -> None:
+        name = str(event.get("sandbox"))
+        status, detail = str(event.get("status")), str(event.get("detail") or "")
+        row = (status, detail, event.get("started"), event.get("ended"))
+        self._fanout[name] = row
+        if self.mode is not Mode.HUMAN:
+            return
+        if self.live_terminal:
+            if self._live is None:
+                self._live = Live(
+                    console=self.err, refresh_per_second=4, transient=True, get_renderable=self._fanout_view
+                )
+                self._live.start()
+            return
+        # No terminal: a plain line per change, never redrawn.
+        elapsed = _elapsed(row)
+        self._err(f"[dim]{escape(name)}  {escape(status)}{f'  {elapsed}' if elapsed else ''}[/dim]  {escape(detail)}")
+
+    def _fanout_view(self) -> Table:
+        table = Table(box=None, show_header=False, pad_edge=False)
+        for column in ("sandbox", "status", "elapsed"):
+            table.add_column(column, no_wrap=True, style="dim" if column == "elapsed" else None)
+        table.add_column("now", no_wrap=True, overflow="ellipsis")
+        for name, row in self._fanout.items():
+            status, detail = row[0], row[1]
+            style = {"completed": "green", "running": "cyan"}.get(status, "red" if row[3] else "dim")
+            table.add_row(name, Text(status, style=style), _elapsed(row), Text(self.mask(detail)))
+        return table
+
+    def fanout_results(self, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+        """The comparison at the end of `ask --fanout`: a table on stdout, one object for
+        --json, the names of the sandboxes whose turn completed for -q."""
+        self.stop_live()
+        if self.mode is Mode.JSON:
+            self.json_line({**summary, "sandboxes": rows})
+            return
+        if self.mode is Mode.QUIET:
+            for row in rows:
+                if row["status"] == "completed":
+                    self._out(str(row["name"]))
+            return
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("sandbox", "outcome", "time", "tokens in/out", "files", "failed cmds", "answer"):
+            right = column in ("time", "tokens in/out", "files", "failed cmds")
+            table.add_column(column, justify="right" if right else "left", overflow="fold")
+        for row in rows:
+            usage = row.get("usage") or {}
+            tokens = f"{usage.get('input_tokens', 0):,}/{usage.get('output_tokens', 0):,}" if usage else "-"
+            seconds = row.get("duration_s")
+            outcome = str(row["status"]) + (f": {row['error']}" if row.get("error") else "")
+            answer = str(row.get("final_message") or "").strip().splitlines()
+            table.add_row(
+                str(row["name"]),
+                outcome,
+                "-" if seconds is None else f"{seconds:.1f} s",
+                tokens,
+                str(row.get("files_changed", 0)),
+                f"{row.get('commands_failed', 0)} of {row.get('commands_run', 0)}",
+                answer[0] if answer else "",
+            )
+        self._table(table)
+        for row in rows:
+            for preview in row.get("previews") or []:
+                self._out(f"{row['name']}  port {preview['port']}: {preview['url']}")
+
     # --- results -------------------------------------------------------------------------
+
+    def _table(self, table: Table) -> None:
+        buffer = io.StringIO()
+        Console(file=buffer, width=self.err.width, no_color=True, highlight=False).print(table)
+        self._out(buffer.getvalue().rstrip("\n"))
+
+    def table(self, columns: list[str], rows: list[list[str]]) -> None:
+        """A plain table on stdout (human mode)."""
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        self._table(table)
 
     def final_answer(self, text: str | None) -> None:
         """The agent's last message: the result of `ask`, on stdout."""
@@ -342,3 +431,11 @@ class Output:
         else:
             buffer.write(data)
             buffer.flush()
+
+
+def _elapsed(row: tuple[str, str, float | None, float | None]) -> str:
+    started, ended = row[2], row[3]
+    if started is None:
+        return ""
+    seconds = (ended or time.time()) - started
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"

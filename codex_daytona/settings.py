@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     sandbox_openai_secret: str | None = None
     codex_daytona_model: str | None = None
     codex_daytona_state_dir: Path | None = None
+    # The sandbox commands use when --name is not given (default: "default").
+    codex_daytona_sandbox: str | None = None
+    # The most sandboxes `ask --fanout N` runs at once.
+    codex_daytona_max_sandboxes: Annotated[int, Field(ge=1, le=50)] = 5
     # Create sandboxes from this Daytona snapshot (one with the agent runtime baked in starts fastest).
     codex_daytona_snapshot: str | None = None
     # Minutes of inactivity before Daytona stops the sandbox (0 = never). A running turn keeps

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 import tomli_w
 from pydantic import BaseModel, Field, ValidationError
 
-from codex_daytona.errors import StateError
+from codex_daytona.errors import StateError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,6 +29,18 @@ else:  # pragma: no cover
 
 STATE_VERSION = 1
 DEFAULT_NAME = "default"
+# A sandbox's name: a short slug, so that `<name>-<n>` (fan-out siblings) still fits a label.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+
+
+def check_name(name: str) -> str:
+    """`name` if it is a valid sandbox name, else a UsageError that says what is allowed."""
+    if not NAME_RE.fullmatch(name):
+        raise UsageError(
+            f"Invalid sandbox name {name!r}.",
+            "Use up to 40 letters, digits, - and _, starting with a letter or digit (e.g. --name feature-x).",
+        )
+    return name
 
 
 def now() -> str:

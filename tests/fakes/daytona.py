@@ -18,7 +18,9 @@ Limitations: each session command is its own ``bash -c`` process (``cd``/``expor
 carry over between commands of a session as they would in a real Daytona session shell);
 snapshots built from an image start with an empty home (the Dockerfile is only stored);
 snapshot trees are hard-linked, so editing a file *in place* inside a sandbox also changes
-the snapshot (tools that replace files, like pip, are fine).
+the snapshot (tools that replace files, like pip, are fine), except that a snapshot taken
+from a sandbox, and the sandboxes made from it, get their own copies of all files but big
+executables and libraries.
 """
 
 from __future__ import annotations
@@ -114,8 +116,22 @@ def json_error(status: int, message: str, code: str | None = None, source: str |
 # Files and processes
 
 
-def link_copy_tree(src: Path, dst: Path, link: bool = True) -> None:
-    """Copy a tree cheaply: hard links for files (copy2 across filesystems or if not ``link``)."""
+# A snapshot taken from a sandbox links only its big binaries and libraries (nobody edits them
+# in place) and copies every other file, so that files edited in place (logs, Codex's SQLite
+# databases) stay private to each sandbox made from it, as on Daytona.
+LINK_BINARIES_FROM = 1 << 20
+
+
+def _linkable(path: Path, binaries_from: int) -> bool:
+    if not binaries_from:
+        return True
+    st = path.stat()
+    return st.st_size >= binaries_from and (bool(st.st_mode & 0o111) or ".so" in path.name)
+
+
+def link_copy_tree(src: Path, dst: Path, link: bool = True, binaries_from: int = 0) -> None:
+    """Copy a tree cheaply: hard links for files (copy2 across filesystems, if not ``link``, or,
+    with ``binaries_from``, for all but executables and libraries of at least that many bytes)."""
     can_link = link
     dst.mkdir(parents=True, exist_ok=True)
     for dirpath, dirnames, filenames in os.walk(src):
@@ -134,7 +150,7 @@ def link_copy_tree(src: Path, dst: Path, link: bool = True) -> None:
             if s.is_symlink():
                 os.symlink(os.readlink(s), d)
                 continue
-            if can_link:
+            if can_link and _linkable(s, binaries_from):
                 try:
                     os.link(s, d)
                     continue
@@ -783,7 +799,8 @@ class EmulatorServer:
             }
         sb.extra = {k: v for k, v in body.items() if k not in ("env", "labels")}
         if snapshot is not None:
-            await asyncio.to_thread(link_copy_tree, snapshot.dir, sb.home)
+            binaries_from = LINK_BINARIES_FROM if snapshot.source_sandbox_id else 0
+            await asyncio.to_thread(link_copy_tree, snapshot.dir, sb.home, True, binaries_from)
         else:
             sb.home.mkdir(parents=True)
         self.sandboxes[sid] = sb
@@ -981,7 +998,7 @@ class EmulatorServer:
         if not body.get("name"):
             raise ApiError(400, "name is required")
         snap = self._new_snapshot(body["name"], source_sandbox_id=sb.id)
-        await asyncio.to_thread(link_copy_tree, sb.home, snap.dir)
+        await asyncio.to_thread(link_copy_tree, sb.home, snap.dir, True, LINK_BINARIES_FROM)
         self.snapshots[snap.id] = snap
         return self._sandbox_response(sb)
 

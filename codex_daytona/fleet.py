@@ -1,0 +1,453 @@
+"""Many sandboxes per project directory: `ls`, `keep`, `down --others` and `ask --fanout`.
+
+A directory's sandboxes are the named records of its one state file ("default" unless
+--name says otherwise). A fan-out runs one prompt in N sibling sandboxes named
+`<name>-1` .. `<name>-N` at once, each on its own thread with its own `App` (and so its
+own Daytona client: the SDK's client is not shared across threads). Like the core, this
+module never prints: it reports through events, calling `on_event` from one thread at a
+time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from codex_daytona import events as ev
+from codex_daytona import runtime
+from codex_daytona.core import TOOL_LABEL, App, OnEvent, Preview, TurnOutcome, project_labels
+from codex_daytona.errors import (
+    CodexDaytonaError,
+    DaytonaError,
+    ExitCode,
+    InterruptedByUser,
+    NoSandboxError,
+    SandboxGoneError,
+    TurnFailedError,
+    TurnTimeoutError,
+    UsageError,
+)
+from codex_daytona.state import DEFAULT_NAME, SandboxRecord
+
+# How long Ctrl-C waits for the attempts to wind down (sandboxes being created are saved
+# first; running turns are interrupted) before giving up; a second Ctrl-C gives up at once.
+CANCEL_GRACE_S = 60.0
+INTERRUPT_RETRY_S = 0.5
+
+
+def sibling_names(name: str, count: int) -> list[str]:
+    return [f"{name}-{i}" for i in range(1, count + 1)]
+
+
+def is_sibling(name: str, candidate: str) -> bool:
+    """True when `candidate` is one of `name`'s fan-out sandboxes: `<name>-<number>`."""
+    return re.fullmatch(re.escape(name) + r"-[0-9]+", candidate) is not None
+
+
+# --- ls ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SandboxRow:
+    name: str
+    record: SandboxRecord
+    state: str  # Daytona's state, or "deleted" when Daytona no longer has it
+    current: bool  # the one commands use without --name (or the --name given)
+
+
+def list_sandboxes(app: App) -> list[SandboxRow]:
+    """This directory's sandboxes from the state file, with their live state from ONE list
+    request by the project's labels. Warns about sandboxes that carry this directory's
+    labels but are not in the state file."""
+    sandboxes = app.store.load().sandboxes
+    labels = project_labels(app.project_dir, DEFAULT_NAME)
+    live = {info.id: info for info in app.api.list({k: labels[k] for k in ("app", f"{TOOL_LABEL}.project")})}
+    known = {record.sandbox_id for record in sandboxes.values()}
+    for info in live.values():
+        if info.id not in known:
+            name = info.labels.get(f"{TOOL_LABEL}.name", "?")
+            app.emit(
+                ev.warning(
+                    f"Sandbox {info.id} (created as {name}) carries this directory's labels but is not in "
+                    f"the state file {app.store.path}."
+                )
+            )
+    order = sorted(sandboxes, key=lambda n: (n != DEFAULT_NAME, n))
+    return [
+        SandboxRow(
+            n,
+            sandboxes[n],
+            live[sandboxes[n].sandbox_id].state if sandboxes[n].sandbox_id in live else "deleted",
+            n == app.name,
+        )
+        for n in order
+    ]
+
+
+# --- keep and down --others ---------------------------------------------------------------------
+
+
+@dataclass
+class KeepResult:
+    name: str  # the slot it now has (the default, or --name)
+    sandbox_id: str
+    was: str  # the name it had
+    previous_id: str | None  # the sandbox that had `name` before, now under `was`
+
+
+def keep(app: App, chosen: str) -> KeepResult:
+    """Makes sandbox `chosen` this directory's `app.name` (the default): the two records swap
+    names, so the previous one is not lost and `down --others` can delete it."""
+    with app.store.lock():
+        state = app.store.load()
+        record = state.sandboxes.get(chosen)
+        if record is None:
+            raise NoSandboxError(f"No sandbox named {chosen} here.", "`codex-daytona ls` lists this directory's.")
+        if chosen == app.name:
+            return KeepResult(app.name, record.sandbox_id, chosen, None)
+        previous = state.sandboxes.get(app.name)
+        state.sandboxes[app.name] = record
+        if previous is not None:
+            state.sandboxes[chosen] = previous
+        else:
+            del state.sandboxes[chosen]
+        app.store.save(state)
+    return KeepResult(app.name, record.sandbox_id, chosen, previous.sandbox_id if previous else None)
+
+
+def siblings(app: App) -> list[str]:
+    """The names of `app.name`'s fan-out sandboxes in the state file."""
+    return sorted(n for n in app.store.load().sandboxes if is_sibling(app.name, n))
+
+
+def down_others(app: App) -> list[tuple[str, str]]:
+    """Deletes `app.name`'s fan-out siblings (`<name>-<n>`) and keeps it. Returns (name, id) pairs."""
+    if app.record() is None:
+        raise NoSandboxError(
+            f"No sandbox named {app.name} here, so there is nothing to keep.",
+            "Choose the one to keep first: `codex-daytona keep NAME`.",
+        )
+    deleted = []
+    for name in siblings(app):
+        sibling = App(app.settings, app.store, name=name, project_dir=app.project_dir, on_event=app.emit)
+        deleted.append((name, sibling.down()))
+    return deleted
+
+
+# --- ask --fanout ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    """One sandbox of a fan-out: what it is doing now, and then how its turn went."""
+
+    name: str
+    status: str = "waiting"  # creating, running, then completed, failed, interrupted, timeout, error
+    detail: str = ""
+    sandbox_id: str | None = None
+    created: bool = False
+    run_id: str | None = None
+    thread_id: str | None = None
+    started: float | None = None  # time.time() when its turn started
+    ended: float | None = None
+    duration_s: float | None = None
+    setup_s: float | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    files_changed: set[str] = field(default_factory=set)
+    commands_run: int = 0
+    commands_failed: int = 0
+    final_message: str = ""
+    error: str | None = None
+    exit_code: int = 0
+    previews: list[Preview] = field(default_factory=list)
+    done: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sandbox_id": self.sandbox_id,
+            "created": self.created,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "duration_s": None if self.duration_s is None else round(self.duration_s, 2),
+            "setup_s": None if self.setup_s is None else round(self.setup_s, 2),
+            "usage": self.usage,
+            "files_changed": len(self.files_changed),
+            "files": sorted(self.files_changed),
+            "commands_run": self.commands_run,
+            "commands_failed": self.commands_failed,
+            "final_message": self.final_message,
+            "previews": [p.as_dict() for p in self.previews],
+        }
+
+
+@dataclass
+class FanoutResult:
+    attempts: list[Attempt]
+    interrupted: bool = False
+    snapshot: str | None = None  # the fork of the base sandbox they were created from
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """130 on Ctrl-C, 0 when every turn completed, else 3 (each row says what happened)."""
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        if all(a.status == "completed" for a in self.attempts):
+            return ExitCode.OK
+        return ExitCode.TURN_FAILED
+
+
+class Fanout:
+    """Runs one prompt in `count` sandboxes at once: `<name>-1` .. `<name>-<count>`.
+
+    Missing ones are created from a snapshot of `app.name`'s sandbox when it exists (its
+    files, runtime and thread: each attempt continues the conversation from there), else
+    fresh as `up` would; existing ones are reused as they are, continuing their own thread.
+    """
+
+    def __init__(self, app: App, count: int) -> None:
+        limit = app.settings.codex_daytona_max_sandboxes
+        if count < 1:
+            raise UsageError("--fanout needs at least 1 sandbox.")
+        if count > limit:
+            raise UsageError(
+                f"--fanout {count} is more than the limit of {limit} sandboxes at once.",
+                "Ask for fewer, or raise CODEX_DAYTONA_MAX_SANDBOXES.",
+            )
+        self.app = app
+        self.attempts = [Attempt(name) for name in sibling_names(app.name, count)]
+        self._emit_lock = threading.Lock()
+        self._cancel = threading.Event()
+
+    # --- events, from every thread -------------------------------------------------------
+
+    def _emit(self, event: ev.Event) -> None:
+        with self._emit_lock:
+            self.app.emit(event)
+
+    def _update(self, attempt: Attempt, status: str | None = None, detail: str | None = None) -> None:
+        changed = (status is not None and status != attempt.status) or (detail is not None and detail != attempt.detail)
+        attempt.status = status or attempt.status
+        attempt.detail = attempt.detail if detail is None else detail
+        if changed:
+            self._emit(
+                {
+                    "type": ev.FANOUT_UPDATE,
+                    "sandbox": attempt.name,
+                    "status": attempt.status,
+                    "detail": attempt.detail,
+                    "started": attempt.started,
+                    "ended": attempt.ended,
+                }
+            )
+
+    def _on_event(self, attempt: Attempt) -> OnEvent:
+        def handle(event: ev.Event) -> None:
+            kind = event.get("type")
+            item = event.get("item") or {}
+            if kind == ev.PROGRESS:
+                self._update(attempt, detail=str(event.get("message", "")))
+            elif kind == ev.RUN_STARTED:
+                attempt.run_id = attempt.run_id or event.get("run_id")
+            elif kind == ev.THREAD_STARTED:
+                attempt.thread_id = event.get("thread_id")
+            elif kind in (ev.WARNING, ev.RESUME_FAILED):
+                self._emit(ev.warning(f"{attempt.name}: {event.get('message', '')}"))
+            elif kind == ev.ITEM_STARTED and item.get("type") == ev.COMMAND:
+                self._update(attempt, detail=f"Run: {item.get('command', '')}")
+            elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.COMMAND:
+                attempt.commands_run += 1
+                ok = item.get("status") == "completed" and item.get("exit_code") in (0, None)
+                if not ok:
+                    attempt.commands_failed += 1
+                mark = "✓" if ok else "✗"
+                self._update(attempt, detail=f"{mark} {item.get('command', '')} (exit {item.get('exit_code')})")
+            elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.FILE_CHANGE:
+                paths = [str(c.get("path")) for c in item.get("changes") or []]
+                attempt.files_changed.update(paths)
+                self._update(attempt, detail=f"Changed {', '.join(paths)}")
+            elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.AGENT_MESSAGE:
+                text = str(item.get("text", "")).strip()
+                self._update(attempt, detail=text.splitlines()[0] if text else "")
+            elif kind == ev.TURN_FAILED:
+                self._update(attempt, detail=str((event.get("error") or {}).get("message", "turn failed")))
+
+        return handle
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(
+        self, prompt: str, *, new_thread: bool = False, model: str | None = None, timeout: float | None = None
+    ) -> FanoutResult:
+        """Runs `prompt` in every attempt at once. Ctrl-C (KeyboardInterrupt here, in the main
+        thread) interrupts every running turn and waits for the attempts to wind down."""
+        self.app.settings.require_openai_key()
+        existing = self.app.store.load().sandboxes
+        missing = [a for a in self.attempts if a.name not in existing]
+        snapshot: str | None = None
+        base: SandboxRecord | None = None
+        result = FanoutResult(self.attempts)
+        try:
+            if missing and self.app.record() is not None:
+                snapshot = self._fork_name()
+                result.snapshot = snapshot
+                base = self.app.fork_snapshot(snapshot)
+            threads = [
+                threading.Thread(
+                    target=self._attempt,
+                    args=(a, a in missing, snapshot, base, prompt, new_thread, model, timeout),
+                    name=f"fanout-{a.name}",
+                    daemon=True,  # a thread stuck in the SDK never keeps the process alive
+                )
+                for a in self.attempts
+            ]
+            for thread in threads:
+                thread.start()
+            try:
+                while any(t.is_alive() for t in threads):
+                    for thread in threads:
+                        thread.join(0.1)
+            except KeyboardInterrupt:
+                result.interrupted = True
+                self._cancel_all(threads)
+        except KeyboardInterrupt:
+            result.interrupted = True  # while saving the snapshot: no attempt started
+        finally:
+            if snapshot is not None:
+                self._delete_snapshot(snapshot)
+        for attempt in self.attempts:
+            if not attempt.done:  # never started, or still winding down after Ctrl-C
+                attempt.status = "interrupted" if result.interrupted else "error"
+                attempt.exit_code = int(InterruptedByUser.exit_code)
+        return result
+
+    def _fork_name(self) -> str:
+        digest = project_labels(self.app.project_dir, self.app.name)[f"{TOOL_LABEL}.project"][:8]
+        return f"{TOOL_LABEL}-fork-{digest}-{self.app.name}-{secrets.token_hex(3)}"
+
+    def _delete_snapshot(self, name: str) -> None:
+        """The fork snapshot is only the starting point: the sandboxes have their own copies."""
+        try:
+            self.app.api.delete_snapshot(name)
+        except (DaytonaError, KeyboardInterrupt):
+            self._emit(
+                ev.warning(f"Could not delete the temporary snapshot {name}; delete it in the Daytona dashboard.")
+            )
+
+    def _attempt(
+        self,
+        attempt: Attempt,
+        create: bool,
+        snapshot: str | None,
+        base: SandboxRecord | None,
+        prompt: str,
+        new_thread: bool,
+        model: str | None,
+        timeout: float | None,
+    ) -> None:
+        app = App(
+            self.app.settings,
+            self.app.store,
+            name=attempt.name,
+            project_dir=self.app.project_dir,
+            on_event=self._on_event(attempt),
+        )
+        status = "error"
+        try:
+            if self._cancel.is_set():
+                raise InterruptedByUser("Interrupted before it started.")
+            if create:
+                self._update(attempt, "creating", "Creating the sandbox...")
+                began = time.monotonic()
+                created = app.create(
+                    snapshot=snapshot,
+                    runtime_baked_in=base is not None and base.runtime == runtime.runtime_fingerprint(),
+                    thread_id=None if base is None else base.thread_id,
+                )
+                attempt.setup_s = time.monotonic() - began
+                attempt.created = True
+                attempt.sandbox_id = created.sandbox_id
+            if self._cancel.is_set():
+                raise InterruptedByUser("Interrupted before its turn started.")
+            record = app.record()
+            attempt.sandbox_id = record.sandbox_id if record else attempt.sandbox_id
+            attempt.started = time.time()
+            self._update(attempt, "running", "Starting the turn...")
+            began = time.monotonic()
+            try:
+                outcome = app.ask(prompt, new_thread=new_thread, model=model, timeout=timeout)
+            finally:
+                attempt.duration_s = time.monotonic() - began
+            self._record_outcome(attempt, outcome)
+            status = "completed"
+        except CodexDaytonaError as exc:
+            attempt.error = exc.message
+            attempt.exit_code = int(exc.exit_code)
+            status = _status_of(exc)
+            details = exc.details
+            usage = details.get("usage")
+            attempt.usage = {str(k): int(v) for k, v in usage.items()} if isinstance(usage, dict) else {}
+            attempt.final_message = str(details.get("final_message") or attempt.final_message)
+            attempt.thread_id = str(details.get("thread_id") or attempt.thread_id or "") or None
+        finally:  # a bug (any other exception) leaves "error" here and its traceback on stderr
+            if status == "error" and not attempt.exit_code:
+                attempt.exit_code = 1
+            attempt.ended = time.time()
+            attempt.done = True
+            self._update(attempt, status, attempt.error or attempt.detail)
+
+    def _record_outcome(self, attempt: Attempt, outcome: TurnOutcome) -> None:
+        attempt.run_id = outcome.run_id
+        attempt.thread_id = outcome.thread_id
+        attempt.usage = dict(outcome.usage)
+        attempt.final_message = outcome.final_message
+        attempt.previews = outcome.previews
+        attempt.sandbox_id = outcome.sandbox_id or attempt.sandbox_id
+
+    # --- Ctrl-C ------------------------------------------------------------------------------
+
+    def _cancel_all(self, threads: list[threading.Thread]) -> None:
+        """Stops every attempt: none starts a turn any more, running turns are interrupted
+        (each by its own client, on its own thread), and sandboxes being created are saved
+        in the state file before we return. A second Ctrl-C stops waiting."""
+        self._cancel.set()
+        self._emit(ev.progress("Interrupting every turn..."))
+        interrupting: set[str] = set()
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            for attempt in self.attempts:
+                if attempt.run_id and not attempt.done and attempt.name not in interrupting:
+                    interrupting.add(attempt.name)
+                    threading.Thread(target=self._interrupt, args=(attempt,), daemon=True).start()
+            for thread in threads:
+                thread.join(0.05)
+
+    def _interrupt(self, attempt: Attempt) -> None:
+        """Asks the agent in the attempt's sandbox to interrupt its run until it has, or the run ended."""
+        app = App(self.app.settings, self.app.store, name=attempt.name, project_dir=self.app.project_dir)
+        record = app.record()
+        if record is None or attempt.run_id is None:
+            return
+        with contextlib.suppress(DaytonaError, SandboxGoneError):
+            sandbox = app.api.get(record.sandbox_id)
+            layout = runtime.Layout(record.home_dir)
+            while not attempt.done and not app.interrupt(sandbox, layout, attempt.run_id):
+                time.sleep(INTERRUPT_RETRY_S)
+
+
+def _status_of(exc: CodexDaytonaError) -> str:
+    if isinstance(exc, InterruptedByUser):
+        return "interrupted"
+    if isinstance(exc, TurnTimeoutError):
+        return "timeout"
+    if isinstance(exc, TurnFailedError):
+        return "failed"
+    return "error"

@@ -1,0 +1,200 @@
+"""Many sandboxes per directory: --name, ls, keep, down --others and ask --fanout, end to end.
+
+The prompt is the same in every sandbox of a fan-out, so the scripted model tells their
+requests apart by the sandbox's id, which is in each request's environment context (the
+sandbox's home is `.../sandboxes/<id>/home` in the emulator).
+
+In the emulator every sandbox's home has its own path, while on Daytona a sandbox made from a
+snapshot has its parent's (`/home/daytona`); Codex keeps a thread's history at an absolute path,
+so a thread continued in emulated forks would be written to the parent's file. These tests
+therefore fan out with --new-thread.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from codex_daytona.core import project_labels
+from tests.e2e import Rig
+from tests.fakes.model import add_file_patch, error, msg, patch, run, turn
+from tests.test_turns import _sandbox_processes, _wait_for
+
+NAMES = ["default-1", "default-2", "default-3"]
+TWO_FILES = add_file_patch("two.txt", "2").replace("*** End Patch\n", "") + add_file_patch("three.txt", "3").replace(
+    "*** Begin Patch\n", ""
+)
+
+
+def _ids(rig: Rig) -> dict[str, str]:
+    return {name: record["sandbox_id"] for name, record in rig.state().get("sandboxes", {}).items()}
+
+
+def _live(rig: Rig) -> set[str]:
+    """This project's sandboxes that Daytona still has."""
+    digest = project_labels(rig.project, "default")["codex-daytona.project"]
+    return {
+        s["id"]
+        for s in rig.emulator.sandboxes()
+        if s["state"] != "destroyed" and s["labels"].get("codex-daytona.project") == digest
+    }
+
+
+def _cleanup(rig: Rig) -> None:
+    for name in _ids(rig):
+        rig.cli("down", "--yes", "--name", name)
+
+
+@pytest.mark.e2e
+def test_fanout_runs_in_parallel_compares_and_keep_down_leave_one(rig: Rig) -> None:
+    try:
+        _fanout_compare_keep_down(rig)
+    finally:
+        _cleanup(rig)
+
+
+def _fanout_compare_keep_down(rig: Rig) -> None:
+    base = rig.cli("up", "-q")
+    assert base.code == 0, base
+    base_id = base.stdout.strip()
+
+    # 1. The siblings are created from a snapshot of the default sandbox, all at once.
+    rig.model.enqueue(*[turn(msg("ready")) for _ in NAMES])
+    first = rig.cli("ask", "--fanout", "3", "--new-thread", "get ready", timeout=300)
+    assert first.code == 0, first
+    ids = _ids(rig)
+    assert sorted(ids) == ["default", *NAMES]
+    assert ids["default"] == base_id
+    for name in NAMES:
+        assert (rig.sandbox(ids[name]) or {}).get("snapshot", "").startswith("codex-daytona-fork-"), name
+        assert name in first.stdout and "completed" in first.stdout
+    assert first.stderr.count("completed") >= 3, first
+    assert not [s for s in rig.emulator.snapshots() if s["name"].startswith("codex-daytona-fork-")], "kept"
+
+    # 2. One turn alone, for the yardstick.
+    one = ids["default-1"]
+    rig.model.enqueue(turn(run("sleep 2"), match=one), turn(msg("alone"), match=one))
+    started = time.monotonic()
+    single = rig.cli("ask", "--name", "default-1", "--new-thread", "sleep alone")
+    alone = time.monotonic() - started
+    assert single.code == 0 and single.stdout.strip() == "alone", single
+
+    # 3. The same prompt in three sandboxes at once; each takes its own steps.
+    d1, d2, d3 = (ids[n] for n in NAMES)
+    u1, u2 = {"input_tokens": 1000, "output_tokens": 10}, {"input_tokens": 2000, "output_tokens": 20}
+    rig.model.enqueue(
+        turn(run("sleep 2"), match=d1, usage=u1),
+        turn(patch(add_file_patch("one.txt", "1")), match=d1, usage=u1),
+        turn(msg("first attempt"), match=d1, usage=u1),
+        turn(run("sleep 2"), match=d2, usage=u2),
+        turn(run("false"), match=d2, usage=u2),
+        turn(
+            patch(TWO_FILES),
+            match=d2,
+            usage=u2,
+        ),
+        turn(msg("second attempt"), match=d2, usage=u2),
+        turn(run("sleep 2"), match=d3),
+        *[error(401, "Incorrect API key provided", match=d3) for _ in range(12)],
+    )
+    started = time.monotonic()
+    fanned = rig.cli("ask", "--fanout", "3", "--new-thread", "--json", "try it", timeout=300)
+    together = time.monotonic() - started
+    assert fanned.code == 3, fanned  # one turn failed
+    data = json.loads(fanned.stdout)
+    assert data["exit_code"] == 3 and not data["interrupted"]
+    rows = {row["name"]: row for row in data["sandboxes"]}
+    assert list(rows) == NAMES
+    assert rows["default-1"]["status"] == "completed" and rows["default-1"]["final_message"] == "first attempt"
+    assert rows["default-1"]["usage"]["input_tokens"] == 3000 and rows["default-1"]["usage"]["output_tokens"] == 30
+    assert (rows["default-1"]["files_changed"], rows["default-1"]["commands_failed"]) == (1, 0)
+    assert rows["default-2"]["status"] == "completed" and rows["default-2"]["usage"]["input_tokens"] == 8000
+    assert (rows["default-2"]["files_changed"], rows["default-2"]["commands_failed"]) == (2, 1)
+    assert rows["default-2"]["commands_run"] == 2
+    assert rows["default-3"]["status"] == "failed" and "401" in rows["default-3"]["error"], rows["default-3"]
+    assert rows["default-3"]["exit_code"] == 3
+    assert not rig.model.remaining()[:1] or all(s.get("match") == d3 for s in rig.model.remaining())
+    # Concurrent: well under three times one turn (generous for a shared 2-core machine).
+    assert together < 2 * alone, f"fan-out {together:.1f} s, one turn {alone:.1f} s"
+
+    # 4. ls shows all four; keep makes default-2 the default, down --others deletes the rest.
+    listed = json.loads(rig.cli("ls", "--json").stdout)["sandboxes"]
+    assert [s["name"] for s in listed] == ["default", *NAMES]
+    assert [s["current"] for s in listed] == [True, False, False, False]
+    assert all(s["state"] == "started" for s in listed)
+    assert listed[2]["last_turn"]["status"] == "completed"
+    assert rig.cli("ls", "-q").stdout.split() == ["default", *NAMES]
+    kept = rig.cli("keep", "default-2", "-q")
+    assert kept.code == 0 and kept.stdout.strip() == d2, kept
+    assert _ids(rig) == {"default": d2, "default-1": d1, "default-2": base_id, "default-3": d3}
+    down = rig.cli("down", "--others", "--yes", "--json")
+    assert down.code == 0, down
+    assert sorted(d["name"] for d in json.loads(down.stdout)["deleted"]) == NAMES
+    assert _ids(rig) == {"default": d2}
+    assert _live(rig) == {d2}
+    for gone in (d1, d3, base_id):
+        assert (rig.sandbox(gone) or {}).get("state") == "destroyed"
+    assert (rig.project / "two.txt").exists() is False  # nothing was pulled; the work is in the sandbox
+    assert rig.cli("exec", "--", "cat", "two.txt").stdout.strip() == "2"
+
+
+@pytest.mark.e2e
+def test_ctrl_c_interrupts_every_turn_and_orphans_nothing(rig: Rig) -> None:
+    try:
+        assert rig.cli("up").code == 0
+        rig.model.enqueue(*[turn(run("sleep 60", yield_time_ms=60000)) for _ in range(2)])
+        rig.model.enqueue(*[turn(msg("unreachable")) for _ in range(2)])
+        proc = rig.popen(
+            "ask",
+            "--fanout",
+            "2",
+            "--new-thread",
+            "-q",
+            "sleep a minute",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+        def both_sleeping() -> bool:
+            ids = _ids(rig)
+            return all(n in ids and _sandbox_processes(rig, ids[n], "sleep 60") for n in ("default-1", "default-2"))
+
+        _wait_for(both_sleeping, timeout=120)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert time.monotonic() - sent < 20
+        assert "Traceback" not in stderr
+        assert stdout == ""  # -q: the names of the completed ones, and none completed
+        ids = _ids(rig)
+        for name in ("default-1", "default-2"):
+            _wait_for(lambda n=name: not _sandbox_processes(rig, ids[n], "sleep 60"), timeout=10)
+            assert rig.state()["sandboxes"][name]["last_turn"]["status"] == "interrupted"
+        assert _live(rig) == set(ids.values())  # every sandbox Daytona has is in the state file
+    finally:
+        _cleanup(rig)
+
+
+def test_names_are_checked(rig: Rig) -> None:
+    bad = rig.cli("status", "--name", "no spaces")
+    assert bad.code == 2 and "Invalid sandbox name" in bad.stderr, bad
+    from_env = rig.cli("status", env={"CODEX_DAYTONA_SANDBOX": "a/b"})
+    assert from_env.code == 4 and "CODEX_DAYTONA_SANDBOX" in from_env.stderr, from_env
+    named = rig.cli("status", "-q", env={"CODEX_DAYTONA_SANDBOX": "feature-x"})
+    assert named.code == 0 and named.stdout.strip() == "none", named
+    missing = rig.cli("diff", "--name", "feature-x")
+    assert missing.code == 5 and "feature-x" in missing.stderr, missing
+
+
+def test_fanout_above_the_limit_is_a_usage_error(rig: Rig) -> None:
+    over = rig.cli("ask", "--fanout", "6", "hello")
+    assert over.code == 2 and "CODEX_DAYTONA_MAX_SANDBOXES" in over.stderr, over
+    lowered = rig.cli("ask", "--fanout", "3", "hello", env={"CODEX_DAYTONA_MAX_SANDBOXES": "2"})
+    assert lowered.code == 2, lowered
+    assert rig.state() == {} and not _live(rig)
