@@ -237,3 +237,28 @@ def test_no_secret_in_any_output_mode(rig: Rig) -> None:
         result = rig.cli(*args)
         assert OPENAI_KEY not in result.stdout + result.stderr, args
         rig.model.enqueue(turn(msg(f"and {OPENAI_KEY}")))
+
+
+def test_soak_twenty_asks_with_streams_dropped_at_random_points(rig: Rig) -> None:
+    import random
+
+    _ready(rig)
+    rng = random.Random(20261126)
+    home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
+    reconnects = 0
+    for i in range(20):
+        rig.model.enqueue(turn(run(f"echo soak-{i}; seq 1 {rng.randint(1, 40)}")), turn(msg(f"done {i}")))
+        rig.emulator.set_faults(drop_log_streams=1, drop_after_bytes=rng.randint(1, 2500))
+        result = rig.cli("ask", "--json", f"soak {i}")
+        assert result.code == 0, result
+        lines = result.json_lines
+        assert lines[-1]["final_message"] == f"done {i}"
+        run_id = lines[-1]["run_id"]
+        saved = (home / ".codex-daytona" / "runs" / run_id / "events.jsonl").read_text().splitlines()
+        expected = [e for e in map(json.loads, saved) if e["type"] != "codex_daytona.ports"]
+        shown = [e for e in lines if e["type"] not in ("codex_daytona.retry", "codex_daytona.result")]
+        shown = [e for e in shown if e["type"] != "codex_daytona.preview"]
+        expected = [e for e in expected if e["type"] != "codex_daytona.run.completed"]
+        assert shown == expected, f"ask {i}: events lost or repeated"
+        reconnects += sum(e["type"] == "codex_daytona.retry" for e in lines)
+    assert reconnects >= 10, f"only {reconnects} streams were really dropped"

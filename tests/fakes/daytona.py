@@ -424,12 +424,15 @@ class Faults:
 
     fail_next: int = 0
     drop_log_streams: int = 0
+    # Where a dropped stream is cut: after this many bytes of log (0: after the first chunk).
+    drop_after_bytes: int = 0
     latency_ms: int = 0
 
     def to_json(self) -> dict[str, int]:
         return {
             "fail_next": self.fail_next,
             "drop_log_streams": self.drop_log_streams,
+            "drop_after_bytes": self.drop_after_bytes,
             "latency_ms": self.latency_ms,
         }
 
@@ -1283,6 +1286,7 @@ class EmulatorServer:
         drop = self.faults.drop_log_streams > 0
         if drop:
             self.faults.drop_log_streams -= 1
+        budget = self.faults.drop_after_bytes if drop else 0
         client_gone = asyncio.create_task(ws.receive())
         sent = 0
         try:
@@ -1291,10 +1295,14 @@ class EmulatorServer:
                 while sent < len(cmd.chunks):
                     kind, data = cmd.chunks[sent]
                     sent += 1
+                    cut = drop and len(data) >= budget
+                    if cut and budget:
+                        data = data[:budget]  # part-way through a chunk, maybe through a line
                     await ws.send_bytes((STDOUT_MARK if kind == 1 else STDERR_MARK) + data)
-                    if drop:
+                    if cut:
                         await ws.close(code=1011, message=b"emulator fault: log stream dropped")
                         return ws
+                    budget -= len(data)
                 if cmd.done.is_set():
                     break
                 waiter = asyncio.create_task(changed.wait())
