@@ -277,8 +277,7 @@ class App:
                         self._setup(sandbox, record, state)
                     return UpResult(record.sandbox_id, created=False, home_dir=record.home_dir)
             sandbox, record = self._create(state)
-            self._setup(sandbox, record, state)
-            self._ensure_baseline(sandbox, record)
+            self._setup(sandbox, record, state, baseline=True)
             return UpResult(record.sandbox_id, created=True, home_dir=record.home_dir)
 
     def _new_sandbox(self, snapshot: str | None) -> tuple[Sandbox, str]:
@@ -312,26 +311,38 @@ class App:
             return {runtime.KEY_ENV: self.settings.sandbox_openai_secret}
         return None
 
-    def _setup(self, sandbox: Sandbox, record: SandboxRecord, state: State | None = None) -> None:
-        """Installs the agent runtime when missing, uploads the agent and Codex's config.
+    def _setup(
+        self, sandbox: Sandbox, record: SandboxRecord, state: State | None = None, *, baseline: bool = False
+    ) -> None:
+        """Installs the agent runtime when missing, uploads the agent and Codex's config, starts
+        the agent, and with `baseline` takes the diff baseline: one probe, one upload and one
+        command however much there is to do (plus the install itself when it is needed).
 
         Saves the record into `state` (loaded under the caller's lock), or, without one,
         under the lock taken here."""
         layout = runtime.Layout(record.home_dir)
-        if not self._runtime_baked_in:
-            self._install_runtime(sandbox, layout)
+        probe = self.api.exec(sandbox, runtime.setup_probe_command(layout), timeout=60)
+        marker, python, baseline_status, dotfiles = runtime.parse_setup_probe(probe.output)
+        if not self._runtime_baked_in and marker != runtime.RUNTIME_MARKER:
+            self._install_runtime(sandbox, layout, python)
         if record.preview_pattern is None:
             probe_link = self.api.preview_link(sandbox, runtime.PATTERN_PROBE_PORT)
             record.preview_pattern = probe_link.url.replace(str(runtime.PATTERN_PROBE_PORT), "{PORT}")
-        self.api.upload(
-            sandbox,
-            {
-                layout.agent: runtime.agent_source(),
-                layout.codex_config: runtime.codex_config(self.settings, layout, record.preview_pattern),
-            },
-        )
+        files = {
+            layout.agent: runtime.agent_source(),
+            layout.codex_config: runtime.codex_config(self.settings, layout, record.preview_pattern),
+        }
+        take_baseline = baseline and baseline_status == "ready"
+        if take_baseline:
+            files[runtime.baseline_exclude(layout)] = runtime.baseline_exclude_file(dotfiles)
+        elif baseline and baseline_status == "nogit":
+            self.emit(ev.warning("The sandbox has no git, so `codex-daytona diff` will not work in it."))
+        self.api.upload(sandbox, files)
         self.emit(ev.progress("Starting the agent..."))
-        started = self.api.exec(sandbox, runtime.start_daemon_command(layout), timeout=120)
+        started = self.api.exec(sandbox, runtime.finish_setup_command(layout, take_baseline), timeout=600)
+        baseline_error = runtime.parse_baseline_failure(started.output)
+        if baseline_error is not None:
+            self.emit(ev.warning(f"Could not record the diff baseline: {baseline_error}"))
         if started.exit_code != 0:
             raise AgentSetupError(f"The agent could not start in the sandbox: {started.output.strip()[-300:]}")
         record.runtime = runtime.runtime_fingerprint()
@@ -365,9 +376,7 @@ class App:
         record.home_dir = self.api.home_dir(sandbox)
         self._save(record)
         self.emit(ev.progress(f"Created sandbox {sandbox.id}"))
-        self._setup(sandbox, record)
-        if not forked:  # a fork has its parent's baseline
-            self._ensure_baseline(sandbox, record)
+        self._setup(sandbox, record, baseline=not forked)  # a fork has its parent's baseline
         return UpResult(record.sandbox_id, created=True, home_dir=record.home_dir)
 
     def fork_snapshot(self, name: str) -> SandboxRecord:
@@ -385,12 +394,8 @@ class App:
             raise DaytonaError(f"Snapshot {name} is {state}, not active.")
         return record
 
-    def _install_runtime(self, sandbox: Sandbox, layout: runtime.Layout) -> None:
-        """Installs the agent runtime unless the sandbox's marker says it is there already."""
-        probe = self.api.exec(sandbox, runtime.probe_command(layout), timeout=60)
-        marker, python = runtime.parse_probe(probe.output)
-        if marker == runtime.RUNTIME_MARKER:
-            return
+    def _install_runtime(self, sandbox: Sandbox, layout: runtime.Layout, python: tuple[int, int] | None) -> None:
+        """Installs the agent runtime in a sandbox whose probe found none (python: its Python)."""
         if python is None or python < runtime.MIN_PYTHON:
             found = "no python3" if python is None else f"Python {python[0]}.{python[1]}"
             raise AgentSetupError(
@@ -474,7 +479,10 @@ class App:
         )
         try:
             layout = runtime.Layout(self.api.home_dir(sandbox))
-            self._install_runtime(sandbox, layout)
+            probe = self.api.exec(sandbox, runtime.setup_probe_command(layout), timeout=60)
+            marker, python, _, _ = runtime.parse_setup_probe(probe.output)
+            if marker != runtime.RUNTIME_MARKER:
+                self._install_runtime(sandbox, layout, python)
             # `up` uploads the agent anyway; it is in the snapshot too so the name tells the truth.
             self.api.upload(sandbox, {layout.agent: runtime.agent_source()})
             self.emit(ev.progress(f"Saving snapshot {name} (this can take a few minutes)..."))

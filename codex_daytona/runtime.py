@@ -357,6 +357,48 @@ def parse_baseline_probe(output: str) -> tuple[str, list[str]]:
     return status.strip(), entries
 
 
+SETUP_PROBE_SEPARATOR = "---codex-daytona-baseline---"
+BASELINE_FAILED = "codex-daytona-baseline-failed:"
+
+
+def setup_probe_command(layout: Layout) -> str:
+    """One command that answers everything setup needs to know: the installed runtime, the
+    sandbox's Python, and whether the diff baseline is taken (with the home's dotfiles)."""
+    q = shlex.quote
+    runtime_part = probe_command(layout)
+    baseline_part = baseline_probe_command(layout)
+    return f"{runtime_part}; echo {q(SETUP_PROBE_SEPARATOR)}; {baseline_part}"
+
+
+def parse_setup_probe(output: str) -> tuple[str, tuple[int, int] | None, str, list[str]]:
+    """(runtime marker, Python version, baseline status, home dotfiles)."""
+    runtime_out, _, baseline_out = output.partition(SETUP_PROBE_SEPARATOR + "\n")
+    marker, python = parse_probe(runtime_out)
+    status, dotfiles = parse_baseline_probe(baseline_out)
+    return marker, python, status, dotfiles
+
+
+def finish_setup_command(layout: Layout, baseline: bool) -> str:
+    """Takes the diff baseline (when asked) and starts the agent daemon, in one command. A
+    failed baseline is reported on a line of its own and does not stop the agent."""
+    q = shlex.quote
+    steps = []
+    if baseline:
+        steps.append(
+            f"out=$({baseline_init_command(layout)} 2>&1) || "
+            f'printf "%s %s\\n" {q(BASELINE_FAILED)} "$(printf "%s" "$out" | tail -n 3 | tr "\\n" " ")"'
+        )
+    steps.append(start_daemon_command(layout))
+    return "sh -c " + q("; ".join(steps))
+
+
+def parse_baseline_failure(output: str) -> str | None:
+    for line in output.splitlines():
+        if line.startswith(BASELINE_FAILED):
+            return line[len(BASELINE_FAILED) :].strip() or "unknown error"
+    return None
+
+
 def baseline_init_command(layout: Layout) -> str:
     """Creates the baseline git directory (if missing) and commits the home as it is."""
     q = shlex.quote
