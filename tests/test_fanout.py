@@ -21,13 +21,11 @@ import pytest
 
 from codex_daytona.core import project_labels
 from tests.e2e import Rig
-from tests.fakes.model import add_file_patch, error, msg, patch, run, turn
+from tests.fakes.model import add_file_patch, add_files_patch, error, msg, patch, run, turn
 from tests.test_turns import _sandbox_processes, _wait_for
 
 NAMES = ["default-1", "default-2", "default-3"]
-TWO_FILES = add_file_patch("two.txt", "2").replace("*** End Patch\n", "") + add_file_patch("three.txt", "3").replace(
-    "*** Begin Patch\n", ""
-)
+TWO_FILES = add_files_patch({"two.txt": "2", "three.txt": "3"})
 
 
 def _ids(rig: Rig) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import Rig, free_port, http_get
-from tests.fakes.model import add_file_patch, msg, patch, run, turn
+from tests.fakes.model import add_file_patch, add_files_patch, msg, patch, run, turn
 
 pytestmark = pytest.mark.e2e
 
@@ -235,12 +235,7 @@ def test_the_lunar_lander_opens_in_a_real_browser_through_the_signed_link(rig: R
     port = free_port(8080)
     rig.model.enqueue(
         turn(patch(add_file_patch("index.html", INDEX))),
-        turn(
-            patch(
-                add_file_patch("style.css", STYLE).replace("*** End Patch\n", "")
-                + add_file_patch("main.js", MAIN).replace("*** Begin Patch\n", "")
-            )
-        ),
+        turn(patch(add_files_patch({"style.css": STYLE, "main.js": MAIN}))),
         turn(msg("Built the lunar lander in index.html, style.css and main.js.")),
     )
     built = rig.cli("ask", "create a 3d animated web-based lunar lander game")

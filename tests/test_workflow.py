@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import OPENAI_KEY, Rig, free_port, http_get
-from tests.fakes.model import add_file_patch, msg, patch, plan, run, think, turn
+from tests.fakes.model import add_file_patch, add_files_patch, msg, patch, plan, run, think, turn
 
 pytestmark = pytest.mark.e2e
 
@@ -26,12 +26,7 @@ def lunar_lander_turn() -> list[dict]:
     return [
         turn(think("Plan the lander game"), plan(("Write the page", "in_progress"), ("List files", "pending"))),
         turn(patch(add_file_patch("index.html", INDEX))),
-        turn(
-            patch(
-                add_file_patch("style.css", STYLE).replace("*** End Patch\n", "")
-                + add_file_patch("main.js", MAIN).replace("*** Begin Patch\n", "")
-            )
-        ),
+        turn(patch(add_files_patch({"style.css": STYLE, "main.js": MAIN}))),
         turn(run("ls")),
         turn(plan(("Write the page", "completed"), ("List files", "completed"))),
         turn(msg("Built a self-contained 3D lunar lander game in index.html, style.css and main.js.")),

@@ -197,9 +197,16 @@ def hang(before_headers: bool = False, **step: Any) -> Step:
 
 def add_file_patch(path: str, content: str) -> str:
     """An apply_patch text creating ``path`` with ``content``."""
-    lines = content.splitlines() or [""]
-    body = "".join(f"+{line}\n" for line in lines)
-    return f"*** Begin Patch\n*** Add File: {path}\n{body}*** End Patch\n"
+    return add_files_patch({path: content})
+
+
+def add_files_patch(files: dict[str, str]) -> str:
+    """One apply_patch text creating every file of ``files`` (path -> content)."""
+    hunks = []
+    for path, content in files.items():
+        lines = content.splitlines() or [""]
+        hunks.append(f"*** Add File: {path}\n" + "".join(f"+{line}\n" for line in lines))
+    return "*** Begin Patch\n" + "".join(hunks) + "*** End Patch\n"
 
 
 def update_file_patch(path: str, old: str, new: str, context: str | None = None) -> str:
