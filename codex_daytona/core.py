@@ -326,8 +326,12 @@ class App:
         if not self._runtime_baked_in and marker != runtime.RUNTIME_MARKER:
             self._install_runtime(sandbox, layout, python)
         if record.preview_pattern is None:
-            probe_link = self.api.preview_link(sandbox, runtime.PATTERN_PROBE_PORT)
-            record.preview_pattern = probe_link.url.replace(str(runtime.PATTERN_PROBE_PORT), "{PORT}")
+            try:
+                probe_link = self.api.preview_link(sandbox, runtime.PATTERN_PROBE_PORT)
+                record.preview_pattern = probe_link.url.replace(str(runtime.PATTERN_PROBE_PORT), "{PORT}")
+            except DaytonaError as exc:
+                # Only the agent's instructions lose the URL pattern; previews still work.
+                self.emit(ev.warning(f"Could not learn the preview URL pattern: {exc.message}"))
         files = {
             layout.agent: runtime.agent_source(),
             layout.codex_config: runtime.codex_config(self.settings, layout, record.preview_pattern),
@@ -435,7 +439,12 @@ class App:
         if self.settings.codex_daytona_snapshot:
             return self.settings.codex_daytona_snapshot
         name = runtime.snapshot_name()
-        state = self.api.snapshot_state(name)
+        try:
+            state = self.api.snapshot_state(name)
+        except DaytonaError as exc:
+            # A key that may not read snapshots must not stop `up`: it only costs the install.
+            self.emit(ev.warning(f"Could not look up snapshot {name} ({exc.message}); installing the runtime."))
+            return None
         if state == "active":
             self.emit(ev.progress(f"Using snapshot {name}"))
             # Its name vouches for the runtime in it, so `_setup` need not probe for it.

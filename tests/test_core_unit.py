@@ -1,0 +1,34 @@
+"""Core decisions that need no sandbox: fallbacks when Daytona refuses an optional call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from codex_daytona import events as ev
+from codex_daytona.core import App
+from codex_daytona.errors import DaytonaError
+from codex_daytona.settings import Settings
+from codex_daytona.state import StateStore
+
+
+class RefusingApi:
+    """A Daytona that will not tell us about snapshots (a key without that permission)."""
+
+    def snapshot_state(self, name: str) -> Any:
+        raise DaytonaError("Could not look up the snapshot: forbidden")
+
+
+def test_a_snapshot_lookup_that_fails_falls_back_to_installing(tmp_path: Path) -> None:
+    seen: list[ev.Event] = []
+    app = App(Settings(daytona_api_key="k"), StateStore(tmp_path), on_event=seen.append)
+    app._api = RefusingApi()  # type: ignore[assignment]
+    assert app._base_snapshot() is None
+    assert [e["type"] for e in seen] == [ev.WARNING]
+    assert "forbidden" in seen[0]["message"]
+
+
+def test_an_explicit_snapshot_needs_no_lookup(tmp_path: Path) -> None:
+    app = App(Settings(daytona_api_key="k", codex_daytona_snapshot="mine"), StateStore(tmp_path))
+    app._api = RefusingApi()  # type: ignore[assignment]
+    assert app._base_snapshot() == "mine"
