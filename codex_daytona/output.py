@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TextIO
 
@@ -45,6 +46,23 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
+@dataclass
+class TurnTally:
+    """What a turn did, for the line that closes it."""
+
+    started: float
+    commands: int = 0
+    failed: int = 0
+    files: set[str] = field(default_factory=set)
+
+    def count(self, item: dict[str, Any]) -> None:
+        if item.get("type") == ev.COMMAND:
+            self.commands += 1
+            self.failed += item.get("status") != "completed" or item.get("exit_code") not in (0, None)
+        elif item.get("type") == ev.FILE_CHANGE:
+            self.files.update(str(c.get("path")) for c in item.get("changes") or [])
+
+
 class Output:
     """Renders events, results and errors for one invocation."""
 
@@ -72,6 +90,7 @@ class Output:
         self._live: Live | None = None
         self._pending_message: str | None = None
         self._running: dict[str, str] = {}
+        self._turn = TurnTally(started=time.time())
         self.final_message: str | None = None
         # `ask --json` streams every event as a JSON line; other commands print one object.
         self.stream_events = False
@@ -184,6 +203,7 @@ class Output:
         elif kind == ev.THREAD_STARTED:
             self._err(f"[dim]Thread {escape(str(event.get('thread_id')))}[/dim]")
         elif kind == ev.TURN_STARTED:
+            self._turn = TurnTally(started=float(event.get("ts") or time.time()))
             if not self.live_terminal:
                 self._err("[dim]Thinking...[/dim]")
             self._refresh_live()
@@ -201,6 +221,7 @@ class Output:
             self._err(f"[dim]↻ {escape(str(event.get('message', '')))}[/dim]")
         elif kind == ev.TURN_COMPLETED:
             self.stop_live()
+            self._summary(float(event.get("ts") or time.time()))
             self._usage(event.get("turn_usage") or event.get("usage") or {})
         elif kind == ev.TURN_FAILED:
             self.stop_live()
@@ -212,6 +233,8 @@ class Output:
 
     def _item(self, kind: str, item: dict[str, Any]) -> None:
         item_type = item.get("type")
+        if kind == ev.ITEM_COMPLETED:
+            self._turn.count(item)
         item_id = str(item.get("id"))
         if item_type == ev.COMMAND:
             self._command(kind, item_id, item)
@@ -270,6 +293,16 @@ class Output:
             tail = str(item.get("aggregated_output") or "").rstrip().splitlines()[-FAILED_OUTPUT_LINES:]
             for line in tail:
                 self._err(f"[dim]   │ {escape(line)}[/dim]")
+
+    def _summary(self, ended: float) -> None:
+        tally = self._turn
+        parts = [f"Turn done in {max(0.0, ended - tally.started):.1f} s"]
+        if tally.files:
+            parts.append(f"{len(tally.files)} file{'s' if len(tally.files) != 1 else ''} changed")
+        if tally.commands:
+            failed = f", {tally.failed} failed" if tally.failed else ""
+            parts.append(f"{tally.commands} command{'s' if tally.commands != 1 else ''}{failed}")
+        self._err(f"[dim]{escape(' · '.join(parts))}[/dim]")
 
     def _usage(self, usage: dict[str, Any]) -> None:
         if not usage:

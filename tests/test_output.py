@@ -41,6 +41,8 @@ def test_human_rendering_of_a_real_turn() -> None:
     assert "💭 I'll plan, then run a shell command." in stderr
     assert "Now applying a patch and running a failing command." in stderr  # not the last message
     assert "Tokens: 1,000 in (100 cached) · 28 out (12 reasoning)" in stderr
+    summary = next(line for line in lines if line.startswith("Turn done in "))
+    assert summary.endswith(" s · 2 files changed · 2 commands, 1 failed")
     # The final answer is the result: on stdout, and only there.
     assert stdout == "All done: created shell_out.txt and patched.txt.\n"
     assert "All done" not in stderr
