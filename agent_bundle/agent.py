@@ -35,6 +35,7 @@ from typing import Any, TextIO
 PROTOCOL = 1
 KEY_ENV = "CODEX_DAYTONA_OPENAI_API_KEY"
 REQUEST_TIMEOUT_S = 120.0
+DELTA_INTERVAL_S = 0.15  # at most this often an item.updated with the text so far
 MODEL_TIMEOUT_S = 300.0  # silence from the model, while no command runs, that fails a turn
 # Ports the sandbox itself uses (Daytona's toolbox, terminal and SSH gateway).
 DAYTONA_PORTS = frozenset({2280, 22220, 22222, 33333})
@@ -165,10 +166,14 @@ class TurnMapper:
         self.final_message = ""
         self.status = "in_progress"
         self.error: str | None = None
+        self._streamed: dict[str, str] = {}  # item id -> text so far, from deltas
+        self._shown: dict[str, float] = {}  # item id -> when an item.updated last went out
 
     def feed(self, method: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         if method == "turn/started":
             return [{"type": "turn.started"}]
+        if method in ("item/agentMessage/delta", "item/reasoning/summaryTextDelta"):
+            return self._delta("agent_message" if method.startswith("item/agentMessage") else "reasoning", params)
         if method in ("item/started", "item/completed"):
             item = convert_item(params.get("item") or {})
             if item is None:
@@ -207,6 +212,18 @@ class TurnMapper:
         if method == "turn/completed":
             return self._finish(params.get("turn") or {})
         return []
+
+    def _delta(self, kind: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Text as the model writes it: an item.updated with the text so far, at most every
+        DELTA_INTERVAL_S per item, so a terminal can show it live without a flood of events."""
+        item_id = str(params.get("itemId"))
+        text = self._streamed.get(item_id, "") + str(params.get("delta") or "")
+        self._streamed[item_id] = text
+        now = time.monotonic()
+        if now - self._shown.get(item_id, 0.0) < DELTA_INTERVAL_S:
+            return []
+        self._shown[item_id] = now
+        return [{"type": "item.updated", "item": {"id": item_id, "type": kind, "text": text}}]
 
     def _todo(self) -> dict[str, Any]:
         return {"id": "todo_list", "type": "todo_list", "items": self.todo_items}

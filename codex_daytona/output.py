@@ -90,6 +90,7 @@ class Output:
         self._live: Live | None = None
         self._pending_message: str | None = None
         self._running: dict[str, str] = {}
+        self._writing = ""  # the last line of the text the model is writing, for the spinner
         self._turn = TurnTally(started=time.time())
         self.final_message: str | None = None
         # `ask --json` streams every event as a JSON line; other commands print one object.
@@ -141,12 +142,15 @@ class Output:
     def _status_text(self) -> str:
         if self._running:
             return "Running: " + list(self._running.values())[-1]
+        if self._writing:
+            return self._writing
         return "Thinking..."
 
     def _refresh_live(self) -> None:
         if not self.live_terminal:
             return
-        spinner = Spinner("dots", Text(self.mask(self._status_text()), style="dim"))
+        status = Text(self.mask(self._status_text()), style="dim", no_wrap=True, overflow="ellipsis")
+        spinner = Spinner("dots", status)
         if self._live is None:
             self._live = Live(spinner, console=self.err, refresh_per_second=12, transient=True)
             self._live.start()
@@ -235,6 +239,13 @@ class Output:
         item_type = item.get("type")
         if kind == ev.ITEM_COMPLETED:
             self._turn.count(item)
+            self._writing = ""
+        if kind == ev.ITEM_UPDATED and item_type in (ev.AGENT_MESSAGE, ev.REASONING):
+            # Shown live in the spinner on a terminal; printed once, whole, when it completes.
+            lines = str(item.get("text", "")).strip().splitlines()
+            prefix = "Writing: " if item_type == ev.AGENT_MESSAGE else "Thinking: "
+            self._writing = (prefix + lines[-1]) if lines else ""
+            return
         item_id = str(item.get("id"))
         if item_type == ev.COMMAND:
             self._command(kind, item_id, item)

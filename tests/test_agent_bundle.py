@@ -73,6 +73,17 @@ def test_mapper_build_turn_matches_exec_vocabulary() -> None:
     assert message[-1]["item"]["text"].startswith("RESUME_OK")
 
 
+def test_mapper_streams_text_as_the_model_writes_it() -> None:
+    first, _ = _map_turns("notifications-build-and-resume.jsonl")
+    updates = [e for e in first if e["type"] == "item.updated" and e["item"]["type"] == "agent_message"]
+    assert updates, "the text so far goes out before the message completes"
+    final = next(e for e in first if e["type"] == "item.completed" and e["item"]["type"] == "agent_message")
+    assert final["item"]["text"].startswith(updates[0]["item"]["text"])
+    assert updates[0]["item"]["id"] == final["item"]["id"]
+    # Throttled: the fixture's eight deltas arrive at once here, and one update goes out.
+    assert len(updates) == 1
+
+
 def test_mapper_closes_a_command_killed_by_interrupt() -> None:
     (events,) = _map_turns("notifications-interrupt.jsonl")
     closed = [e for e in events if e["type"] == "item.completed"]

@@ -97,3 +97,11 @@ def test_no_color_and_plain_pipes(monkeypatch) -> None:  # type: ignore[no-untyp
     out.error("broken", "fix it")
     assert not ANSI.search(stderr.getvalue())
     assert "Error: broken" in stderr.getvalue() and "Hint: fix it" in stderr.getvalue()
+
+
+def test_text_being_written_is_not_printed_twice_off_a_terminal() -> None:
+    partial = {"type": "item.updated", "item": {"id": "m", "type": "agent_message", "text": "Half a sen"}}
+    done = {"type": "item.completed", "item": {"id": "m", "type": "agent_message", "text": "Half a sentence."}}
+    stdout, stderr = _render(Mode.HUMAN, [{"type": "turn.started"}, partial, done])
+    assert "Half a sen" not in stderr
+    assert stdout == "Half a sentence.\n"
