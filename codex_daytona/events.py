@@ -8,7 +8,6 @@ consumers of exec's stream can ignore them. Imports nothing of ours.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 Event = dict[str, Any]
@@ -49,10 +48,6 @@ BUSY = "codex_daytona.busy"
 FANOUT_UPDATE = "codex_daytona.fanout.update"
 
 
-def is_ours(event: Event) -> bool:
-    return str(event.get("type", "")).startswith("codex_daytona.")
-
-
 def progress(message: str) -> Event:
     return {"type": PROGRESS, "message": message}
 
@@ -61,32 +56,9 @@ def warning(message: str) -> Event:
     return {"type": WARNING, "message": message}
 
 
-class LineDecoder:
-    """Splits a stream of text chunks into events, one per complete line.
-
-    A line that is not a JSON object (a stray print, a warning from a library) becomes an
-    AGENT_OUTPUT event rather than being lost or breaking the stream.
-    """
-
-    def __init__(self) -> None:
-        self._buffer = ""
-
-    def feed(self, chunk: str) -> Iterator[Event]:
-        self._buffer += chunk
-        while "\n" in self._buffer:
-            line, self._buffer = self._buffer.split("\n", 1)
-            event = parse_line(line)
-            if event is not None:
-                yield event
-
-    def flush(self) -> Iterator[Event]:
-        line, self._buffer = self._buffer, ""
-        event = parse_line(line)
-        if event is not None:
-            yield event
-
-
 def parse_line(line: str) -> Event | None:
+    """One line of the agent's output as an event. A line that is not a JSON object (a stray
+    print, a warning from a library) becomes an AGENT_OUTPUT event rather than being lost."""
     line = line.strip()
     if not line:
         return None
