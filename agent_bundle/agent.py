@@ -1,14 +1,23 @@
-"""The program codex-daytona runs inside the sandbox, once per turn.
+"""The program codex-daytona runs inside the sandbox.
 
-It reads one JSON request line from stdin (the prompt, the OpenAI key, the thread to
-resume), drives Codex through OpenAI's ``openai-codex`` SDK, and writes one JSON
-event per line to stdout and to ``<runs-dir>/<run-id>/events.jsonl``, in the
-vocabulary of ``codex exec --json`` plus a few ``codex_daytona.*`` events of its own.
-Later stdin lines are control messages: ``{"op": "interrupt"}`` interrupts the turn.
+Each `ask` runs it once as a Daytona session command (``--run-id``): it reads the turn's
+request (the prompt, the thread to resume, per-turn settings) from stdin, base64-encoded
+JSON that the command line feeds it through a here-document, hands it to the agent daemon
+and relays the run's events to stdout, one JSON object per line, in the vocabulary of
+``codex exec --json`` plus a few ``codex_daytona.*`` events of its own. The daemon (started
+on demand, ``--serve``) keeps one warm Codex app-server for the sandbox, through OpenAI's
+``openai-codex`` SDK, runs turns one at a time and writes every run's events to
+``<runs-dir>/<run-id>/events.jsonl`` too, so a client that lost its stream can pick up
+where it was (``--attach``).
 
-The prompt and the key arrive on stdin so that neither is ever part of a command
-line or of a file in the sandbox. The key is handed to Codex in its environment under
-KEY_ENV, which Codex's shell environment policy hides from the commands it runs.
+The OpenAI key never travels with the request: a session command's text and stdin land
+on the sandbox's disk (Daytona writes them under ``~/.daytona/sessions``). The request
+names the key by a fingerprint; when the daemon does not hold that key it asks for it
+(``codex_daytona.key_needed``) and the CLI delivers it with ``--set-key``, run through
+Daytona's process API with the key in that process's environment only; the key then
+reaches the daemon over its unix socket and lives in memory. Codex gets it in its
+environment under KEY_ENV, which Codex's shell environment policy hides from the
+commands it runs.
 
 Only the standard library and openai_codex are used; this file runs on the sandbox's
 Python (>= 3.10), never on the user's machine.
@@ -17,6 +26,7 @@ Python (>= 3.10), never on the user's machine.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -32,9 +42,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-PROTOCOL = 1
+PROTOCOL = 2
 KEY_ENV = "CODEX_DAYTONA_OPENAI_API_KEY"
 REQUEST_TIMEOUT_S = 120.0
+KEY_WAIT_S = 60.0  # how long a run waits for the CLI to deliver the key it names
 DELTA_INTERVAL_S = 0.15  # at most this often an item.updated with the text so far
 MODEL_TIMEOUT_S = 300.0  # silence from the model, while no command runs, that fails a turn
 # Ports the sandbox itself uses (Daytona's toolbox, terminal and SSH gateway).
@@ -341,37 +352,32 @@ def listening_ports(scope: str | None = None) -> list[int]:
     )
 
 
-def loopback_only_ports(ports: list[int]) -> list[int]:
-    """Ports from `ports` that listen only on 127.0.0.1/::1, which the preview proxy cannot reach."""
-    wildcard, loopback = set(), set()
-    for address, port, _ in _listening_sockets():
-        if address in ("0100007F", "00000000000000000000000001000000"):
-            loopback.add(port)
-        else:
-            wildcard.add(port)
-    return sorted(p for p in ports if p in loopback and p not in wildcard)
-
-
 # --- The run --------------------------------------------------------------------------
 
 
 def read_request(stream: TextIO, timeout: float) -> dict[str, Any]:
-    """The first stdin line, as JSON. Fails after `timeout` seconds of silence."""
+    """The request on stdin (base64 of one JSON object, up to EOF). Fails after `timeout`
+    seconds without EOF: a session command's stdin is a FIFO that is never closed."""
     box: dict[str, Any] = {}
 
     def reader() -> None:
-        box["line"] = stream.readline()
+        box["data"] = stream.read()
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
     thread.join(timeout)
-    line = box.get("line")
-    if not line:
+    data = box.get("data")
+    if not data:
         raise RuntimeError(f"no request arrived on stdin within {timeout:.0f} s")
-    request = json.loads(line)
+    request = json.loads(base64.b64decode("".join(data.split()), validate=True))
     if request.get("protocol") != PROTOCOL:
         raise RuntimeError(f"request protocol {request.get('protocol')!r}, this agent speaks {PROTOCOL}")
     return request
+
+
+def key_fingerprint(key: str) -> str:
+    """Names a key without revealing it (the CLI computes the same)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 # Codex ends every command by killing its process group, which takes a server started with
@@ -640,7 +646,6 @@ def execute_run(
             "type": "codex_daytona.ports",
             "listening": ports,
             "new": [p for p in ports if p not in before],
-            "loopback_only": loopback_only_ports(ports),
         }
     )
     exit_code = {"completed": EXIT_OK, "interrupted": EXIT_INTERRUPTED, "failed": EXIT_TURN_FAILED}.get(
@@ -686,6 +691,24 @@ class Daemon:
         self._busy = threading.Lock()
         self.current_run: str | None = None
         self.interrupter: Interrupter | None = None
+        self._key: str | None = None  # delivered by `--set-key`; held in memory only
+        self._key_changed = threading.Condition()
+
+    def set_key(self, key: str) -> None:
+        with self._key_changed:
+            self._key = key
+            self._key_changed.notify_all()
+
+    def _await_key(self, fingerprint: str, timeout: float) -> str | None:
+        """The key with this fingerprint, once it has been delivered (None after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        with self._key_changed:
+            while self._key is None or key_fingerprint(self._key) != fingerprint:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._key_changed.wait(remaining)
+            return self._key
 
     def serve(self, path: str) -> None:
         import socket
@@ -738,6 +761,11 @@ class Daemon:
                 return
             request = json.loads(line)
             op = request.get("op")
+            if op == "set_key":
+                self.set_key(str(request.get("api_key") or ""))
+                writer.write(json.dumps({"pid": os.getpid(), "ok": True}) + "\n")
+                writer.flush()
+                return
             if op in ("ping", "interrupt"):
                 interrupted = False
                 matches = request.get("run_id") in (None, self.current_run)
@@ -763,7 +791,7 @@ class Daemon:
         run_id = str(request.get("run_id"))
         run_dir = Path(self.runs_dir) / run_id
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        emitter = Emitter(run_dir / "events.jsonl", writer, [request.get("api_key") or ""])
+        emitter = Emitter(run_dir / "events.jsonl", writer, [self._key or ""])
         emit = emitter.emit
         emit({"type": "codex_daytona.run.started", "run_id": run_id, "pid": os.getpid(), "ts": time.time()})
         if not self._busy.acquire(blocking=bool(request.get("wait"))):
@@ -783,6 +811,25 @@ class Daemon:
         try:
             self.current_run = run_id
             self.interrupter = Interrupter()
+            fingerprint = request.get("key_id")
+            if fingerprint:
+                key = self._key if self._key and key_fingerprint(self._key) == fingerprint else None
+                if key is None:
+                    emit({"type": "codex_daytona.key_needed", "run_id": run_id, "key_id": fingerprint})
+                    key = self._await_key(fingerprint, KEY_WAIT_S)
+                if key is None:
+                    emit(
+                        {
+                            "type": "codex_daytona.run.completed",
+                            "run_id": run_id,
+                            "status": "error",
+                            "exit_code": EXIT_ERROR,
+                            "error": f"the OpenAI key was not delivered within {KEY_WAIT_S:.0f} s",
+                        }
+                    )
+                    return
+                emitter.add_secret(key)
+                request["api_key"] = key
             execute_run(self.engine, request, emitter, self.interrupter, self.runs_dir)
         finally:
             self.current_run = None
@@ -808,8 +855,8 @@ def connect(path: str, timeout: float = 2.0) -> Any:
     return sock
 
 
-def ensure_daemon(home: str, runs_dir: str, start_timeout: float = 60.0) -> str:
-    """The daemon's socket path, starting the daemon first if none answers."""
+def ensure_daemon(home: str, runs_dir: str, start_timeout: float = 60.0, env: dict[str, str] | None = None) -> str:
+    """The daemon's socket path, starting the daemon first (with `env`) if none answers."""
     path = socket_path(home)
     with contextlib.suppress(OSError):
         connect(path).close()
@@ -828,6 +875,7 @@ def ensure_daemon(home: str, runs_dir: str, start_timeout: float = 60.0) -> str:
                 stdout=log,
                 stderr=log,
                 cwd=home,
+                env=env,
                 start_new_session=True,  # not in the session command's process group: it outlives the ask
             )
         deadline = time.monotonic() + start_timeout
@@ -848,7 +896,6 @@ def run_client(args: argparse.Namespace) -> int:
     out = Emitter(None, sys.stdout, [])
     try:
         request = read_request(sys.stdin, REQUEST_TIMEOUT_S)
-        out.add_secret(request.get("api_key") or "")
         request["run_id"] = args.run_id
         path = ensure_daemon(args.home, args.runs_dir)
         sock = connect(path, timeout=10)
@@ -874,6 +921,20 @@ def run_client(args: argparse.Namespace) -> int:
             if event.get("type") == "codex_daytona.run.completed":
                 exit_code = int(event.get("exit_code", EXIT_ERROR))
     return exit_code
+
+
+def deliver_key(home: str, runs_dir: str) -> int:
+    """Hands the key in this process's environment (KEY_ENV) to the daemon, starting it if
+    needed. The daemon is started without the key in its environment: it keeps it in memory."""
+    key = os.environ.get(KEY_ENV, "").strip()
+    if not key:
+        sys.stderr.write(f"{KEY_ENV} is not set\n")
+        return EXIT_ERROR
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
+    ensure_daemon(home, runs_dir, env=env)
+    reply = daemon_call(home, {"op": "set_key", "api_key": key})
+    print(json.dumps({"ok": bool(reply.get("ok")), "pid": reply.get("pid")}))
+    return EXIT_OK if reply.get("ok") else EXIT_ERROR
 
 
 def daemon_call(home: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -927,6 +988,81 @@ def attach(home: str, runs_dir: str, run_id: str, offset: int, follow: bool) -> 
                 last_pass = True
 
 
+# --- `codex-daytona exec`: a user's command in a shell of its own --------------------------
+
+
+def user_shell() -> str:
+    """The shell Daytona itself runs commands with: zsh, else bash, else sh."""
+    import shutil
+
+    return next((s for s in ("zsh", "bash") if shutil.which(s)), "sh")
+
+
+def run_user_command(command: str, cwd: str, background_log: str) -> int:
+    """Runs `command` in a shell of its own, relays its output, and returns its exit code as
+    soon as that shell exits.
+
+    A Daytona session sources its commands into one long-lived shell, where `exit`, `exec`,
+    `set -e` or `cd` would act on that shell; here they act on the user's own shell. Daytona
+    ends a command only when every process holding its output has exited, so a background
+    job the command started (`server &`) would keep it running: once the shell has exited, a
+    detached drainer takes over such a job's output (into `background_log`) and we return."""
+    import select
+
+    proc = subprocess.Popen(
+        [user_shell(), "-c", command],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+    def stop(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    assert proc.stdout is not None and proc.stderr is not None
+    sinks = {proc.stdout.fileno(): sys.stdout.buffer, proc.stderr.fileno(): sys.stderr.buffer}
+    exited_at: float | None = None
+    while sinks:
+        if exited_at is None and proc.poll() is not None:
+            exited_at = time.monotonic()
+        wait = 0.05 if exited_at is None else exited_at + 0.2 - time.monotonic()
+        if wait <= 0:
+            break  # the shell is gone and only background jobs hold its output
+        ready, _, _ = select.select(list(sinks), [], [], wait)
+        for fd in ready:
+            data = os.read(fd, 65536)
+            if data:
+                sinks[fd].write(data)
+                sinks[fd].flush()
+            else:
+                del sinks[fd]
+    if sinks and os.fork() == 0:
+        os.setsid()
+        # Let go of the session command's own output, or Daytona would wait for us too.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        with open(background_log, "ab") as log:
+            open_fds = list(sinks)
+            while open_fds:
+                for fd in select.select(open_fds, [], [])[0]:
+                    data = os.read(fd, 65536)
+                    if data:
+                        log.write(data)
+                        log.flush()
+                    else:
+                        open_fds.remove(fd)
+        os._exit(0)
+    code = proc.wait()
+    return 128 - code if code < 0 else code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id")
@@ -935,28 +1071,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--list-ports",
         action="store_true",
-        help='print {"listening": [...], "loopback_only": [...]} as JSON and exit',
+        help='print {"listening": [...]} as JSON and exit',
     )
     parser.add_argument("--serve", action="store_true", help="run the agent daemon (started on demand)")
     parser.add_argument("--start-daemon", action="store_true", help="start the daemon if needed, then exit")
+    parser.add_argument(
+        "--set-key", action="store_true", help=f"hand the key in ${KEY_ENV} to the daemon (starting it if needed)"
+    )
     parser.add_argument("--attach", metavar="RUN_ID", help="print a run's events from --offset")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--follow", action="store_true", help="with --attach: until the run ends")
     parser.add_argument("--interrupt", metavar="RUN_ID", help="interrupt this run if it is running")
+    parser.add_argument(
+        "--exec", action="store_true", help="run the command on stdin (base64) in a shell of its own, in --home"
+    )
     args = parser.parse_args(argv)
     runs_dir = args.runs_dir or os.path.join(args.home, ".codex-daytona", "runs")
     if args.list_ports:
         ports = listening_ports(os.environ.get("CODEX_DAYTONA_SCOPE"))
-        print(json.dumps({"listening": ports, "loopback_only": loopback_only_ports(ports)}))
+        print(json.dumps({"listening": ports}))
         return EXIT_OK
     if args.serve:
         Daemon(args.home, runs_dir).serve(socket_path(args.home))
         return EXIT_OK
+    if args.set_key:
+        return deliver_key(args.home, runs_dir)
     if args.start_daemon:
         ensure_daemon(args.home, runs_dir)
         return EXIT_OK
     if args.attach:
         return attach(args.home, runs_dir, args.attach, args.offset, args.follow)
+    if args.exec:
+        command = base64.b64decode("".join(sys.stdin.read().split()), validate=True).decode("utf-8")
+        background_log = os.path.join(args.home, ".codex-daytona", "exec-background.log")
+        return run_user_command(command, args.home, background_log)
     if args.interrupt:
         reply = daemon_call(args.home, {"op": "interrupt", "run_id": args.interrupt})
         print(json.dumps(reply))

@@ -426,7 +426,12 @@ def preview(
     ] = False,
     ttl: Annotated[
         int,
-        typer.Option("--ttl", min=1, help="Lifetime of a signed URL, in seconds (Daytona's own default is 60)."),
+        typer.Option(
+            "--ttl",
+            min=1,
+            max=86_400,
+            help="Lifetime of a signed URL, in seconds, at most 86400 (24 h, Daytona's limit).",
+        ),
     ] = 3600,
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open the links in the local browser (signed when the sandbox is private).")

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import secrets
-import shlex
 import tempfile
 import time
 import uuid
@@ -29,6 +28,7 @@ from codex_daytona.errors import (
     AgentSetupError,
     BusyError,
     CodexDaytonaError,
+    CommandGoneError,
     DaytonaError,
     InterruptedByUser,
     NoSandboxError,
@@ -53,6 +53,8 @@ STREAM_RECONNECTS = 20
 SNAPSHOT_PENDING = frozenset({"pending", "building", "pulling", "snapshotting"})
 SNAPSHOT_FAILED = frozenset({"error", "build_failed"})
 SNAPSHOT_BUILDER_MINUTES = 60
+# A run in one of these states has ended, and with it the agent command that ran it.
+TURN_ENDED = frozenset({"completed", "failed", "interrupted", "error"})
 
 
 def project_labels(project_dir: Path, name: str) -> dict[str, str]:
@@ -343,7 +345,15 @@ class App:
             self.emit(ev.warning("The sandbox has no git, so `codex-daytona diff` will not work in it."))
         self.api.upload(sandbox, files)
         self.emit(ev.progress("Starting the agent..."))
-        started = self.api.exec(sandbox, runtime.finish_setup_command(layout, take_baseline), timeout=600)
+        # In key mode the daemon gets the key now (in this command's environment only), so
+        # the first turn need not ask for it.
+        key = self.settings.openai_key_for_turn() if self.settings.sandbox_openai_api_key else None
+        started = self.api.exec(
+            sandbox,
+            runtime.finish_setup_command(layout, take_baseline, with_key=key is not None),
+            timeout=600,
+            env={runtime.KEY_ENV: key} if key else None,
+        )
         baseline_error = runtime.parse_baseline_failure(started.output)
         if baseline_error is not None:
             self.emit(ev.warning(f"Could not record the diff baseline: {baseline_error}"))
@@ -415,15 +425,19 @@ class App:
         # command in a session that a fresh sandbox does not have yet costs two.
         session = f"{SESSION_ID}-setup-{secrets.token_hex(3)}"
         self.api.create_session(sandbox, session)
-        command_id = self.api.start_command(sandbox, session, command)
-        output: list[str] = []
-        with contextlib.suppress(DaytonaError):
-            self.api.stream_logs(sandbox, session, command_id, output.append, output.append, timeout=900)
-        exit_code = self.api.command_exit_code(sandbox, session, command_id)
-        deadline = time.monotonic() + 900
-        while exit_code is None and time.monotonic() < deadline:
-            time.sleep(1)
+        try:
+            command_id = self.api.start_command(sandbox, session, command)
+            output: list[str] = []
+            with contextlib.suppress(DaytonaError):
+                self.api.stream_logs(sandbox, session, command_id, output.append, output.append, timeout=900)
             exit_code = self.api.command_exit_code(sandbox, session, command_id)
+            deadline = time.monotonic() + 900
+            while exit_code is None and time.monotonic() < deadline:
+                time.sleep(1)
+                exit_code = self.api.command_exit_code(sandbox, session, command_id)
+        finally:
+            with contextlib.suppress(DaytonaError):
+                self.api.delete_session(sandbox, session)  # its shell would idle on otherwise
         if exit_code != 0:
             tail = "".join(output).strip().splitlines()[-5:]
             raise AgentSetupError(
@@ -548,11 +562,7 @@ class App:
             record = self._require_record()
         layout = runtime.Layout(record.home_dir)
         run_id = new_run_id()
-        session = record.session_id or SESSION_ID
-        command_id = self.api.start_command(sandbox, session, runtime.agent_command(layout, run_id))
-        record.session_id = session
-        record.last_turn = LastTurn(run_id=run_id, started_at=now())
-        self._save(record)
+        record, session, previous = self._claim_turn(record, run_id)
         request = runtime.agent_request(
             prompt=prompt,
             api_key=api_key,
@@ -564,12 +574,43 @@ class App:
             wait=wait,
             model_timeout=self.settings.codex_daytona_model_timeout_seconds,
         )
-        self.api.send_input(sandbox, session, command_id, request)
-        if detach:
-            return TurnOutcome(run_id, "running", 0, record.thread_id, "", sandbox_id=record.sandbox_id)
-        follower = self._follower(sandbox, session, layout, run_id)
-        follower.command_id = command_id
-        return self._follow(sandbox, record, follower, timeout)
+        command_id = self.api.start_command(sandbox, session, runtime.agent_command(layout, run_id, request))
+        self._update_record(record.sandbox_id, lambda r: _set_command(r, run_id, command_id))
+        follower = self._follower(sandbox, layout, run_id, api_key)
+        follower.watch(session, command_id)
+        follower.previous_turn = previous
+        if not detach:
+            return self._follow(sandbox, record, follower, timeout)
+        # Detached: follow only until the turn is under way (or refused: busy, no key).
+        self._follow_until_started(sandbox, record, follower)
+        self._keep_up_while_detached(sandbox, record)
+        return TurnOutcome(
+            run_id, "running", 0, follower.thread_id or record.thread_id, "", sandbox_id=record.sandbox_id
+        )
+
+    def _claim_turn(self, record: SandboxRecord, run_id: str) -> tuple[SandboxRecord, str, LastTurn | None]:
+        """Records the turn as running, and picks the session its agent command runs in.
+
+        Daytona runs the commands of one session one after another, so the session of a turn
+        that may still be running would hold ours back: that turn's own command (in the
+        sandbox) ends only with the turn. The record's session is used when its last turn has
+        ended; otherwise a session of our own, where the agent answers "busy" at once (or
+        waits, with --wait). Done under the state lock, so two asks never pick one session.
+        Returns the record as saved, the session, and the last turn before this one."""
+        with self.store.lock():
+            state = self.store.load()
+            current = next((r for r in state.sandboxes.values() if r.sandbox_id == record.sandbox_id), record)
+            previous = current.last_turn
+            if previous is not None and previous.status not in TURN_ENDED:
+                session = f"{SESSION_ID}-{run_id}"
+            else:
+                session = current.session_id or SESSION_ID
+            current.last_turn = LastTurn(run_id=run_id, started_at=now(), session_id=session)
+            current.touch()
+            slot = next((n for n, r in state.sandboxes.items() if r.sandbox_id == record.sandbox_id), self.name)
+            state.sandboxes[slot] = current
+            self.store.save(state)
+        return current, session, previous
 
     def logs(self, run_id: str | None = None, *, follow: bool = False) -> TurnOutcome:
         """Shows a run's events (the last run by default); with `follow`, until it ends."""
@@ -579,21 +620,83 @@ class App:
             raise NoSandboxError("No turn has run in this sandbox yet.", 'Run `codex-daytona ask "..."` first.')
         sandbox = self._connect_or_forget(record)
         layout = runtime.Layout(record.home_dir)
-        session = record.session_id or SESSION_ID
-        follower = self._follower(sandbox, session, layout, run_id)
+        follower = self._follower(sandbox, layout, run_id, None)
         if not follow:
             result = self.api.exec(sandbox, runtime.attach_command(layout, run_id, 0, follow=False), timeout=60)
             if result.exit_code != 0:
                 raise NoSandboxError(f"No run {run_id} in this sandbox.", "`codex-daytona status` shows the last run.")
             follower.feed_text(result.output)
             return follower.outcome(record)
-        follower.reattach()
+        last = record.last_turn
+        if last is not None and last.run_id == run_id and last.session_id and last.command_id:
+            # The turn's own command: its log replays the run from the start, live.
+            follower.watch(last.session_id, last.command_id)
         return self._follow(sandbox, record, follower, None)
 
-    def _follower(self, sandbox: Sandbox, session: str, layout: runtime.Layout, run_id: str) -> RunFollower:
-        follower = RunFollower(self.api, sandbox, session, layout, run_id, self.emit)
+    def _follower(self, sandbox: Sandbox, layout: runtime.Layout, run_id: str, api_key: str | None) -> RunFollower:
+        def deliver_key() -> None:
+            assert api_key is not None
+            self.emit(ev.progress("Handing the OpenAI key to the agent..."))
+            command = runtime.start_daemon_command(layout, with_key=True)
+            result = self.api.exec(sandbox, command, timeout=120, env={runtime.KEY_ENV: api_key})
+            if result.exit_code != 0:
+                raise AgentSetupError(f"Could not hand the key to the agent: {_tail(result.output)}")
+
+        follower = RunFollower(
+            self.api, sandbox, layout, run_id, self.emit, on_key_needed=deliver_key if api_key else None
+        )
         follower.keepalive_seconds = self.settings.codex_daytona_keepalive_seconds
         return follower
+
+    def _follow_until_started(self, sandbox: Sandbox, record: SandboxRecord, follower: RunFollower) -> None:
+        """Follows a detached turn until it is under way; raises what `_follow` would if the
+        agent refused or failed it before that."""
+        try:
+            follower.follow(INTERRUPT_GRACE_S * 6, until_started=True)
+        except TurnTimeoutError:
+            raise DaytonaError(
+                f"Run {follower.run_id} did not start within {INTERRUPT_GRACE_S * 6:g} s.",
+                f"See `codex-daytona logs {follower.run_id}`.",
+            ) from None
+        finally:
+            follower.close()
+        if follower.completed is not None:
+            self._follow(sandbox, record, follower, None)  # raises the run's error
+
+    def _keep_up_while_detached(self, sandbox: Sandbox, record: SandboxRecord) -> None:
+        """Daytona counts API calls, preview traffic and open connections as activity, never
+        the processes in the sandbox: a detached turn nobody follows would look idle and be
+        stopped mid-turn. The sandbox's auto-stop is raised to the detached-turn budget; the
+        next command that finds the turn over puts it back."""
+        budget = self.settings.codex_daytona_detach_minutes
+        normal = self.settings.codex_daytona_auto_stop_minutes
+        if normal == 0 or budget <= normal:
+            return
+        try:
+            self.api.set_auto_stop(sandbox, budget)
+        except DaytonaError as exc:
+            self.emit(ev.warning(f"Could not raise the sandbox's auto-stop for the detached turn: {exc.message}"))
+            return
+        self._update_record(record.sandbox_id, lambda r: setattr(r, "auto_stop_raised", True))
+
+    def _restore_auto_stop(self, sandbox: Sandbox, record: SandboxRecord) -> None:
+        """Puts back the auto-stop a detached turn raised, once no turn runs."""
+        if not record.auto_stop_raised:
+            return
+        with contextlib.suppress(DaytonaError):
+            self.api.set_auto_stop(sandbox, self.settings.codex_daytona_auto_stop_minutes)
+            self._update_record(record.sandbox_id, lambda r: setattr(r, "auto_stop_raised", False))
+            record.auto_stop_raised = False
+
+    def _update_record(self, sandbox_id: str, change: Callable[[SandboxRecord], None]) -> None:
+        """Changes this sandbox's saved record under the lock (wherever `keep` has moved it)."""
+        with self.store.lock():
+            state = self.store.load()
+            for current in state.sandboxes.values():
+                if current.sandbox_id == sandbox_id:
+                    change(current)
+                    current.touch()
+            self.store.save(state)
 
     def _follow(
         self, sandbox: Sandbox, record: SandboxRecord, follower: RunFollower, timeout: float | None
@@ -646,44 +749,53 @@ class App:
             self.forced_interrupt = True
 
     def _finish(self, record: SandboxRecord, follower: RunFollower) -> TurnOutcome:
+        """Saves what the run came to (a refused "busy" run leaves the record as it was)."""
         outcome = follower.outcome(record)
+        follower.close()
+        if outcome.status == "busy":
+            self._update_record(record.sandbox_id, lambda r: _unclaim(r, follower.run_id, follower.previous_turn))
+            return outcome
         if outcome.thread_id:
             record.thread_id = outcome.thread_id
         usage = outcome.usage
-        record.last_turn = LastTurn(
-            run_id=follower.run_id,
-            started_at=record.last_turn.started_at if record.last_turn else now(),
-            ended_at=now(),
-            status=outcome.status,
-            usage=Usage(**usage) if usage else None,
-            error=outcome.error,
-        )
-        if follower.ports_event is not None:
-            record.ports = list(follower.ports_event.get("listening") or [])
-        self._save(record)
+        listening = None if follower.ports_event is None else list(follower.ports_event.get("listening") or [])
+
+        def change(current: SandboxRecord) -> None:
+            if outcome.thread_id:
+                current.thread_id = outcome.thread_id
+            last = current.last_turn
+            if last is None or last.run_id == follower.run_id:
+                current.last_turn = LastTurn(
+                    run_id=follower.run_id,
+                    started_at=last.started_at if last else now(),
+                    ended_at=now(),
+                    status=outcome.status,
+                    usage=Usage(**usage) if usage else None,
+                    error=outcome.error,
+                    session_id=last.session_id if last else None,
+                    command_id=last.command_id if last else None,
+                )
+            if listening is not None:
+                current.ports = listening
+
+        self._update_record(record.sandbox_id, change)
+        if outcome.status in TURN_ENDED:
+            self._restore_auto_stop(follower.sandbox, record)
         return outcome
 
     def _previews(self, sandbox: Sandbox, record: SandboxRecord, ports: ev.Event | None) -> list[Preview]:
         if not ports:
             return []
         new_ports = [int(p) for p in ports.get("new") or []]
-        loopback = [int(p) for p in ports.get("loopback_only") or []]
-        for port in loopback:
-            if port not in new_ports:
-                self.emit(ev.warning(previews.loopback_problem(port).message()))
         if not new_ports:
             return []
         public = self.api.info(sandbox).public
         links = [self.api.preview_link(sandbox, port) for port in new_ports]
-        return self._check_and_report(links, public, loopback)
+        return self._check_and_report(links, public)
 
-    def _check_and_report(
-        self, links: list[PreviewLink], public: bool, loopback_only: list[int], *, signed: bool = False
-    ) -> list[Preview]:
+    def _check_and_report(self, links: list[PreviewLink], public: bool, *, signed: bool = False) -> list[Preview]:
         """Checks each link through the preview proxy, then reports it and any problem."""
-        checks = previews.check_links(
-            [(link.port, link.url, None if public else link.token) for link in links], loopback_only
-        )
+        checks = previews.check_links([(link.port, link.url, None if public else link.token) for link in links])
         found = []
         for link, check in zip(links, checks, strict=True):
             preview = Preview(link, public, signed, check)
@@ -695,20 +807,17 @@ class App:
 
     # --- preview -------------------------------------------------------------------------
 
-    def port_report(self, sandbox: Sandbox, record: SandboxRecord) -> tuple[list[int], list[int]]:
-        """The ports listening in the sandbox, and those of them bound to 127.0.0.1 only."""
+    def listening_ports(self, sandbox: Sandbox, record: SandboxRecord) -> list[int]:
+        """The TCP ports listening in the sandbox (less Daytona's own)."""
         layout = runtime.Layout(record.home_dir)
         result = self.api.exec(sandbox, runtime.ports_command(layout), timeout=30)
         try:
             report = json.loads(result.output.strip().splitlines()[-1])
             if isinstance(report, list):  # an agent uploaded by an older codex-daytona
-                return [int(p) for p in report], []
-            return [int(p) for p in report["listening"]], [int(p) for p in report.get("loopback_only") or []]
+                return [int(p) for p in report]
+            return [int(p) for p in report["listening"]]
         except (ValueError, IndexError, KeyError, TypeError):
             raise AgentSetupError(f"Could not list the sandbox's ports: {result.output.strip()[:200]}") from None
-
-    def listening_ports(self, sandbox: Sandbox, record: SandboxRecord) -> list[int]:
-        return self.port_report(sandbox, record)[0]
 
     def preview(
         self, port: int | None = None, *, signed: bool = False, ttl: int = 3600, for_browser: bool = False
@@ -718,15 +827,14 @@ class App:
         a browser cannot send the token header."""
         record = self._require_record()
         sandbox = self._connect_or_forget(record)
-        listening, loopback = self.port_report(sandbox, record)
-        ports = [port] if port is not None else listening
+        ports = [port] if port is not None else self.listening_ports(sandbox, record)
         public = self.api.info(sandbox).public
         signed = signed or (for_browser and not public)
         links = [
             self.api.signed_preview_link(sandbox, p, ttl) if signed else self.api.preview_link(sandbox, p)
             for p in ports
         ]
-        return self._check_and_report(links, public, loopback, signed=signed)
+        return self._check_and_report(links, public, signed=signed)
 
     # --- status and exec -------------------------------------------------------------------
 
@@ -758,23 +866,23 @@ class App:
         return report
 
     def exec(self, command: str, *, timeout: float | None = None) -> int:
-        """Runs a shell command in the sandbox's home, streams its output; returns its exit code."""
+        """Runs a shell command in the sandbox's home, streams its output; returns its exit code.
+
+        The command runs in a shell of its own (the agent's `--exec`), in a session of its
+        own that is deleted afterwards: `exit`, `exec`, `cd` or `export` in it cannot break
+        or change anything for the next command, and a background job it starts does not
+        keep it running."""
         record = self._require_record()
         sandbox = self._connect_or_forget(record)
-        session = f"{SESSION_ID}-exec"
-        full = f"cd {shlex.quote(record.home_dir)} && {command}"
-        command_id = self.api.start_command(sandbox, session, full)
-        stream = CommandStream(self.api, sandbox, session, command_id, self.emit)
+        stream = CommandStream(self.api, sandbox, self.emit)
         try:
-            return stream.run(timeout)
+            return stream.run(runtime.exec_command(runtime.Layout(record.home_dir), command), timeout)
         except KeyboardInterrupt:
-            with contextlib.suppress(DaytonaError):
-                self.api.delete_session(sandbox, session)
             raise InterruptedByUser("Interrupted: the command was stopped.") from None
         except TurnTimeoutError:
-            with contextlib.suppress(DaytonaError):
-                self.api.delete_session(sandbox, session)
             raise TurnTimeoutError(f"The command did not finish within {timeout:g} s; it was stopped.") from None
+        finally:
+            stream.close()
 
     # --- down ----------------------------------------------------------------------------
 
@@ -988,6 +1096,17 @@ class App:
         return DiffResult(record.sandbox_id, patch, runtime.parse_changes(result.output))
 
 
+def _unclaim(record: SandboxRecord, run_id: str, previous: LastTurn | None) -> None:
+    """Puts back the last turn a refused run claimed (unless another has claimed it since)."""
+    if record.last_turn is not None and record.last_turn.run_id == run_id:
+        record.last_turn = previous
+
+
+def _set_command(record: SandboxRecord, run_id: str, command_id: str) -> None:
+    if record.last_turn is not None and record.last_turn.run_id == run_id:
+        record.last_turn.command_id = command_id
+
+
 def _with_details(error: CodexDaytonaError, outcome: TurnOutcome) -> CodexDaytonaError:
     error.details = {
         "status": outcome.status,
@@ -1015,8 +1134,15 @@ def preview_event(
 
 
 class RunFollower:
-    """Follows one agent run: decodes its events, and when the stream drops, picks up from the
-    run's event file in the sandbox at the byte where it was, so no event is lost or repeated."""
+    """Follows one agent run: decodes its events from an agent command's log, and when the
+    stream drops, picks up where it was, so no event is lost or repeated.
+
+    Daytona replays a command's whole log on every connection, so a dropped stream is
+    reconnected to the same command and the bytes already taken in are skipped. When that
+    command is gone or ended mid-run (its client went away, the sandbox restarted), the run
+    is followed from its event file in the sandbox, by an attach command in a session of
+    its own, from the byte where this follower is. It stops at the run's closing event,
+    not when Daytona closes the stream (about a second after the command ends)."""
 
     keepalive_seconds = 240.0
 
@@ -1024,31 +1150,57 @@ class RunFollower:
         self,
         api: DaytonaApi,
         sandbox: Sandbox,
-        session: str,
         layout: runtime.Layout,
         run_id: str,
         emit: OnEvent,
+        *,
+        on_key_needed: Callable[[], None] | None = None,
     ) -> None:
         self.api = api
         self.sandbox = sandbox
-        self.session = session
         self.layout = layout
         self.run_id = run_id
         self.emit = emit
+        self.on_key_needed = on_key_needed
+        self.previous_turn: LastTurn | None = None  # the last turn before this run claimed it
+        self.session: str | None = None
         self.command_id: str | None = None
-        self.offset = 0  # bytes of complete event lines handled so far
-        self.reattaches = 0
+        self.attached = False  # following an attach command rather than the run's own
+        self.offset = 0  # bytes of complete event lines handled: the position in the event file
+        self.received = 0  # bytes of the followed command's stdout taken in
+        self._replayed = 0  # bytes of stdout seen on the current connection
+        self.reconnects = 0
         self._partial = b""
+        self._temp_sessions: list[str] = []
         self.stderr: list[str] = []
         self.completed: ev.Event | None = None
         self.ports_event: ev.Event | None = None
         self.thread_id: str | None = None
+        self.started = False  # the turn is under way (thread.started)
+        self.key_needed = False
+
+    def watch(self, session: str, command_id: str) -> None:
+        """Follows this command's log (the run's own agent command) from its first byte."""
+        self.session, self.command_id, self.attached = session, command_id, False
+        self.received = 0
+        self._partial = b""
 
     # --- decoding ---------------------------------------------------------------------
 
+    def _on_stdout(self, text: str) -> None:
+        data = text.encode("utf-8")
+        start = self._replayed
+        self._replayed += len(data)
+        if self.received > start:  # a reconnect replays the log from its start
+            data = data[self.received - start :]
+        self.received += len(data)
+        self._feed(data)
+
     def feed_text(self, chunk: str) -> None:
-        data = self._partial + chunk.encode("utf-8")
-        *lines, self._partial = data.split(b"\n")
+        self._feed(chunk.encode("utf-8"))
+
+    def _feed(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
         for line in lines:
             self.offset += len(line) + 1
             event = ev.parse_line(line.decode("utf-8", "replace"))
@@ -1066,8 +1218,12 @@ class RunFollower:
         if kind == ev.PORTS:
             self.ports_event = event
             return
+        if kind == ev.KEY_NEEDED:
+            self.key_needed = self.on_key_needed is not None
+            return
         if kind == ev.THREAD_STARTED:
             self.thread_id = event.get("thread_id")
+            self.started = True
         self.emit(event)
 
     def outcome(self, record: SandboxRecord) -> TurnOutcome:
@@ -1086,78 +1242,114 @@ class RunFollower:
 
     # --- streaming --------------------------------------------------------------------
 
-    def reattach(self) -> None:
-        """Follows the run from its event file, from where this follower is."""
-        if self.reattaches >= STREAM_RECONNECTS:
-            raise DaytonaError(
-                "The agent's output stream kept dropping; the run goes on in the sandbox.",
-                f"Follow it with `codex-daytona logs -f {self.run_id}`.",
-            )
-        self.reattaches += 1
-        self._partial = b""
-        command = runtime.attach_command(self.layout, self.run_id, self.offset, follow=True)
-        self.command_id = self.api.start_command(self.sandbox, self.session, command)
-
-    def follow(self, timeout: float | None) -> None:
-        """Streams until the run completes; raises TurnTimeoutError after `timeout` seconds."""
+    def follow(self, timeout: float | None, *, until_started: bool = False) -> None:
+        """Streams until the run completes (or, with `until_started`, until the turn is under
+        way); raises TurnTimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.completed is None:
+
+        def done() -> bool:
+            return self.completed is not None or self.key_needed or (until_started and self.started)
+
+        while True:
+            if self.key_needed:
+                assert self.on_key_needed is not None
+                self.key_needed = False
+                self.on_key_needed()
+            if self.completed is not None or (until_started and self.started):
+                return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TurnTimeoutError(f"The turn did not finish within {timeout:g} s.")
             if self.command_id is None:
-                self.reattach()
-            assert self.command_id is not None
+                self._attach()
+            assert self.session is not None and self.command_id is not None
+            self._replayed = 0
             try:
                 finished = self.api.stream_logs(
                     self.sandbox,
                     self.session,
                     self.command_id,
-                    self.feed_text,
+                    self._on_stdout,
                     self._on_stderr,
                     timeout=remaining,
                     keepalive_seconds=self.keepalive_seconds,
+                    until=done,
                 )
-            except KeyboardInterrupt:
-                self.command_id = None
-                raise
+            except CommandGoneError:
+                self.command_id = None  # follow the run from its event file instead
+                continue
             except DaytonaError:
+                self._count_reconnect()
                 self.emit({"type": ev.RETRY, "message": "The log stream dropped; reconnecting..."})
-                time.sleep(min(0.2 * self.reattaches, 2.0))
-                self.reattach()
+                time.sleep(min(0.1 * self.reconnects, 1.0))
                 continue
             if not finished:
-                # A stream is never read twice: the next follow() picks up from the event file.
-                self.command_id = None
                 raise TurnTimeoutError(f"The turn did not finish within {timeout:g} s.")
-            if self.completed is None:
-                self._stream_ended_early()
+            if not done():
+                self._command_ended()
 
-    def _stream_ended_early(self) -> None:
-        """The command ended without the run's closing event."""
-        assert self.command_id is not None
-        exit_code = self.api.command_exit_code(self.sandbox, self.session, self.command_id)
-        if exit_code is None:
-            time.sleep(0.2)  # still running: the stream closed early
-            self.reattach()
+    def _count_reconnect(self) -> None:
+        self.reconnects += 1
+        if self.reconnects > STREAM_RECONNECTS:
+            raise DaytonaError(
+                "The agent's output stream kept dropping; the run goes on in the sandbox.",
+                f"Follow it with `codex-daytona logs -f {self.run_id}`.",
+            )
+
+    def _attach(self) -> None:
+        """Follows the run from its event file, from this follower's offset, in a session of
+        its own (the run's own session may be busy with the run)."""
+        self._count_reconnect()
+        session = f"{SESSION_ID}-attach-{secrets.token_hex(3)}"
+        command = runtime.attach_command(self.layout, self.run_id, self.offset, follow=True)
+        command_id = self.api.start_command(self.sandbox, session, command)
+        self._temp_sessions.append(session)
+        self.session, self.command_id, self.attached = session, command_id, True
+        self.received = 0
+        self._partial = b""
+
+    def _command_ended(self) -> None:
+        """The followed command's log closed before the run's closing event."""
+        assert self.session is not None and self.command_id is not None
+        try:
+            exit_code = self.api.command_exit_code(self.sandbox, self.session, self.command_id)
+        except CommandGoneError:
+            exit_code = None
+            self.command_id = None
+        if self.command_id is None:
             return
+        if exit_code is None:
+            self._count_reconnect()  # closed early: connect again
+            return
+        if self.attached:
+            raise AgentSetupError(
+                f"Run {self.run_id} ended without a result: the agent stopped in the sandbox.",
+                "Ask again; `codex-daytona up` restarts the agent if it keeps failing.",
+            )
         if self.offset == 0:
             stderr = "".join(self.stderr).strip().splitlines()
             tail = " | ".join(stderr[-3:]) or "no output"
             raise AgentSetupError(f"The agent in the sandbox exited with code {exit_code} before starting: {tail}")
-        # The client went away mid-run (killed, or its session reset): the run may go on.
-        self.reattach()
+        # The run's own command went away mid-run (killed, its session reset): the run goes on.
+        self.command_id = None
+
+    def close(self) -> None:
+        """Deletes the sessions this follower made for attach commands (best effort)."""
+        for session in self._temp_sessions:
+            with contextlib.suppress(DaytonaError):
+                self.api.delete_session(self.sandbox, session)
+        self._temp_sessions.clear()
 
 
 class CommandStream:
-    """Streams a plain command's stdout and stderr as EXEC_OUTPUT events until it exits."""
+    """Runs one command in a session of its own and streams its stdout and stderr as
+    EXEC_OUTPUT events until it exits; the session is deleted afterwards."""
 
-    def __init__(self, api: DaytonaApi, sandbox: Sandbox, session: str, command_id: str, emit: OnEvent) -> None:
+    def __init__(self, api: DaytonaApi, sandbox: Sandbox, emit: OnEvent) -> None:
         self.api = api
         self.sandbox = sandbox
-        self.session = session
-        self.command_id = command_id
         self.emit = emit
+        self.session = f"{SESSION_ID}-exec-{secrets.token_hex(3)}"
         self.sent = {"stdout": 0, "stderr": 0}
 
     def _output(self, stream: str, text: str) -> None:
@@ -1165,14 +1357,14 @@ class CommandStream:
             self.sent[stream] += len(text)
             self.emit({"type": ev.EXEC_OUTPUT, "stream": stream, "data": text})
 
-    def run(self, timeout: float | None) -> int:
+    def run(self, command: str, timeout: float | None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
-
+        command_id = self.api.start_command(self.sandbox, self.session, command)
         try:
             finished = self.api.stream_logs(
                 self.sandbox,
                 self.session,
-                self.command_id,
+                command_id,
                 lambda t: self._output("stdout", t),
                 lambda t: self._output("stderr", t),
                 timeout=timeout,
@@ -1182,8 +1374,8 @@ class CommandStream:
         if not finished:
             raise TurnTimeoutError("The command did not finish in time.")
         while True:
-            exit_code = self.api.command_exit_code(self.sandbox, self.session, self.command_id)
-            stdout, stderr = self.api.command_logs(self.sandbox, self.session, self.command_id)
+            exit_code = self.api.command_exit_code(self.sandbox, self.session, command_id)
+            stdout, stderr = self.api.command_logs(self.sandbox, self.session, command_id)
             self._output("stdout", stdout[self.sent["stdout"] :])
             self._output("stderr", stderr[self.sent["stderr"] :])
             if exit_code is not None:
@@ -1191,6 +1383,11 @@ class CommandStream:
             if deadline is not None and time.monotonic() > deadline:
                 raise TurnTimeoutError("The command did not finish in time.")
             time.sleep(0.5)
+
+    def close(self) -> None:
+        """Deletes the session, which stops the command if it still runs."""
+        with contextlib.suppress(DaytonaError):
+            self.api.delete_session(self.sandbox, self.session)
 
 
 def _tail(output: str, lines: int = 3) -> str:

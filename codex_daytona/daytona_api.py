@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from codex_daytona.errors import DaytonaError, SandboxGoneError
+from codex_daytona.errors import CommandGoneError, DaytonaError, SandboxGoneError
 from codex_daytona.settings import Settings
 
 if TYPE_CHECKING:
@@ -203,6 +203,11 @@ class DaytonaApi:
         with self._translate("keep the sandbox active", sandbox.id):
             sandbox.refresh_activity()
 
+    def set_auto_stop(self, sandbox: Sandbox, minutes: int) -> None:
+        """Sets the minutes of inactivity after which Daytona stops the sandbox (0: never)."""
+        with self._translate("change the sandbox's auto-stop", sandbox.id):
+            sandbox.set_autostop_interval(minutes)
+
     def home_dir(self, sandbox: Sandbox) -> str:
         return self._retrying("read the sandbox's home directory", sandbox.get_user_home_dir, sandbox.id)
 
@@ -262,9 +267,13 @@ class DaytonaApi:
         with self._translate(f"download {remote_path} from the sandbox"):
             sandbox.fs.download_file(remote_path, local_path, TRANSFER_TIMEOUT_S)
 
-    def exec(self, sandbox: Sandbox, command: str, timeout: int = 120) -> CommandResult:
+    def exec(
+        self, sandbox: Sandbox, command: str, timeout: int = 120, env: dict[str, str] | None = None
+    ) -> CommandResult:
+        """Runs a command through Daytona's process API and waits for it (and for every process
+        holding its output). `env` reaches only that process's environment, never a file."""
         with self._translate("run a command in the sandbox", sandbox.id):
-            response = sandbox.process.exec(command, timeout=timeout)
+            response = sandbox.process.exec(command, env=env, timeout=timeout)
         return CommandResult(exit_code=int(response.exit_code or 0), output=response.result or "")
 
     def create_session(self, sandbox: Sandbox, session_id: str) -> None:
@@ -272,15 +281,26 @@ class DaytonaApi:
             sandbox.process.create_session(session_id)
 
     def start_command(self, sandbox: Sandbox, session_id: str, command: str) -> str:
-        """Starts `command` asynchronously in the session, creating the session if it is gone."""
+        """Starts `command` asynchronously in the session and returns its id.
+
+        A Daytona session is one shell that runs its commands one after another: the command
+        starts once every earlier command of the session has ended. The session is created
+        when it does not exist (sessions do not survive a restart of the sandbox), and made
+        anew when its shell has died (Daytona then refuses to write to it)."""
         from daytona import DaytonaNotFoundError, SessionExecuteRequest
 
-        request = SessionExecuteRequest(command=command, run_async=True)
+        # Input sent to the command is not echoed into its log (our commands take none).
+        request = SessionExecuteRequest(command=command, run_async=True, suppress_input_echo=True)
         with self._translate("start a command in the sandbox", sandbox.id):
             try:
                 response = sandbox.process.execute_session_command(session_id, request)
             except DaytonaNotFoundError:
-                # Sessions do not survive a stop/start of the sandbox: make it again.
+                sandbox.process.create_session(session_id)
+                response = sandbox.process.execute_session_command(session_id, request)
+            except Exception as exc:  # the session's shell is gone: "failed to write command"
+                if "failed to write command" not in str(exc):
+                    raise
+                sandbox.process.delete_session(session_id)
                 sandbox.process.create_session(session_id)
                 response = sandbox.process.execute_session_command(session_id, request)
         if not response.cmd_id:
@@ -288,27 +308,38 @@ class DaytonaApi:
         return str(response.cmd_id)
 
     def delete_session(self, sandbox: Sandbox, session_id: str) -> None:
-        """Deletes a session, which stops the commands running in it."""
+        """Deletes a session: Daytona signals its shell and every process under it."""
         with self._translate("stop the command", sandbox.id):
             sandbox.process.delete_session(session_id)
 
-    def send_input(self, sandbox: Sandbox, session_id: str, command_id: str, data: str) -> None:
-        with self._translate("send input to the agent", sandbox.id):
-            sandbox.process.send_session_command_input(session_id, command_id, data)
+    @contextmanager
+    def _command_call(self, action: str, sandbox: Sandbox) -> Iterator[None]:
+        """Like _translate, but a 404 means the session or command is gone (CommandGoneError)."""
+        from daytona import DaytonaNotFoundError
+
+        try:
+            with self._translate(action):
+                yield
+        except DaytonaError as exc:
+            if isinstance(exc.__cause__, DaytonaNotFoundError):
+                raise CommandGoneError(f"Could not {action}: the command is gone from the sandbox.") from exc
+            raise
 
     def command_exit_code(self, sandbox: Sandbox, session_id: str, command_id: str) -> int | None:
         def call() -> int | None:
-            command = sandbox.process.get_session_command(session_id, command_id)
+            with self._command_call("read a command's exit code", sandbox):
+                command = sandbox.process.get_session_command(session_id, command_id)
             return None if command.exit_code is None else int(command.exit_code)
 
-        return self._retrying("read the agent's exit code", call, sandbox.id)
+        return self._retrying("read a command's exit code", call)
 
     def command_logs(self, sandbox: Sandbox, session_id: str, command_id: str) -> tuple[str, str]:
         def call() -> tuple[str, str]:
-            logs = sandbox.process.get_session_command_logs(session_id, command_id)
+            with self._command_call("read a command's output", sandbox):
+                logs = sandbox.process.get_session_command_logs(session_id, command_id)
             return logs.stdout or "", logs.stderr or ""
 
-        return self._retrying("read the agent's output", call, sandbox.id)
+        return self._retrying("read a command's output", call)
 
     def stream_logs(
         self,
@@ -320,34 +351,49 @@ class DaytonaApi:
         *,
         timeout: float | None = None,
         keepalive_seconds: float | None = None,
+        until: Callable[[], bool] | None = None,
     ) -> bool:
-        """Streams a command's output until it ends; False when `timeout` ran out first.
+        """Streams a command's output (from its first byte: Daytona replays the whole log on
+        every connection) until the command ends, or until `until()` is true after a chunk of
+        stdout; False when `timeout` ran out first.
 
-        Raises DaytonaError when the stream drops (close code other than 1000). While it
+        `until` lets a caller stop at an event of its own: Daytona closes the stream only
+        about a second after the command has ended. Raises DaytonaError when the stream drops
+        (close code other than 1000), CommandGoneError when the command is unknown. While it
         streams, `keepalive_seconds` (if set) refreshes the sandbox's activity so auto-stop
-        does not stop it mid-turn.
-        """
-
-        async def follow() -> None:
-            with self._translate("stream the agent's output", sandbox.id):
-                await sandbox.process.get_session_command_logs_async(session_id, command_id, on_stdout, on_stderr)
-
-        async def keepalive(interval: float) -> None:
-            while True:
-                await asyncio.sleep(interval)
-                with contextlib.suppress(DaytonaError):
-                    await asyncio.to_thread(self.refresh_activity, sandbox)
+        does not stop it mid-turn."""
 
         async def main() -> bool:
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+
+            def stdout(text: str) -> None:
+                on_stdout(text)
+                if until is not None and until():
+                    loop.call_soon_threadsafe(stop.set)
+
+            async def follow() -> None:
+                with self._command_call("stream a command's output", sandbox):
+                    await sandbox.process.get_session_command_logs_async(session_id, command_id, stdout, on_stderr)
+
+            async def keepalive(interval: float) -> None:
+                while True:
+                    await asyncio.sleep(interval)
+                    with contextlib.suppress(DaytonaError):
+                        await asyncio.to_thread(self.refresh_activity, sandbox)
+
+            tasks = {asyncio.ensure_future(follow()), asyncio.ensure_future(stop.wait())}
             ticker = asyncio.ensure_future(keepalive(keepalive_seconds)) if keepalive_seconds else None
             try:
-                await asyncio.wait_for(follow(), timeout)
-                return True
-            except asyncio.TimeoutError:
-                return False
+                done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set():
+                    return True
+                for task in done:
+                    task.result()  # a dropped stream raises here
+                return bool(done)
             finally:
-                if ticker is not None:
-                    ticker.cancel()
+                for task in (*tasks, *([ticker] if ticker else [])):
+                    task.cancel()
 
         return _run_abandonable(main())
 

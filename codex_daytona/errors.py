@@ -62,6 +62,11 @@ class DaytonaError(CodexDaytonaError):
     default_hint = "Check DAYTONA_API_KEY, DAYTONA_API_URL and your network, then try again."
 
 
+class CommandGoneError(DaytonaError):
+    """Daytona no longer knows a session or one of its commands (the sandbox restarted, or
+    the session was deleted): what it was running must be reached another way."""
+
+
 class AgentSetupError(CodexDaytonaError):
     default_hint = "Run `codex-daytona up` again; if it keeps failing, `codex-daytona down` and retry."
 

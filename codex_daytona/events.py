@@ -44,6 +44,8 @@ AGENT_OUTPUT = "codex_daytona.agent_output"  # a line from the agent that is not
 RESULT = "codex_daytona.result"  # the last line of `ask --json`
 EXEC_OUTPUT = "codex_daytona.exec.output"  # a chunk of `exec`'s stdout or stderr
 BUSY = "codex_daytona.busy"
+# The run names a key the agent does not hold: the CLI hands it over (never in the run's stream).
+KEY_NEEDED = "codex_daytona.key_needed"
 # `ask --fanout`: one attempt's status changed ({sandbox, status, detail, started}).
 FANOUT_UPDATE = "codex_daytona.fanout.update"
 

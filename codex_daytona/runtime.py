@@ -7,9 +7,11 @@ it. No user text and no key ever goes into a command line built here.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import posixpath
+import secrets
 import shlex
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +21,7 @@ import tomli_w
 from codex_daytona.settings import Settings
 
 CODEX_SDK_VERSION = "0.163.0"
-AGENT_PROTOCOL = 1
+AGENT_PROTOCOL = 2
 PROVIDER = "codex-daytona"
 KEY_ENV = "CODEX_DAYTONA_OPENAI_API_KEY"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -126,23 +128,49 @@ def install_command(layout: Layout) -> str:
     return "sh -c " + q(" && ".join(steps))
 
 
-def agent_command(layout: Layout, run_id: str) -> str:
-    """The command that runs one turn. Everything in it is ours: paths and a run id."""
+def _agent_argv(layout: Layout, *args: str) -> str:
     q = shlex.quote
-    argv = [layout.python, "-u", layout.agent, "--run-id", run_id, "--runs-dir", layout.runs, "--home", layout.home]
-    return f"cd {q(layout.home)} && exec " + " ".join(q(a) for a in argv)
+    argv = [layout.python, "-u", layout.agent, "--home", layout.home, "--runs-dir", layout.runs, *args]
+    return " ".join(q(a) for a in argv)
 
 
-def start_daemon_command(layout: Layout) -> str:
-    """Starts the agent daemon (a warm Codex) if it is not running, so the first turn starts fast."""
-    q = shlex.quote
-    argv = [layout.python, layout.agent, "--start-daemon", "--home", layout.home, "--runs-dir", layout.runs]
-    return f"cd {q(layout.home)} && " + " ".join(q(a) for a in argv)
+def with_stdin(command: str, payload: bytes) -> str:
+    """`command` fed `payload` (base64) on stdin through a here-document.
+
+    A Daytona session sources each command into its one long-lived shell, so the command
+    must neither `exec` nor `exit` (either would end that shell), and data for it is best
+    carried in its own text: input sent to a running command is echoed into its log. The
+    delimiter is random and base64 never contains `_`, so no payload can end the document."""
+    marker = f"CODEX_DAYTONA_{secrets.token_hex(8)}"
+    body = base64.encodebytes(payload).decode("ascii")
+    return f"{command} <<'{marker}'\n{body}{marker}"
+
+
+def agent_command(layout: Layout, run_id: str, request: str) -> str:
+    """The session command that runs one turn: the agent client, its request on stdin."""
+    return with_stdin(_agent_argv(layout, "--run-id", run_id), request.encode())
+
+
+def exec_command(layout: Layout, command: str) -> str:
+    """The session command for `codex-daytona exec`: the user's command, run in a shell of its
+    own in the home (so `exit`, `exec`, `cd` and `export` cannot end or change the session)."""
+    return with_stdin(_agent_argv(layout, "--exec"), command.encode())
+
+
+def key_fingerprint(key: str) -> str:
+    """Names a key without revealing it; the agent computes the same (agent.key_fingerprint)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def start_daemon_command(layout: Layout, *, with_key: bool = False) -> str:
+    """Starts the agent daemon (a warm Codex) if it is not running, so the first turn starts
+    fast; `with_key` also hands it the key from this command's environment."""
+    return _agent_argv(layout, "--set-key" if with_key else "--start-daemon")
 
 
 def ports_command(layout: Layout) -> str:
     """Prints the sandbox's listening TCP ports (less Daytona's own; the agent itself only
-    uses a unix socket) as JSON: `{"listening": [...], "loopback_only": [...]}`. An agent
+    uses a unix socket) as JSON: `{"listening": [...]}`. An agent
     uploaded by an older codex-daytona prints a bare list."""
     q = shlex.quote
     return f"{q(layout.python)} {q(layout.agent)} --list-ports"
@@ -159,7 +187,6 @@ def developer_instructions(layout: Layout, preview_pattern: str | None) -> str:
             f"{preview_pattern} (replace {{PORT}} with the port)."
         )
     lines += [
-        "Servers must listen on 0.0.0.0 (not 127.0.0.1 or localhost) so the preview link can reach them.",
         "Start servers and other long-running processes in the background "
         "(for example `nohup CMD > server.log 2>&1 &`) so that your turn can finish.",
     ]
@@ -213,11 +240,13 @@ def agent_request(
     wait: bool = False,
     model_timeout: float | None = None,
 ) -> str:
-    """The one JSON line the agent reads from stdin. It carries the key: never log it."""
+    """The turn's request, one JSON line. It names the key by its fingerprint and never
+    carries it (the session command that holds the request is written to the sandbox's
+    disk); with no key (Daytona Secret mode) the agent uses the sandbox's environment."""
     request = {
         "protocol": AGENT_PROTOCOL,
         "prompt": prompt,
-        "api_key": api_key,
+        "key_id": key_fingerprint(api_key) if api_key else None,
         "thread_id": thread_id,
         "new_thread": new_thread,
         "model": model,
@@ -231,16 +260,11 @@ def agent_request(
 
 def attach_command(layout: Layout, run_id: str, offset: int, *, follow: bool) -> str:
     """Prints a run's events from byte `offset` of its event file (and follows it)."""
-    q = shlex.quote
-    argv = [layout.python, layout.agent, "--home", layout.home, "--runs-dir", layout.runs]
-    argv += ["--attach", run_id, "--offset", str(offset)] + (["--follow"] if follow else [])
-    return " ".join(q(a) for a in argv)
+    return _agent_argv(layout, "--attach", run_id, "--offset", str(offset), *(["--follow"] if follow else []))
 
 
 def interrupt_command(layout: Layout, run_id: str) -> str:
-    q = shlex.quote
-    argv = [layout.python, layout.agent, "--home", layout.home, "--runs-dir", layout.runs, "--interrupt", run_id]
-    return " ".join(q(a) for a in argv)
+    return _agent_argv(layout, "--interrupt", run_id)
 
 
 def parse_probe(output: str) -> tuple[str, tuple[int, int] | None]:
@@ -267,6 +291,7 @@ def parse_probe(output: str) -> tuple[str, tuple[int, int] | None]:
 # own dotfiles (.bashrc, .cache, ...) are added when the baseline is first taken.
 TRANSFER_EXCLUDES = (
     "/.codex-daytona/",
+    "/.daytona/",
     "/.codex/",
     "node_modules/",
     ".venv/",
@@ -378,9 +403,10 @@ def parse_setup_probe(output: str) -> tuple[str, tuple[int, int] | None, str, li
     return marker, python, status, dotfiles
 
 
-def finish_setup_command(layout: Layout, baseline: bool) -> str:
-    """Takes the diff baseline (when asked) and starts the agent daemon, in one command. A
-    failed baseline is reported on a line of its own and does not stop the agent."""
+def finish_setup_command(layout: Layout, baseline: bool, *, with_key: bool = False) -> str:
+    """Takes the diff baseline (when asked) and starts the agent daemon (handing it the key
+    from the command's environment when `with_key`), in one command. A failed baseline is
+    reported on a line of its own and does not stop the agent."""
     q = shlex.quote
     steps = []
     if baseline:
@@ -388,7 +414,7 @@ def finish_setup_command(layout: Layout, baseline: bool) -> str:
             f"out=$({baseline_init_command(layout)} 2>&1) || "
             f'printf "%s %s\\n" {q(BASELINE_FAILED)} "$(printf "%s" "$out" | tail -n 3 | tr "\\n" " ")"'
         )
-    steps.append(start_daemon_command(layout))
+    steps.append(start_daemon_command(layout, with_key=with_key))
     return "sh -c " + q("; ".join(steps))
 
 

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # Minutes a stopped sandbox is kept before Daytona deletes it: the backstop against
     # sandboxes orphaned by a crash (0 = never delete; default one week).
     codex_daytona_auto_delete_minutes: PositiveMinutes = 60 * 24 * 7
+    # How long a detached turn (`ask --detach`) may run unwatched: Daytona never counts the
+    # processes in a sandbox as activity, so the sandbox's auto-stop is raised to this while
+    # such a turn runs, and put back by the next command that finds it over.
+    codex_daytona_detach_minutes: Annotated[int, Field(ge=1, le=60 * 24)] = 120
 
     # While a turn runs, tell Daytona the sandbox is active this often, so auto-stop never
     # stops it mid-turn (Daytona counts API calls, not model thinking, as activity).

@@ -61,6 +61,8 @@ class LastTurn(BaseModel):
     status: str = "running"
     usage: Usage | None = None
     error: str | None = None
+    session_id: str | None = None  # the Daytona session the run's agent command ran in
+    command_id: str | None = None  # that command: its log replays the run's events
 
 
 class SandboxRecord(BaseModel):
@@ -74,7 +76,8 @@ class SandboxRecord(BaseModel):
     created_by: str = "up"
     thread_id: str | None = None
     runtime: str | None = None  # the agent runtime fingerprint installed in the sandbox
-    session_id: str | None = None
+    session_id: str | None = None  # the Daytona session turns run in, one after another
+    auto_stop_raised: bool = False  # a detached turn raised the sandbox's auto-stop
     preview_pattern: str | None = None
     ports: list[int] = Field(default_factory=list)
     last_turn: LastTurn | None = None

@@ -4,11 +4,13 @@ binary against the scripted model."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +143,8 @@ class AgentRig:
         Path(self.layout.codex_config).write_bytes(runtime.codex_config(settings, self.layout, None))
         self.runs = 0
 
-    def run(self, prompt: str, thread_id: str | None = None, **extra: Any) -> tuple[int, list[dict[str, Any]], str]:
-        self.runs += 1
+    def request(self, prompt: str, thread_id: str | None = None) -> str:
+        """The turn's request as the session command feeds it: base64 on stdin."""
         request = runtime.agent_request(
             prompt=prompt,
             api_key=KEY,
@@ -152,25 +154,40 @@ class AgentRig:
             base_url=None,
             layout=self.layout,
         )
+        return base64.b64encode(request.encode()).decode()
+
+    def argv(self, *args: str) -> list[str]:
+        agent_path = str(Path(agent.__file__))
+        return [sys.executable, "-u", agent_path, "--runs-dir", self.layout.runs, "--home", str(self.home), *args]
+
+    def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if "KEY" not in k}
         env["HOME"] = str(self.home)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-u",
-                str(Path(agent.__file__)),
-                "--run-id",
-                f"r{self.runs}",
-                "--runs-dir",
-                self.layout.runs,
-                "--home",
-                str(self.home),
-            ],
-            input=request,
+        env.update(extra)
+        return env
+
+    def deliver_key(self) -> subprocess.CompletedProcess[str]:
+        """What the CLI does through Daytona's process API: the key in the environment only."""
+        return subprocess.run(
+            self.argv("--set-key"),
             capture_output=True,
             text=True,
             cwd=self.home,
-            env=env,
+            env=self.env(**{runtime.KEY_ENV: KEY}),
+            timeout=60,
+        )
+
+    def run(self, prompt: str, thread_id: str | None = None, **extra: Any) -> tuple[int, list[dict[str, Any]], str]:
+        self.runs += 1
+        if self.runs == 1:
+            assert self.deliver_key().returncode == 0
+        proc = subprocess.run(
+            self.argv("--run-id", f"r{self.runs}"),
+            input=self.request(prompt, thread_id),
+            capture_output=True,
+            text=True,
+            cwd=self.home,
+            env=self.env(),
             timeout=60,
             **extra,
         )
@@ -279,7 +296,7 @@ def test_agent_rejects_a_missing_request(tmp_path: Path) -> None:
     assert last["type"] == "codex_daytona.run.completed" and last["status"] == "error"
 
 
-def test_listening_ports_sees_a_server_and_flags_loopback(tmp_path: Path) -> None:
+def test_listening_ports_sees_servers_on_any_address(tmp_path: Path) -> None:
     import socket
 
     wildcard = socket.socket()
@@ -291,9 +308,8 @@ def test_listening_ports_sees_a_server_and_flags_loopback(tmp_path: Path) -> Non
     try:
         ports = agent.listening_ports()
         w, lp = wildcard.getsockname()[1], loop.getsockname()[1]
+        # Daytona's proxy forwards to localhost: a loopback server is as reachable as any.
         assert w in ports and lp in ports
-        flagged = agent.loopback_only_ports([w, lp])
-        assert flagged == [lp]
         # Scoped to processes carrying a marker that nobody has: nothing.
         assert w not in agent.listening_ports("no-such-scope")
     finally:
@@ -330,3 +346,76 @@ def test_background_server_outlives_the_turn_and_the_daemon_stays_warm(rig: Agen
         assert port in ports["listening"] and port not in ports["new"]
     finally:
         subprocess.run(["pkill", "-f", f"http.server {port}"], check=False)
+
+
+@pytest.mark.e2e
+def test_a_run_asks_for_a_key_it_does_not_hold_and_goes_on_once_delivered(rig: AgentRig) -> None:
+    rig.model.enqueue(turn(msg("got it")))
+    proc = subprocess.Popen(
+        rig.argv("--run-id", "k1"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=rig.home,
+        env=rig.env(),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(rig.request("hello"))
+    proc.stdin.close()
+    first = [json.loads(proc.stdout.readline()) for _ in range(2)]
+    assert [e["type"] for e in first] == ["codex_daytona.run.started", "codex_daytona.key_needed"]
+    assert first[1]["key_id"] == runtime.key_fingerprint(KEY) and KEY not in json.dumps(first)
+    assert rig.model.model_requests == []  # nothing reached the model without the key
+    assert rig.deliver_key().returncode == 0
+    rest = [json.loads(line) for line in proc.stdout if line.strip()]
+    assert proc.wait(timeout=30) == 0
+    assert rest[-1]["status"] == "completed" and rest[-1]["final_message"] == "got it"
+    assert rig.model.model_requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
+    # The key is in no file of the home, the run's event file included.
+    for path in rig.home.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def _user_command(tmp_path: Path, command: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(Path(agent.__file__)), "--home", str(tmp_path), "--exec"],
+        input=base64.b64encode(command.encode()).decode(),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
+    )
+    return proc, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "stdout"),
+    [
+        ("echo before; exit 3", 3, "before\n"),
+        ("exec true", 0, ""),
+        ("cd / && export X=1 && echo $X", 0, "1\n"),
+        ("set -e; false; echo never", 1, ""),
+        ("echo out; echo err >&2", 0, "out\n"),
+    ],
+)
+def test_exec_runs_a_command_in_a_shell_of_its_own(tmp_path: Path, command: str, code: int, stdout: str) -> None:
+    (tmp_path / ".codex-daytona").mkdir()
+    proc, _ = _user_command(tmp_path, command)
+    assert (proc.returncode, proc.stdout) == (code, stdout), proc.stderr
+
+
+def test_exec_returns_when_the_shell_exits_though_a_background_job_holds_its_output(tmp_path: Path) -> None:
+    (tmp_path / ".codex-daytona").mkdir()
+    marker = f"bg-{os.getpid()}"
+    proc, took = _user_command(tmp_path, f"(sleep 3; echo {marker}) & echo started")
+    assert (proc.returncode, proc.stdout) == (0, "started\n"), proc.stderr
+    assert took < 2.5, f"waited {took:.1f} s for the background job"
+    # The job lives on, its later output in the background log.
+    log = tmp_path / ".codex-daytona" / "exec-background.log"
+    deadline = time.monotonic() + 10
+    while marker not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the background job's output was lost"
+        time.sleep(0.1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 import time
@@ -24,10 +25,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     body = "<html>ok</html>"
     seen: ClassVar[list[dict[str, str]]] = []  # one list per server: see serve()
 
+    location: ClassVar[str | None] = None
+
     def do_GET(self) -> None:
         type(self).seen.append(dict(self.headers.items()))
         payload = self.body.encode()
         self.send_response(self.status)
+        if self.location:
+            self.send_header("Location", self.location)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -36,8 +41,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(status: int, body: str) -> Iterator[tuple[str, type[Handler]]]:
-    handler = type("H", (Handler,), {"status": status, "body": body, "seen": []})
+def serve(status: int, body: str, location: str | None = None) -> Iterator[tuple[str, type[Handler]]]:
+    handler = type("H", (Handler,), {"status": status, "body": body, "seen": [], "location": location})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -98,11 +103,20 @@ def test_webpack_invalid_host_header_gets_its_hint(webpack: tuple[str, type[Hand
     assert "allowedHosts: 'all'" in (check.hint or "")
 
 
-def test_a_loopback_server_is_a_problem_even_when_a_local_proxy_reaches_it(good: tuple[str, type[Handler]]) -> None:
-    check = previews.check_link(8000, good[0], loopback_only=True)
-    assert not check.ok
-    assert "127.0.0.1 only" in (check.problem or "")
-    assert "--bind 0.0.0.0" in (check.hint or "") and "8000" in (check.hint or "")
+def test_a_redirect_to_sign_in_is_a_refused_token_not_the_app() -> None:
+    """Daytona's proxy answers a request it cannot authenticate with a 307 to its sign-in
+    page (another host): a check that followed it would see a 200 and call the link fine."""
+    with contextlib.contextmanager(serve)(307, "", "http://sign-in.example.invalid/login?next=x") as (url, handler):
+        check = previews.check_link(8000, url, "wrong-token")
+    assert (check.status, check.ok) == (307, False)
+    assert "sign-in" in (check.problem or "") and "--signed" in (check.hint or "")
+    assert len(handler.seen) == 1
+
+
+def test_an_apps_own_redirect_is_the_app_answering() -> None:
+    with contextlib.contextmanager(serve)(307, "", "/login") as (url, _):
+        check = previews.check_link(8000, url)
+    assert (check.status, check.ok) == (307, True)
 
 
 def test_a_gateway_error_is_retried_then_explained_within_the_timeout(gateway: tuple[str, type[Handler]]) -> None:
@@ -138,12 +152,12 @@ def test_a_hung_server_times_out_quickly() -> None:
 
 
 def test_other_statuses() -> None:
-    assert previews.diagnose(1, 404, "Not Found", None, loopback_only=False).ok  # the app answered
-    assert previews.diagnose(1, 302, "", None, loopback_only=False).ok
-    failed = previews.diagnose(1, 500, "Traceback", None, loopback_only=False)
+    assert previews.diagnose(1, 404, "Not Found", None).ok  # the app answered
+    assert previews.diagnose(1, 302, "", None, url="http://a/", location="http://a/next").ok
+    failed = previews.diagnose(1, 500, "Traceback", None)
     assert not failed.ok and "the app itself failed" in (failed.problem or "")
-    refused = previews.diagnose(1, 403, "Invalid preview token\n", None, loopback_only=False)
-    assert not refused.ok and "refused the preview token" in (refused.problem or "")
+    empty_502 = previews.diagnose(1, 502, "", None)  # Daytona's answer when nothing listens
+    assert not empty_502.ok and "nothing answers" in (empty_502.problem or "")
 
 
 def test_check_links_runs_side_by_side(gateway: tuple[str, type[Handler]], good: tuple[str, type[Handler]]) -> None:

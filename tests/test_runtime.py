@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 
@@ -37,15 +38,32 @@ def test_default_provider_is_openai() -> None:
     assert "model" not in config
 
 
-def test_agent_command_holds_no_user_text_and_quotes_paths() -> None:
+def test_agent_command_carries_the_request_in_a_here_document_and_never_execs() -> None:
     layout = runtime.Layout("/home/with space/d")
-    command = runtime.agent_command(layout, "20260101T000000-abc123")
-    parts = shlex.split(command.split("&& exec ", 1)[1])
+    request = runtime.agent_request(
+        prompt=NASTY + "\nCODEX_DAYTONA_x\n" + "✓",
+        api_key="sk-secret-key",
+        thread_id=None,
+        new_thread=False,
+        model=None,
+        base_url=None,
+        layout=layout,
+    )
+    command = runtime.agent_command(layout, "20260101T000000-abc123", request)
+    first, *body, last = command.split("\n")
+    parts = shlex.split(first)
     assert parts[0] == "/home/with space/d/.codex-daytona/venv/bin/python"
     assert "--run-id" in parts and "20260101T000000-abc123" in parts
+    # A session sources its commands into one shell: `exec` or `exit` would end that shell.
+    assert "exec" not in parts and "exit" not in command.split()
+    marker = parts[-1].removeprefix("<<")
+    assert first.endswith(f"<<'{marker}'") and last == marker and marker not in "".join(body)
+    # The body is the request, base64: no user text and no key in the command's text.
+    assert base64.b64decode("".join(body)).decode() == request
+    assert "sk-secret-key" not in command and "NASTY" not in command
 
 
-def test_agent_request_carries_prompt_intact_on_one_line() -> None:
+def test_agent_request_names_the_key_and_never_carries_it() -> None:
     prompt = NASTY + "✓" * 10 + "x" * 100_000
     line = runtime.agent_request(
         prompt=prompt,
@@ -57,7 +75,9 @@ def test_agent_request_carries_prompt_intact_on_one_line() -> None:
         layout=runtime.Layout("/h"),
     )
     assert line.endswith("\n") and line.count("\n") == 1
-    assert json.loads(line)["prompt"] == prompt
+    request = json.loads(line)
+    assert request["prompt"] == prompt
+    assert "sk-k" not in line and request["key_id"] == runtime.key_fingerprint("sk-k")
 
 
 def test_parse_probe() -> None:
