@@ -70,3 +70,65 @@ def test_live_build_serve_preview_resume_down(tmp_path: Path) -> None:
     finally:
         down = _cli(project, "down", "--yes")
         assert down.returncode == 0, down.stderr
+
+
+def _popen(project: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAYTONA_", "SANDBOX_OPENAI_", "CODEX_"))}
+    env.update(LIVE_ENV, CODEX_DAYTONA_STATE_DIR=str(project / ".codex-daytona"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "codex_daytona", *args],
+        cwd=project,
+        env=env,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_live_sessions_on_daytonas_daemon(tmp_path: Path) -> None:
+    """What the session model demands of the tool, on Daytona itself (README "Sessions on
+    Daytona's daemon"): exec commands that would end a session shell, a second ask while a
+    turn runs, logs -f from another process, Ctrl-C, and no key on the sandbox's disk."""
+    import signal
+    import time
+
+    project = tmp_path / "sessions"
+    project.mkdir()
+    try:
+        assert _cli(project, "up", "-q").returncode == 0
+        assert _cli(project, "exec", "--", "exit 3").returncode == 3
+        assert _cli(project, "exec", "--", "exec true").returncode == 0
+        assert _cli(project, "exec", "--", "cd / && export LEAK=1").returncode == 0
+        after = _cli(project, "exec", "--", 'pwd; echo "leak=${LEAK:-none}"')
+        assert after.returncode == 0 and after.stdout.endswith("leak=none\n"), after
+        started = _cli(project, "exec", "--timeout", "60", "--", "sleep 120 & echo started")
+        assert (started.returncode, started.stdout) == (0, "started\n"), started
+        assert _cli(project, "exec", "--", "exit 4").returncode == 4
+
+        slow = _popen(project, "ask", "--json", "Run exactly `sleep 20; echo slept` in the shell, then reply 'slept'.")
+        time.sleep(10)
+        busy = _cli(project, "ask", "say hi")
+        assert busy.returncode == 6, busy.stderr
+        follow = _cli(project, "logs", "-f", "--json", timeout=300)
+        assert follow.returncode == 0, follow.stderr
+        assert json.loads(follow.stdout.splitlines()[-1])["status"] == "completed"
+        out, err = slow.communicate(timeout=300)
+        assert slow.returncode == 0, err
+
+        interrupted = _popen(project, "ask", "Run exactly `sleep 300` in the shell.")
+        time.sleep(15)
+        interrupted.send_signal(signal.SIGINT)
+        interrupted.communicate(timeout=60)
+        assert interrupted.returncode == 130
+        again = _cli(project, "ask", "-q", "Reply with the single word: back")
+        assert again.returncode == 0 and "back" in again.stdout.lower(), again.stderr
+
+        key = LIVE_ENV.get("SANDBOX_OPENAI_API_KEY")
+        if key:
+            # Every file Daytona keeps for the sessions, and the rest of the home: no key.
+            search = _cli(project, "exec", "--", f"grep -rlF -- {key[-12:]!r} ~ /tmp 2>/dev/null | head -5; true")
+            assert search.returncode == 0 and search.stdout.strip() == "", search.stdout
+    finally:
+        down = _cli(project, "down", "--yes")
+        assert down.returncode == 0, down.stderr
