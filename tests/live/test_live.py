@@ -113,7 +113,7 @@ def test_live_sessions_on_daytonas_daemon(tmp_path: Path) -> None:
         follow = _cli(project, "logs", "-f", "--json", timeout=300)
         assert follow.returncode == 0, follow.stderr
         assert json.loads(follow.stdout.splitlines()[-1])["status"] == "completed"
-        out, err = slow.communicate(timeout=300)
+        _out, err = slow.communicate(timeout=300)
         assert slow.returncode == 0, err
 
         interrupted = _popen(project, "ask", "Run exactly `sleep 300` in the shell.")
@@ -126,9 +126,17 @@ def test_live_sessions_on_daytonas_daemon(tmp_path: Path) -> None:
 
         key = LIVE_ENV.get("SANDBOX_OPENAI_API_KEY")
         if key:
-            # Every file Daytona keeps for the sessions, and the rest of the home: no key.
-            search = _cli(project, "exec", "--", f"grep -rlF -- {key[-12:]!r} ~ /tmp 2>/dev/null | head -5; true")
-            assert search.returncode == 0 and search.stdout.strip() == "", search.stdout
+            # Every file Daytona keeps for the sessions, and the rest of the disk we write: no
+            # key. The key reaches grep in its environment only (a command's text is on disk).
+            from daytona import Daytona, DaytonaConfig
+
+            status = json.loads(_cli(project, "status", "--json").stdout)
+            config = DaytonaConfig(api_key=LIVE_ENV["DAYTONA_API_KEY"], api_url=LIVE_ENV.get("DAYTONA_API_URL"))
+            sandbox = Daytona(config).get(status["sandbox_id"])
+            found = sandbox.process.exec(
+                'grep -rlF -- "$K" ~ /tmp 2>/dev/null | head -5; true', env={"K": key}, timeout=300
+            )
+            assert (found.result or "").strip() == "", found.result
     finally:
         down = _cli(project, "down", "--yes")
         assert down.returncode == 0, down.stderr
