@@ -2,25 +2,59 @@
 
 The unmodified ``daytona`` SDK (0.226.1) talks to it: point ``DaytonaConfig(api_url=...)`` at
 ``http://127.0.0.1:PORT/api``. Sandboxes are directories (``ROOT/sandboxes/<id>/home``) and
-commands run as real local processes (``bash -c COMMAND``) with a clean environment.
+commands run as real local processes with a clean environment.
 
 Wire protocol: ``/work/shared/notes/daytona-sdk-wire.md``. URL layout:
 
 - ``/api/...``                       control plane (Bearer auth)
 - ``/toolbox/{sandboxId}/...``       toolbox (Bearer auth); ``toolboxProxyUrl`` points here
-- ``/preview/{port}-{id|signed}/...`` preview proxy to ``127.0.0.1:{port}`` inside the "sandbox"
-- ``/_emulator/...``                 test controls (no auth): faults, config, sandboxes, snapshots
+- ``/preview/{port}-{id|signed}/...`` preview proxy to ``localhost:{port}`` inside the "sandbox"
+  (also reachable with ``Host: {port}-{id}.preview.localhost``)
+- ``/_emulator/...``                 test controls (no auth): faults, config, reset, sandboxes,
+  snapshots, and the preview sign-in page
 
 Run standalone with ``python -m tests.fakes.daytona --port 0 --root DIR --api-key KEY``; the
-first line on stdout is the API URL. In pytest use :class:`DaytonaEmulator`.
+first line on stdout is the API URL. In pytest use :class:`DaytonaEmulator` (call ``reset()``
+before each test).
 
-Limitations: each session command is its own ``bash -c`` process (``cd``/``export`` do not
-carry over between commands of a session as they would in a real Daytona session shell);
-snapshots built from an image start with an empty home (the Dockerfile is only stored);
-snapshot trees are hard-linked, so editing a file *in place* inside a sandbox also changes
-the snapshot (tools that replace files, like pip, are fine), except that a snapshot taken
+Like Daytona's daemon (source v0.190.0, read for behaviour, not copied):
+
+- A session is ONE long-lived shell (zsh if /etc/shells lists it, else bash, else sh) in its own
+  process group, with the sandbox's environment; its stdin is a pipe the emulator writes to.
+  Each command gets ``~/.daytona/sessions/<sid>/<cid>/`` (``cmd.sh``, ``output.log``) and a
+  wrapper block written to that shell, which makes FIFOs for stdout, stderr and stdin, copies the
+  output line by line into ``output.log`` behind ``\x01\x01\x01`` / ``\x02\x02\x02``, sources
+  ``cmd.sh`` in the session shell, and writes ``exit_code`` once both copy loops saw EOF. So
+  commands of a session run one after another, ``cd``/``export`` carry over, ``exit``/``exec``/
+  ``set -e`` end the session shell (no exit code ever; the next command gets HTTP 400 "failed to
+  write command: broken pipe"), and a background child holding the command's stdout keeps it
+  running. The wrapper leaves the same shell variables set as the daemon's (``dir log sp ep ip
+  r1 r2 ip_pid _ec``, function ``cleanup``, a trap on EXIT HUP INT TERM).
+- Follow-logs WebSockets replay ``output.log`` from byte 0 in frames of at most 1024 bytes,
+  poll every 20 ms and close 1000 after 50 empty reads once ``exit_code`` exists; no pings.
+- ``process.exec`` pipes the command into a fresh shell and answers when it exited AND its
+  output pipe is closed by every holder (or 408 at ``timeout``, killing its process group).
+- The preview proxy authenticates like Daytona's (Bearer API key, ``X-Daytona-Preview-Token``,
+  ``?DAYTONA_SANDBOX_AUTH_KEY=``, cookie ``daytona-sandbox-auth-<sandbox id or signed token>``
+  signed by the emulator, signed-URL token) and otherwise redirects (307) to
+  ``/_emulator/signin``, whose link sets that cookie. Nothing listening: 502, empty body.
+- Auto-stop (scaled by config ``autostop_seconds_per_minute``) counts as activity: lifecycle
+  changes, ``refresh_activity``, toolbox calls, preview traffic, and every 50/60 of a scaled
+  minute while a toolbox WebSocket or proxied connection stays open; not processes inside the
+  sandbox nor other control-plane calls.
+
+Chosen where Daytona's source and notes are silent (unverified): the session shell and exec
+start in the sandbox home; ``delete_session`` waits 1 s (Daytona: 5 s) before SIGKILL; opening a
+command's stdin FIFO for input is retried non-blocking every 10 ms for up to 30 s instead of one
+blocking open; a sandbox stop drops open log streams without a close frame; a session command's
+exit code is omitted from JSON while unknown (the daemon's ``omitempty``).
+
+Limitations: snapshots built from an image start with an empty home (the Dockerfile is only
+stored); snapshot trees are hard-linked, so editing a file *in place* inside a sandbox also
+changes the snapshot (tools that replace files, like pip, are fine), except that a snapshot taken
 from a sandbox, and the sandboxes made from it, get their own copies of all files but big
-executables and libraries.
+executables and libraries. Processes are not isolated: "sandboxes" share the host's users,
+network and process table.
 """
 
 from __future__ import annotations
