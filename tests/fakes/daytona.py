@@ -2,25 +2,59 @@
 
 The unmodified ``daytona`` SDK (0.226.1) talks to it: point ``DaytonaConfig(api_url=...)`` at
 ``http://127.0.0.1:PORT/api``. Sandboxes are directories (``ROOT/sandboxes/<id>/home``) and
-commands run as real local processes (``bash -c COMMAND``) with a clean environment.
+commands run as real local processes with a clean environment.
 
 Wire protocol: ``/work/shared/notes/daytona-sdk-wire.md``. URL layout:
 
 - ``/api/...``                       control plane (Bearer auth)
 - ``/toolbox/{sandboxId}/...``       toolbox (Bearer auth); ``toolboxProxyUrl`` points here
-- ``/preview/{port}-{id|signed}/...`` preview proxy to ``127.0.0.1:{port}`` inside the "sandbox"
-- ``/_emulator/...``                 test controls (no auth): faults, config, sandboxes, snapshots
+- ``/preview/{port}-{id|signed}/...`` preview proxy to ``localhost:{port}`` inside the "sandbox"
+  (also reachable with ``Host: {port}-{id}.preview.localhost``)
+- ``/_emulator/...``                 test controls (no auth): faults, config, reset, sandboxes,
+  snapshots, and the preview sign-in page
 
 Run standalone with ``python -m tests.fakes.daytona --port 0 --root DIR --api-key KEY``; the
-first line on stdout is the API URL. In pytest use :class:`DaytonaEmulator`.
+first line on stdout is the API URL. In pytest use :class:`DaytonaEmulator` (call ``reset()``
+before each test).
 
-Limitations: each session command is its own ``bash -c`` process (``cd``/``export`` do not
-carry over between commands of a session as they would in a real Daytona session shell);
-snapshots built from an image start with an empty home (the Dockerfile is only stored);
-snapshot trees are hard-linked, so editing a file *in place* inside a sandbox also changes
-the snapshot (tools that replace files, like pip, are fine), except that a snapshot taken
+Like Daytona's daemon (source v0.190.0, read for behaviour, not copied):
+
+- A session is ONE long-lived shell (zsh if /etc/shells lists it, else bash, else sh) in its own
+  process group, with the sandbox's environment; its stdin is a pipe the emulator writes to.
+  Each command gets ``~/.daytona/sessions/<sid>/<cid>/`` (``cmd.sh``, ``output.log``) and a
+  wrapper block written to that shell, which makes FIFOs for stdout, stderr and stdin, copies the
+  output line by line into ``output.log`` behind ``\x01\x01\x01`` / ``\x02\x02\x02``, sources
+  ``cmd.sh`` in the session shell, and writes ``exit_code`` once both copy loops saw EOF. So
+  commands of a session run one after another, ``cd``/``export`` carry over, ``exit``/``exec``/
+  ``set -e`` end the session shell (no exit code ever; the next command gets HTTP 400 "failed to
+  write command: broken pipe"), and a background child holding the command's stdout keeps it
+  running. The wrapper leaves the same shell variables set as the daemon's (``dir log sp ep ip
+  r1 r2 ip_pid _ec``, function ``cleanup``, a trap on EXIT HUP INT TERM).
+- Follow-logs WebSockets replay ``output.log`` from byte 0 in frames of at most 1024 bytes,
+  poll every 20 ms and close 1000 after 50 empty reads once ``exit_code`` exists; no pings.
+- ``process.exec`` pipes the command into a fresh shell and answers when it exited AND its
+  output pipe is closed by every holder (or 408 at ``timeout``, killing its process group).
+- The preview proxy authenticates like Daytona's (Bearer API key, ``X-Daytona-Preview-Token``,
+  ``?DAYTONA_SANDBOX_AUTH_KEY=``, cookie ``daytona-sandbox-auth-<sandbox id or signed token>``
+  signed by the emulator, signed-URL token) and otherwise redirects (307) to
+  ``/_emulator/signin``, whose link sets that cookie. Nothing listening: 502, empty body.
+- Auto-stop (scaled by config ``autostop_seconds_per_minute``) counts as activity: lifecycle
+  changes, ``refresh_activity``, toolbox calls, preview traffic, and every 50/60 of a scaled
+  minute while a toolbox WebSocket or proxied connection stays open; not processes inside the
+  sandbox nor other control-plane calls.
+
+Chosen where Daytona's source and notes are silent (unverified): the session shell and exec
+start in the sandbox home; ``delete_session`` waits 1 s (Daytona: 5 s) before SIGKILL; opening a
+command's stdin FIFO for input is retried non-blocking every 10 ms for up to 30 s instead of one
+blocking open; a sandbox stop drops open log streams without a close frame; a session command's
+exit code is omitted from JSON while unknown (the daemon's ``omitempty``).
+
+Limitations: snapshots built from an image start with an empty home (the Dockerfile is only
+stored); snapshot trees are hard-linked, so editing a file *in place* inside a sandbox also
+changes the snapshot (tools that replace files, like pip, are fine), except that a snapshot taken
 from a sandbox, and the sandboxes made from it, get their own copies of all files but big
-executables and libraries.
+executables and libraries. Processes are not isolated: "sandboxes" share the host's users,
+network and process table.
 """
 
 from __future__ import annotations
@@ -29,18 +63,24 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import functools
+import hashlib
+import hmac
+import html
 import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import stat
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,8 +97,16 @@ SANDBOX_USER = "daytona"
 DEFAULT_AUTO_STOP_MINUTES = 15
 STDOUT_MARK = b"\x01\x01\x01"
 STDERR_MARK = b"\x02\x02\x02"
-PIPE_DRAIN_SECONDS = 0.3
+MARKER_SPLIT = re.compile(b"(\x01\x01\x01|\x02\x02\x02)")
 KILL_GRACE_SECONDS = 1.0
+LOG_FRAME_BYTES = 1024  # the daemon reads the log in 1024-byte pieces, one frame each
+LOG_POLL_SECONDS = 0.02  # ... polls every 20 ms at EOF ...
+LOG_EOF_READS = 50  # ... and looks for the exit code after 50 empty reads in a row
+INPUT_OPEN_TIMEOUT_SECONDS = 30.0
+ACTIVITY_REFRESH_MINUTES = 50 / 60  # the proxy refreshes activity every 50 s of an open connection
+# Sessions and exec shells get their own process group (setpgid, not setsid), as on the daemon.
+OWN_PROCESS_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -75,7 +123,12 @@ HOP_BY_HOP = frozenset(
         "x-daytona-preview-token",
     }
 )
+DEFAULT_CONFIG: dict[str, Any] = {"autostop_seconds_per_minute": 0}
 ERROR_SOURCES = {"api": "DAYTONA_API", "toolbox": "DAYTONA_DAEMON"}
+PREVIEW_TOKEN_HEADER = "X-Daytona-Preview-Token"
+PREVIEW_QUERY_KEY = "DAYTONA_SANDBOX_AUTH_KEY"
+PREVIEW_COOKIE_PREFIX = "daytona-sandbox-auth-"  # + sandbox id or signed token, as Daytona names it
+SKIP_ACTIVITY_HEADER = "X-Daytona-Skip-Last-Activity-Update"
 PREVIEW_TARGET = re.compile(r"^(\d+)-(.+)$")
 PREVIEW_HOST = re.compile(r"^(\d+)-([^.]+)\.preview\.localhost(:\d+)?$")
 
@@ -221,44 +274,188 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+@functools.lru_cache(maxsize=1)
+def session_shell() -> str:
+    """The shell the daemon uses: zsh if /etc/shells lists it (and it is there), else bash, else sh."""
+    try:
+        listed = {line.strip() for line in Path("/etc/shells").read_text().splitlines()}
+    except OSError:
+        listed = set()
+    for candidate in ("/usr/bin/zsh", "/bin/zsh", "/usr/bin/bash", "/bin/bash"):
+        if candidate in listed and os.access(candidate, os.X_OK):
+            return candidate
+    return "sh"
+
+
+def process_alive(pid: int) -> bool:
+    raw = _read_proc(pid, "stat")
+    return raw is not None and raw[raw.rfind(b")") + 2 :].split()[:1] != [b"Z"]
+
+
+def parent_map() -> dict[int, list[int]]:
+    """Children of every live process, by parent pid (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        raw = _read_proc(int(entry), "stat")
+        if raw is None:
+            continue
+        fields = raw[raw.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, deepest first (as the daemon signals them)."""
+    tree = parent_map()
+    out: list[int] = []
+
+    def walk(p: int) -> None:
+        for child in tree.get(p, []):
+            walk(child)
+            out.append(child)
+
+    walk(pid)
+    return out
+
+
+def signal_session(pid: int, sig: int) -> None:
+    """Signal a session shell's process group and every descendant of the shell by parent pid."""
+    if pid != os.getpgid(0):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, sig)
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            os.kill(child, sig)
+
+
+def write_fifo(path: Path, data: bytes, timeout: float) -> None:
+    """Open a FIFO for writing as the daemon does (it blocks until the command reads it), and
+    write. The open is retried non-blocking every 10 ms, up to ``timeout``, so that no thread is
+    left stuck on a FIFO nobody will ever open: ENOENT (no FIFO yet) fails at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def demux_log(data: bytes) -> tuple[bytes, bytes]:
+    """Split a session log into stdout and stderr by its 3-byte markers; bytes before the first
+    marker belong to neither stream."""
+    out, err = bytearray(), bytearray()
+    pieces = MARKER_SPLIT.split(data)
+    # split() with a capturing group alternates text and markers: [pre, m1, t1, m2, t2, ...]
+    for marker, text in zip(pieces[1::2], pieces[2::2], strict=False):
+        (out if marker == STDOUT_MARK else err).extend(text)
+    return bytes(out), bytes(err)
+
+
+# The block the emulator writes to a session shell's stdin for each command: an equivalent of the
+# daemon's wrapper (same FIFOs, same order of events, same shell variables left set in the session
+# shell: dir, log, sp, ep, ip, r1, r2, ip_pid, _ec and the function cleanup), written anew.
+SESSION_WRAPPER = r"""{{
+dir={dir}
+log="$dir/output.log"
+sp="$dir/stdout.pipe" ep="$dir/stderr.pipe" ip="$dir/input.pipe"
+rm -f "$sp" "$ep" "$ip"; mkfifo "$sp" "$ep" "$ip" || exit 1
+cleanup() {{ rm -f "$sp" "$ep" "$ip"; }}
+trap cleanup EXIT HUP INT TERM
+( exec < "$sp" >> "$log"
+  while line=; IFS= read -r line || [ -n "$line" ]; do printf '\001\001\001%s\n' "$line"; done ) &
+r1=$!
+( exec < "$ep" >> "$log"
+  while line=; IFS= read -r line || [ -n "$line" ]; do printf '\002\002\002%s\n' "$line"; done ) &
+r2=$!
+{holder}
+ip_pid=$!
+{{ . {script}; }} < "$ip" > "$sp" 2> "$ep"
+_ec=$?
+kill "$ip_pid" 2> /dev/null; wait "$ip_pid" 2> /dev/null
+wait "$r1" "$r2"
+echo "$_ec" >> "$dir/exit_code"
+cleanup
+}}
+"""
+# Async commands: stdin stays open (a loop of sleeps holds the FIFO for writing; killing the loop
+# leaves its current sleep behind, as the daemon's does). Sync commands: stdin is at EOF at once.
+HOLD_STDIN_ASYNC = '( while :; do sleep 3600; done ) > "$ip" &'
+HOLD_STDIN_SYNC = ': > "$ip" &'
+
+
 # ---------------------------------------------------------------------------------------------
 # State
 
 
 @dataclass
 class Command:
-    """One command run in a session; its output is kept in order as (stream, bytes) chunks."""
+    """One command run in a sandbox. Session commands live in ``dir`` (``output.log``, ``cmd.sh``,
+    ``exit_code``, the FIFOs); their exit code is whatever the ``exit_code`` file says."""
 
     id: str
     session_id: str | None
     command: str
-    proc: asyncio.subprocess.Process | None = None
+    dir: Path | None = None
+    suppress_input_echo: bool = False
     exit_code: int | None = None
-    chunks: list[tuple[int, bytes]] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def append(self, stream: int, data: bytes) -> None:
-        self.chunks.append((stream, data))
-        self.notify()
+    @property
+    def log_path(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "output.log"
 
-    def notify(self) -> None:
-        """Wake everyone waiting on :attr:`changed` and arm a fresh event."""
-        self.changed.set()
-        self.changed = asyncio.Event()
+    @property
+    def input_path(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "input.pipe"
 
-    def text(self, stream: int | None = None) -> str:
-        data = b"".join(d for s, d in self.chunks if stream is None or s == stream)
-        return data.decode("utf-8", "replace")
+    def refresh(self) -> int | None:
+        """The exit code, read from the ``exit_code`` file once it has one."""
+        if self.exit_code is None and self.dir is not None:
+            try:
+                text = (self.dir / "exit_code").read_text().strip()
+            except OSError:
+                return None
+            with contextlib.suppress(ValueError):
+                self.exit_code = int(text.splitlines()[0]) if text else None
+        return self.exit_code
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "command": self.command, "exitCode": self.exit_code}
+        data: dict[str, Any] = {"id": self.id, "command": self.command}
+        if self.refresh() is not None:  # the daemon omits a missing exit code (omitempty)
+            data["exitCode"] = self.exit_code
+        return data
 
 
 @dataclass
 class Session:
+    """A long-lived shell (its own process group) that session commands are written into."""
+
     id: str
+    dir: Path
+    shell: asyncio.subprocess.Process
     commands: dict[str, Command] = field(default_factory=dict)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    close_reason: str = ""
+
+    def close(self, reason: str) -> None:
+        self.close_reason = reason
+        self.closed.set()
+        if self.shell.stdin is not None:
+            self.shell.stdin.close()
 
 
 @dataclass
@@ -420,21 +617,40 @@ class SignedUrl:
 
 @dataclass
 class Faults:
-    """Fault injection, changed at run time through ``POST /_emulator/faults``."""
+    """Fault injection, changed at run time through ``POST /_emulator/faults``.
+
+    Log-stream faults (``drop_log_streams``: close 1011; ``stall_log_streams``: stop sending,
+    never close; ``half_close_log_streams``: close the TCP connection without a close frame)
+    strike a follow-logs stream at ``drop_after_bytes`` bytes of raw log (0: after its first
+    frame), and only when the log goes on past that point; a stream that ends first is left
+    alone and the fault stays armed. ``*_done`` count the faults that really struck.
+    """
 
     fail_next: int = 0
     drop_log_streams: int = 0
-    # Where a dropped stream is cut: after this many bytes of log (0: after the first chunk).
     drop_after_bytes: int = 0
+    stall_log_streams: int = 0
+    half_close_log_streams: int = 0
     latency_ms: int = 0
+    drops_done: int = 0
+    stalls_done: int = 0
+    half_closes_done: int = 0
 
     def to_json(self) -> dict[str, int]:
-        return {
-            "fail_next": self.fail_next,
-            "drop_log_streams": self.drop_log_streams,
-            "drop_after_bytes": self.drop_after_bytes,
-            "latency_ms": self.latency_ms,
-        }
+        return dict(vars(self))
+
+    def take_log_fault(self) -> str | None:
+        """Consume one armed log-stream fault, if any: "drop", "stall" or "half_close"."""
+        for kind, done in (("drop", "drops_done"), ("stall", "stalls_done"), ("half_close", "half_closes_done")):
+            armed = f"{kind}_log_streams"
+            if getattr(self, armed) > 0:
+                setattr(self, armed, getattr(self, armed) - 1)
+                setattr(self, done, getattr(self, done) + 1)
+                return kind
+        return None
+
+    def log_fault_armed(self) -> bool:
+        return self.drop_log_streams > 0 or self.stall_log_streams > 0 or self.half_close_log_streams > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,13 +668,14 @@ class EmulatorServer:
         self.snapshots: dict[str, Snapshot] = {}
         self.signed_urls: dict[str, SignedUrl] = {}
         self.faults = Faults()
-        self.config: dict[str, Any] = {"autostop_seconds_per_minute": 0}
+        self.config: dict[str, Any] = dict(DEFAULT_CONFIG)
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self._log_file: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._autostop_task: asyncio.Task[None] | None = None
+        self._cookie_key = secrets.token_bytes(32)
 
     # -- URLs ------------------------------------------------------------------------------
 
@@ -570,12 +787,10 @@ class EmulatorServer:
             raise ApiError(401, "Invalid credentials")
 
     def _record_activity(self, path: str, kind: str) -> None:
+        """Toolbox calls reset the auto-stop timer; control-plane calls do not (lifecycle changes
+        and ``refresh_activity`` touch the sandbox in their own handlers)."""
         parts = path.split("/")
-        key = None
-        if kind == "toolbox" and len(parts) > 2:
-            key = parts[2]
-        elif kind == "api" and len(parts) > 3 and parts[2] == "sandbox":
-            key = parts[3]
+        key = parts[2] if kind == "toolbox" and len(parts) > 2 else None
         if key:
             sb = self._find_sandbox(key)
             if sb is not None and sb.state == "started":
@@ -653,6 +868,9 @@ class EmulatorServer:
                 web.route("*", "/preview/{target}/{tail:.*}", self._preview_route),
                 web.get("/_emulator/faults", self._get_faults),
                 web.post("/_emulator/faults", self._post_faults),
+                web.post("/_emulator/reset", self._post_reset),
+                web.get("/_emulator/signin", self._signin),
+                web.get("/_emulator/signin/callback", self._signin_callback),
                 web.get("/_emulator/config", self._get_config),
                 web.post("/_emulator/config", self._post_config),
                 web.get("/_emulator/sandboxes", self._emu_sandboxes),
@@ -725,31 +943,35 @@ class EmulatorServer:
         env["DAYTONA_SANDBOX_USER"] = SANDBOX_USER
         return env
 
-    async def _spawn(
-        self, sb: Sandbox, command: str, cwd: str | None, envs: dict[str, str] | None, *, interactive: bool
-    ) -> asyncio.subprocess.Process:
-        workdir = self._resolve(sb, cwd)
-        if not workdir.is_dir():
-            raise ApiError(400, f"Working directory {workdir} does not exist")
-        pipe = asyncio.subprocess.PIPE
-        proc = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            command,
-            cwd=workdir,
-            env=self._process_env(sb, envs),
-            stdin=pipe if interactive else asyncio.subprocess.DEVNULL,
-            stdout=pipe,
-            stderr=pipe if interactive else asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        sb.pgids.add(proc.pid)
-        return proc
-
     async def _stop_processes(self, sb: Sandbox) -> None:
+        """Kill every process of the sandbox and forget its sessions (their files stay)."""
+        for session in sb.sessions.values():
+            session.close("stopped")
         await kill_sandbox_processes(sb.id, sb.pgids)
         sb.pgids.clear()
         sb.sessions.clear()
+
+    @contextlib.asynccontextmanager
+    async def _kept_active(self, sb: Sandbox) -> AsyncIterator[None]:
+        """While a connection through the proxy stays open, refresh the sandbox's activity about
+        every 50 s (50/60 of a minute, scaled like auto-stop by ``autostop_seconds_per_minute``)."""
+
+        async def pulse() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.1)
+                factor = float(self.config.get("autostop_seconds_per_minute") or 0)
+                interval = (factor if factor > 0 else 60.0) * ACTIVITY_REFRESH_MINUTES
+                if time.monotonic() - last >= interval:
+                    last = time.monotonic()
+                    if sb.state == "started":
+                        sb.touch()
+
+        task = asyncio.create_task(pulse())
+        try:
+            yield
+        finally:
+            task.cancel()
 
     # -- control plane ---------------------------------------------------------------------
 
@@ -912,6 +1134,8 @@ class EmulatorServer:
             expires = int(request.query.get("expiresInSeconds") or 60)
         except ValueError as exc:
             raise ApiError(400, "expiresInSeconds must be an integer") from exc
+        if not 1 <= expires <= 86400:
+            raise ApiError(400, "expiresInSeconds must be between 1 second and 24 hours")
         token = secrets.token_hex(16)
         self.signed_urls[token] = SignedUrl(token, sb.id, port, time.time() + expires)
         url = f"{self.base_url}/preview/{port}-{token}/"
@@ -1148,50 +1372,59 @@ class EmulatorServer:
     # -- toolbox: processes ----------------------------------------------------------------
 
     async def _execute(self, request: web.Request) -> web.Response:
+        """``process.exec``: the command is piped into a fresh shell (own process group); the
+        answer waits for the shell to exit AND for every holder of its output pipe to close it."""
         sb = self._running_sandbox(request)
         body = await self._json_body(request)
         command = body.get("command")
-        if not isinstance(command, str) or not command:
-            raise ApiError(400, "command is required")
+        if not isinstance(command, str) or not command.strip():
+            raise ApiError(400, "command cannot be empty or whitespace-only")
+        envs = body.get("envs") or {}
+        for key in envs:
+            if not ENV_KEY.match(str(key)):
+                raise ApiError(400, f"invalid environment variable name: '{key}'")
+        workdir = self._resolve(sb, body.get("cwd"))
         record = Command(id=str(uuid.uuid4()), session_id=None, command=command)
         sb.history.append(record)
-        proc = await self._spawn(sb, command, body.get("cwd"), body.get("envs"), interactive=False)
-        record.proc = proc
-        assert proc.stdout is not None
-        output = bytearray()
-
-        async def pump() -> None:
-            assert proc.stdout is not None
-            while data := await proc.stdout.read(65536):
-                output.extend(data)
-
-        reader = asyncio.create_task(pump())
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                session_shell(),
+                cwd=workdir,
+                env=self._process_env(sb, {str(k): str(v) for k, v in envs.items()}),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                **OWN_PROCESS_GROUP,
+            )
+        except OSError as exc:
+            record.exit_code = -1
+            return web.json_response({"exitCode": -1, "result": str(exc)})
+        sb.pgids.add(proc.pid)
         timeout = body.get("timeout") or None
         try:
-            returncode = await asyncio.wait_for(proc.wait(), timeout)
+            output, _ = await asyncio.wait_for(proc.communicate(command.encode()), timeout)
         except asyncio.TimeoutError:
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            reader.cancel()
             record.exit_code = -1
-            raise ApiError(408, f"command timed out after {timeout} seconds", "PROCESS_EXECUTION_TIMEOUT") from None
-        await asyncio.wait([reader], timeout=PIPE_DRAIN_SECONDS)
-        reader.cancel()
-        record.exit_code = exit_status(returncode)
+            raise ApiError(408, "command execution timeout", "REQUEST_TIMEOUT") from None
+        assert proc.returncode is not None
+        record.exit_code = exit_status(proc.returncode)
         return web.json_response({"exitCode": record.exit_code, "result": output.decode("utf-8", "replace")})
 
     def _session(self, request: web.Request, sb: Sandbox) -> Session:
         session = sb.sessions.get(request.match_info["session"])
         if session is None:
-            raise ApiError(404, f"session {request.match_info['session']} not found")
+            raise ApiError(404, "session not found")
         return session
 
-    def _command(self, request: web.Request) -> Command:
+    def _command(self, request: web.Request) -> tuple[Sandbox, Session, Command]:
         sb = self._running_sandbox(request)
-        cmd = self._session(request, sb).commands.get(request.match_info["cid"])
+        session = self._session(request, sb)
+        cmd = session.commands.get(request.match_info["cid"])
         if cmd is None:
-            raise ApiError(404, f"command {request.match_info['cid']} not found")
-        return cmd
+            raise ApiError(404, "command not found")
+        return sb, session, cmd
 
     @staticmethod
     def _session_json(session: Session) -> dict[str, Any]:
@@ -1204,8 +1437,20 @@ class EmulatorServer:
         if not isinstance(sid, str) or not sid:
             raise ApiError(400, "sessionId is required")
         if sid in sb.sessions:
-            raise ApiError(409, f"session {sid} already exists")
-        sb.sessions[sid] = Session(sid)
+            raise ApiError(409, "session already exists")
+        shell = await asyncio.create_subprocess_exec(
+            session_shell(),
+            cwd=sb.home,
+            env=self._process_env(sb),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            **OWN_PROCESS_GROUP,
+        )
+        sb.pgids.add(shell.pid)
+        session = Session(sid, sb.home / ".daytona" / "sessions" / sid, shell)
+        sb.sessions[sid] = session
+        session.dir.mkdir(parents=True, exist_ok=True)
         return web.Response(status=201)
 
     async def _list_sessions(self, request: web.Request) -> web.Response:
@@ -1217,13 +1462,25 @@ class EmulatorServer:
         return web.json_response(self._session_json(self._session(request, sb)))
 
     async def _delete_session(self, request: web.Request) -> web.Response:
+        """SIGTERM the shell's group and descendants; SIGKILL them if some outlive the grace."""
         sb = self._running_sandbox(request)
         session = self._session(request, sb)
-        for cmd in session.commands.values():
-            if cmd.proc is not None and cmd.exit_code is None:
-                with contextlib.suppress(OSError):
-                    os.killpg(cmd.proc.pid, signal.SIGKILL)
-        del sb.sessions[session.id]
+        pid = session.shell.pid
+        signal_session(pid, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        graceful = False
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if not process_alive(pid) or not parent_map().get(pid):
+                graceful = True
+                break
+        if not graceful:
+            signal_session(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):  # the daemon's context cancel kills the shell itself
+            os.kill(pid, signal.SIGKILL)
+        session.close("deleted")
+        sb.sessions.pop(session.id, None)
+        await asyncio.to_thread(shutil.rmtree, session.dir, True)
         return web.Response(status=204)
 
     async def _session_exec(self, request: web.Request) -> web.Response:
@@ -1231,107 +1488,175 @@ class EmulatorServer:
         session = self._session(request, sb)
         body = await self._json_body(request)
         command = body.get("command")
-        if not isinstance(command, str) or not command:
-            raise ApiError(400, "command is required")
-        cmd = Command(id=str(uuid.uuid4()), session_id=session.id, command=command)
-        sb.history.append(cmd)
-        cmd.proc = await self._spawn(sb, command, None, None, interactive=True)
+        if not isinstance(command, str) or not command.strip():
+            raise ApiError(400, "command cannot be empty")
+        run_async = bool(body.get("runAsync") or body.get("async"))
+        cid = str(uuid.uuid4())
+        cmd = Command(
+            id=cid,
+            session_id=session.id,
+            command=command,
+            dir=session.dir / cid,
+            suppress_input_echo=bool(body.get("suppressInputEcho")),
+        )
         session.commands[cmd.id] = cmd
-        self._spawn_task(self._run_command(cmd))
-        if body.get("runAsync") or body.get("async"):
+        sb.history.append(cmd)
+        try:
+            (session.dir / cid).mkdir(parents=True, exist_ok=True)
+            cmd.log_path.write_bytes(b"")
+            script = session.dir / cid / "cmd.sh"
+            script.write_text(command)
+            script.chmod(0o600)
+        except OSError as exc:
+            raise ApiError(400, f"failed to prepare command: {exc}") from exc
+        block = SESSION_WRAPPER.format(
+            dir=shlex.quote(str(session.dir / cid)),
+            script=shlex.quote(str(script)),
+            holder=HOLD_STDIN_ASYNC if run_async else HOLD_STDIN_SYNC,
+        )
+        await self._write_to_shell(session, block.encode())
+        if run_async:
             return web.json_response({"cmdId": cmd.id}, status=202)
-        await cmd.done.wait()
+        while (code := cmd.refresh()) is None:
+            if session.closed.is_set():
+                cmd.exit_code = 1
+                raise ApiError(400, "session cancelled")
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)  # the client is gone; nobody reads this
+            await asyncio.sleep(0.05)
+        raw = cmd.log_path.read_bytes() if cmd.log_path.exists() else b""
+        stdout, stderr = demux_log(raw)
         return web.json_response(
             {
                 "cmdId": cmd.id,
-                "exitCode": cmd.exit_code,
-                "output": cmd.text(),
-                "stdout": cmd.text(1),
-                "stderr": cmd.text(2),
+                "output": raw.decode("utf-8", "replace"),
+                "stdout": stdout.decode("utf-8", "replace"),
+                "stderr": stderr.decode("utf-8", "replace"),
+                "exitCode": code,
             }
         )
 
-    async def _run_command(self, cmd: Command) -> None:
-        """Collect a session command's output as it comes and record its exit code."""
-        proc = cmd.proc
-        assert proc is not None and proc.stdout is not None and proc.stderr is not None
-
-        async def pump(stream: asyncio.StreamReader, kind: int) -> None:
-            while data := await stream.read(65536):
-                cmd.append(kind, data)
-
-        # Readers outlive the command when a daemonised child keeps the pipe open.
-        readers = [self._spawn_task(pump(proc.stdout, 1)), self._spawn_task(pump(proc.stderr, 2))]
-        returncode = await proc.wait()
-        await asyncio.wait(readers, timeout=PIPE_DRAIN_SECONDS)
-        if proc.stdin is not None:
-            proc.stdin.close()
-        cmd.exit_code = exit_status(returncode)
-        cmd.done.set()
-        cmd.notify()
+    @staticmethod
+    async def _write_to_shell(session: Session, data: bytes) -> None:
+        """Write to the session shell's stdin; a shell that has exited answers "broken pipe"."""
+        stdin = session.shell.stdin
+        broken = ApiError(400, "failed to write command: broken pipe")
+        if stdin is None or stdin.is_closing() or not process_alive(session.shell.pid):
+            raise broken
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise broken from exc
 
     async def _get_command(self, request: web.Request) -> web.Response:
-        return web.json_response(self._command(request).to_json())
+        return web.json_response(self._command(request)[2].to_json())
 
     async def _command_logs(self, request: web.Request) -> web.StreamResponse:
-        cmd = self._command(request)
-        if request.query.get("follow", "").lower() == "true":
-            return await self._follow_logs(request, cmd)
-        return web.json_response({"output": cmd.text(), "stdout": cmd.text(1), "stderr": cmd.text(2)})
-
-    async def _follow_logs(self, request: web.Request, cmd: Command) -> web.WebSocketResponse:
-        """Stream the log as a WebSocket: markers before each chunk, close 1000 at the end."""
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        drop = self.faults.drop_log_streams > 0
-        if drop:
-            self.faults.drop_log_streams -= 1
-        budget = self.faults.drop_after_bytes if drop else 0
-        client_gone = asyncio.create_task(ws.receive())
-        sent = 0
+        sb, session, cmd = self._command(request)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            try:
+                log = open(cmd.log_path, "rb", buffering=0)  # noqa: SIM115
+            except FileNotFoundError as exc:
+                raise ApiError(404, str(exc)) from exc
+            with log:
+                return await self._follow_logs(request, sb, session, cmd, log)
         try:
-            while True:
-                changed = cmd.changed
-                while sent < len(cmd.chunks):
-                    kind, data = cmd.chunks[sent]
-                    sent += 1
-                    cut = drop and len(data) >= budget
-                    if cut and budget:
-                        data = data[:budget]  # part-way through a chunk, maybe through a line
-                    await ws.send_bytes((STDOUT_MARK if kind == 1 else STDERR_MARK) + data)
-                    if cut:
-                        await ws.close(code=1011, message=b"emulator fault: log stream dropped")
+            raw = cmd.log_path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ApiError(404, str(exc)) from exc
+        stdout, stderr = demux_log(raw)
+        return web.json_response(
+            {
+                "output": raw.decode("utf-8", "replace"),
+                "stdout": stdout.decode("utf-8", "replace"),
+                "stderr": stderr.decode("utf-8", "replace"),
+            }
+        )
+
+    async def _follow_logs(
+        self, request: web.Request, sb: Sandbox, session: Session, cmd: Command, log: Any
+    ) -> web.WebSocketResponse:
+        """Stream the raw log like the daemon: replay from byte 0 in frames of at most 1024
+        bytes, poll every 20 ms at EOF, and close 1000 once 50 reads in a row found nothing
+        new and the exit code file exists. Pings from the client are answered, none are sent."""
+        ws = web.WebSocketResponse()  # autoping answers pings; no heartbeat: never pings
+        await ws.prepare(request)
+        client_gone = asyncio.create_task(self._drain_websocket(ws))
+        cut = self.faults.drop_after_bytes if self.faults.drop_after_bytes > 0 else None
+        sent = empty = 0
+        try:
+            async with self._kept_active(sb):
+                while not client_gone.done():
+                    if session.closed.is_set():
+                        if session.close_reason == "stopped":  # the daemon died with the sandbox
+                            self._abort_connection(request)
+                        else:
+                            await ws.close(code=1000)
                         return ws
-                    budget -= len(data)
-                if cmd.done.is_set():
-                    break
-                waiter = asyncio.create_task(changed.wait())
-                await asyncio.wait([waiter, client_gone], return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                if client_gone.done():
-                    return ws
-            await ws.close(code=1011 if drop else 1000)
+                    chunk = log.read(LOG_FRAME_BYTES)
+                    if not chunk:
+                        empty += 1
+                        if empty >= LOG_EOF_READS:
+                            if cmd.refresh() is not None:
+                                await ws.close(code=1000)
+                                return ws
+                            empty = 0
+                        await asyncio.wait([client_gone], timeout=LOG_POLL_SECONDS)
+                        continue
+                    empty = 0
+                    if cut is not None and sent + len(chunk) > cut and (fault := self.faults.take_log_fault()):
+                        if cut > sent:
+                            await ws.send_bytes(chunk[: cut - sent])
+                        await self._strike(fault, request, ws, client_gone)
+                        return ws
+                    await ws.send_bytes(chunk)
+                    sent += len(chunk)
+                    if cut is None:
+                        cut = sent  # drop_after_bytes 0: strike after the first frame
         except (ConnectionResetError, RuntimeError):
             pass
         finally:
             client_gone.cancel()
         return ws
 
+    @staticmethod
+    async def _drain_websocket(ws: web.WebSocketResponse) -> None:
+        """Read (and so answer pings and close frames) until the client goes."""
+        async for _ in ws:
+            pass
+
+    @staticmethod
+    def _abort_connection(request: web.Request) -> None:
+        if request.transport is not None:
+            request.transport.close()  # FIN, no close frame
+
+    async def _strike(self, fault: str, request: web.Request, ws: web.WebSocketResponse, client_gone: Any) -> None:
+        if fault == "drop":
+            await ws.close(code=1011, message=b"emulator fault: log stream dropped")
+        elif fault == "stall":
+            await client_gone  # silent but open (pings still answered) until the client leaves
+        else:
+            self._abort_connection(request)
+
     async def _command_input(self, request: web.Request) -> web.Response:
-        cmd = self._command(request)
+        _, _, cmd = self._command(request)
         body = await self._json_body(request)
         data = body.get("data")
         if not isinstance(data, str):
             raise ApiError(400, "data is required")
-        stdin = cmd.proc.stdin if cmd.proc else None
-        if cmd.exit_code is not None or stdin is None or stdin.is_closing():
-            raise ApiError(410, "command has already finished", "COMMAND_ALREADY_COMPLETED")
+        if cmd.refresh() is not None:
+            raise ApiError(410, f"command has already completed with exit code {cmd.exit_code}")
+        if not data.endswith("\n"):
+            data += "\n"
         try:
-            stdin.write(data.encode())
-            await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise ApiError(410, "command has already finished", "COMMAND_ALREADY_COMPLETED") from exc
-        return web.Response(status=200)
+            await asyncio.to_thread(write_fifo, cmd.input_path, data.encode(), INPUT_OPEN_TIMEOUT_SECONDS)
+        except OSError as exc:
+            raise ApiError(500, f"failed to open input pipe: {exc}", "INTERNAL_SERVER_ERROR") from exc
+        if not cmd.suppress_input_echo:
+            with contextlib.suppress(OSError), open(cmd.log_path, "ab") as f:
+                f.write(STDOUT_MARK + data.encode())
+        return web.Response(status=204)
 
     # -- preview proxy ---------------------------------------------------------------------
 
@@ -1341,44 +1666,81 @@ class EmulatorServer:
             return web.Response(status=404, text="Unknown preview URL\n")
         return await self._preview(request, int(m[1]), m[2], request.match_info.get("tail", ""))
 
-    def _preview_access(self, request: web.Request, port: int, key: str) -> Sandbox | web.Response:
-        """Resolve a preview target to its sandbox, or answer why access is refused."""
-        sb = self._find_sandbox(key) if key in self.sandboxes else None
-        if sb is None and key in self.sandboxes:
-            return web.Response(status=404, text="Sandbox not found\n")
+    def _cookie_value(self, name: str, sandbox_id: str) -> str:
+        mac = hmac.new(self._cookie_key, f"{name}|{sandbox_id}".encode(), hashlib.sha256).hexdigest()
+        return f"{sandbox_id}.{mac}"
+
+    def _cookie_sandbox(self, name: str, value: str) -> str | None:
+        sandbox_id, _, _ = value.rpartition(".")
+        if sandbox_id and secrets.compare_digest(value, self._cookie_value(name, sandbox_id)):
+            return sandbox_id
+        return None
+
+    def _set_auth_cookie(self, response: web.StreamResponse, key: str, sandbox_id: str) -> None:
+        name = PREVIEW_COOKIE_PREFIX + key
+        response.set_cookie(name, self._cookie_value(name, sandbox_id), max_age=3600, path="/", httponly=True)
+
+    def _preview_auth(self, request: web.Request, port: int, key: str) -> tuple[str | None, dict[str, Any]]:
+        """Daytona's proxy order: Bearer API key, X-Daytona-Preview-Token, the query parameter
+        DAYTONA_SANDBOX_AUTH_KEY, the auth cookie, a signed-URL token. Returns the sandbox id (None
+        when all fail) and what to change in the forwarded request / the response."""
+        sb = self._find_sandbox(key)
+        changes: dict[str, Any] = {}
+        if sb is not None and sb.public:
+            return sb.id, changes
         if sb is not None:
-            if not sb.public:
-                token = request.headers.get("X-Daytona-Preview-Token")
-                if not token:
-                    return web.Response(status=401, text="Missing X-Daytona-Preview-Token\n")
-                if not secrets.compare_digest(token, sb.preview_token):
-                    return web.Response(status=403, text="Invalid preview token\n")
-        else:
-            signed = self.signed_urls.get(key)
-            if signed is None:
-                return web.Response(status=404, text="Unknown preview URL\n")
-            if not signed.valid():
-                return web.Response(status=403, text="Signed preview URL expired\n")
-            if signed.port != port:
-                return web.Response(status=403, text="Signed preview URL is for another port\n")
-            sb = self._find_sandbox(signed.sandbox_id)
-            if sb is None:
-                return web.Response(status=404, text="Sandbox not found\n")
-        if sb.state != "started":
-            return web.Response(status=502, text=f"Sandbox {sb.id} is not started (state: {sb.state})\n")
-        return sb
+            if request.headers.get("Authorization", "") == f"Bearer {self.api_key}":
+                changes["drop_authorization"] = True
+                return sb.id, changes
+            if secrets.compare_digest(request.headers.get(PREVIEW_TOKEN_HEADER, ""), sb.preview_token):
+                return sb.id, changes
+            if secrets.compare_digest(request.query.get(PREVIEW_QUERY_KEY, ""), sb.preview_token):
+                changes["drop_query_key"] = True
+                return sb.id, changes
+        cookie = request.cookies.get(PREVIEW_COOKIE_PREFIX + key)
+        if cookie and (cookie_sandbox := self._cookie_sandbox(PREVIEW_COOKIE_PREFIX + key, cookie)):
+            return cookie_sandbox, changes
+        signed = self.signed_urls.get(key)
+        if signed is not None and signed.valid() and signed.port == port:
+            changes["set_cookie"] = signed.sandbox_id
+            return signed.sandbox_id, changes
+        return None, changes
+
+    def _signin_redirect(self, request: web.Request, port: int, key: str) -> web.Response:
+        query = urllib.parse.urlencode({"target": key, "port": port, "redirect": str(request.url)})
+        return web.Response(status=307, headers={"Location": f"{self.base_url}/_emulator/signin?{query}"})
 
     async def _preview(self, request: web.Request, port: int, key: str, tail: str) -> web.StreamResponse:
-        access = self._preview_access(request, port, key)
-        if isinstance(access, web.Response):
-            return access
-        access.touch()
-        url = f"http://127.0.0.1:{port}/{tail}"
-        if request.query_string:
+        sandbox_id, changes = self._preview_auth(request, port, key)
+        if sandbox_id is None:
+            return self._signin_redirect(request, port, key)
+        sb = self._find_sandbox(sandbox_id)
+        if sb is None:
+            return web.Response(status=404, text="Sandbox not found\n")
+        if sb.state != "started":
+            return web.Response(status=502, text=f"Sandbox {sb.id} is not started (state: {sb.state})\n")
+        skip_activity = request.headers.get(SKIP_ACTIVITY_HEADER, "").lower() == "true"
+        if not skip_activity:
+            sb.touch()
+        url = f"http://localhost:{port}/{tail}"
+        if changes.get("drop_query_key"):
+            kept = [(k, v) for k, v in request.query.items() if k != PREVIEW_QUERY_KEY]
+            url += "?" + urllib.parse.urlencode(kept) if kept else ""
+        elif request.query_string:
             url += f"?{request.query_string}"
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._proxy_websocket(request, url, headers)
+        drop = HOP_BY_HOP | {SKIP_ACTIVITY_HEADER.lower()}
+        if changes.get("drop_authorization"):
+            drop = drop | {"authorization"}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
+        keeper = contextlib.nullcontext() if skip_activity else self._kept_active(sb)
+        async with keeper:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                return await self._proxy_websocket(request, url, headers)
+            return await self._proxy_http(request, url, headers, changes.get("set_cookie"), key)
+
+    async def _proxy_http(
+        self, request: web.Request, url: str, headers: dict[str, str], cookie_for: str | None, key: str
+    ) -> web.StreamResponse:
         assert self._client is not None
         body = await request.read()
         try:
@@ -1389,15 +1751,38 @@ class EmulatorServer:
                 for k, v in upstream.headers.items():
                     if k.lower() not in HOP_BY_HOP or k.lower() == "content-length":
                         response.headers.add(k, v)
+                if cookie_for:
+                    self._set_auth_cookie(response, key, cookie_for)
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except aiohttp.ClientConnectorError:
-            return web.Response(status=502, text=f"Nothing is listening on port {port} in sandbox {access.id}\n")
-        except aiohttp.ClientError as exc:
-            return web.Response(status=502, text=f"Upstream error on port {port}: {exc}\n")
+        except aiohttp.ClientError:
+            return web.Response(status=502)  # nothing listening: Daytona's proxy answers an empty 502
+
+    async def _signin(self, request: web.Request) -> web.Response:
+        """The sign-in page a refused preview redirects to (Daytona's is its OAuth login)."""
+        query = urllib.parse.urlencode(
+            {k: request.query.get(k, "") for k in ("target", "port", "redirect")}, quote_via=urllib.parse.quote
+        )
+        page = (
+            "<!doctype html><title>Sign in - Daytona emulator</title>"
+            "<h1>Sign in to see this preview</h1>"
+            f'<p><a href="/_emulator/signin/callback?{html.escape(query)}">Continue as a member of {ORG_ID}</a></p>'
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _signin_callback(self, request: web.Request) -> web.Response:
+        """Signing in sets the auth cookie for the sandbox and goes back to the preview."""
+        key = request.query.get("target", "")
+        sb = self._find_sandbox(key)
+        if sb is None:
+            raise ApiError(404, "Sandbox not found")
+        redirect = request.query.get("redirect") or "/"
+        response = web.Response(status=307, headers={"Location": redirect})
+        self._set_auth_cookie(response, key, sb.id)
+        return response
 
     async def _proxy_websocket(self, request: web.Request, url: str, headers: dict[str, str]) -> web.StreamResponse:
         assert self._client is not None
@@ -1405,8 +1790,8 @@ class EmulatorServer:
         fwd = {k: v for k, v in headers.items() if not k.lower().startswith("sec-websocket")}
         try:
             upstream = await self._client.ws_connect("ws" + url[4:], headers=fwd, protocols=protocols)
-        except aiohttp.ClientError as exc:
-            return web.Response(status=502, text=f"WebSocket upstream error: {exc}\n")
+        except aiohttp.ClientError:
+            return web.Response(status=502)
         downstream = web.WebSocketResponse(protocols=protocols)
         await downstream.prepare(request)
 
@@ -1455,16 +1840,22 @@ class EmulatorServer:
         if sb is None:
             raise ApiError(404, f"Sandbox {sandbox_id} not found")
         return [
-            {"sessionId": c.session_id, "cmdId": c.id, "command": c.command, "exitCode": c.exit_code}
+            {"sessionId": c.session_id, "cmdId": c.id, "command": c.command, "exitCode": c.refresh()}
             for c in sb.history
         ]
 
     def set_faults(self, **changes: Any) -> dict[str, int]:
         for key, value in changes.items():
-            if not hasattr(self.faults, key):
+            if key not in vars(self.faults):
                 raise ApiError(400, f"unknown fault {key!r}")
             setattr(self.faults, key, int(value))
         return self.faults.to_json()
+
+    def reset(self) -> dict[str, Any]:
+        """Zero every fault (and the counters of faults done) and restore the default config."""
+        self.faults = Faults()
+        self.config = dict(DEFAULT_CONFIG)
+        return {"faults": self.faults.to_json(), "config": dict(self.config)}
 
     def set_config(self, **changes: Any) -> dict[str, Any]:
         for key, value in changes.items():
@@ -1478,6 +1869,9 @@ class EmulatorServer:
 
     async def _post_faults(self, request: web.Request) -> web.Response:
         return web.json_response(self.set_faults(**await self._json_body(request)))
+
+    async def _post_reset(self, request: web.Request) -> web.Response:
+        return web.json_response(self.reset())
 
     async def _get_config(self, request: web.Request) -> web.Response:
         return web.json_response(self.config)
@@ -1580,7 +1974,12 @@ class DaytonaEmulator:
         return self._sync(lambda: self.server.set_faults(**faults))
 
     def faults(self) -> dict[str, int]:
-        return self._sync(self.server.faults.to_json)
+        return self._sync(lambda: self.server.faults.to_json())
+
+    def reset(self) -> dict[str, Any]:
+        """Zero all faults and restore the default config (``POST /_emulator/reset``); call it
+        before each test."""
+        return self._sync(self.server.reset)
 
     def set_config(self, **config: Any) -> dict[str, Any]:
         """E.g. ``set_config(autostop_seconds_per_minute=1)``."""
