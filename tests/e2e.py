@@ -102,10 +102,17 @@ class Rig:
         return next((s for s in self.emulator.sandboxes() if s["id"] == sandbox_id), None)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """One GET, redirects not followed: Daytona's proxy answers a request it cannot
+    authenticate with a 307 to its sign-in page, which would otherwise read as a 200."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.build_opener(_NoRedirects).open(request, timeout=10) as response:
             return response.status, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")

@@ -65,7 +65,7 @@ def test_seed_workflow_build_serve_preview_resume_down(rig: Rig) -> None:
     status, body = http_get(url, {"X-Daytona-Preview-Token": token})
     assert status == 200 and "<canvas" in body
     status, _ = http_get(url)
-    assert status in (401, 403), "a private sandbox's preview must need its token"
+    assert status == 307, "a private sandbox's preview without its token goes to Daytona's sign-in"
 
     # `preview` lists the same port and link.
     listed = rig.cli("preview", "--json")
