@@ -581,7 +581,9 @@ class App:
         follower.previous_turn = previous
         if not detach:
             return self._follow(sandbox, record, follower, timeout)
-        # Detached: follow only until the turn is under way (or refused: busy, no key).
+        # Detached: follow only until the turn is under way (or refused: busy, no key); its
+        # events are for `logs`.
+        follower.emit = lambda _event: None
         self._follow_until_started(sandbox, record, follower)
         self._keep_up_while_detached(sandbox, record)
         return TurnOutcome(
