@@ -180,6 +180,9 @@ def test_follow_replays_from_byte_zero_in_1k_frames_and_closes_a_second_after_ex
     assert b"".join(again) == log and end[1] == 1000 and 0.9 <= elapsed < 2.5
     out, err = follow(sandbox, "big", cid)
     assert out.count("line-") == 400 and err == "last\n"
+    # the emulator records who ended each stream: here Daytona's side, every time
+    [record] = [c for c in emulator.commands(sandbox.id) if c["cmdId"] == cid]
+    assert record["streamsEndedBy"] == ["server", "server", "server"]
 
 
 def test_follow_never_pings_and_answers_pings(emulator: DaytonaEmulator, sandbox: Any) -> None:

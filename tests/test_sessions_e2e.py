@@ -149,3 +149,19 @@ def test_the_key_is_handed_over_again_when_the_agent_restarted_and_lands_on_no_d
             assert OPENAI_KEY.encode() not in path.read_bytes(), path
     for command in rig.emulator.commands(sandbox_id):
         assert OPENAI_KEY not in command["command"]
+
+
+def test_ask_returns_at_the_closing_event_not_when_daytona_closes_the_stream(rig: Rig) -> None:
+    """Daytona closes a command's log stream about a second after the command ends; ask
+    leaves at the run's closing event, so the stream is always ended from our side."""
+    sandbox_id = _ready(rig)
+    for answer in ("one", "two"):
+        rig.model.enqueue(turn(msg(answer)))
+        result = rig.cli("ask", "-q", answer)
+        assert (result.code, result.stdout) == (0, f"{answer}\n"), result
+    agent_commands = [c for c in rig.emulator.commands(sandbox_id) if "--run-id" in c["command"]]
+    assert len(agent_commands) == 2
+    assert [c["streamsEndedBy"] for c in agent_commands] == [["client"], ["client"]]
+    # Both turns ran in one session, one after the other, each command ending with its turn.
+    assert agent_commands[0]["sessionId"] == agent_commands[1]["sessionId"]
+    assert [c["exitCode"] for c in agent_commands] == [0, 0]

@@ -411,6 +411,9 @@ class Command:
     dir: Path | None = None
     suppress_input_echo: bool = False
     exit_code: int | None = None
+    # How each follow-logs stream of this command ended: "server" (close 1000 after the
+    # command ended), "client" (the client went away first), or the fault that struck.
+    streams_ended_by: list[str] = field(default_factory=list)
 
     @property
     def log_path(self) -> Path:
@@ -1585,10 +1588,12 @@ class EmulatorServer:
         client_gone = asyncio.create_task(self._drain_websocket(ws))
         cut = self.faults.drop_after_bytes if self.faults.drop_after_bytes > 0 else None
         sent = empty = 0
+        ended_by = "client"
         try:
             async with self._kept_active(sb):
                 while not client_gone.done():
                     if session.closed.is_set():
+                        ended_by = "session-closed"
                         if session.close_reason == "stopped":  # the daemon died with the sandbox
                             self._abort_connection(request)
                         else:
@@ -1599,6 +1604,7 @@ class EmulatorServer:
                         empty += 1
                         if empty >= LOG_EOF_READS:
                             if cmd.refresh() is not None:
+                                ended_by = "server"
                                 await ws.close(code=1000)
                                 return ws
                             empty = 0
@@ -1606,6 +1612,7 @@ class EmulatorServer:
                         continue
                     empty = 0
                     if cut is not None and sent + len(chunk) > cut and (fault := self.faults.take_log_fault()):
+                        ended_by = fault
                         if cut > sent:
                             await ws.send_bytes(chunk[: cut - sent])
                         await self._strike(fault, request, ws, client_gone)
@@ -1618,6 +1625,7 @@ class EmulatorServer:
             pass
         finally:
             client_gone.cancel()
+            cmd.streams_ended_by.append(ended_by)
         return ws
 
     @staticmethod
@@ -1840,7 +1848,13 @@ class EmulatorServer:
         if sb is None:
             raise ApiError(404, f"Sandbox {sandbox_id} not found")
         return [
-            {"sessionId": c.session_id, "cmdId": c.id, "command": c.command, "exitCode": c.refresh()}
+            {
+                "sessionId": c.session_id,
+                "cmdId": c.id,
+                "command": c.command,
+                "exitCode": c.refresh(),
+                "streamsEndedBy": list(c.streams_ended_by),
+            }
             for c in sb.history
         ]
 
