@@ -80,11 +80,11 @@ class Rig:
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    def popen(self, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "codex_daytona", *args],
             cwd=self.project,
-            env=self.env,
+            env={**self.env, **(env or {})},
             text=True,
             **kwargs,
         )

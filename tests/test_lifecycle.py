@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import select
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -202,23 +205,77 @@ def test_down_all_deletes_every_sandbox_of_this_tool(rig: Rig, tmp_path) -> None
     assert rig.record() == {}
 
 
-def test_no_auto_stop_in_the_middle_of_a_turn(rig: Rig) -> None:
-    """A sandbox with a 1-minute auto-stop stays up through a 3-minute turn (on the
-    emulator's clock, where a minute lasts one second)."""
-    env = {"CODEX_DAYTONA_AUTO_STOP_MINUTES": "1", "CODEX_DAYTONA_KEEPALIVE_SECONDS": "0.3"}
+def _states_while(rig: Rig, sandbox_id: str, busy: Callable[[], bool], limit: float = 60) -> set[str]:
+    """The sandbox states seen, sampled every 50 ms, while `busy()` holds."""
+    seen = set()
+    deadline = time.monotonic() + limit
+    while busy() and time.monotonic() < deadline:
+        seen.add((rig.sandbox(sandbox_id) or {}).get("state", "gone"))
+        time.sleep(0.05)
+    return seen
+
+
+def test_no_auto_stop_in_the_middle_of_a_followed_turn(rig: Rig) -> None:
+    """A 1-minute auto-stop (one second on the emulator's clock, which applies Daytona's
+    activity rules: processes in the sandbox do not count) through a turn five times as long."""
+    env = {"CODEX_DAYTONA_AUTO_STOP_MINUTES": "1", "CODEX_DAYTONA_KEEPALIVE_SECONDS": "0.4"}
     assert rig.cli("up", env=env).code == 0
     sandbox_id = rig.record()["sandbox_id"]
     rig.emulator.set_config(autostop_seconds_per_minute=1)
-    try:
-        rig.model.enqueue(turn(run("sleep 3; echo survived", yield_time_ms=60000)), turn(msg("made it")))
-        result = rig.cli("ask", "a long turn", env=env)
-        assert result.code == 0, result
-        assert result.stdout.strip() == "made it"
-        assert rig.sandbox(sandbox_id)["state"] == "started"
-        # The emulator's auto-stop is real: left idle, the sandbox stops.
-        deadline = time.monotonic() + 10
-        while rig.sandbox(sandbox_id)["state"] == "started" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert rig.sandbox(sandbox_id)["state"] == "stopped"
-    finally:
-        rig.emulator.set_config(autostop_seconds_per_minute=0)
+    rig.model.enqueue(turn(run("sleep 5; echo survived", yield_time_ms=60000)), turn(msg("made it")))
+    proc = rig.popen("ask", "-q", "a long turn", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # (The sandbox may well stop while the CLI starts: that ask then starts it again.)
+    deadline = time.monotonic() + 60
+    while not rig.model.model_requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = _states_while(rig, sandbox_id, lambda: proc.poll() is None)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (0, "made it\n"), err
+    assert seen == {"started"}, f"the sandbox was {seen} during the turn"
+    # The tool's own keepalive reached Daytona while the turn ran.
+    log = Path(rig.emulator.server.log_path or "")
+    refreshes = [
+        e
+        for e in map(json.loads, log.read_text().splitlines())
+        if e["path"] == f"/api/sandbox/{sandbox_id}/last-activity"
+    ]
+    assert refreshes, "no refresh_activity call"
+    # Left idle, the sandbox stops: the emulator's auto-stop is real.
+    _wait_for_state(rig, sandbox_id, "stopped", 10)
+
+
+def test_a_detached_turn_nobody_follows_is_not_stopped_mid_turn(rig: Rig) -> None:
+    """Daytona never counts the processes in a sandbox as activity: a detached turn raises
+    the auto-stop to CODEX_DAYTONA_DETACH_MINUTES, and the next command that finds the turn
+    over puts it back."""
+    env = {"CODEX_DAYTONA_AUTO_STOP_MINUTES": "1", "CODEX_DAYTONA_DETACH_MINUTES": "30"}
+    assert rig.cli("up", env=env).code == 0
+    record = rig.record()
+    sandbox_id = record["sandbox_id"]
+    events = Path(rig.emulator.home_dir(sandbox_id)) / ".codex-daytona" / "runs"
+    rig.emulator.set_config(autostop_seconds_per_minute=1)
+    rig.model.enqueue(turn(run("sleep 5; echo survived", yield_time_ms=60000)), turn(msg("made it alone")))
+    started = rig.cli("ask", "--detach", "-q", "work alone", env=env)
+    assert started.code == 0, started
+    run_id = started.stdout.strip()
+    assert (rig.sandbox(sandbox_id) or {})["autoStopInterval"] == 30
+    done_file = events / run_id / "events.jsonl"
+
+    def running() -> bool:
+        return "codex_daytona.run.completed" not in (done_file.read_text() if done_file.exists() else "")
+
+    seen = _states_while(rig, sandbox_id, running)
+    assert not running(), "the turn did not finish"
+    assert seen == {"started"}, f"the sandbox was {seen} during the detached turn"
+    followed = rig.cli("logs", "-q", "-f", run_id, env=env)
+    assert (followed.code, followed.stdout) == (0, "made it alone\n"), followed
+    assert (rig.sandbox(sandbox_id) or {})["autoStopInterval"] == 1, "the auto-stop was put back"
+    assert rig.record()["auto_stop_raised"] is False
+    _wait_for_state(rig, sandbox_id, "stopped", 10)
+
+
+def _wait_for_state(rig: Rig, sandbox_id: str, state: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (rig.sandbox(sandbox_id) or {}).get("state") != state:
+        assert time.monotonic() < deadline, f"the sandbox never became {state}"
+        time.sleep(0.1)
