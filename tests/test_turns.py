@@ -167,7 +167,7 @@ def test_dropped_log_streams_lose_and_repeat_nothing(rig: Rig) -> None:
     _ready(rig)
     steps = [turn(run(f"echo step-{i}; sleep 0.2")) for i in range(6)] + [turn(msg("all steps done"))]
     rig.model.enqueue(*steps)
-    rig.emulator.set_faults(drop_log_streams=3)
+    rig.emulator.set_faults(drop_log_streams=3, drop_after_bytes=400)
     result = rig.cli("ask", "--json", "do six steps")
     assert result.code == 0, result
     shown = [e for e in result.json_lines if not e["type"].startswith("codex_daytona.")]
@@ -179,7 +179,10 @@ def test_dropped_log_streams_lose_and_repeat_nothing(rig: Rig) -> None:
     ]
     expected = [e for e in saved if not e["type"].startswith("codex_daytona.")]
     assert shown == expected
-    assert rig.emulator.faults()["drop_log_streams"] == 0, "the faults were really injected"
+    # Each fault cut a stream part-way (the emulator only cuts inside the log), and each cut
+    # was one reconnect: a stream that ended at the closing event is not reconnected.
+    assert rig.emulator.faults()["drops_done"] == 3, "the faults were really injected"
+    assert sum(e["type"] == "codex_daytona.retry" for e in result.json_lines) == 3
 
 
 def test_transient_daytona_errors_are_retried(rig: Rig) -> None:
@@ -254,9 +257,10 @@ def test_soak_twenty_asks_with_streams_dropped_at_random_points(rig: Rig) -> Non
     _ready(rig)
     rng = random.Random(20261126)
     home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
-    reconnects = 0
+    cut = 0
     for i in range(20):
         rig.model.enqueue(turn(run(f"echo soak-{i}; seq 1 {rng.randint(1, 40)}")), turn(msg(f"done {i}")))
+        rig.emulator.reset()
         rig.emulator.set_faults(drop_log_streams=1, drop_after_bytes=rng.randint(1, 2500))
         result = rig.cli("ask", "--json", f"soak {i}")
         assert result.code == 0, result
@@ -269,5 +273,9 @@ def test_soak_twenty_asks_with_streams_dropped_at_random_points(rig: Rig) -> Non
         shown = [e for e in shown if e["type"] != "codex_daytona.preview"]
         expected = [e for e in expected if e["type"] != "codex_daytona.run.completed"]
         assert shown == expected, f"ask {i}: events lost or repeated"
-        reconnects += sum(e["type"] == "codex_daytona.retry" for e in lines)
-    assert reconnects >= 10, f"only {reconnects} streams were really dropped"
+        # A cut counts only when the emulator really cut this ask's stream inside its log.
+        struck = rig.emulator.faults()["drops_done"]
+        assert sum(e["type"] == "codex_daytona.retry" for e in lines) == struck, f"ask {i}"
+        cut += struck
+    rig.emulator.reset()
+    assert cut >= 10, f"only {cut} streams were really cut mid-way"
