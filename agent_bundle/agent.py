@@ -998,7 +998,7 @@ def user_shell() -> str:
     return next((s for s in ("zsh", "bash") if shutil.which(s)), "sh")
 
 
-def run_user_command(command: str, cwd: str, background_log: str) -> int:
+def run_user_command(command: str, cwd: str, background_log: str, done_marker: str | None = None) -> int:
     """Runs `command` in a shell of its own, relays its output, and returns its exit code as
     soon as that shell exits.
 
@@ -1006,7 +1006,9 @@ def run_user_command(command: str, cwd: str, background_log: str) -> int:
     `set -e` or `cd` would act on that shell; here they act on the user's own shell. Daytona
     ends a command only when every process holding its output has exited, so a background
     job the command started (`server &`) would keep it running: once the shell has exited, a
-    detached drainer takes over such a job's output (into `background_log`) and we return."""
+    detached drainer takes over such a job's output (into `background_log`) and we return.
+    With `done_marker`, a last line `<marker> <exit code>` on stdout and `<marker>` on stderr
+    tell the reader that each stream is complete, without waiting for Daytona to close it."""
     import select
 
     proc = subprocess.Popen(
@@ -1027,6 +1029,7 @@ def run_user_command(command: str, cwd: str, background_log: str) -> int:
         signal.signal(sig, stop)
     assert proc.stdout is not None and proc.stderr is not None
     sinks = {proc.stdout.fileno(): sys.stdout.buffer, proc.stderr.fileno(): sys.stderr.buffer}
+    ends = {fd: b"\n" for fd in sinks}  # the last byte relayed on each stream
     exited_at: float | None = None
     while sinks:
         if exited_at is None and proc.poll() is not None:
@@ -1040,8 +1043,10 @@ def run_user_command(command: str, cwd: str, background_log: str) -> int:
             if data:
                 sinks[fd].write(data)
                 sinks[fd].flush()
+                ends[fd] = data[-1:]
             else:
                 del sinks[fd]
+    code = proc.poll()
     if sinks and os.fork() == 0:
         os.setsid()
         # Let go of the session command's own output, or Daytona would wait for us too.
@@ -1059,8 +1064,17 @@ def run_user_command(command: str, cwd: str, background_log: str) -> int:
                     else:
                         open_fds.remove(fd)
         os._exit(0)
-    code = proc.wait()
-    return 128 - code if code < 0 else code
+    if code is None:
+        code = proc.wait()
+    code = 128 - code if code < 0 else code
+    if done_marker:
+        for fd, sink, line in (
+            (proc.stdout.fileno(), sys.stdout.buffer, f"{done_marker} {code}\n"),
+            (proc.stderr.fileno(), sys.stderr.buffer, f"{done_marker}\n"),
+        ):
+            sink.write((b"" if ends[fd] == b"\n" else b"\n") + line.encode())
+            sink.flush()
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1085,6 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exec", action="store_true", help="run the command on stdin (base64) in a shell of its own, in --home"
     )
+    parser.add_argument("--done-marker", help="with --exec: end each stream with this marker line")
     args = parser.parse_args(argv)
     runs_dir = args.runs_dir or os.path.join(args.home, ".codex-daytona", "runs")
     if args.list_ports:
@@ -1104,7 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.exec:
         command = base64.b64decode("".join(sys.stdin.read().split()), validate=True).decode("utf-8")
         background_log = os.path.join(args.home, ".codex-daytona", "exec-background.log")
-        return run_user_command(command, args.home, background_log)
+        return run_user_command(command, args.home, background_log, args.done_marker)
     if args.interrupt:
         reply = daemon_call(args.home, {"op": "interrupt", "run_id": args.interrupt})
         print(json.dumps(reply))

@@ -878,7 +878,7 @@ class App:
         sandbox = self._connect_or_forget(record)
         stream = CommandStream(self.api, sandbox, self.emit)
         try:
-            return stream.run(runtime.exec_command(runtime.Layout(record.home_dir), command), timeout)
+            return stream.run(runtime.Layout(record.home_dir), command, timeout)
         except KeyboardInterrupt:
             raise InterruptedByUser("Interrupted: the command was stopped.") from None
         except TurnTimeoutError:
@@ -1344,47 +1344,71 @@ class RunFollower:
 
 
 class CommandStream:
-    """Runs one command in a session of its own and streams its stdout and stderr as
-    EXEC_OUTPUT events until it exits; the session is deleted afterwards."""
+    """Runs one `exec` command in a session of its own and streams its stdout and stderr as
+    EXEC_OUTPUT events, line by line, until it exits; the session is deleted afterwards.
+
+    The agent ends each stream with a marker line (stdout's carries the exit code), so the
+    stream ends with the command, not a second later when Daytona closes it."""
 
     def __init__(self, api: DaytonaApi, sandbox: Sandbox, emit: OnEvent) -> None:
         self.api = api
         self.sandbox = sandbox
         self.emit = emit
         self.session = f"{SESSION_ID}-exec-{secrets.token_hex(3)}"
-        self.sent = {"stdout": 0, "stderr": 0}
+        self.marker = f"codex-daytona-done-{secrets.token_hex(8)}"
+        self.sent = {"stdout": 0, "stderr": 0}  # characters of each stream taken in
+        self._partial = {"stdout": "", "stderr": ""}
+        self._done: dict[str, str] = {}  # stream -> what followed its marker
 
-    def _output(self, stream: str, text: str) -> None:
-        if text:
-            self.sent[stream] += len(text)
-            self.emit({"type": ev.EXEC_OUTPUT, "stream": stream, "data": text})
+    def _take(self, stream: str, text: str) -> None:
+        if stream in self._done or not text:
+            return
+        self.sent[stream] += len(text)
+        *lines, self._partial[stream] = (self._partial[stream] + text).split("\n")
+        out = []
+        for line in lines:
+            if line == self.marker or line.startswith(self.marker + " "):
+                self._done[stream] = line[len(self.marker) :].strip()
+                break
+            out.append(line + "\n")
+        if out:
+            self.emit({"type": ev.EXEC_OUTPUT, "stream": stream, "data": "".join(out)})
 
-    def run(self, command: str, timeout: float | None) -> int:
+    def _finished(self) -> bool:
+        return len(self._done) == 2
+
+    def run(self, layout: runtime.Layout, command: str, timeout: float | None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
-        command_id = self.api.start_command(self.sandbox, self.session, command)
+        command_id = self.api.start_command(
+            self.sandbox, self.session, runtime.exec_command(layout, command, self.marker)
+        )
         try:
             finished = self.api.stream_logs(
                 self.sandbox,
                 self.session,
                 command_id,
-                lambda t: self._output("stdout", t),
-                lambda t: self._output("stderr", t),
+                lambda t: self._take("stdout", t),
+                lambda t: self._take("stderr", t),
                 timeout=timeout,
+                until=self._finished,
             )
         except DaytonaError:
-            finished = True  # the stream dropped: poll for the rest below
+            finished = True  # the stream dropped: read the rest below
         if not finished:
             raise TurnTimeoutError("The command did not finish in time.")
-        while True:
+        while not self._finished():
             exit_code = self.api.command_exit_code(self.sandbox, self.session, command_id)
             stdout, stderr = self.api.command_logs(self.sandbox, self.session, command_id)
-            self._output("stdout", stdout[self.sent["stdout"] :])
-            self._output("stderr", stderr[self.sent["stderr"] :])
+            self._take("stdout", stdout[self.sent["stdout"] :])
+            self._take("stderr", stderr[self.sent["stderr"] :])
             if exit_code is not None:
-                return exit_code
+                for stream in ("stdout", "stderr"):
+                    self._take(stream, "\n" if self._partial[stream] else "")
+                return int(self._done.get("stdout") or exit_code)
             if deadline is not None and time.monotonic() > deadline:
                 raise TurnTimeoutError("The command did not finish in time.")
             time.sleep(0.5)
+        return int(self._done["stdout"])
 
     def close(self) -> None:
         """Deletes the session, which stops the command if it still runs."""

@@ -151,10 +151,11 @@ def agent_command(layout: Layout, run_id: str, request: str) -> str:
     return with_stdin(_agent_argv(layout, "--run-id", run_id), request.encode())
 
 
-def exec_command(layout: Layout, command: str) -> str:
+def exec_command(layout: Layout, command: str, done_marker: str) -> str:
     """The session command for `codex-daytona exec`: the user's command, run in a shell of its
-    own in the home (so `exit`, `exec`, `cd` and `export` cannot end or change the session)."""
-    return with_stdin(_agent_argv(layout, "--exec"), command.encode())
+    own in the home (so `exit`, `exec`, `cd` and `export` cannot end or change the session).
+    Each stream ends with a `done_marker` line, stdout's with the exit code after it."""
+    return with_stdin(_agent_argv(layout, "--exec", "--done-marker", done_marker), command.encode())
 
 
 def key_fingerprint(key: str) -> str:

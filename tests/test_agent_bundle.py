@@ -419,3 +419,17 @@ def test_exec_returns_when_the_shell_exits_though_a_background_job_holds_its_out
     while marker not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline, "the background job's output was lost"
         time.sleep(0.1)
+
+
+def test_exec_ends_each_stream_with_the_done_marker(tmp_path: Path) -> None:
+    (tmp_path / ".codex-daytona").mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(Path(agent.__file__)), "--home", str(tmp_path), "--exec", "--done-marker", "M-1"],
+        input=base64.b64encode(b"printf partial; printf 'e1\\ne2' >&2; exit 5").decode(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 5
+    assert proc.stdout == "partial\nM-1 5\n"
+    assert proc.stderr == "e1\ne2\nM-1\n"
