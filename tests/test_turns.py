@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import DAYTONA_KEY, OPENAI_KEY, Rig
+from tests.e2e import DAYTONA_KEY, Rig
 from tests.fakes.model import msg, run, turn
 
 pytestmark = pytest.mark.e2e
@@ -235,20 +235,6 @@ def test_exec_streams_and_exits_with_the_command_code(rig: Rig) -> None:
     assert result.stdout.strip().endswith("/home")
     timed = rig.cli("exec", "--timeout", "2", "--", "sleep", "30")
     assert timed.code == 124, timed
-
-
-def test_no_secret_in_any_output_mode(rig: Rig) -> None:
-    rig.model.enqueue(turn(run("env; printenv")), turn(msg(f"the key might be {OPENAI_KEY}")))
-    for args in (("ask", "leak?"), ("status",), ("status", "--json")):
-        result = rig.cli(*args)
-        assert OPENAI_KEY not in result.stdout + result.stderr, args
-        assert DAYTONA_KEY not in result.stdout + result.stderr, args
-        if args[0] == "ask":
-            rig.model.enqueue(turn(run("env")), turn(msg(f"again {OPENAI_KEY}")))
-    for args in (("ask", "--json", "leak?"), ("ask", "-q", "leak?")):
-        result = rig.cli(*args)
-        assert OPENAI_KEY not in result.stdout + result.stderr, args
-        rig.model.enqueue(turn(msg(f"and {OPENAI_KEY}")))
 
 
 def test_soak_twenty_asks_with_streams_dropped_at_random_points(rig: Rig) -> None:

@@ -447,6 +447,11 @@ class ScriptedModel:
         with self._lock:
             self._steps.extend(steps)
 
+    def clear(self) -> None:
+        """Drops the steps not taken (e.g. the spare errors of a retried failure)."""
+        with self._lock:
+            self._steps.clear()
+
     def remaining(self) -> list[Step]:
         with self._lock:
             return list(self._steps)
