@@ -188,9 +188,18 @@ def test_dropped_log_streams_lose_and_repeat_nothing(rig: Rig) -> None:
 def test_transient_daytona_errors_are_retried(rig: Rig) -> None:
     _ready(rig)
     rig.model.enqueue(turn(msg("fine")))
+    log = Path(rig.emulator.server.log_path or "")
+    before = len(log.read_text().splitlines())
     rig.emulator.set_faults(fail_next=2)
     result = rig.cli("ask", "hello")
     assert result.code == 0, result
+    assert rig.emulator.faults()["fail_next"] == 0, "both faults were used"
+    # The first request of the ask (an idempotent lookup) failed twice and was retried.
+    requests = [json.loads(line) for line in log.read_text().splitlines()[before:]]
+    requests = [r for r in requests if r["kind"] in ("api", "toolbox")]
+    first = requests[0]
+    assert (first["method"], first["status"]) == ("GET", 503)
+    assert [(r["path"], r["status"]) for r in requests[:3]] == [(first["path"], 503)] * 2 + [(first["path"], 200)]
 
 
 def test_a_stopped_sandbox_is_started(rig: Rig) -> None:
