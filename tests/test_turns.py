@@ -119,6 +119,9 @@ def test_ctrl_c_stops_the_turn_not_the_sandbox(rig: Rig) -> None:
     assert proc.returncode == 130, stderr
     assert elapsed < 5, f"took {elapsed:.1f} s to give control back"
     assert "Traceback" not in stderr
+    # The agent confirmed the interrupt (had the wait run out instead, the status would
+    # not be known), and the command it was running is gone.
+    assert rig.record()["last_turn"]["status"] == "interrupted"
     _wait_for(lambda: not _sandbox_processes(rig, sandbox_id, "sleep 60"), timeout=5)
     thread = rig.record()["thread_id"]
     assert rig.sandbox(sandbox_id)["state"] == "started"
@@ -127,7 +130,9 @@ def test_ctrl_c_stops_the_turn_not_the_sandbox(rig: Rig) -> None:
     again = rig.cli("ask", "are you there?")
     assert again.code == 0, again
     assert rig.record()["thread_id"] == thread
-    assert "sleep for a minute" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    history = json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    assert "sleep for a minute" in history
+    assert "aborted" in history.lower(), "the model is told the last turn was aborted"
 
 
 def test_detached_run_followed_from_another_process(rig: Rig) -> None:
