@@ -18,7 +18,7 @@ import pytest
 
 from codex_daytona import runtime
 from codex_daytona.errors import ExitCode
-from tests.e2e import DAYTONA_KEY, SNAPSHOT, Rig, free_port, http_get
+from tests.e2e import DAYTONA_KEY, DEFAULT_CONFIG, SNAPSHOT, Rig, free_port, http_get
 from tests.fakes.model import msg, turn
 from tests.test_preview_links import serve_turn
 from tests.test_snapshot import NO_SNAPSHOT, delete_snapshot
@@ -177,3 +177,16 @@ def test_the_readme_lists_every_exit_code_and_no_other() -> None:
     table = text.split("### Exit codes", 1)[1].split("\n## ", 1)[0]
     codes = [int(m) for m in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)]
     assert codes == [int(c) for c in ExitCode], codes
+
+
+# --- the rig ---------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_every_e2e_test_starts_with_the_emulator_reset(emulator: Any, request: pytest.FixtureRequest) -> None:
+    """A fault or setting left behind by a test that failed before its cleanup does not leak."""
+    emulator.set_faults(**{name: 7 for name in emulator.faults()})
+    emulator.set_config(autostop_seconds_per_minute=1)
+    request.getfixturevalue("rig")
+    assert set(emulator.faults().values()) == {0}, emulator.faults()
+    assert emulator.server.config == DEFAULT_CONFIG
