@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Tests run on this many processes (pytest-xdist), each with its own Daytona emulator;
+# PYTEST_WORKERS=0 runs them in this one.
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 .PHONY: install test test-fast test-live lint typecheck fmt check bench clean
 
@@ -15,10 +19,10 @@ $(BIN)/codex-daytona: pyproject.toml
 	@touch $@
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(PYTEST) -m "not e2e" $(PYTEST_ARGS)
 
 test-live: install
 	$(BIN)/python -m pytest -m live tests/live $(PYTEST_ARGS)

@@ -3,6 +3,8 @@ fixed width, state under tmp_path, and the current directory in tmp_path."""
 
 from __future__ import annotations
 
+import fcntl
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,18 +45,56 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def runtime_snapshot(emulator: object, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The agent runtime, installed once per test run and offered as an emulator snapshot."""
+    """The agent runtime, installed once per test run and offered as an emulator snapshot.
+    Under pytest-xdist the workers share one install (the first builds it, under a lock),
+    and each offers it to its own emulator."""
     from tests.e2e import SNAPSHOT, build_runtime_snapshot
 
-    home = build_runtime_snapshot(tmp_path_factory.mktemp("runtime-snapshot"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent  # the run's directory, above each worker's
+        home = shared / "runtime-snapshot"
+        with open(shared / "runtime-snapshot.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (shared / "runtime-snapshot.built").exists():
+                build_runtime_snapshot(home)
+                (shared / "runtime-snapshot.built").touch()
+    else:
+        home = build_runtime_snapshot(tmp_path_factory.mktemp("runtime-snapshot"))
     emulator.add_snapshot(SNAPSHOT, home)  # type: ignore[attr-defined]
     return SNAPSHOT
 
 
+# The fixtures that stand up the emulator and install the agent runtime: only `e2e` tests may
+# use them, so that `make test-fast` (-m "not e2e") never starts them.
+E2E_FIXTURES = frozenset({"rig", "emulator", "runtime_snapshot"})
+# The code under test is this checkout's, in the CLI subprocesses too (whatever the
+# virtualenv's editable install points at).
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("e2e") is not None:
+        return
+    # The fixtures this test really gets: a module may define its own `emulator` (test_emulator.py).
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    used = sorted(
+        name for name in E2E_FIXTURES if name in defs and Path(inspect.getfile(defs[name][-1].func)) == Path(__file__)
+    )
+    if used:
+        pytest.fail(
+            f"{item.nodeid} uses {', '.join(used)} but is not marked e2e: add @pytest.mark.e2e "
+            "(or pytestmark = pytest.mark.e2e), so that `make test-fast` leaves it out.",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def rig(emulator: object, runtime_snapshot: str, _isolated: Path, tmp_path: Path) -> Iterator[object]:
-    from tests.e2e import DAYTONA_KEY, OPENAI_KEY, Rig
+    from tests.e2e import DAYTONA_KEY, OPENAI_KEY, Rig, reset_emulator
     from tests.fakes.model import ScriptedModel
+
+    reset_emulator(emulator)  # type: ignore[arg-type]
 
     model = ScriptedModel(log_dir=tmp_path / "model-requests")
     model.start()
@@ -69,6 +109,7 @@ def rig(emulator: object, runtime_snapshot: str, _isolated: Path, tmp_path: Path
         CODEX_DAYTONA_STATE_DIR=str(tmp_path / "state"),
         NO_COLOR="1",
         COLUMNS="100",
+        PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
     )
     rig = Rig(emulator, model, _isolated, env)  # type: ignore[arg-type]
     yield rig

@@ -35,6 +35,22 @@ def free_port(preferred: int | None = None) -> int:
         return int(s.getsockname()[1])
 
 
+# What the emulator starts with, restored before every end-to-end test so that a fault or a
+# setting one test leaves behind (a failing test never reaches its `finally`) cannot leak
+# into the next: the emulator lives for the whole session.
+DEFAULT_CONFIG: dict[str, Any] = {"autostop_seconds_per_minute": 0}
+
+
+def reset_emulator(emulator: DaytonaEmulator) -> None:
+    """Every fault off and every setting at its default (`reset()` once the emulator has one)."""
+    reset = getattr(emulator, "reset", None)
+    if callable(reset):
+        reset()
+        return
+    emulator.set_faults(**{name: 0 for name in emulator.faults()})
+    emulator.set_config(**DEFAULT_CONFIG)
+
+
 def build_runtime_snapshot(directory: Path) -> Path:
     """Installs the agent runtime exactly as `up` does, into a home directory for a snapshot."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -100,6 +116,14 @@ class Rig:
 
     def sandbox(self, sandbox_id: str) -> dict[str, Any] | None:
         return next((s for s in self.emulator.sandboxes() if s["id"] == sandbox_id), None)
+
+    def requests(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """The emulator's request log (one entry per request, written when it is answered:
+        ts is when it ended, duration_ms how long it took), from `since` (time.time()) on."""
+        path = self.emulator.server.log_path
+        assert path is not None, "the rig's emulator keeps a request log"
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [e for e in entries if e["ts"] >= since]
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

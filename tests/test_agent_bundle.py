@@ -27,8 +27,7 @@ KEY = "sk-test-agent-key-1234567890"
 
 def _notifications(name: str) -> list[tuple[str, dict[str, Any]]]:
     path = FIXTURES / "codex-app-server" / name
-    if not path.exists():
-        pytest.skip(f"fixture {path} not present")
+    assert path.exists(), f"fixture {path} is missing (it is part of the repository)"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [(r["method"], r["params"]) for r in rows]
 

@@ -40,10 +40,26 @@ def test_every_command_has_help_with_an_example(runner: CliRunner, command: str)
     assert "Example:" in text and "codex-daytona" in text
 
 
+# Each exit code with its meaning, as the main help prints them (and the README's table says).
+EXIT_CODE_MEANINGS = {
+    ExitCode.OK: "ok",
+    ExitCode.ERROR: "error",
+    ExitCode.USAGE: "usage",
+    ExitCode.TURN_FAILED: "the agent's turn failed",
+    ExitCode.CONFIG: "missing or invalid setting",
+    ExitCode.NO_SANDBOX: "no sandbox",
+    ExitCode.BUSY: "busy",
+    ExitCode.DAYTONA: "Daytona error",
+    ExitCode.TIMEOUT: "timeout",
+    ExitCode.INTERRUPTED: "interrupted",
+}
+
+
 def test_main_help_lists_the_exit_codes(runner: CliRunner) -> None:
+    assert set(EXIT_CODE_MEANINGS) == set(ExitCode), "every exit code has its meaning here"
     text = " ".join(_help(runner).split())
-    for code in ExitCode:
-        assert f"{int(code)} " in text, code
+    listed = ", ".join(f"{int(code)} {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items())
+    assert f"Exit codes: {listed}." in text, text
 
 
 def test_help_snapshot(runner: CliRunner) -> None:

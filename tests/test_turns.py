@@ -209,7 +209,10 @@ def test_transient_daytona_errors_are_retried(rig: Rig) -> None:
 
 def test_a_stopped_sandbox_is_started(rig: Rig) -> None:
     sandbox_id = _ready(rig)
-    thread_before = rig.record().get("thread_id")
+    rig.model.enqueue(turn(msg("first")))
+    assert rig.cli("ask", "hello").code == 0
+    thread_before = rig.record()["thread_id"]
+    assert thread_before
     request = urllib.request.Request(
         f"{rig.emulator.api_url}/sandbox/{sandbox_id}/stop",
         method="POST",
@@ -222,7 +225,11 @@ def test_a_stopped_sandbox_is_started(rig: Rig) -> None:
     assert result.code == 0, result
     assert "Starting sandbox" in result.stderr
     assert rig.sandbox(sandbox_id)["state"] == "started"
-    assert thread_before is None or rig.record()["thread_id"] == thread_before
+    assert rig.record()["thread_id"] == thread_before
+    # The same conversation went on: the model saw the turn from before the stop.
+    assert "hello" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    starts = [e for e in rig.requests() if e["method"] == "POST" and e["path"] == f"/api/sandbox/{sandbox_id}/start"]
+    assert len(starts) == 1, starts
 
 
 def test_status_in_every_mode(rig: Rig) -> None:

@@ -1,0 +1,197 @@
+"""`ask --fanout` and Ctrl-C while its sandboxes are still being created: they are created at
+once, every one of them ends up in the state file (none orphaned, none starts a turn), the
+table is printed and the exit code is 130; a second Ctrl-C stops waiting for them.
+
+The emulator's `latency_ms` fault makes every Daytona request slow, so that creating a
+sandbox takes seconds; its request log (when each request ended, and how long it took) is
+what shows the creations overlapping and still in flight when Ctrl-C came."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import Rig
+from tests.test_claims import _api
+from tests.test_fanout import _cleanup, _ids, _live
+from tests.test_turns import _wait_for
+
+pytestmark = pytest.mark.e2e
+
+SIBLINGS = ["default-1", "default-2"]
+
+
+class Watched:
+    """The CLI run in the background, its stderr read line by line as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.stdout = ""
+        self.ended: float | None = None
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def seen(self, pattern: str) -> bool:
+        return any(re.search(pattern, line) for line in self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> None:
+        try:
+            _wait_for(lambda: self.seen(pattern), timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"{pattern!r} never appeared on stderr:\n" + "\n".join(self.lines)) from None
+
+    def finish(self, timeout: float) -> int:
+        assert self.proc.stdout is not None
+        self.stdout = self.proc.stdout.read()  # until the CLI exits (or closes stdout)
+        code = self.proc.wait(timeout=timeout)
+        self.ended = time.time()
+        self._reader.join(5)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _fanout(rig: Rig) -> Watched:
+    proc = rig.popen(
+        "ask",
+        "--fanout",
+        str(len(SIBLINGS)),
+        "--new-thread",
+        "never runs",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # Ctrl-C reaches it even when this test runs in the background of a shell, which ignores SIGINT.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    return Watched(proc)
+
+
+def _connections(pid: int, port: int) -> int:
+    """How many TCP connections process `pid` has open to 127.0.0.1:`port` (requests in flight:
+    the SDK opens one when it sends its first request)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    remote = f"0100007F:{port:04X}"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == remote and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+            count += 1
+    return count
+
+
+def _while_both_are_created(rig: Rig, cli: Watched) -> None:
+    """Returns once both siblings are being created: each thread has sent its request to create
+    its sandbox, which the emulator holds for `latency_ms`."""
+    for name in SIBLINGS:
+        cli.wait_for(rf"^{name}\s+creating\s+Creating sandbox\.\.\.")
+    _wait_for(lambda: _connections(cli.proc.pid, rig.emulator.port) >= len(SIBLINGS), timeout=30)
+    time.sleep(0.5)  # connected; now surely received too (the emulator holds each request for seconds)
+
+
+def _creations(rig: Rig, since: float) -> list[dict[str, Any]]:
+    return [e for e in rig.requests(since) if e["method"] == "POST" and e["path"] == "/api/sandbox"]
+
+
+def _table_rows(stdout: str) -> dict[str, str]:
+    """The comparison table's rows by sandbox name (continuation lines of a folded cell left out)."""
+    lines = stdout.splitlines()
+    assert lines and lines[0].split()[:2] == ["sandbox", "outcome"], stdout
+    return {line.split()[0]: line for line in lines[1:] if line.split() and line.split()[0] in SIBLINGS}
+
+
+def test_ctrl_c_while_sandboxes_are_created_keeps_them_all_and_prints_the_table(rig: Rig) -> None:
+    latency = 3.0
+    since = time.time()
+    try:
+        rig.emulator.set_faults(latency_ms=int(latency * 1000))
+        cli = _fanout(rig)
+        _while_both_are_created(rig, cli)
+        sent = time.time()
+        cli.proc.send_signal(signal.SIGINT)
+        code = cli.finish(timeout=120)
+        rig.emulator.set_faults(latency_ms=0)
+
+        # Ctrl-C came while both sandboxes were being created, and they were created at once.
+        creations = _creations(rig, since)
+        assert [e["status"] for e in creations] == [200] * len(SIBLINGS), creations
+        spans = [(e["ts"] - e["duration_ms"] / 1000, e["ts"]) for e in creations]
+        assert all(began < sent < ended for began, ended in spans), (sent, spans)
+        assert max(b for b, _ in spans) < min(e for _, e in spans), f"created one after the other: {spans}"
+
+        # The table: one row per sandbox, interrupted.
+        rows = _table_rows(cli.stdout)
+        assert sorted(rows) == SIBLINGS, cli.stdout
+        for name in SIBLINGS:
+            assert rows[name].split()[1].startswith("interrupted"), rows[name]
+
+        assert code == 130, f"exit {code}\n{cli.stderr}\n{cli.stdout}"
+        assert "Traceback" not in cli.stderr
+        assert "Interrupted: every turn was stopped; the sandboxes are kept." in cli.stderr
+
+        # Every sandbox the emulator created is in the state file: none orphaned.
+        ids = _ids(rig)
+        assert sorted(ids) == SIBLINGS, ids
+        assert _live(rig) == set(ids.values())
+        # None of them started a turn: no agent run in any sandbox, no request to the model.
+        for sandbox_id in ids.values():
+            assert not [c for c in rig.emulator.commands(sandbox_id) if "--run-id" in c["command"]]
+        assert rig.model.model_requests == []
+
+    finally:
+        rig.emulator.set_faults(latency_ms=0)
+        _cleanup(rig)
+
+
+def test_a_second_ctrl_c_stops_waiting_for_the_sandboxes_being_created(rig: Rig) -> None:
+    latency = 5.0
+    since = time.time()
+    try:
+        rig.emulator.set_faults(latency_ms=int(latency * 1000))
+        cli = _fanout(rig)
+        _while_both_are_created(rig, cli)
+        cli.proc.send_signal(signal.SIGINT)
+        cli.wait_for(r"Interrupting every turn", timeout=10)  # the first Ctrl-C: now waiting for them
+        cli.proc.send_signal(signal.SIGINT)
+        code = cli.finish(timeout=60)
+
+        # It did not wait: it was gone before the creations it had asked for were even answered.
+        _wait_for(lambda: len(_creations(rig, since)) == len(SIBLINGS), timeout=30)
+        creations = _creations(rig, since)
+        assert cli.ended is not None and all(cli.ended < e["ts"] for e in creations), (cli.ended, creations)
+
+        rows = _table_rows(cli.stdout)
+        assert sorted(rows) == SIBLINGS, cli.stdout
+        for name in SIBLINGS:
+            assert rows[name].split()[1].startswith("interrupted"), rows[name]
+        assert code == 130, f"exit {code}\n{cli.stderr}\n{cli.stdout}"
+        assert "Traceback" not in cli.stderr
+    finally:
+        rig.emulator.set_faults(latency_ms=0)
+        # Not waiting has its price: sandboxes created after the CLI left are in no state file.
+        known = set(_ids(rig).values())
+        for sandbox_id in _live(rig) - known:
+            _api(rig, "DELETE", f"/sandbox/{sandbox_id}")
+        _cleanup(rig)
