@@ -165,7 +165,14 @@ class Attempt:
     error: str | None = None
     exit_code: int = 0
     previews: list[Preview] = field(default_factory=list)
-    done: bool = False
+    # Set when the attempt's thread has finished with it. Waited on instead of the thread
+    # itself: on Python 3.11 a Ctrl-C that lands in Thread.join() leaves is_alive() False for
+    # a thread that still runs.
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.finished.is_set()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -312,12 +319,12 @@ class Fanout:
             for thread in threads:
                 thread.start()
             try:
-                while any(t.is_alive() for t in threads):
-                    for thread in threads:
-                        thread.join(0.1)
+                for attempt in self.attempts:
+                    while not attempt.finished.wait(0.1):
+                        pass
             except KeyboardInterrupt:
                 result.interrupted = True
-                self._cancel_all(threads)
+                self._cancel_all()
         except KeyboardInterrupt:
             result.interrupted = True  # while saving the snapshot: no attempt started
         finally:
@@ -401,8 +408,8 @@ class Fanout:
             if status == "error" and not attempt.exit_code:
                 attempt.exit_code = 1
             attempt.ended = time.time()
-            attempt.done = True
             self._update(attempt, status, attempt.error or attempt.detail)
+            attempt.finished.set()
 
     def _record_outcome(self, attempt: Attempt, outcome: TurnOutcome) -> None:
         attempt.run_id = outcome.run_id
@@ -414,7 +421,7 @@ class Fanout:
 
     # --- Ctrl-C ------------------------------------------------------------------------------
 
-    def _cancel_all(self, threads: list[threading.Thread]) -> None:
+    def _cancel_all(self) -> None:
         """Stops every attempt: none starts a turn any more, running turns are interrupted
         (each by its own client, on its own thread), and sandboxes being created are saved
         in the state file before we return. A second Ctrl-C stops waiting."""
@@ -422,13 +429,14 @@ class Fanout:
         self._emit(ev.progress("Interrupting every turn..."))
         interrupting: set[str] = set()
         deadline = time.monotonic() + CANCEL_GRACE_S
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        while not all(a.done for a in self.attempts) and time.monotonic() < deadline:
             for attempt in self.attempts:
                 if attempt.run_id and not attempt.done and attempt.name not in interrupting:
                     interrupting.add(attempt.name)
                     threading.Thread(target=self._interrupt, args=(attempt,), daemon=True).start()
-            for thread in threads:
-                thread.join(0.05)
+            pending = [a for a in self.attempts if not a.done]
+            if pending:
+                pending[0].finished.wait(0.05)
 
     def _interrupt(self, attempt: Attempt) -> None:
         """Asks the agent in the attempt's sandbox to interrupt its run until it has, or the run ended."""
