@@ -998,6 +998,37 @@ def user_shell() -> str:
     return next((s for s in ("zsh", "bash") if shutil.which(s)), "sh")
 
 
+def _drain_in_background(fds: list[int], background_log: str) -> None:
+    """Hands `fds` to a process of its own (double-forked, so that it is nobody's child and
+    deleting the session does not reach it) that copies them into `background_log` until
+    every writer has closed them."""
+    import select
+
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return
+    if os.fork():
+        os._exit(0)
+    try:
+        os.setsid()
+        # Let go of the session command's own output, or Daytona would wait for us too.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        with open(background_log, "ab") as log:
+            while fds:
+                for fd in select.select(fds, [], [])[0]:
+                    data = os.read(fd, 65536)
+                    if data:
+                        log.write(data)
+                        log.flush()
+                    else:
+                        fds.remove(fd)
+    finally:
+        os._exit(0)
+
+
 def run_user_command(command: str, cwd: str, background_log: str, done_marker: str | None = None) -> int:
     """Runs `command` in a shell of its own, relays its output, and returns its exit code as
     soon as that shell exits.
@@ -1046,26 +1077,13 @@ def run_user_command(command: str, cwd: str, background_log: str, done_marker: s
                 ends[fd] = data[-1:]
             else:
                 del sinks[fd]
-    code = proc.poll()
-    if sinks and os.fork() == 0:
-        os.setsid()
-        # Let go of the session command's own output, or Daytona would wait for us too.
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        with open(background_log, "ab") as log:
-            open_fds = list(sinks)
-            while open_fds:
-                for fd in select.select(open_fds, [], [])[0]:
-                    data = os.read(fd, 65536)
-                    if data:
-                        log.write(data)
-                        log.flush()
-                    else:
-                        open_fds.remove(fd)
-        os._exit(0)
-    if code is None:
-        code = proc.wait()
+    code = proc.wait()  # at once, unless the shell closed its output and runs on
+    # What is left of the command's process group now are its background jobs: a signal to
+    # us (Daytona deleting the session) must no longer reach them.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    if sinks:
+        _drain_in_background(list(sinks), background_log)
     code = 128 - code if code < 0 else code
     if done_marker:
         for fd, sink, line in (

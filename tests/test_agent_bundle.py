@@ -432,3 +432,51 @@ def test_exec_ends_each_stream_with_the_done_marker(tmp_path: Path) -> None:
     assert proc.returncode == 5
     assert proc.stdout == "partial\nM-1 5\n"
     assert proc.stderr == "e1\ne2\nM-1\n"
+
+
+def test_a_background_job_survives_the_session_being_deleted_as_exec_returns(tmp_path: Path) -> None:
+    """Daytona deletes the exec session (SIGTERM to the session's processes and their
+    descendants) the moment the CLI has the exit code, maybe while our --exec is still
+    exiting: that must not reach the job the command left in the background."""
+    import signal
+
+    (tmp_path / ".codex-daytona").mkdir()
+    tag = f"survivor-{os.getpid()}"
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(agent.__file__)), "--home", str(tmp_path), "--exec", "--done-marker", "M"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(base64.b64encode(f"sh -c 'sleep 20; echo {tag}' & echo started".encode()).decode())
+    proc.stdin.close()
+    assert proc.stdout.readline() == "started\n"
+    assert proc.stdout.readline() == "M 0\n"
+
+    def processes() -> dict[int, tuple[int, str]]:
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError):
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    found[int(entry.name)] = (ppid, (entry / "cmdline").read_bytes().decode(errors="replace"))
+        return found
+
+    table = processes()
+    tree, frontier = {proc.pid}, [proc.pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
+        tree.update(children)
+        frontier += children
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+    time.sleep(0.3)
+    survivors = [pid for pid, (_, cmdline) in processes().items() if tag in cmdline]
+    assert survivors, "the background job died with the session"
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)

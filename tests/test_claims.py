@@ -71,7 +71,7 @@ def test_a_public_sandboxs_links_need_no_token_and_open_as_they_are(rig: Rig, tm
     status, body = http_get(url)
     assert status == 200 and "Directory listing" in body, (status, body)
     _api(rig, "POST", f"/sandbox/{sandbox_id}/public/false")
-    assert http_get(url)[0] == 401, "the emulator enforces the token on a private sandbox"
+    assert http_get(url)[0] == 307, "a private sandbox sends a request without its token to sign-in"
     _api(rig, "POST", f"/sandbox/{sandbox_id}/public/true")
 
     # `preview`, in each output mode: the same unsigned link, public, checked OK, no token shown.
