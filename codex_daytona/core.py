@@ -118,7 +118,7 @@ class Preview:
         data: dict[str, object] = {
             "port": self.port,
             "url": self.url,
-            "token": self.token,
+            "token": None if self.public else self.token,  # a public sandbox's links need none
             "public": self.public,
             "signed": self.signed,
         }

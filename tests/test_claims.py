@@ -87,6 +87,7 @@ def test_a_public_sandboxs_links_need_no_token_and_open_as_they_are(rig: Rig, tm
     [entry] = json.loads(listed.stdout)["previews"]
     facts = {k: entry[k] for k in ("url", "public", "signed", "status", "ok")}
     assert facts == {"url": url, "public": True, "signed": False, "status": 200, "ok": True}, entry
+    assert entry["token"] is None and token not in listed.stdout, "a public link needs no token"
 
     # --open opens that link as it is: no signed URL for a public sandbox.
     browser, opened = _browser(tmp_path)
