@@ -891,6 +891,34 @@ def ensure_daemon(home: str, runs_dir: str, start_timeout: float = 60.0, env: di
         raise RuntimeError("the agent daemon did not start in time")
 
 
+class Heartbeat:
+    """Writes lines to stdout, and an empty line whenever nothing was written for `interval`
+    seconds, so that a reader can tell a quiet run from a stalled stream. Empty lines are no
+    events: readers skip them, and they never go to a run's event file."""
+
+    def __init__(self, interval: float | None) -> None:
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        if interval:
+            threading.Thread(target=self._beat, args=(interval,), daemon=True).start()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _beat(self, interval: float) -> None:
+        while not self._done.wait(interval / 4):
+            if time.monotonic() - self._last >= interval:
+                with contextlib.suppress(OSError, ValueError):
+                    self.write(b"\n")
+
+
 def run_client(args: argparse.Namespace) -> int:
     """Relays one run between the session command's stdin/stdout and the daemon."""
     out = Emitter(None, sys.stdout, [])
@@ -912,14 +940,15 @@ def run_client(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     sock.sendall((json.dumps(request) + "\n").encode())
+    beat = Heartbeat(request.get("heartbeat_seconds"))
     exit_code = EXIT_ERROR
-    for raw in sock.makefile("r", encoding="utf-8"):
-        sys.stdout.write(raw)
-        sys.stdout.flush()
+    for raw in sock.makefile("rb"):
+        beat.write(raw)
         with contextlib.suppress(ValueError):
             event = json.loads(raw)
             if event.get("type") == "codex_daytona.run.completed":
                 exit_code = int(event.get("exit_code", EXIT_ERROR))
+    beat.stop()
     return exit_code
 
 
@@ -949,8 +978,9 @@ def daemon_call(home: str, message: dict[str, Any]) -> dict[str, Any]:
     return json.loads(line) if line else {}
 
 
-def attach(home: str, runs_dir: str, run_id: str, offset: int, follow: bool) -> int:
-    """Prints a run's events from byte `offset` of its event file; with `follow`, until it ends.
+def attach(home: str, runs_dir: str, run_id: str, offset: int, follow: bool, heartbeat: float | None = None) -> int:
+    """Prints a run's events from byte `offset` of its event file; with `follow`, until it ends
+    (and an empty line after `heartbeat` seconds without one, see Heartbeat).
 
     This is how a client that lost its stream picks up where it was: no event lost, none twice.
     """
@@ -960,6 +990,7 @@ def attach(home: str, runs_dir: str, run_id: str, offset: int, follow: bool) -> 
         return EXIT_ERROR
     idle_checks = 0
     last_pass = False
+    out = Heartbeat(heartbeat if follow else None)
     with path.open("rb") as fh:
         fh.seek(offset)
         pending = b""
@@ -969,13 +1000,12 @@ def attach(home: str, runs_dir: str, run_id: str, offset: int, follow: bool) -> 
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    sys.stdout.buffer.write(line + b"\n")
+                    out.write(line + b"\n")
                     with contextlib.suppress(ValueError):
                         event = json.loads(line)
                         if event.get("type") == "codex_daytona.run.completed":
-                            sys.stdout.flush()
+                            out.stop()
                             return int(event.get("exit_code", EXIT_ERROR))
-                sys.stdout.flush()
                 continue
             if not follow:
                 return EXIT_OK
@@ -1113,6 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attach", metavar="RUN_ID", help="print a run's events from --offset")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--follow", action="store_true", help="with --attach: until the run ends")
+    parser.add_argument("--heartbeat", type=float, help="with --follow: an empty line after this many quiet seconds")
     parser.add_argument("--interrupt", metavar="RUN_ID", help="interrupt this run if it is running")
     parser.add_argument(
         "--exec", action="store_true", help="run the command on stdin (base64) in a shell of its own, in --home"
@@ -1133,7 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_daemon(args.home, runs_dir)
         return EXIT_OK
     if args.attach:
-        return attach(args.home, runs_dir, args.attach, args.offset, args.follow)
+        return attach(args.home, runs_dir, args.attach, args.offset, args.follow, args.heartbeat)
     if args.exec:
         command = base64.b64decode("".join(sys.stdin.read().split()), validate=True).decode("utf-8")
         background_log = os.path.join(args.home, ".codex-daytona", "exec-background.log")

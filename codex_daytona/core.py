@@ -573,6 +573,7 @@ class App:
             layout=layout,
             wait=wait,
             model_timeout=self.settings.codex_daytona_model_timeout_seconds,
+            heartbeat_seconds=self.settings.codex_daytona_stream_idle_seconds / 3,
         )
         command_id = self.api.start_command(sandbox, session, runtime.agent_command(layout, run_id, request))
         self._update_record(record.sandbox_id, lambda r: _set_command(r, run_id, command_id))
@@ -648,6 +649,7 @@ class App:
             self.api, sandbox, layout, run_id, self.emit, on_key_needed=deliver_key if api_key else None
         )
         follower.keepalive_seconds = self.settings.codex_daytona_keepalive_seconds
+        follower.idle_seconds = self.settings.codex_daytona_stream_idle_seconds
         return follower
 
     def _follow_until_started(self, sandbox: Sandbox, record: SandboxRecord, follower: RunFollower) -> None:
@@ -1147,6 +1149,8 @@ class RunFollower:
     not when Daytona closes the stream (about a second after the command ends)."""
 
     keepalive_seconds = 240.0
+    # Silence after which a stream counts as stalled; the agent's heartbeat comes 3x as often.
+    idle_seconds = 60.0
 
     def __init__(
         self,
@@ -1204,6 +1208,8 @@ class RunFollower:
     def _feed(self, data: bytes) -> None:
         *lines, self._partial = (self._partial + data).split(b"\n")
         for line in lines:
+            if not line:
+                continue  # a heartbeat: on the stream only, never in the run's event file
             self.offset += len(line) + 1
             event = ev.parse_line(line.decode("utf-8", "replace"))
             if event is not None and self.completed is None:
@@ -1276,6 +1282,7 @@ class RunFollower:
                     timeout=remaining,
                     keepalive_seconds=self.keepalive_seconds,
                     until=done,
+                    idle_timeout=self.idle_seconds,
                 )
             except CommandGoneError:
                 self.command_id = None  # follow the run from its event file instead
@@ -1303,7 +1310,9 @@ class RunFollower:
         its own (the run's own session may be busy with the run)."""
         self._count_reconnect()
         session = f"{SESSION_ID}-attach-{secrets.token_hex(3)}"
-        command = runtime.attach_command(self.layout, self.run_id, self.offset, follow=True)
+        command = runtime.attach_command(
+            self.layout, self.run_id, self.offset, follow=True, heartbeat_seconds=self.idle_seconds / 3
+        )
         command_id = self.api.start_command(self.sandbox, session, command)
         self._temp_sessions.append(session)
         self.session, self.command_id, self.attached = session, command_id, True

@@ -352,6 +352,7 @@ class DaytonaApi:
         timeout: float | None = None,
         keepalive_seconds: float | None = None,
         until: Callable[[], bool] | None = None,
+        idle_timeout: float | None = None,
     ) -> bool:
         """Streams a command's output (from its first byte: Daytona replays the whole log on
         every connection) until the command ends, or until `until()` is true after a chunk of
@@ -361,20 +362,32 @@ class DaytonaApi:
         about a second after the command has ended. Raises DaytonaError when the stream drops
         (close code other than 1000), CommandGoneError when the command is unknown. While it
         streams, `keepalive_seconds` (if set) refreshes the sandbox's activity so auto-stop
-        does not stop it mid-turn."""
+        does not stop it mid-turn. A stream that stays silent for `idle_timeout` seconds is
+        taken for stalled: DaytonaError."""
 
         async def main() -> bool:
             loop = asyncio.get_running_loop()
             stop = asyncio.Event()
+            heard = [time.monotonic()]
 
             def stdout(text: str) -> None:
+                heard[0] = time.monotonic()
                 on_stdout(text)
                 if until is not None and until():
                     loop.call_soon_threadsafe(stop.set)
 
+            def stderr(text: str) -> None:
+                heard[0] = time.monotonic()
+                on_stderr(text)
+
+            async def watch_silence(limit: float) -> None:
+                while time.monotonic() - heard[0] < limit:
+                    await asyncio.sleep(min(1.0, limit / 4))
+                raise DaytonaError(f"The log stream went silent for {limit:g} s.")
+
             async def follow() -> None:
                 with self._command_call("stream a command's output", sandbox):
-                    await sandbox.process.get_session_command_logs_async(session_id, command_id, stdout, on_stderr)
+                    await sandbox.process.get_session_command_logs_async(session_id, command_id, stdout, stderr)
 
             async def keepalive(interval: float) -> None:
                 while True:
@@ -383,6 +396,8 @@ class DaytonaApi:
                         await asyncio.to_thread(self.refresh_activity, sandbox)
 
             tasks = {asyncio.ensure_future(follow()), asyncio.ensure_future(stop.wait())}
+            if idle_timeout:
+                tasks.add(asyncio.ensure_future(watch_silence(idle_timeout)))
             ticker = asyncio.ensure_future(keepalive(keepalive_seconds)) if keepalive_seconds else None
             try:
                 done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -240,6 +240,7 @@ def agent_request(
     layout: Layout,
     wait: bool = False,
     model_timeout: float | None = None,
+    heartbeat_seconds: float | None = None,
 ) -> str:
     """The turn's request, one JSON line. It names the key by its fingerprint and never
     carries it (the session command that holds the request is written to the sandbox's
@@ -255,13 +256,20 @@ def agent_request(
         "codex_home": layout.codex_home,
         "wait": wait,
         "model_timeout": model_timeout,
+        "heartbeat_seconds": heartbeat_seconds,
     }
     return json.dumps(request, ensure_ascii=True) + "\n"
 
 
-def attach_command(layout: Layout, run_id: str, offset: int, *, follow: bool) -> str:
-    """Prints a run's events from byte `offset` of its event file (and follows it)."""
-    return _agent_argv(layout, "--attach", run_id, "--offset", str(offset), *(["--follow"] if follow else []))
+def attach_command(
+    layout: Layout, run_id: str, offset: int, *, follow: bool, heartbeat_seconds: float | None = None
+) -> str:
+    """Prints a run's events from byte `offset` of its event file (and follows it, with an
+    empty line after `heartbeat_seconds` without an event)."""
+    follow_args = ["--follow"] if follow else []
+    if follow and heartbeat_seconds:
+        follow_args += ["--heartbeat", f"{heartbeat_seconds:g}"]
+    return _agent_argv(layout, "--attach", run_id, "--offset", str(offset), *follow_args)
 
 
 def interrupt_command(layout: Layout, run_id: str) -> str:

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # While a turn runs, tell Daytona the sandbox is active this often, so auto-stop never
     # stops it mid-turn (Daytona counts API calls, not model thinking, as activity).
     codex_daytona_keepalive_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # A turn's log stream that stays silent this long is taken for stalled and reconnected:
+    # the agent sends an empty line after a third of it without an event.
+    codex_daytona_stream_idle_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
 
     # A turn fails when the model endpoint stays silent this long while no command runs
     # (Codex itself never times out a server that accepts a request and does not answer).

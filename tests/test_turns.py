@@ -190,6 +190,37 @@ def test_dropped_log_streams_lose_and_repeat_nothing(rig: Rig) -> None:
     assert sum(e["type"] == "codex_daytona.retry" for e in result.json_lines) == 3
 
 
+@pytest.mark.parametrize(("fault", "counter"), [("stall", "stalls_done"), ("half_close", "half_closes_done")])
+def test_a_stalled_or_half_closed_stream_is_picked_up_again(rig: Rig, fault: str, counter: str) -> None:
+    """A stream that goes silent while open (the agent's heartbeat then misses) or whose
+    connection closes without a close frame is reconnected, losing and repeating nothing."""
+    _ready(rig)
+    rig.model.enqueue(turn(run("echo step-a; sleep 0.5; echo step-b")), turn(msg("came through")))
+    rig.emulator.set_faults(**{f"{fault}_log_streams": 1, "drop_after_bytes": 300})
+    result = rig.cli("ask", "--json", "two steps", env={"CODEX_DAYTONA_STREAM_IDLE_SECONDS": "3"})
+    assert result.code == 0, result
+    assert rig.emulator.faults()[counter] == 1, "the fault really struck mid-stream"
+    lines = result.json_lines
+    assert sum(e["type"] == "codex_daytona.retry" for e in lines) == 1
+    run_id = lines[-1]["run_id"]
+    home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
+    saved = (home / ".codex-daytona" / "runs" / run_id / "events.jsonl").read_text().splitlines()
+    expected = [e for e in map(json.loads, saved) if not e["type"].startswith("codex_daytona.")]
+    assert [e for e in lines if not e["type"].startswith("codex_daytona.")] == expected
+    assert lines[-1]["final_message"] == "came through"
+
+
+def test_a_quiet_turn_is_not_taken_for_a_stalled_stream(rig: Rig) -> None:
+    """A command that prints nothing for longer than the stall limit: the agent's heartbeat
+    keeps the stream alive, so nothing reconnects."""
+    _ready(rig)
+    rig.model.enqueue(turn(run("sleep 5", yield_time_ms=60000)), turn(msg("quietly done")))
+    result = rig.cli("ask", "--json", "be quiet", env={"CODEX_DAYTONA_STREAM_IDLE_SECONDS": "2"})
+    assert result.code == 0, result
+    assert not [e for e in result.json_lines if e["type"] == "codex_daytona.retry"], result
+    assert result.json_lines[-1]["final_message"] == "quietly done"
+
+
 def test_transient_daytona_errors_are_retried(rig: Rig) -> None:
     _ready(rig)
     rig.model.enqueue(turn(msg("fine")))
