@@ -31,6 +31,19 @@ def _controlling_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+def _sandbox_pids(sandbox_id: str, needle: str) -> list[int]:
+    """Processes of the sandbox whose command line contains `needle`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                environ = (proc / "environ").read_bytes().split(b"\0")
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if f"DAYTONA_SANDBOX_ID={sandbox_id}".encode() in environ and needle in cmdline:
+                    found.append(int(proc.name))
+    return found
+
+
 class Terminal:
     """The CLI on a pseudo-terminal, as a person would run it."""
 
@@ -129,10 +142,22 @@ def test_chat_ctrl_c_interrupts_the_turn_and_returns_to_the_prompt(rig: Rig) -> 
     term.read_until("User: ")
     term.send("sleep a while\r")
     term.read_until("sleep 63")
-    time.sleep(1.0)
+    sandbox_id = rig.record()["sandbox_id"]
+    deadline = time.monotonic() + 30
+    while not _sandbox_pids(sandbox_id, "sleep 63"):  # the command really runs
+        assert time.monotonic() < deadline, "the turn's command never started"
+        time.sleep(0.05)
+    interrupted_run = rig.record()["last_turn"]["run_id"]
     term.send("\x03")  # Ctrl-C
     term.read_until("Interrupted", timeout=15)
     term.read_until("User: ")
+    # The turn was interrupted through the agent, and the command it ran is gone.
+    last = rig.record()["last_turn"]
+    assert (last["run_id"], last["status"]) == (interrupted_run, "interrupted")
+    deadline = time.monotonic() + 5
+    while _sandbox_pids(sandbox_id, "sleep 63"):
+        assert time.monotonic() < deadline, "the interrupted command still runs"
+        time.sleep(0.05)
     rig.model.enqueue(turn(msg("still here")))
     term.send("are you there?\r")
     term.read_until("still here")
@@ -216,13 +241,13 @@ def _states_while(rig: Rig, sandbox_id: str, busy: Callable[[], bool], limit: fl
 
 
 def test_no_auto_stop_in_the_middle_of_a_followed_turn(rig: Rig) -> None:
-    """A 1-minute auto-stop (one second on the emulator's clock, which applies Daytona's
-    activity rules: processes in the sandbox do not count) through a turn five times as long."""
+    """A 1-minute auto-stop (two seconds on the emulator's clock, which applies Daytona's
+    activity rules: processes in the sandbox do not count) through a turn four times as long."""
     env = {"CODEX_DAYTONA_AUTO_STOP_MINUTES": "1", "CODEX_DAYTONA_KEEPALIVE_SECONDS": "0.4"}
     assert rig.cli("up", env=env).code == 0
     sandbox_id = rig.record()["sandbox_id"]
-    rig.emulator.set_config(autostop_seconds_per_minute=1)
-    rig.model.enqueue(turn(run("sleep 5; echo survived", yield_time_ms=60000)), turn(msg("made it")))
+    rig.emulator.set_config(autostop_seconds_per_minute=2)
+    rig.model.enqueue(turn(run("sleep 8; echo survived", yield_time_ms=60000)), turn(msg("made it")))
     proc = rig.popen("ask", "-q", "a long turn", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # (The sandbox may well stop while the CLI starts: that ask then starts it again.)
     deadline = time.monotonic() + 60

@@ -65,3 +65,18 @@ def test_no_key_in_fanout_output(rig: Rig) -> None:
         assert result.code == 0, result
         _masked(result, expect_mask=mode == ())
         assert rig.cli("down", "--others", "--yes").code == 0
+
+
+def test_no_key_in_chat(rig: Rig) -> None:
+    from tests.test_lifecycle import Terminal
+
+    rig.model.enqueue(turn(run(f"echo leaked {OPENAI_KEY}")), turn(msg(f"the key is {OPENAI_KEY}")))
+    term = Terminal(rig, "chat")
+    term.read_until("User: ")
+    term.send("leak it\r")
+    term.read_until("the key is")
+    term.read_until("User: ")
+    term.send("\x04")  # Ctrl-D
+    assert term.wait() == 0, term.text()
+    assert OPENAI_KEY not in term.text() and DAYTONA_KEY not in term.text()
+    assert "the key is ***" in term.text()
