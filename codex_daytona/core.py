@@ -48,6 +48,7 @@ OnEvent = Callable[[ev.Event], None]
 TOOL_LABEL = "codex-daytona"
 SESSION_ID = "codex-daytona"
 INTERRUPT_GRACE_S = 10.0
+DETACH_START_S = 60.0  # how long `ask --detach` waits for its turn to get under way
 STREAM_RECONNECTS = 20
 # Snapshot states (daytona SnapshotState) worth waiting for, and the ones that will not recover.
 SNAPSHOT_PENDING = frozenset({"pending", "building", "pulling", "snapshotting"})
@@ -224,6 +225,16 @@ class App:
             # Saved where its sandbox is now: `keep` may have renamed it while a turn ran.
             slot = next((n for n, r in state.sandboxes.items() if r.sandbox_id == record.sandbox_id), self.name)
             state.sandboxes[slot] = record
+            self.store.save(state)
+
+    def _update_record(self, sandbox_id: str, change: Callable[[SandboxRecord], None]) -> None:
+        """Changes this sandbox's saved record under the lock (wherever `keep` has moved it)."""
+        with self.store.lock():
+            state = self.store.load()
+            for current in state.sandboxes.values():
+                if current.sandbox_id == sandbox_id:
+                    change(current)
+                    current.touch()
             self.store.save(state)
 
     def _forget(self, sandbox_id: str) -> None:
@@ -600,20 +611,21 @@ class App:
         ended; otherwise a session of our own, where the agent answers "busy" at once (or
         waits, with --wait). Done under the state lock, so two asks never pick one session.
         Returns the record as saved, the session, and the last turn before this one."""
-        with self.store.lock():
-            state = self.store.load()
-            current = next((r for r in state.sandboxes.values() if r.sandbox_id == record.sandbox_id), record)
+        claimed: list[tuple[SandboxRecord, str, LastTurn | None]] = []
+
+        def claim(current: SandboxRecord) -> None:
             previous = current.last_turn
             if previous is not None and previous.status not in TURN_ENDED:
                 session = f"{SESSION_ID}-{run_id}"
             else:
                 session = current.session_id or SESSION_ID
             current.last_turn = LastTurn(run_id=run_id, started_at=now(), session_id=session)
-            current.touch()
-            slot = next((n for n, r in state.sandboxes.items() if r.sandbox_id == record.sandbox_id), self.name)
-            state.sandboxes[slot] = current
-            self.store.save(state)
-        return current, session, previous
+            claimed.append((current, session, previous))
+
+        self._update_record(record.sandbox_id, claim)
+        if not claimed:  # forgotten meanwhile (`down` in another shell): the turn goes on
+            claimed.append((record, record.session_id or SESSION_ID, record.last_turn))
+        return claimed[0]
 
     def logs(self, run_id: str | None = None, *, follow: bool = False) -> TurnOutcome:
         """Shows a run's events (the last run by default); with `follow`, until it ends."""
@@ -656,10 +668,10 @@ class App:
         """Follows a detached turn until it is under way; raises what `_follow` would if the
         agent refused or failed it before that."""
         try:
-            follower.follow(INTERRUPT_GRACE_S * 6, until_started=True)
+            follower.follow(DETACH_START_S, until_started=True)
         except TurnTimeoutError:
             raise DaytonaError(
-                f"Run {follower.run_id} did not start within {INTERRUPT_GRACE_S * 6:g} s.",
+                f"Run {follower.run_id} did not start within {DETACH_START_S:g} s.",
                 f"See `codex-daytona logs {follower.run_id}`.",
             ) from None
         finally:
@@ -691,16 +703,6 @@ class App:
             self.api.set_auto_stop(sandbox, self.settings.codex_daytona_auto_stop_minutes)
             self._update_record(record.sandbox_id, lambda r: setattr(r, "auto_stop_raised", False))
             record.auto_stop_raised = False
-
-    def _update_record(self, sandbox_id: str, change: Callable[[SandboxRecord], None]) -> None:
-        """Changes this sandbox's saved record under the lock (wherever `keep` has moved it)."""
-        with self.store.lock():
-            state = self.store.load()
-            for current in state.sandboxes.values():
-                if current.sandbox_id == sandbox_id:
-                    change(current)
-                    current.touch()
-            self.store.save(state)
 
     def _follow(
         self, sandbox: Sandbox, record: SandboxRecord, follower: RunFollower, timeout: float | None

@@ -140,3 +140,20 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]
             return response.status, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
+
+
+def sandbox_processes(sandbox_id: str, needle: str = "") -> dict[int, str]:
+    """The live processes of an emulated sandbox (they carry its id in their environment)
+    whose command line contains `needle`: pid -> command line."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if f"DAYTONA_SANDBOX_ID={sandbox_id}".encode() in environ and needle in cmdline:
+            found[int(proc.name)] = cmdline
+    return found

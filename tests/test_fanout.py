@@ -21,9 +21,9 @@ import pytest
 
 from codex_daytona.core import project_labels
 from codex_daytona.fleet import CANCEL_GRACE_S
-from tests.e2e import Rig
+from tests.e2e import Rig, sandbox_processes
 from tests.fakes.model import add_file_patch, add_files_patch, error, msg, patch, run, turn
-from tests.test_turns import _sandbox_processes, _wait_for
+from tests.test_turns import _wait_for
 
 NAMES = ["default-1", "default-2", "default-3"]
 TWO_FILES = add_files_patch({"two.txt": "2", "three.txt": "3"})
@@ -161,7 +161,7 @@ def test_ctrl_c_interrupts_every_turn_and_orphans_nothing(rig: Rig) -> None:
 
         def both_sleeping() -> bool:
             ids = _ids(rig)
-            return all(n in ids and _sandbox_processes(rig, ids[n], "sleep 60") for n in ("default-1", "default-2"))
+            return all(n in ids and sandbox_processes(ids[n], "sleep 60") for n in ("default-1", "default-2"))
 
         _wait_for(both_sleeping, timeout=120)
         sent = time.monotonic()
@@ -174,7 +174,7 @@ def test_ctrl_c_interrupts_every_turn_and_orphans_nothing(rig: Rig) -> None:
         assert stdout == ""  # -q: the names of the completed ones, and none completed
         ids = _ids(rig)
         for name in ("default-1", "default-2"):
-            _wait_for(lambda n=name: not _sandbox_processes(rig, ids[n], "sleep 60"), timeout=10)
+            _wait_for(lambda n=name: not sandbox_processes(ids[n], "sleep 60"), timeout=10)
             assert rig.state()["sandboxes"][name]["last_turn"]["status"] == "interrupted"
         assert _live(rig) == set(ids.values())  # every sandbox Daytona has is in the state file
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Rig
+from tests.e2e import Rig, sandbox_processes
 from tests.fakes.model import msg, run, turn
 
 pytestmark = pytest.mark.e2e
@@ -29,19 +29,6 @@ def _controlling_terminal() -> None:
     """In the child: a session of its own with the pty as controlling terminal, so ^C is SIGINT."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def _sandbox_pids(sandbox_id: str, needle: str) -> list[int]:
-    """Processes of the sandbox whose command line contains `needle`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                environ = (proc / "environ").read_bytes().split(b"\0")
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                if f"DAYTONA_SANDBOX_ID={sandbox_id}".encode() in environ and needle in cmdline:
-                    found.append(int(proc.name))
-    return found
 
 
 class Terminal:
@@ -144,7 +131,7 @@ def test_chat_ctrl_c_interrupts_the_turn_and_returns_to_the_prompt(rig: Rig) -> 
     term.read_until("sleep 63")
     sandbox_id = rig.record()["sandbox_id"]
     deadline = time.monotonic() + 30
-    while not _sandbox_pids(sandbox_id, "sleep 63"):  # the command really runs
+    while not sandbox_processes(sandbox_id, "sleep 63"):  # the command really runs
         assert time.monotonic() < deadline, "the turn's command never started"
         time.sleep(0.05)
     interrupted_run = rig.record()["last_turn"]["run_id"]
@@ -155,7 +142,7 @@ def test_chat_ctrl_c_interrupts_the_turn_and_returns_to_the_prompt(rig: Rig) -> 
     last = rig.record()["last_turn"]
     assert (last["run_id"], last["status"]) == (interrupted_run, "interrupted")
     deadline = time.monotonic() + 5
-    while _sandbox_pids(sandbox_id, "sleep 63"):
+    while sandbox_processes(sandbox_id, "sleep 63"):
         assert time.monotonic() < deadline, "the interrupted command still runs"
         time.sleep(0.05)
     rig.model.enqueue(turn(msg("still here")))

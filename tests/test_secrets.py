@@ -12,24 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import DAYTONA_KEY, OPENAI_KEY, Rig
+from tests.e2e import DAYTONA_KEY, OPENAI_KEY, Rig, sandbox_processes
 from tests.fakes.model import msg, run, turn
 
 pytestmark = pytest.mark.e2e
-
-
-def _sandbox_cmdlines(sandbox_id: str) -> list[str]:
-    lines = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if f"DAYTONA_SANDBOX_ID={sandbox_id}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace"))
-        except OSError:
-            continue
-    return lines
 
 
 def test_the_key_stays_out_of_everything(rig: Rig) -> None:
@@ -44,7 +30,7 @@ def test_the_key_stays_out_of_everything(rig: Rig) -> None:
     while proc.poll() is None and time.monotonic() < deadline:
         record = rig.record()
         if record.get("sandbox_id"):
-            cmdlines = _sandbox_cmdlines(record["sandbox_id"])
+            cmdlines = list(sandbox_processes(record["sandbox_id"]).values())
             seen_turn = seen_turn or any("sleep 2" in c for c in cmdlines)
             assert not any(OPENAI_KEY in c for c in cmdlines)
         time.sleep(0.2)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import OPENAI_KEY, Rig
+from tests.e2e import OPENAI_KEY, Rig, sandbox_processes
 from tests.fakes.model import msg, run, turn
 
 pytestmark = pytest.mark.e2e
@@ -36,21 +36,6 @@ def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None
     raise AssertionError(f"{what} not met in time")
 
 
-def _sandbox_pids(sandbox_id: str, needle: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"DAYTONA_SANDBOX_ID={sandbox_id}".encode() in environ.split(b"\0") and needle in cmdline:
-            found.append(int(proc.name))
-    return found
-
-
 def test_exec_commands_that_would_break_a_session_shell_each_return_their_own_code(rig: Rig) -> None:
     sandbox_id = _ready(rig)
     home = rig.emulator.home_dir(sandbox_id)
@@ -67,9 +52,9 @@ def test_exec_commands_that_would_break_a_session_shell_each_return_their_own_co
     started = rig.cli("exec", "--timeout", "20", "--", f"sh -c 'sleep 30; echo {marker}' & echo started")
     assert (started.code, started.stdout) == (0, "started\n"), started
     # ... it lives on, and the next command still works.
-    assert _sandbox_pids(sandbox_id, "sleep 30"), "the background job was killed"
+    assert sandbox_processes(sandbox_id, "sleep 30"), "the background job was killed"
     assert rig.cli("exec", "--", "exit 4").code == 4
-    for pid in _sandbox_pids(sandbox_id, "sleep 30"):
+    for pid in sandbox_processes(sandbox_id, "sleep 30"):
         os.kill(pid, signal.SIGTERM)
 
 
@@ -80,7 +65,7 @@ def test_logs_follow_from_a_second_process_sees_the_turn_live(rig: Rig) -> None:
         turn(msg("both steps done")),
     )
     asker = rig.popen("ask", "--json", "two steps", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for(lambda: bool(_sandbox_pids(sandbox_id, "sleep 4")), what="the turn's command running")
+    _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 4")), what="the turn's command running")
     follower = rig.popen("logs", "-f", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert follower.stdout is not None
     # The command's start arrives while the command still runs: live, not after the turn.
@@ -88,7 +73,7 @@ def test_logs_follow_from_a_second_process_sees_the_turn_live(rig: Rig) -> None:
         event = json.loads(line)
         if event["type"] == "item.started" and "sleep 4" in event["item"].get("command", ""):
             break
-    assert _sandbox_pids(sandbox_id, "sleep 4"), "the event arrived only after the command ended"
+    assert sandbox_processes(sandbox_id, "sleep 4"), "the event arrived only after the command ended"
     rest = [json.loads(line) for line in follower.stdout]
     assert follower.wait(timeout=60) == 0
     assert rest[-1]["type"] == "codex_daytona.result" and rest[-1]["final_message"] == "both steps done"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import DAYTONA_KEY, Rig
+from tests.e2e import DAYTONA_KEY, Rig, sandbox_processes
 from tests.fakes.model import msg, run, turn
 
 pytestmark = pytest.mark.e2e
@@ -22,22 +22,6 @@ def _ready(rig: Rig) -> str:
     result = rig.cli("up", "-q")
     assert result.code == 0, result
     return result.stdout.strip()
-
-
-def _sandbox_processes(rig: Rig, sandbox_id: str, needle: str) -> list[str]:
-    """Command lines of the sandbox's processes that contain `needle`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"DAYTONA_SANDBOX_ID={sandbox_id}".encode() in environ.split(b"\0") and needle in cmdline:
-            found.append(cmdline)
-    return found
 
 
 def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -98,10 +82,10 @@ def test_timeout_interrupts_the_turn_with_124(rig: Rig) -> None:
         stderr=subprocess.PIPE,
     )
     # The command really ran before the timeout: "it is gone" below then means something.
-    _wait_for(lambda: bool(_sandbox_processes(rig, sandbox_id, "sleep 71")))
+    _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 71")))
     _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 124, stderr
-    _wait_for(lambda: not _sandbox_processes(rig, sandbox_id, "sleep 71"), timeout=5)
+    _wait_for(lambda: not sandbox_processes(sandbox_id, "sleep 71"), timeout=5)
     assert rig.record()["last_turn"]["status"] == "interrupted"
 
 
@@ -111,7 +95,7 @@ def test_ctrl_c_stops_the_turn_not_the_sandbox(rig: Rig) -> None:
     proc = rig.popen(
         "ask", "sleep for a minute", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    _wait_for(lambda: bool(_sandbox_processes(rig, sandbox_id, "sleep 60")))
+    _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 60")))
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=30)
@@ -122,7 +106,7 @@ def test_ctrl_c_stops_the_turn_not_the_sandbox(rig: Rig) -> None:
     # The agent confirmed the interrupt (had the wait run out instead, the status would
     # not be known), and the command it was running is gone.
     assert rig.record()["last_turn"]["status"] == "interrupted"
-    _wait_for(lambda: not _sandbox_processes(rig, sandbox_id, "sleep 60"), timeout=5)
+    _wait_for(lambda: not sandbox_processes(sandbox_id, "sleep 60"), timeout=5)
     thread = rig.record()["thread_id"]
     assert rig.sandbox(sandbox_id)["state"] == "started"
     # The thread resumes, and the model is told the last turn was aborted.

@@ -27,13 +27,17 @@ pytestmark = [
 ]
 
 
-def _cli(project: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def _env(project: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAYTONA_", "SANDBOX_OPENAI_", "CODEX_"))}
     env.update(LIVE_ENV, CODEX_DAYTONA_STATE_DIR=str(project / ".codex-daytona"))
+    return env
+
+
+def _cli(project: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "codex_daytona", *args],
         cwd=project,
-        env=env,
+        env=_env(project),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -73,12 +77,10 @@ def test_live_build_serve_preview_resume_down(tmp_path: Path) -> None:
 
 
 def _popen(project: Path, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAYTONA_", "SANDBOX_OPENAI_", "CODEX_"))}
-    env.update(LIVE_ENV, CODEX_DAYTONA_STATE_DIR=str(project / ".codex-daytona"))
     return subprocess.Popen(
         [sys.executable, "-m", "codex_daytona", *args],
         cwd=project,
-        env=env,
+        env=_env(project),
         text=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
