@@ -1,0 +1,58 @@
+"""The one module that talks to Daytona, against the emulator's daemon: what it relies on
+of Daytona's sessions (one shell per session, commands one after another)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codex_daytona.daytona_api import DaytonaApi
+from codex_daytona.errors import CommandGoneError
+from codex_daytona.settings import Settings
+from tests import test_emulator as base
+from tests.fakes.daytona import DaytonaEmulator
+from tests.test_emulator import API_KEY, pid_alive, run_async, wait_for
+
+emulator = base.emulator
+daytona = base.daytona
+sandbox = base.sandbox
+_reset_faults = base._reset_faults
+
+
+def _api(emulator: DaytonaEmulator) -> DaytonaApi:
+    return DaytonaApi(Settings(daytona_api_key=API_KEY, daytona_api_url=emulator.api_url))
+
+
+def _exit_code(api: DaytonaApi, sb: Any, session: str, command_id: str) -> int | None:
+    return api.command_exit_code(sb, session, command_id)
+
+
+def test_a_command_goes_into_a_new_session_and_a_dead_one_is_made_anew(emulator: DaytonaEmulator, sandbox: Any) -> None:
+    api = _api(emulator)
+    sb = api.get(sandbox.id)
+    first = api.start_command(sb, "turns", "echo $$")  # no such session yet: created
+    wait_for(lambda: _exit_code(api, sb, "turns", first) == 0)
+    shell = int(api.command_logs(sb, "turns", first)[0])
+    # A command that ends the session's shell (as `exec prog` would): Daytona then refuses
+    # to write the next command into it ("failed to write command: broken pipe").
+    run_async(sandbox, "turns", "exit 3")
+    wait_for(lambda: not pid_alive(shell))
+    again = api.start_command(sb, "turns", "echo two")
+    wait_for(lambda: _exit_code(api, sb, "turns", again) == 0)
+    assert api.command_logs(sb, "turns", again) == ("two\n", "")
+
+
+def test_our_commands_never_echo_input_and_a_gone_command_says_so(emulator: DaytonaEmulator, sandbox: Any) -> None:
+    api = _api(emulator)
+    sb = api.get(sandbox.id)
+    command_id = api.start_command(sb, "quiet", "read line; echo got-$line")
+    wait_for(lambda: (emulator.home_dir(sb.id) / ".daytona/sessions/quiet" / command_id / "input.pipe").exists())
+    sandbox.process.send_session_command_input("quiet", command_id, "secret-ish")
+    wait_for(lambda: _exit_code(api, sb, "quiet", command_id) == 0)
+    assert api.command_logs(sb, "quiet", command_id) == ("got-secret-ish\n", "")  # no echo of the input
+    api.delete_session(sb, "quiet")
+    try:
+        api.command_exit_code(sb, "quiet", command_id)
+    except CommandGoneError:
+        pass
+    else:
+        raise AssertionError("a command of a deleted session must be reported gone")
