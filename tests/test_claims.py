@@ -4,13 +4,11 @@ and the exit-code table."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,49 +102,18 @@ def test_a_public_sandboxs_links_need_no_token_and_open_as_they_are(rig: Rig, tm
 # --- snapshot reactivates a deactivated snapshot -------------------------------------------------
 
 
-@contextlib.contextmanager
-def _activation_like_daytona(rig: Rig) -> Iterator[None]:
-    """Makes the emulator's `POST /api/snapshots/{snap}/activate` activate the snapshot, as
-    Daytona's does (the emulator's own route only answers with the snapshot as it is).
-    Remove once the emulator activates by itself."""
-    from aiohttp import web
-
-    server = rig.emulator.server
-    runner = server._runner
-    assert runner is not None
-    [route] = [
-        r
-        for r in runner.app.router.routes()
-        if r.method == "POST" and r.resource is not None and r.resource.canonical.endswith("/activate")
-    ]
-    original = route._handler
-
-    async def activate(request: web.Request) -> web.Response:
-        snapshot = server._snapshot(request)
-        snapshot.state = "active"
-        return web.json_response(snapshot.to_json())
-
-    route._handler = activate  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        route._handler = original
-
-
 @pytest.mark.e2e
 def test_snapshot_reactivates_a_snapshot_daytona_deactivated(rig: Rig) -> None:
     name = runtime.snapshot_name()
     delete_snapshot(rig, name)
     runtime_home = next(s["sourceDir"] for s in rig.emulator.snapshots() if s["name"] == SNAPSHOT)
     added = rig.emulator.add_snapshot(name, runtime_home)
-    snapshot = rig.emulator.server.snapshots[added["id"]]
-    rig.emulator._sync(lambda: setattr(snapshot, "state", "inactive"))
+    rig.emulator.set_snapshot_state(added["id"], "inactive")
     try:
         assert next(s for s in rig.emulator.snapshots() if s["name"] == name)["state"] == "inactive"
         sandboxes = len(rig.emulator.sandboxes())
-        with _activation_like_daytona(rig):
-            since = time.time()
-            result = rig.cli("snapshot", "--json", env=NO_SNAPSHOT)
+        since = time.time()
+        result = rig.cli("snapshot", "--json", env=NO_SNAPSHOT)
         assert result.code == 0, result
         assert json.loads(result.stdout) == {"snapshot": name, "created": False, "state": "active"}
         activations = [

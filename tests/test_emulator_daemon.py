@@ -458,3 +458,12 @@ def test_stop_forgets_sessions_but_keeps_their_files(emulator: DaytonaEmulator, 
     assert sandbox.process.list_sessions() == []
     assert (session_dir(emulator, sandbox, "kept") / cid / "output.log").read_bytes() == STDOUT_MARK + b"on-disk\n"
     sandbox.process.create_session("kept")  # the id is free again
+
+
+def test_an_inactive_snapshot_is_activated(emulator: DaytonaEmulator, daytona: Any, tmp_path: Path) -> None:
+    (tmp_path / "snap").mkdir()
+    added = emulator.add_snapshot("to-wake", tmp_path / "snap")
+    emulator.set_snapshot_state("to-wake", "inactive")
+    assert daytona.snapshot.get("to-wake").state.value == "inactive"
+    daytona.snapshot.activate(daytona.snapshot.get("to-wake"))
+    assert daytona.snapshot.get(added["id"]).state.value == "active"

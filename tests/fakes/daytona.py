@@ -845,7 +845,7 @@ class EmulatorServer:
                 web.get("/api/snapshots", self._list_snapshots),
                 web.get("/api/snapshots/{snap}", self._get_snapshot),
                 web.delete("/api/snapshots/{snap}", self._delete_snapshot),
-                web.post("/api/snapshots/{snap}/activate", self._get_snapshot),
+                web.post("/api/snapshots/{snap}/activate", self._activate_snapshot),
                 web.get("/api/snapshots/{snap}/build-logs-url", self._snapshot_build_logs_url),
                 web.get("/api/snapshots/{snap}/build-logs", self._snapshot_build_logs),
                 web.get(tb + "/user-home-dir", self._home_dir),
@@ -1207,6 +1207,13 @@ class EmulatorServer:
 
     async def _get_snapshot(self, request: web.Request) -> web.Response:
         return web.json_response(self._snapshot(request).to_json())
+
+    async def _activate_snapshot(self, request: web.Request) -> web.Response:
+        """Daytona deactivates snapshots nobody used for a while (`set_snapshot_state` plays
+        that part here); activating makes one usable again."""
+        snap = self._snapshot(request)
+        snap.state = "active"
+        return web.json_response(snap.to_json())
 
     async def _delete_snapshot(self, request: web.Request) -> web.Response:
         snap = self._snapshot(request)
@@ -2005,6 +2012,18 @@ class DaytonaEmulator:
 
     def snapshots(self) -> list[dict[str, Any]]:
         return self._sync(lambda: [s.to_emulator_json() for s in self.server.snapshots.values()])
+
+    def set_snapshot_state(self, name_or_id: str, state: str) -> dict[str, Any]:
+        """E.g. ``set_snapshot_state(name, "inactive")``, as Daytona does to unused snapshots."""
+
+        def change() -> dict[str, Any]:
+            snap = self.server._find_snapshot(name_or_id)
+            if snap is None:
+                raise KeyError(name_or_id)
+            snap.state = state
+            return snap.to_emulator_json()
+
+        return self._sync(change)
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
         return self.root / "sandboxes" / sandbox_id
