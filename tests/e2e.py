@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -97,6 +98,7 @@ class Rig:
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def popen(self, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[str]:
+        kwargs.setdefault("preexec_fn", default_sigint)
         return subprocess.Popen(
             [sys.executable, "-m", "codex_daytona", *args],
             cwd=self.project,
@@ -124,6 +126,13 @@ class Rig:
         assert path is not None, "the rig's emulator keeps a request log"
         entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [e for e in entries if e["ts"] >= since]
+
+
+def default_sigint() -> None:
+    """In a child about to run the CLI: Ctrl-C is KeyboardInterrupt again. A shell starts its
+    background jobs with SIGINT ignored, which every child inherits, and Python then leaves
+    it ignored; tests that send SIGINT must not depend on how the suite was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

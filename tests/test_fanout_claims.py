@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import Rig
+from tests.e2e import Rig, default_sigint
 from tests.test_claims import _api
 from tests.test_fanout import _cleanup, _ids, _live
 from tests.test_turns import _wait_for
@@ -78,8 +78,7 @@ def _fanout(rig: Rig) -> Watched:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        # Ctrl-C reaches it even when this test runs in the background of a shell, which ignores SIGINT.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_sigint,
     )
     return Watched(proc)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Rig, sandbox_processes
+from tests.e2e import Rig, default_sigint, sandbox_processes
 from tests.fakes.model import msg, run, turn
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +29,7 @@ def _controlling_terminal() -> None:
     """In the child: a session of its own with the pty as controlling terminal, so ^C is SIGINT."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    default_sigint()
 
 
 class Terminal:
