@@ -105,3 +105,10 @@ def test_status_json_when_nothing_is_up(runner: CliRunner) -> None:
     result = runner.invoke(app, ["status", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["state"] == "none"
+
+
+@pytest.mark.parametrize("ttl", ["0", "86401"])
+def test_a_signed_link_lasts_between_one_second_and_daytonas_24_hours(runner: CliRunner, ttl: str) -> None:
+    result = runner.invoke(app, ["preview", "--signed", "--ttl", ttl])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "--ttl" in result.output
