@@ -591,6 +591,8 @@ class App:
         follower = self._follower(sandbox, layout, run_id, api_key)
         follower.watch(session, command_id)
         follower.previous_turn = previous
+        if session != (record.session_id or SESSION_ID):
+            follower.disposable_session = session  # deleted once the run is over, not left idle
         if not detach:
             return self._follow(sandbox, record, follower, timeout)
         # Detached: follow only until the turn is under way (or refused: busy, no key); its
@@ -758,6 +760,9 @@ class App:
         """Saves what the run came to (a refused "busy" run leaves the record as it was)."""
         outcome = follower.outcome(record)
         follower.close()
+        if follower.disposable_session is not None and follower.completed is not None:
+            with contextlib.suppress(DaytonaError):
+                self.api.delete_session(follower.sandbox, follower.disposable_session)
         if outcome.status == "busy":
             self._update_record(record.sandbox_id, lambda r: _unclaim(r, follower.run_id, follower.previous_turn))
             return outcome
@@ -1171,6 +1176,8 @@ class RunFollower:
         self.emit = emit
         self.on_key_needed = on_key_needed
         self.previous_turn: LastTurn | None = None  # the last turn before this run claimed it
+        # A session made for this run alone (the usual one was busy): deleted when it is over.
+        self.disposable_session: str | None = None
         self.session: str | None = None
         self.command_id: str | None = None
         self.attached = False  # following an attach command rather than the run's own

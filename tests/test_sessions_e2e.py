@@ -94,10 +94,13 @@ def test_a_second_ask_is_busy_at_once_and_wait_queues_behind_the_turn(rig: Rig) 
     assert run_id in busy.stderr
     assert first.poll() is None, "busy came back only after the running turn ended"
     assert time.monotonic() - before < 5
+    sandbox_id = rig.record()["sandbox_id"]
+    assert (rig.sandbox(sandbox_id) or {})["sessions"] == ["codex-daytona"], "the busy ask's session is gone"
     rig.model.enqueue(turn(msg("second done")))
     waited = rig.cli("ask", "-q", "--wait", "second, patiently")
     assert waited.code == 0, waited
     assert waited.stdout == "second done\n"
+    assert (rig.sandbox(sandbox_id) or {})["sessions"] == ["codex-daytona"], "no session is left idle"
     out, _ = first.communicate(timeout=60)
     assert (first.returncode, out) == (0, "first done\n")
     # The queued turn reached the model only after the first had its answer.
