@@ -1322,8 +1322,9 @@ class RunFollower:
         command = runtime.attach_command(
             self.layout, self.run_id, self.offset, follow=True, heartbeat_seconds=self.idle_seconds / 3
         )
-        command_id = self.api.start_command(self.sandbox, session, command)
+        self.api.create_session(self.sandbox, session)  # new: one request, not a 404 first
         self._temp_sessions.append(session)
+        command_id = self.api.start_command(self.sandbox, session, command)
         self.session, self.command_id, self.attached = session, command_id, True
         self.received = 0
         self._partial = b""
@@ -1397,6 +1398,7 @@ class CommandStream:
 
     def run(self, layout: runtime.Layout, command: str, timeout: float | None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.api.create_session(self.sandbox, self.session)  # new: one request, not a 404 first
         command_id = self.api.start_command(
             self.sandbox, self.session, runtime.exec_command(layout, command, self.marker)
         )

@@ -153,3 +153,23 @@ def test_ask_returns_at_the_closing_event_not_when_daytona_closes_the_stream(rig
     # Both turns ran in one session, one after the other, each command ending with its turn.
     assert agent_commands[0]["sessionId"] == agent_commands[1]["sessionId"]
     assert [c["exitCode"] for c in agent_commands] == [0, 0]
+
+
+def test_logs_follow_of_an_earlier_run_reads_its_event_file_and_leaves_no_session(rig: Rig) -> None:
+    """An earlier run's command is not known: it is followed by an attach command in a session
+    of its own, deleted afterwards."""
+    sandbox_id = _ready(rig)
+    rig.model.enqueue(turn(msg("first answer")))
+    first = rig.cli("ask", "--json", "first")
+    assert first.code == 0, first
+    first_run = first.json_lines[-1]["run_id"]
+    rig.model.enqueue(turn(msg("second answer")))
+    assert rig.cli("ask", "-q", "second").code == 0
+    followed = rig.cli("logs", "-f", "--json", first_run)
+    assert followed.code == 0, followed
+    assert followed.json_lines[-1]["final_message"] == "first answer"
+    shown = [e for e in followed.json_lines if not e["type"].startswith("codex_daytona.")]
+    assert shown == [e for e in first.json_lines if not e["type"].startswith("codex_daytona.")]
+    attaches = [c for c in rig.emulator.commands(sandbox_id) if "--attach" in c["command"]]
+    assert len(attaches) == 1 and attaches[0]["sessionId"] != "codex-daytona"
+    assert (rig.sandbox(sandbox_id) or {})["sessions"] == ["codex-daytona"]
