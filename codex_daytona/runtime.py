@@ -2,7 +2,8 @@
 
 Pure functions of settings and paths; no I/O. Every file is produced by a serialiser
 (tomli-w, json), never by pasting text into a template, so no prompt or setting can break
-it. No user text and no key ever goes into a command line built here.
+it. No key ever goes into a command built here, and user text (a prompt, an `exec` command)
+only as base64 in a here-document (`with_stdin`), never as an argument or shell syntax.
 """
 
 from __future__ import annotations
@@ -173,8 +174,7 @@ def ports_command(layout: Layout) -> str:
     """Prints the sandbox's listening TCP ports (less Daytona's own; the agent itself only
     uses a unix socket) as JSON: `{"listening": [...]}`. An agent
     uploaded by an older codex-daytona prints a bare list."""
-    q = shlex.quote
-    return f"{q(layout.python)} {q(layout.agent)} --list-ports"
+    return _agent_argv(layout, "--list-ports")
 
 
 def developer_instructions(layout: Layout, preview_pattern: str | None) -> str:
