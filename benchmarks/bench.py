@@ -7,7 +7,7 @@ process, the scripted Responses API (tests/fakes/model.py), the real CLI as a su
 (the `codex-daytona` console script of this virtualenv), the real agent and the real Codex
 binary inside the emulated sandboxes. No network, no keys. Figures are medians over --runs
 runs and are given as ratios against a baseline measured in the same run, because absolute
-times depend on the machine and on whatever else runs on it. Nothing here fails on speed.
+times depend on the machine and on whatever else runs on it. The exit code is 1 when a target is not met.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from tests.fakes.daytona import DaytonaEmulator  # noqa: E402
 from tests.fakes.model import ScriptedModel, msg, run, turn  # noqa: E402
 
 OUR_VARS = ("DAYTONA_", "SANDBOX_OPENAI_", "CODEX_DAYTONA_", "OPENAI_", "CODEX_")
-BIN = Path(sys.executable).parent
-CLI = str(BIN / "codex-daytona")
+# This checkout's CLI, through its entry point (`python -m` runs the same launcher as the
+# `codex-daytona` script), whatever the virtualenv's editable install points at.
+CLI = [sys.executable, "-m", "codex_daytona"]
 COUNTED_KINDS = ("api", "toolbox", "ws")  # Socket.IO is the SDK's background channel: not a round trip
 LATENCY_COMMANDS = 25  # each command is an item.started and an item.completed: 50 events and a few more
 
@@ -84,6 +85,8 @@ class Bench:
             CODEX_DAYTONA_STATE_DIR=str(state_dir),
             CODEX_DAYTONA_SNAPSHOT="",  # no explicit snapshot: `up` looks up the one `snapshot` builds
             NO_COLOR="1",
+            PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            CODEX_DAYTONA_HELPER_DIR=str(self.work / "helper"),
         )
         env.update(extra)
         return env
@@ -97,7 +100,7 @@ class Bench:
     def cli(self, project: Path, env: dict[str, str], *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
         started = time.perf_counter()
         proc = subprocess.run(
-            [CLI, *args], cwd=project, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900
+            [*CLI, *args], cwd=project, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900
         )
         elapsed = time.perf_counter() - started
         if proc.returncode != 0:
@@ -120,12 +123,16 @@ def timed(command: list[str], **kwargs: Any) -> float:
     return time.perf_counter() - started
 
 
-def measure_help(runs: int) -> tuple[float, float]:
-    ours, typer = [], []
+def measure_instant(bench: Bench, runs: int) -> dict[str, float]:
+    """`--help`, `--version` and `status` with no sandbox, against `python -c 'import typer'`."""
+    project, state = bench.project()
+    env = bench.env(state)
+    times: dict[str, list[float]] = {"--help": [], "--version": [], "status": [], "typer": []}
     for _ in range(runs):
-        ours.append(timed([CLI, "--help"]))
-        typer.append(timed([sys.executable, "-c", "import typer"]))
-    return median(ours), median(typer)
+        for label in ("--help", "--version", "status"):
+            times[label].append(timed([*CLI, label], cwd=project, env=env, stdin=subprocess.DEVNULL))
+        times["typer"].append(timed([sys.executable, "-c", "import typer"]))
+    return {label: median(values) for label, values in times.items()}
 
 
 def measure_up(bench: Bench, runs: int, label: str, **extra: str) -> tuple[float, int]:
@@ -140,7 +147,24 @@ def measure_up(bench: Bench, runs: int, label: str, **extra: str) -> tuple[float
     return median(times), int(median(trips))
 
 
-def measure_ask(bench: Bench, project: Path, env: dict[str, str], runs: int) -> tuple[float, float, int]:
+def first_request_after(model: ScriptedModel, started: float) -> float:
+    """Seconds from `started` (time.time()) to the first model request received after it."""
+    stamps = [float(r["received_at"]) for r in model.model_requests if float(r["received_at"]) >= started]
+    return min(stamps) - started if stamps else float("nan")
+
+
+@dataclass
+class AskFigures:
+    to_model: float  # process start -> the model's first request, helper on (the default)
+    to_model_in_process: float  # the same with CODEX_DAYTONA_HELPER=0
+    exec_to_model: float  # local `codex exec --json` start -> its first model request
+    wall: float
+    wall_in_process: float
+    exec_wall: float
+    trips: int
+
+
+def measure_ask(bench: Bench, project: Path, env: dict[str, str], runs: int) -> AskFigures:
     binary = codex_binary()
     if binary is None:
         raise SystemExit("No codex binary: `make install` installs openai-codex.")
@@ -149,28 +173,42 @@ def measure_ask(bench: Bench, project: Path, env: dict[str, str], runs: int) -> 
     exec_dir.mkdir()
     exec_env = {**{k: v for k, v in os.environ.items() if not k.startswith(OUR_VARS)}, **codex_env(codex_home)}
     exec_cmd = [str(binary), "exec", "--json", "--skip-git-repo-check", "--sandbox", "danger-full-access"]
-    # One turn first on both sides, so neither pays a first-time cost in the figures.
+    in_process = {**env, "CODEX_DAYTONA_HELPER": "0"}
+    # One turn first on each side, so none pays a first-time cost in the figures (and the
+    # helper, which the first command started, is up).
     bench.model.enqueue(turn(msg("warm")))
     bench.cli(project, env, "ask", "-q", "warm up")
     bench.model.enqueue(turn(msg("warm")))
     timed([*exec_cmd, "-C", str(exec_dir), "warm up"], env=exec_env, stdin=subprocess.DEVNULL)
-    ours, theirs, trips = [], [], []
+    figures: dict[str, list[float]] = {k: [] for k in ("ours", "inproc", "exec", "w_ours", "w_inproc", "w_exec")}
+    trips = []
     for i in range(runs):
         bench.model.enqueue(turn(msg(f"ok {i}")))
+        started = time.time()
         (elapsed, _), count = bench.counted("ask", lambda i=i: bench.cli(project, env, "ask", "-q", f"say ok {i}"))
-        ours.append(elapsed)
+        figures["ours"].append(first_request_after(bench.model, started))
+        figures["w_ours"].append(elapsed)
         trips.append(count)
         bench.model.enqueue(turn(msg(f"ok {i}")))
-        theirs.append(timed([*exec_cmd, "-C", str(exec_dir), f"say ok {i}"], env=exec_env, stdin=subprocess.DEVNULL))
-    return median(ours), median(theirs), int(median(trips))
+        started = time.time()
+        elapsed, _ = bench.cli(project, in_process, "ask", "-q", f"say ok {i}")
+        figures["inproc"].append(first_request_after(bench.model, started))
+        figures["w_inproc"].append(elapsed)
+        bench.model.enqueue(turn(msg(f"ok {i}")))
+        started = time.time()
+        figures["w_exec"].append(
+            timed([*exec_cmd, "-C", str(exec_dir), f"say ok {i}"], env=exec_env, stdin=subprocess.DEVNULL)
+        )
+        figures["exec"].append(first_request_after(bench.model, started))
+    m = {k: median(v) for k, v in figures.items()}
+    return AskFigures(m["ours"], m["inproc"], m["exec"], m["w_ours"], m["w_inproc"], m["w_exec"], int(median(trips)))
 
 
-def measure_latency(bench: Bench, project: Path, env: dict[str, str]) -> list[float]:
-    """Milliseconds from the agent writing each event (its `ts`) to `ask --json` printing it."""
-    steps = [turn(run(f"echo step {i}")) for i in range(LATENCY_COMMANDS)]
-    bench.model.enqueue(*steps, turn(msg("done")))
+def ask_json(bench: Bench, project: Path, env: dict[str, str], prompt: str) -> tuple[list[float], float]:
+    """Runs `ask --json`; returns each event's latency (ms from the agent stamping it to this
+    process reading it) and the ms from the agent stamping its last event to the exit."""
     proc = subprocess.Popen(
-        [CLI, "ask", "--json", "run the steps"],
+        [*CLI, "ask", "--json", prompt],
         cwd=project,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -180,7 +218,7 @@ def measure_latency(bench: Bench, project: Path, env: dict[str, str]) -> list[fl
         bufsize=1,
     )
     assert proc.stdout is not None
-    latencies = []
+    latencies, last_ts = [], 0.0
     for line in proc.stdout:
         arrived = time.time()
         try:
@@ -189,12 +227,52 @@ def measure_latency(bench: Bench, project: Path, env: dict[str, str]) -> list[fl
             continue
         if isinstance(event.get("ts"), int | float):
             latencies.append((arrived - float(event["ts"])) * 1000)
+            last_ts = max(last_ts, float(event["ts"]))
     proc.wait(timeout=300)
-    return latencies
+    exited = time.time()
+    return latencies, (exited - last_ts) * 1000 if last_ts else float("nan")
 
 
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "n/a"
+def measure_latency(bench: Bench, project: Path, env: dict[str, str]) -> list[float]:
+    """Milliseconds from the agent writing each event (its `ts`) to `ask --json` printing it."""
+    steps = [turn(run(f"echo step {i}")) for i in range(LATENCY_COMMANDS)]
+    bench.model.enqueue(*steps, turn(msg("done")))
+    return ask_json(bench, project, env, "run the steps")[0]
+
+
+def measure_exit(bench: Bench, project: Path, env: dict[str, str], runs: int) -> float:
+    """Milliseconds from the agent's last event (its `ts`) to `ask --json` exiting."""
+    delays = []
+    for i in range(runs):
+        bench.model.enqueue(turn(msg(f"bye {i}")))
+        delays.append(ask_json(bench, project, env, f"say bye {i}")[1])
+    return median(delays)
+
+
+@dataclass
+class Row:
+    measure: str
+    ours: str
+    baseline: str
+    ratio: str
+    target: str
+    met: bool | None
+
+    def cells(self) -> tuple[str, ...]:
+        verdict = "" if self.met is None else "met" if self.met else "NOT MET"
+        return (self.measure, self.ours, self.baseline, self.ratio, self.target, verdict)
+
+
+def ratio_row(measure: str, ours: float, base_label: str, base: float, limit: float | None, unit: str = "s") -> Row:
+    r = ours / base if base else float("nan")
+    return Row(
+        measure,
+        f"{ours:.2f} {unit}",
+        f"{base_label} {base:.2f} {unit}",
+        f"{r:.2f}x",
+        f"<= {limit:g}x" if limit is not None else "",
+        None if limit is None else r <= limit,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = max(1, args.runs)
 
-    with tempfile.TemporaryDirectory(prefix="codex-daytona-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cdb-") as tmp:
         work = Path(tmp)
         emulator = DaytonaEmulator(work / "daytona", DAYTONA_KEY, log_path=work / "requests.jsonl")
         emulator.start()
@@ -213,64 +291,98 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(work, emulator, model, RequestLog(work / "requests.jsonl"), verbose=args.verbose)
         try:
             print(f"Measuring, {runs} runs each (a few minutes)...", file=sys.stderr)
-            help_ours, help_typer = measure_help(runs)
+            instant = measure_instant(bench, runs)
             up_fresh, trips_fresh = measure_up(bench, runs, "up fresh")
+            emulator.set_config(sandbox_uv=False)
+            up_pip, _ = measure_up(bench, runs, "up fresh, no uv")
+            emulator.set_config(sandbox_uv=True)
             project, state = bench.project()
             env = bench.env(state)
             (build, _), trips_build = bench.counted("snapshot", lambda: bench.cli(project, env, "snapshot"))
             up_snap, trips_snap = measure_up(bench, runs, "up from snapshot")
             bench.cli(project, env, "up")
-            ask_ours, ask_exec, trips_ask = measure_ask(bench, project, env, runs)
+            ask = measure_ask(bench, project, env, runs)
             latencies = measure_latency(bench, project, env)
+            exit_helper = measure_exit(bench, project, env, runs)
+            exit_in_process = measure_exit(bench, project, {**env, "CODEX_DAYTONA_HELPER": "0"}, runs)
             bench.cli(project, env, "down", "--yes")
         finally:
             model.stop()
             emulator.stop()
 
+    typer_s = instant["typer"]
     rows = [
-        (
-            "`--help` / `python -c 'import typer'`",
-            f"{ratio(help_ours, help_typer)} ({help_ours:.2f} s / {help_typer:.2f} s)",
-            "<= 1.5x",
+        ratio_row(
+            "`ask` start -> the model's first request", ask.to_model, "`codex exec --json`", ask.exec_to_model, 2
         ),
-        (
-            "`ask` (1 step) / `codex exec --json`",
-            f"{ratio(ask_ours, ask_exec)} ({ask_ours:.2f} s / {ask_exec:.2f} s)",
+        ratio_row(
+            "  the same, helper off (CODEX_DAYTONA_HELPER=0)",
+            ask.to_model_in_process,
+            "`codex exec --json`",
+            ask.exec_to_model,
+            None,
+        ),
+        ratio_row("`ask` wall time, 1-step turn", ask.wall, "`codex exec --json`", ask.exec_wall, None),
+        ratio_row("  the same, helper off", ask.wall_in_process, "`codex exec --json`", ask.exec_wall, None),
+        Row(
+            "`ask`: the agent's last event -> exit",
+            f"{exit_helper:.0f} ms",
+            f"helper off {exit_in_process:.0f} ms",
             "",
+            "<= 100 ms",
+            exit_helper <= 100 and exit_in_process <= 100,
         ),
-        ("Daytona round trips: `up`, fresh", str(trips_fresh), ""),
-        ("Daytona round trips: `up`, from snapshot", str(trips_snap), ""),
-        ("Daytona round trips: `ask`, ready sandbox", str(trips_ask), "<= 4"),
-        (
+        Row("Daytona requests per `ask`, ready sandbox", str(ask.trips), "", "", "<= 3", ask.trips <= 3),
+        Row(
             f"event latency, median / max ({len(latencies)} events)",
-            f"{median(latencies):.0f} ms / {max(latencies):.0f} ms" if latencies else "n/a (events carry no ts)",
+            f"{median(latencies):.0f} / {max(latencies):.0f} ms" if latencies else "n/a",
+            "",
+            "",
             "median <= 100 ms",
+            bool(latencies) and median(latencies) <= 100,
         ),
-        ("`up` fresh / `up` from snapshot", f"{ratio(up_fresh, up_snap)} ({up_fresh:.1f} s / {up_snap:.1f} s)", ""),
-        ("`snapshot`, once / `up` fresh", f"{ratio(build, up_fresh)} ({build:.1f} s, {trips_build} round trips)", ""),
+        ratio_row("`up`, fresh (uv in the sandbox)", up_fresh, "the same without uv (pip)", up_pip, 0.5),
+        Row("`up`, from the snapshot", f"{up_snap:.2f} s", "", "", "< 2 s", up_snap < 2),
+        Row("Daytona requests: `up` fresh / from the snapshot", f"{trips_fresh} / {trips_snap}", "", "", "", None),
+        Row("`snapshot`, once", f"{build:.1f} s ({trips_build} requests)", "", "", "", None),
+        *(
+            ratio_row(
+                f"`{label}`" + (" (no sandbox)" if label == "status" else ""),
+                instant[label],
+                "`import typer`",
+                typer_s,
+                1.5,
+            )
+            for label in ("--help", "--version", "status")
+        ),
     ]
-    widths = [max(len(r[i]) for r in [("measure", "median", "target"), *rows]) for i in range(3)]
+    header = ("measure", "ours", "baseline (same run)", "ratio", "target", "")
+    cells = [header, *(row.cells() for row in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     line = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
-    print(line.format("measure", "median", "target"))
+    print(line.format(*header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        print(line.format(*row))
+        print(line.format(*row.cells()))
+    missed = [row.measure.strip() for row in rows if row.met is False]
+    print(f"\n{'Every target met.' if not missed else 'Not met: ' + '; '.join(missed)}")
     print(
-        f"\nMedians of {runs} runs on this machine ({os.cpu_count()} cores), everything local: the Daytona emulator,\n"
-        "the scripted model, the real CLI, agent and Codex binary. Wall times of whole processes\n"
-        "(perf_counter around subprocess.run). `ask` runs on a ready sandbox (agent daemon warm, one\n"
-        "warm-up turn first) and continues its thread; `codex exec --json` runs the same one-step\n"
-        "scripted turn on this machine (stdin /dev/null, one warm-up run first). Round trips: requests\n"
-        "in the emulator's log of kind api, toolbox or ws (Socket.IO left out). Event latency: arrival\n"
-        "time of each `ask --json` line at this process minus the `ts` the agent stamped on it, over a\n"
-        f"turn of {LATENCY_COMMANDS} commands (same clock). `up` fresh: no snapshot yet, the runtime is\n"
-        "pip-installed in the sandbox; then `codex-daytona snapshot` builds the runtime snapshot once\n"
-        "and `up` finds it by name. A sandbox is deleted (`down`) after each `up` run, untimed."
+        f"\nMedians of {runs} runs on this machine ({os.cpu_count()} cores), everything local: the Daytona\n"
+        "emulator, the scripted model, the real CLI (as `python -m codex_daytona`, this checkout), agent\n"
+        "and Codex binary. `ask` runs on a ready sandbox (agent daemon warm, one warm-up turn first, the\n"
+        "helper started by an earlier command) and continues its thread. Start -> first model request:\n"
+        "from just before the process is spawned to the scripted model receiving the turn's first\n"
+        "request (its own clock, the same machine), against `codex exec --json` running the same\n"
+        "one-step turn here (stdin /dev/null, one warm-up run first). Last event -> exit: from the `ts`\n"
+        "the agent stamped on the turn's last event to `ask --json` having exited. Requests: the\n"
+        "emulator's log, kinds api, toolbox and ws (the SDK's background Socket.IO left out). `up`\n"
+        "fresh installs the runtime (uv, else pip; the bench's baseline hides uv from the sandbox);\n"
+        "a sandbox is deleted (`down`) after each `up` run, untimed."
     )
     if args.verbose:
         for label, calls in bench.notes.items():
             print(f"\n{label}:\n  " + "\n  ".join(calls))
-    return 0
+    return 0 if not missed else 1
 
 
 if __name__ == "__main__":

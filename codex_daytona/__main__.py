@@ -1,3 +1,3 @@
-from codex_daytona.cli import main
+from codex_daytona.launcher import main
 
 main()

@@ -74,6 +74,14 @@ def new_run_id() -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
+@dataclass(frozen=True)
+class _SetupCommand:
+    """A setup command running in a session of its own."""
+
+    session: str
+    command_id: str
+
+
 @dataclass
 class UpResult:
     sandbox_id: str
@@ -336,25 +344,20 @@ class App:
         layout = runtime.Layout(record.home_dir)
         probe = self.api.exec(sandbox, runtime.setup_probe_command(layout), timeout=60)
         marker, python, baseline_status, dotfiles = runtime.parse_setup_probe(probe.output)
+        install = None
         if not self._runtime_baked_in and marker != runtime.RUNTIME_MARKER:
-            self._install_runtime(sandbox, layout, python)
-        if record.preview_pattern is None:
-            try:
-                probe_link = self.api.preview_link(sandbox, runtime.PATTERN_PROBE_PORT)
-                record.preview_pattern = probe_link.url.replace(str(runtime.PATTERN_PROBE_PORT), "{PORT}")
-            except DaytonaError as exc:
-                # Only the agent's instructions lose the URL pattern; previews still work.
-                self.emit(ev.warning(f"Could not learn the preview URL pattern: {exc.message}"))
-        files = {
-            layout.agent: runtime.agent_source(),
-            layout.codex_config: runtime.codex_config(self.settings, layout, record.preview_pattern),
-        }
+            # The install runs in the sandbox while the rest of the setup goes on.
+            install = self._start_install(sandbox, layout, python)
+        try:
+            self._prepare_agent(sandbox, record, layout, baseline, baseline_status, dotfiles)
+        except BaseException:
+            if install is not None:
+                with contextlib.suppress(DaytonaError):
+                    self.api.delete_session(sandbox, install.session)
+            raise
+        if install is not None:
+            self._await_setup_command(sandbox, install)
         take_baseline = baseline and baseline_status == "ready"
-        if take_baseline:
-            files[runtime.baseline_exclude(layout)] = runtime.baseline_exclude_file(dotfiles)
-        elif baseline and baseline_status == "nogit":
-            self.emit(ev.warning("The sandbox has no git, so `codex-daytona diff` will not work in it."))
-        self.api.upload(sandbox, files)
         self.emit(ev.progress("Starting the agent..."))
         # In key mode the daemon gets the key now (in this command's environment only), so
         # the first turn need not ask for it.
@@ -377,6 +380,35 @@ class App:
         record.touch()
         state.sandboxes[self.name] = record
         self.store.save(state)
+
+    def _prepare_agent(
+        self,
+        sandbox: Sandbox,
+        record: SandboxRecord,
+        layout: runtime.Layout,
+        baseline: bool,
+        baseline_status: str,
+        dotfiles: list[str],
+    ) -> None:
+        """Learns the preview URL pattern and uploads the agent and Codex's config (and the
+        baseline's exclude file): what setup does besides the install and starting the agent."""
+        if record.preview_pattern is None:
+            try:
+                probe_link = self.api.preview_link(sandbox, runtime.PATTERN_PROBE_PORT)
+                record.preview_pattern = probe_link.url.replace(str(runtime.PATTERN_PROBE_PORT), "{PORT}")
+            except DaytonaError as exc:
+                # Only the agent's instructions lose the URL pattern; previews still work.
+                self.emit(ev.warning(f"Could not learn the preview URL pattern: {exc.message}"))
+        files = {
+            layout.agent: runtime.agent_source(),
+            layout.codex_config: runtime.codex_config(self.settings, layout, record.preview_pattern),
+        }
+        take_baseline = baseline and baseline_status == "ready"
+        if take_baseline:
+            files[runtime.baseline_exclude(layout)] = runtime.baseline_exclude_file(dotfiles)
+        elif baseline and baseline_status == "nogit":
+            self.emit(ev.warning("The sandbox has no git, so `codex-daytona diff` will not work in it."))
+        self.api.upload(sandbox, files)
 
     def create(
         self, *, snapshot: str | None = None, runtime_baked_in: bool = False, thread_id: str | None = None
@@ -421,6 +453,10 @@ class App:
 
     def _install_runtime(self, sandbox: Sandbox, layout: runtime.Layout, python: tuple[int, int] | None) -> None:
         """Installs the agent runtime in a sandbox whose probe found none (python: its Python)."""
+        self._await_setup_command(sandbox, self._start_install(sandbox, layout, python))
+
+    def _start_install(self, sandbox: Sandbox, layout: runtime.Layout, python: tuple[int, int] | None) -> _SetupCommand:
+        """Starts installing the agent runtime (see _install_runtime); _await_setup_command waits."""
         if python is None or python < runtime.MIN_PYTHON:
             found = "no python3" if python is None else f"Python {python[0]}.{python[1]}"
             raise AgentSetupError(
@@ -428,17 +464,26 @@ class App:
                 "Use a sandbox image with Python >= 3.10.",
             )
         self.emit(ev.progress(f"Installing the Codex agent runtime (openai-codex {runtime.CODEX_SDK_VERSION})..."))
-        self._run_setup_command(sandbox, runtime.install_command(layout))
+        return self._start_setup_command(sandbox, runtime.install_command(layout))
 
-    def _run_setup_command(self, sandbox: Sandbox, command: str) -> None:
-        """Runs a long setup command as a session command, so no HTTP request waits minutes."""
+    def _start_setup_command(self, sandbox: Sandbox, command: str) -> _SetupCommand:
+        """Starts a long setup command as a session command, so no HTTP request waits minutes."""
         # A new session each time: creating it first costs one request, where trying the
         # command in a session that a fresh sandbox does not have yet costs two.
         session = f"{SESSION_ID}-setup-{secrets.token_hex(3)}"
         self.api.create_session(sandbox, session)
         try:
-            command_id = self.api.start_command(sandbox, session, command)
-            output: list[str] = []
+            return _SetupCommand(session, self.api.start_command(sandbox, session, command))
+        except BaseException:
+            with contextlib.suppress(DaytonaError):
+                self.api.delete_session(sandbox, session)
+            raise
+
+    def _await_setup_command(self, sandbox: Sandbox, setup: _SetupCommand) -> None:
+        """Waits for a setup command to end, deletes its session; raises if it failed."""
+        session, command_id = setup.session, setup.command_id
+        output: list[str] = []
+        try:
             with contextlib.suppress(DaytonaError):
                 self.api.stream_logs(sandbox, session, command_id, output.append, output.append, timeout=900)
             exit_code = self.api.command_exit_code(sandbox, session, command_id)

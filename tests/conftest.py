@@ -22,6 +22,9 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "100")
     monkeypatch.setenv("TERM", "dumb")
+    # Every CLI subprocess runs in process, independent of the others: a helper would serve
+    # them all from one warm process (tests/test_helper.py tests it, with a directory of its own).
+    monkeypatch.setenv("CODEX_DAYTONA_HELPER", "0")
     work = tmp_path / "project"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -109,6 +112,7 @@ def rig(emulator: object, runtime_snapshot: str, _isolated: Path, tmp_path: Path
         CODEX_DAYTONA_STATE_DIR=str(tmp_path / "state"),
         NO_COLOR="1",
         COLUMNS="100",
+        CODEX_DAYTONA_HELPER="0",
         PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
     )
     rig = Rig(emulator, model, _isolated, env)  # type: ignore[arg-type]

@@ -39,7 +39,7 @@ def free_port(preferred: int | None = None) -> int:
 # What the emulator starts with, restored before every end-to-end test so that a fault or a
 # setting one test leaves behind (a failing test never reaches its `finally`) cannot leak
 # into the next: the emulator lives for the whole session.
-DEFAULT_CONFIG: dict[str, Any] = {"autostop_seconds_per_minute": 0}
+DEFAULT_CONFIG: dict[str, Any] = {"autostop_seconds_per_minute": 0, "sandbox_uv": True}
 
 
 def reset_emulator(emulator: DaytonaEmulator) -> None:

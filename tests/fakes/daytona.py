@@ -49,6 +49,10 @@ command's stdin FIFO for input is retried non-blocking every 10 ms for up to 30 
 blocking open; a sandbox stop drops open log streams without a close frame; a session command's
 exit code is omitted from JSON while unknown (the daemon's ``omitempty``).
 
+The default image's ``uv``: the virtualenv's ``uv`` (a dev extra) is on every sandbox
+process's PATH, from a directory of its own, unless config ``sandbox_uv`` is false (a sandbox
+image without uv). Its version is whatever the virtualenv has, not the image's (unverified).
+
 Limitations: snapshots built from an image start with an empty home (the Dockerfile is only
 stored); snapshot trees are hard-linked, so editing a file *in place* inside a sandbox also
 changes the snapshot (tools that replace files, like pip, are fine), except that a snapshot taken
@@ -123,7 +127,26 @@ HOP_BY_HOP = frozenset(
         "x-daytona-preview-token",
     }
 )
-DEFAULT_CONFIG: dict[str, Any] = {"autostop_seconds_per_minute": 0}
+# sandbox_uv: the default image has `uv` on its PATH (see uv_bin_dir); False takes it away.
+DEFAULT_CONFIG: dict[str, Any] = {"autostop_seconds_per_minute": 0, "sandbox_uv": True}
+
+
+def uv_bin_dir(root: Path) -> Path | None:
+    """A directory holding only `uv` (the `uv` wheel of this virtualenv, a dev extra), to put on
+    the emulated sandboxes' PATH as Daytona's default image has it, without the virtualenv's
+    python3 coming along. None when the virtualenv has no uv."""
+    found = shutil.which("uv", path=str(Path(sys.executable).parent))
+    if found is None:
+        return None
+    directory = root / "sandbox-bin"
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / "uv"
+    if not link.exists():
+        with contextlib.suppress(FileExistsError):
+            link.symlink_to(found)
+    return directory
+
+
 ERROR_SOURCES = {"api": "DAYTONA_API", "toolbox": "DAYTONA_DAEMON"}
 PREVIEW_TOKEN_HEADER = "X-Daytona-Preview-Token"
 PREVIEW_QUERY_KEY = "DAYTONA_SANDBOX_AUTH_KEY"
@@ -937,6 +960,12 @@ class EmulatorServer:
     def _process_env(self, sb: Sandbox, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        uv_dir = uv_bin_dir(self.root) if self.config.get("sandbox_uv") else None
+        if uv_dir is not None:
+            env["PATH"] = f"{uv_dir}{os.pathsep}{env['PATH']}"
+            # The host may reach PyPI through a TLS proxy with a CA of its own, which uv's
+            # bundled roots lack (pip here uses the system's): the host's quirk, not Daytona's.
+            env["UV_NATIVE_TLS"] = "1"
         env["HOME"] = str(sb.home)
         env.update(sb.env)
         for mapping in sb.secrets:  # real Daytona sets an opaque placeholder, never the plaintext

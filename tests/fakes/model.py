@@ -472,7 +472,8 @@ class ScriptedModel:
             return [r for r in self.requests if r["method"] == "POST" and r["path"].endswith("/responses")]
 
     def record(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
-        entry = {"method": method, "path": path, "headers": headers, "body": body}
+        # received_at: when the request reached the model (time.time()), for `make bench`.
+        entry = {"method": method, "path": path, "headers": headers, "body": body, "received_at": time.time()}
         with self._lock:
             self.requests.append(entry)
             number = len(self.requests)

@@ -1,0 +1,360 @@
+"""The `codex-daytona` entry point: hands the command to a warm local helper when one is
+running, else runs it in this process (and starts the helper for next time).
+
+Standard library only, and nothing else of ours is imported on the helper path: a new
+process that finds the helper costs the interpreter's start-up plus a few milliseconds,
+where importing the CLI (typer, rich, pydantic-settings, the Daytona SDK) costs about a
+second. The helper (codex_daytona.helper) has all of that imported; for each command it
+forks a process that gets this process's stdin, stdout and stderr (the file descriptors
+themselves), its argv, environment, working directory and umask, and runs the normal CLI
+in it. This process forwards the signals it gets (Ctrl-C, SIGTERM, SIGHUP, SIGWINCH,
+Ctrl-Z) to that one and exits with its exit code, so the command behaves as if it ran here.
+
+The helper is never required. CODEX_DAYTONA_HELPER=0 turns it off; any failure before the
+command has been handed over falls back to running it here, silently; once it has been
+handed over it is never run a second time. Everything travels over a unix socket in a
+directory only this user can open (0700), and the helper checks the peer's uid: the
+environment, keys included, never touches the disk.
+
+A helper serves one version only: its socket's name is a hash of the interpreter, the
+package's location and its files' sizes and modification times (and of the variables
+that decide how Python sets up stdio), so a changed checkout or another virtualenv talks
+to a helper of its own; a helper whose files change on disk refuses and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+HELPER_ENV = "CODEX_DAYTONA_HELPER"  # 0/false/no/off: never use or start the helper
+DIR_ENV = "CODEX_DAYTONA_HELPER_DIR"  # where its socket lives (default: $XDG_RUNTIME_DIR/codex-daytona)
+IDLE_ENV = "CODEX_DAYTONA_HELPER_IDLE_SECONDS"  # it exits after this long without a command
+TRACE_ENV = "CODEX_DAYTONA_HELPER_TRACE"  # a file: one line per command, "helper PID" or "in-process"
+DEFAULT_IDLE_SECONDS = 300
+# What decides how Python sets up stdio (and so the bytes a command writes): part of the key,
+# and handed to the helper so that its stdio is set up as the client's would be.
+STDIO_VARS = ("LANG", "LC_ALL", "LC_CTYPE", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONUNBUFFERED")
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGUSR1", "SIGUSR2")
+# Commands that stay in this process: `chat` reads a terminal line by line for minutes,
+# where start-up does not matter.
+IN_PROCESS_COMMANDS = frozenset({"chat"})
+MAX_MESSAGE = 16 * 1024 * 1024
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class NotHandedOver(Exception):
+    """The helper did not take the command: it may safely run in this process."""
+
+
+# --- what both sides agree on ---------------------------------------------------------------
+
+
+def fingerprint(environ: dict[str, str] | os._Environ[str] | None = None) -> str:
+    """Names the code a helper runs and how it sets up stdio (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    digest = hashlib.sha256()
+    digest.update(f"{sys.executable}\0{sys.version}\0{PACKAGE_DIR}\0".encode())
+    for var in STDIO_VARS:
+        digest.update(f"{var}={environ.get(var, '')}\0".encode())
+    digest.update(files_signature().encode())
+    return digest.hexdigest()[:20]
+
+
+def files_signature() -> str:
+    """Sizes and modification times of the package's and the agent bundle's source files."""
+    parts = []
+    for directory in (PACKAGE_DIR, os.path.join(os.path.dirname(PACKAGE_DIR), "agent_bundle")):
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith((".py", ".typed")):
+                try:
+                    st = os.stat(os.path.join(directory, name))
+                except OSError:
+                    continue
+                parts.append(f"{directory}/{name}:{st.st_size}:{st.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+def helper_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    if environ.get(DIR_ENV):
+        return environ[DIR_ENV]
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "codex-daytona")
+    return f"/tmp/codex-daytona-{os.getuid()}"
+
+
+def private_dir(path: str) -> bool:
+    """Makes `path` (0700) when missing; True when it is a directory only this user can use."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    import stat
+
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077 == 0
+
+
+def socket_path(directory: str, key: str) -> str:
+    return os.path.join(directory, f"helper-{key}.sock")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+def send_message(sock: socket.socket, payload: dict[str, object], fds: list[int] | None = None) -> None:
+    data = json.dumps(payload).encode()
+    frame = struct.pack("!I", len(data)) + data
+    if fds:
+        import array
+
+        sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        frame = frame[sent:]
+    if frame:
+        sock.sendall(frame)
+
+
+def recv_message(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any] | None, list[int]]:
+    """One framed message (None at end of stream) and the descriptors that came with it."""
+    fds: list[int] = []
+    buffer = b""
+    if max_fds:
+        import array
+
+        data, ancillary, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(max_fds * 4))
+        for level, kind, cdata in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(cdata[: len(cdata) - len(cdata) % received.itemsize])
+                fds.extend(received)
+        buffer = data
+        if not data:
+            return None, fds
+    while len(buffer) < 4:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None, fds
+        buffer += chunk
+    (length,) = struct.unpack("!I", buffer[:4])
+    if length > MAX_MESSAGE:
+        raise ValueError("message too large")
+    body = buffer[4:]
+    while len(body) < length:
+        chunk = sock.recv(min(65536, length - len(body)))
+        if not chunk:
+            return None, fds
+        body += chunk
+    return json.loads(body[:length]), fds
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+def enabled(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return environ.get(HELPER_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv[1:] if not a.startswith("-")), None)
+
+
+def _trace(line: str) -> None:
+    path = os.environ.get(TRACE_ENV)
+    if path:
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+        except OSError:
+            pass
+
+
+def _request() -> tuple[dict[str, object], list[int]]:
+    """What the helper needs to run the command as this process would, and the descriptors
+    to send: stdin, stdout, stderr (those that are open) and the working directory."""
+    main = sys.modules.get("__main__")
+    fds, present = [], []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        fds.append(fd)
+        present.append(fd)
+    cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    fds.append(cwd_fd)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    request: dict[str, object] = {
+        "argv": sys.argv,
+        "main_package": getattr(main, "__package__", None),
+        "env": dict(os.environ),
+        "stdio": present,
+        "umask": umask,
+        "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+    }
+    return request, fds
+
+
+def run_via_helper(path: str) -> int:
+    """Runs the command in the helper listening at `path`; returns its exit status as this
+    process should end with it (a negative number: killed by that signal).
+
+    Raises NotHandedOver when the helper is not there or did not take the command."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    cwd_fd = -1
+    try:
+        try:
+            sock.connect(path)
+            if peer_uid(sock) != os.getuid():
+                raise NotHandedOver("the helper runs as another user")
+            request, fds = _request()
+            cwd_fd = fds[-1]
+            send_message(sock, request, fds)
+            reply, _ = recv_message(sock)
+        except (OSError, ValueError) as exc:
+            raise NotHandedOver(str(exc)) from None
+        finally:
+            if cwd_fd >= 0:
+                os.close(cwd_fd)
+        if not reply or "pid" not in reply:
+            raise NotHandedOver(str((reply or {}).get("refused", "the helper did not answer")))
+        pid = int(reply["pid"])
+        _trace(f"helper {pid}")
+        return _wait(sock, pid)
+    finally:
+        sock.close()
+
+
+def _wait(sock: socket.socket, pid: int) -> int:
+    """Forwards signals to the command's process until the helper reports how it ended."""
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
+    def suspend(_signum: int, _frame: object) -> None:  # Ctrl-Z: stop both, resume both
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        forward(signal.SIGCONT, None)
+
+    for name in FORWARDED:
+        sig = getattr(signal, name)
+        if signal.getsignal(sig) != signal.SIG_IGN or name == "SIGWINCH":
+            signal.signal(sig, forward)
+    signal.signal(signal.SIGTSTP, suspend)
+    signal.signal(signal.SIGCONT, forward)
+    try:
+        reply, _ = recv_message(sock)
+    except (OSError, ValueError):
+        reply = None
+    if not reply:
+        # The command was handed over, so it must not run again here.
+        os.write(2, b"codex-daytona: lost the connection to the helper; the command's outcome is unknown.\n")
+        return 1
+    if "signal" in reply:
+        return -int(reply["signal"])
+    return int(reply.get("exit", 1))
+
+
+def start_helper(path: str, key: str) -> None:
+    """Starts the helper for next time, detached; never waits for it. Its environment holds
+    only what decides how Python starts (no keys): each command brings its own."""
+    import subprocess
+
+    keep = ("PATH", "HOME", "TMPDIR", "PYTHONPATH", "PYTHONHOME", *STDIO_VARS)
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    root = os.path.dirname(PACKAGE_DIR)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    try:
+        idle = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_SECONDS)
+    except ValueError:
+        idle = DEFAULT_IDLE_SECONDS
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            [sys.executable, "-m", "codex_daytona.helper", path, key, str(idle)],
+            env=env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _exit_with(status: int) -> None:
+    if status < 0:  # die of the same signal, as the command did
+        sys.stdout.flush()
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+        sys.exit(128 - status)
+    sys.exit(status)
+
+
+def main() -> None:
+    """Console-script entry point: the helper when there is one, else this process."""
+    if enabled() and _command(sys.argv) not in IN_PROCESS_COMMANDS:
+        key = fingerprint()
+        directory = helper_dir()
+        if private_dir(directory):
+            path = socket_path(directory, key)
+            try:
+                status = run_via_helper(path)
+            except NotHandedOver:
+                start_helper(path, key)
+            else:
+                _exit_with(status)
+                return
+    _trace("in-process")
+    from codex_daytona.cli import main as cli_main
+
+    try:
+        cli_main()
+    except SystemExit as exc:
+        status = exit_status(exc)
+    else:
+        status = 0
+    # Done: skip the interpreter's teardown. Unwinding the Daytona SDK (its atexit hooks and
+    # some 1,500 modules) takes a few hundred milliseconds after the last line is printed.
+    flush_stdio()
+    os._exit(status)
+
+
+def exit_status(exc: SystemExit) -> int:
+    """The exit status the interpreter gives a SystemExit (printing a text one, as it does)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"{exc.code}\n")
+    return 1
+
+
+def flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()

@@ -1,0 +1,212 @@
+"""The warm local helper (codex_daytona.launcher / codex_daytona.helper): a command that finds
+it runs there and behaves byte for byte as in process; Ctrl-C goes through; a helper whose
+files changed refuses; it exits when idle; without it everything still works.
+
+The rest of the suite runs with CODEX_DAYTONA_HELPER=0 (tests/conftest.py); here each test
+gets a helper directory of its own (short: a unix socket path has a length limit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from codex_daytona import launcher
+from tests.e2e import Rig, sandbox_processes
+from tests.fakes.model import msg, run, turn
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _wait_for(check: Callable[[], object], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def helper_pids(directory: Path) -> list[int]:
+    """The helper processes serving from `directory` (their command line names their socket)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        if "State:\tZ" in status:
+            continue
+        if b"codex_daytona.helper" in cmdline and any(str(directory).encode() in part for part in cmdline):
+            found.append(int(proc.name))
+    return found
+
+
+def sockets(directory: Path) -> list[Path]:
+    return sorted(directory.glob("helper-*.sock"))
+
+
+@pytest.fixture
+def helper_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="cdh-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)  # a helper whose socket is gone exits
+    _wait_for(lambda: not helper_pids(directory), timeout=10)
+
+
+def helper_env(directory: Path, trace: Path, **extra: str) -> dict[str, str]:
+    return {
+        "CODEX_DAYTONA_HELPER": "1",
+        "CODEX_DAYTONA_HELPER_DIR": str(directory),
+        "CODEX_DAYTONA_HELPER_TRACE": str(trace),
+        **extra,
+    }
+
+
+def traced(trace: Path) -> list[str]:
+    return trace.read_text().splitlines() if trace.exists() else []
+
+
+def normalized(text: str) -> str:
+    """Output with what differs from run to run (ids, times) replaced."""
+    text = re.sub(r"\d{8}T\d{6}-[0-9a-f]{6}", "RUN", text)
+    text = re.sub(r'"(ts|duration_ms|elapsed_ms|pid)":\s*[0-9.]+', r'"\1":0', text)
+    text = re.sub(r'"([a-z]+)_\d+"', r'"\1_N"', text)  # the scripted model's item and call ids
+    return text
+
+
+@pytest.mark.e2e
+def test_a_second_command_runs_in_the_helper_exactly_as_in_process(rig: Rig, helper_dir: Path) -> None:
+    trace = helper_dir / "trace"
+    env = helper_env(helper_dir, trace)
+    first = rig.cli("up", "-q", env=env)
+    assert first.code == 0, first
+    assert traced(trace) == ["in-process"]  # no helper yet: this one started it
+    _wait_for(lambda: sockets(helper_dir))
+    assert len(helper_pids(helper_dir)) == 1
+    sandbox_id = first.stdout.strip()
+    in_process = {**env, "CODEX_DAYTONA_HELPER": "0"}
+
+    for mode in (["-q"], ["--json"], []):
+        results = []
+        for which in (env, in_process):
+            rig.model.enqueue(turn(run("echo hi")), turn(msg("the answer")))
+            results.append(rig.cli("ask", *mode, "say it", env=which))
+        helped, local = results
+        assert helped.code == local.code == 0, (helped, local)
+        assert normalized(helped.stdout) == normalized(local.stdout), mode
+        assert normalized(helped.stderr) == normalized(local.stderr), mode
+    # A failing command: the same error, hint and exit code.
+    failing = [rig.cli("preview", "--json", "--name", "nope", env=which) for which in (env, in_process)]
+    assert failing[0].code == failing[1].code == 5, failing
+    assert (failing[0].stdout, failing[0].stderr) == (failing[1].stdout, failing[1].stderr)
+    lines = traced(trace)
+    helped_lines = [line for line in lines if line.startswith("helper ")]
+    assert len(helped_lines) == 4, lines
+    assert all(int(line.split()[1]) not in helper_pids(helper_dir) for line in helped_lines)
+    assert json.loads(rig.cli("status", "--json", env=env).stdout)["sandbox_id"] == sandbox_id
+
+
+@pytest.mark.e2e
+def test_ctrl_c_through_the_helper_interrupts_the_turn(rig: Rig, helper_dir: Path) -> None:
+    trace = helper_dir / "trace"
+    env = helper_env(helper_dir, trace)
+    assert rig.cli("up", env=env).code == 0
+    _wait_for(lambda: sockets(helper_dir))
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000)), turn(msg("unreachable")))
+    proc = rig.popen(
+        "ask", "sleep for a minute", env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 60")))
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "Interrupted" in stderr
+    assert traced(trace)[-1].startswith("helper ")
+    assert rig.record()["last_turn"]["status"] == "interrupted"
+    _wait_for(lambda: not sandbox_processes(sandbox_id, "sleep 60"), timeout=10)
+
+
+def _cli(env: dict[str, str], *args: str, pythonpath: Path = REPO) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env, "PYTHONPATH": str(pythonpath)}
+    return subprocess.run(
+        [sys.executable, "-m", "codex_daytona", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_a_helper_whose_files_changed_refuses_and_exits(helper_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "checkout"
+    for package in ("codex_daytona", "agent_bundle"):
+        shutil.copytree(REPO / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    trace = helper_dir / "trace"
+    env = helper_env(helper_dir, trace)
+    assert _cli(env, "status", pythonpath=copy).returncode == 0
+    _wait_for(lambda: sockets(helper_dir))
+    (old_socket,) = sockets(helper_dir)
+    assert _cli(env, "status", pythonpath=copy).returncode == 0
+    assert traced(trace)[-1].startswith("helper ")
+    (pid,) = helper_pids(helper_dir)
+
+    changed = copy / "codex_daytona" / "errors.py"
+    changed.write_text(changed.read_text() + "\n# changed\n")
+    with pytest.raises(launcher.NotHandedOver):
+        launcher.run_via_helper(str(old_socket))  # refused, or already gone
+    _wait_for(lambda: not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text())
+    assert not old_socket.exists()
+    # The changed checkout runs in process (and starts a helper of its own).
+    result = _cli(env, "status", pythonpath=copy)
+    assert result.returncode == 0, result.stderr
+    assert traced(trace)[-1] == "in-process"
+
+
+def test_the_helper_exits_when_idle(helper_dir: Path) -> None:
+    env = helper_env(helper_dir, helper_dir / "trace", CODEX_DAYTONA_HELPER_IDLE_SECONDS="1")
+    assert _cli(env, "--version").returncode == 0
+    _wait_for(lambda: sockets(helper_dir))
+    _wait_for(lambda: not helper_pids(helper_dir), timeout=15)
+    assert not sockets(helper_dir)
+
+
+def test_without_a_helper_commands_run_in_process(helper_dir: Path, tmp_path: Path) -> None:
+    trace = helper_dir / "trace"
+    # Turned off: runs here and starts nothing.
+    off = _cli(helper_env(helper_dir, trace, CODEX_DAYTONA_HELPER="0"), "--version")
+    assert off.returncode == 0 and off.stdout.startswith("codex-daytona ")
+    assert traced(trace) == ["in-process"]
+    assert not sockets(helper_dir) and not helper_pids(helper_dir)
+    # A directory others can open is never used: still works, in process.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    assert not launcher.private_dir(str(shared))
+    for _ in range(2):
+        result = _cli(helper_env(shared, trace), "status", "-q")
+        assert result.returncode == 0 and result.stdout == "none\n", result.stderr
+    assert traced(trace)[-2:] == ["in-process", "in-process"]
+    assert not list(shared.iterdir())
+    # A stale socket (no helper behind it): in process again, and a helper replaces it.
+    key = launcher.fingerprint({**os.environ})
+    stale = Path(launcher.socket_path(str(helper_dir), key))
+    stale.touch()
+    result = _cli(helper_env(helper_dir, trace), "status", "-q")
+    assert result.returncode == 0 and result.stdout == "none\n", result.stderr
+    assert traced(trace)[-1] == "in-process"
