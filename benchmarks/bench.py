@@ -123,6 +123,17 @@ def timed(command: list[str], **kwargs: Any) -> float:
     return time.perf_counter() - started
 
 
+def start_helper(bench: Bench) -> None:
+    """The first command starts the helper (as a user's first command does); waits until it listens."""
+    project, state = bench.project()
+    bench.cli(project, bench.env(state), "--version")
+    deadline = time.monotonic() + 120
+    while not list((bench.work / "helper").glob("helper-*.sock")):
+        if time.monotonic() > deadline:
+            raise SystemExit("The helper did not start.")
+        time.sleep(0.1)
+
+
 def measure_instant(bench: Bench, runs: int) -> dict[str, float]:
     """`--help`, `--version` and `status` with no sandbox, against `python -c 'import typer'`."""
     project, state = bench.project()
@@ -174,10 +185,11 @@ def measure_ask(bench: Bench, project: Path, env: dict[str, str], runs: int) -> 
     exec_env = {**{k: v for k, v in os.environ.items() if not k.startswith(OUR_VARS)}, **codex_env(codex_home)}
     exec_cmd = [str(binary), "exec", "--json", "--skip-git-repo-check", "--sandbox", "danger-full-access"]
     in_process = {**env, "CODEX_DAYTONA_HELPER": "0"}
-    # One turn first on each side, so none pays a first-time cost in the figures (and the
-    # helper, which the first command started, is up).
-    bench.model.enqueue(turn(msg("warm")))
-    bench.cli(project, env, "ask", "-q", "warm up")
+    # Warm-up turns first, so none pays a first-time cost in the figures: the helper learns
+    # from the first `ask` which modules an `ask` imports, and imports them before the second.
+    for _ in range(2):
+        bench.model.enqueue(turn(msg("warm")))
+        bench.cli(project, env, "ask", "-q", "warm up")
     bench.model.enqueue(turn(msg("warm")))
     timed([*exec_cmd, "-C", str(exec_dir), "warm up"], env=exec_env, stdin=subprocess.DEVNULL)
     figures: dict[str, list[float]] = {k: [] for k in ("ours", "inproc", "exec", "w_ours", "w_inproc", "w_exec")}
@@ -291,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(work, emulator, model, RequestLog(work / "requests.jsonl"), verbose=args.verbose)
         try:
             print(f"Measuring, {runs} runs each (a few minutes)...", file=sys.stderr)
+            start_helper(bench)
             instant = measure_instant(bench, runs)
             up_fresh, trips_fresh = measure_up(bench, runs, "up fresh")
             emulator.set_config(sandbox_uv=False)
@@ -369,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nMedians of {runs} runs on this machine ({os.cpu_count()} cores), everything local: the Daytona\n"
         "emulator, the scripted model, the real CLI (as `python -m codex_daytona`, this checkout), agent\n"
-        "and Codex binary. `ask` runs on a ready sandbox (agent daemon warm, one warm-up turn first, the\n"
+        "and Codex binary. `ask` runs on a ready sandbox (agent daemon warm, two warm-up turns first, the\n"
         "helper started by an earlier command) and continues its thread. Start -> first model request:\n"
         "from just before the process is spawned to the scripted model receiving the turn's first\n"
         "request (its own clock, the same machine), against `codex exec --json` running the same\n"

@@ -305,12 +305,12 @@ def start_helper(path: str, key: str) -> None:
 
 
 def _exit_with(status: int) -> None:
+    flush_stdio()
     if status < 0:  # die of the same signal, as the command did
-        sys.stdout.flush()
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
-        sys.exit(128 - status)
-    sys.exit(status)
+        status = 128 - status
+    os._exit(status)
 
 
 def main() -> None:

@@ -106,11 +106,14 @@ class Layout:
 
 
 def probe_command(layout: Layout) -> str:
-    """Prints the installed runtime fingerprint (or an empty line) and the sandbox's Python version."""
+    """Prints the installed runtime fingerprint (or an empty line) and, unless that is this
+    runtime (nothing to install, so no Python to check: one interpreter start less), the
+    sandbox's Python version."""
     q = shlex.quote
     script = (
-        f"cat {q(layout.marker)} 2>/dev/null; echo; "
-        "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null || echo none"
+        f"marker=$(cat {q(layout.marker)} 2>/dev/null); printf '%s\\n' \"$marker\"; "
+        f'if [ "$marker" = {q(RUNTIME_MARKER)} ]; then echo installed; else '
+        "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null || echo none; fi"
     )
     return "sh -c " + q(script)
 

@@ -467,3 +467,16 @@ def test_an_inactive_snapshot_is_activated(emulator: DaytonaEmulator, daytona: A
     assert daytona.snapshot.get("to-wake").state.value == "inactive"
     daytona.snapshot.activate(daytona.snapshot.get("to-wake"))
     assert daytona.snapshot.get(added["id"]).state.value == "active"
+
+
+def test_the_default_image_has_uv_on_its_path_unless_configured_away(emulator: DaytonaEmulator, sandbox: Any) -> None:
+    """daytona-sdk-wire.md "The default sandbox": the default image ships uv (and python3)."""
+    found = sandbox.process.exec("command -v uv && uv --version && command -v python3")
+    assert found.exit_code == 0, found.result
+    _uv_path, version, python = found.result.strip().splitlines()
+    assert version.startswith("uv ")
+    # uv comes alone: the sandbox's python3 is still the system's, not this virtualenv's.
+    assert Path(python).resolve() != Path(sys.executable).resolve()
+    emulator.set_config(sandbox_uv=False)
+    missing = sandbox.process.exec("command -v uv || echo no-uv")
+    assert missing.result.strip() == "no-uv"

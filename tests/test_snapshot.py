@@ -49,6 +49,29 @@ def test_up_without_a_snapshot_installs_the_runtime(rig: Rig) -> None:
     assert sandbox is not None and sandbox["snapshot"] is None
     assert "Installing the Codex agent runtime" in result.stderr, result
     assert any(PIP_INSTALL in c for c in commands(rig, sandbox_id))
+    # The sandbox has uv (as Daytona's default image does): uv made the virtualenv.
+    assert "\nuv = " in venv_config(rig, sandbox_id)
+    rig.model.enqueue(turn(msg("installed by uv")))
+    asked = rig.cli("ask", "-q", "hi", env=NO_SNAPSHOT)
+    assert asked.code == 0 and asked.stdout == "installed by uv\n", asked
+
+
+def venv_config(rig: Rig, sandbox_id: str) -> str:
+    return "\n" + (rig.emulator.home_dir(sandbox_id) / ".codex-daytona/venv/pyvenv.cfg").read_text()
+
+
+def test_up_installs_with_pip_where_the_sandbox_has_no_uv(rig: Rig) -> None:
+    delete_snapshot(rig, runtime.snapshot_name())
+    rig.emulator.set_config(sandbox_uv=False)
+    result = rig.cli("up", env=NO_SNAPSHOT, timeout=900)
+    assert result.code == 0, result
+    sandbox_id = rig.record()["sandbox_id"]
+    config = venv_config(rig, sandbox_id)
+    assert "\nuv = " not in config and "\nhome = " in config  # python3 -m venv's
+    assert (rig.emulator.home_dir(sandbox_id) / ".codex-daytona/venv/bin/pip").exists()
+    rig.model.enqueue(turn(msg("installed by pip")))
+    asked = rig.cli("ask", "-q", "hi", env=NO_SNAPSHOT)
+    assert asked.code == 0 and asked.stdout == "installed by pip\n", asked
 
 
 def test_snapshot_is_built_once_and_up_starts_from_it(rig: Rig) -> None:
