@@ -85,6 +85,8 @@ def normalized(text: str) -> str:
     text = re.sub(r'"(ts|duration_ms|elapsed_ms|pid)":\s*[0-9.]+', r'"\1":0', text)
     text = re.sub(r'"([a-z]+)_\d+"', r'"\1_N"', text)  # the scripted model's item and call ids
     text = re.sub(r'_tokens":\d+', '_tokens":0', text)  # the thread grows from turn to turn
+    text = re.sub(r"done in [0-9.]+ s", "done in N s", text)
+    text = re.sub(r"[0-9,]+ (tokens|in|out|cached|reasoning)\b", r"N \1", text)
     return text
 
 
