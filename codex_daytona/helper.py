@@ -272,6 +272,9 @@ def _run_command(request: dict[str, Any], fds: list[int], conn: socket.socket, l
     _reopen_stdio(stdio)
     code = _run_cli()
     launcher.flush_stdio()
+    for fd in (0, 1, 2):  # a reader of our output sees its end now, not after the bookkeeping
+        with contextlib.suppress(OSError):
+            os.close(fd)
     # Told here rather than by the waiter once this process is gone: a hop less before the
     # client exits (the waiter says it again, and reports a death by a signal).
     with contextlib.suppress(OSError):

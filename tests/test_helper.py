@@ -37,8 +37,9 @@ def _wait_for(check: Callable[[], object], timeout: float = 60.0) -> None:
 
 
 def helper_pids(directory: Path) -> list[int]:
-    """The helper processes serving from `directory` (their command line names their socket)."""
-    found = []
+    """The helper processes serving from `directory` (their command line names their socket),
+    less the processes they forked for commands (which share their command line)."""
+    found: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -50,8 +51,8 @@ def helper_pids(directory: Path) -> list[int]:
         if "State:\tZ" in status:
             continue
         if b"codex_daytona.helper" in cmdline and any(str(directory).encode() in part for part in cmdline):
-            found.append(int(proc.name))
-    return found
+            found[int(proc.name)] = int(status.split("PPid:")[1].split()[0])
+    return [pid for pid, parent in found.items() if parent not in found]
 
 
 def sockets(directory: Path) -> list[Path]:
@@ -218,3 +219,15 @@ def test_without_a_helper_commands_run_in_process(helper_dir: Path, tmp_path: Pa
     result = _cli(helper_env(helper_dir, trace), "status", "-q")
     assert result.returncode == 0 and result.stdout == "none\n", result.stderr
     assert traced(trace)[-1] == "in-process"
+
+
+def test_help_usage_errors_and_exit_codes_are_the_same_through_the_helper(helper_dir: Path) -> None:
+    trace = helper_dir / "trace"
+    env = helper_env(helper_dir, trace)
+    assert _cli(env, "--version").returncode == 0
+    _wait_for(lambda: sockets(helper_dir))
+    for args in (["--help"], ["ask", "--help"], ["ask", "--timeout", "0", "x"], ["bogus"], ["status", "-q"]):
+        helped = _cli(env, *args)
+        local = _cli({**env, "CODEX_DAYTONA_HELPER": "0"}, *args)
+        assert traced(trace)[-2:] == [traced(trace)[-2], "in-process"] and traced(trace)[-2].startswith("helper ")
+        assert (helped.returncode, helped.stdout, helped.stderr) == (local.returncode, local.stdout, local.stderr), args
