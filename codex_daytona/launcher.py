@@ -223,6 +223,14 @@ def run_via_helper(path: str) -> int:
     Raises NotHandedOver when the helper is not there or did not take the command."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     cwd_fd = -1
+    # A signal that comes while the command is being handed over is held, then passed on to
+    # the command's process, or (when the helper does not take it) delivered here again.
+    pending: list[int] = []
+    held = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name)
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            held[sig] = signal.signal(sig, lambda signum, _frame: pending.append(signum))
     try:
         try:
             sock.connect(path)
@@ -241,12 +249,18 @@ def run_via_helper(path: str) -> int:
             raise NotHandedOver(str((reply or {}).get("refused", "the helper did not answer")))
         pid = int(reply["pid"])
         _trace(f"helper {pid}")
-        return _wait(sock, pid)
+        return _wait(sock, pid, pending)
+    except NotHandedOver:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        for sig in pending:
+            os.kill(os.getpid(), sig)
+        raise
     finally:
         sock.close()
 
 
-def _wait(sock: socket.socket, pid: int) -> int:
+def _wait(sock: socket.socket, pid: int, pending: list[int]) -> int:
     """Forwards signals to the command's process until the helper reports how it ended."""
 
     def forward(signum: int, _frame: object) -> None:
@@ -265,6 +279,8 @@ def _wait(sock: socket.socket, pid: int) -> int:
             signal.signal(sig, forward)
     signal.signal(signal.SIGTSTP, suspend)
     signal.signal(signal.SIGCONT, forward)
+    for sig in pending:
+        forward(sig, None)
     try:
         reply, _ = recv_message(sock)
     except (OSError, ValueError):
