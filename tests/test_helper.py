@@ -150,6 +150,26 @@ def test_ctrl_c_through_the_helper_interrupts_the_turn(rig: Rig, helper_dir: Pat
     _wait_for(lambda: not sandbox_processes(sandbox_id, "sleep 60"), timeout=10)
 
 
+@pytest.mark.e2e
+def test_detach_and_timeout_through_the_helper(rig: Rig, helper_dir: Path) -> None:
+    trace = helper_dir / "trace"
+    env = helper_env(helper_dir, trace)
+    assert rig.cli("up", env=env).code == 0
+    _wait_for(lambda: sockets(helper_dir))
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.model.enqueue(turn(run("sleep 1; echo slow")), turn(msg("finished detached")))
+    started = rig.cli("ask", "--detach", "-q", "work", env=env)
+    assert started.code == 0, started
+    followed = rig.cli("logs", "-f", "-q", started.stdout.strip(), env=env)
+    assert followed.code == 0 and followed.stdout == "finished detached\n", followed
+    rig.model.enqueue(turn(run("sleep 72", yield_time_ms=60000)), turn(msg("unreachable")))
+    timed_out = rig.cli("ask", "--timeout", "3", "sleep a while", env=env)
+    assert timed_out.code == 124, timed_out
+    assert rig.record()["last_turn"]["status"] == "interrupted"
+    _wait_for(lambda: not sandbox_processes(sandbox_id, "sleep 72"), timeout=10)
+    assert [line.split()[0] for line in traced(trace)] == ["in-process", "helper", "helper", "helper"]
+
+
 def _cli(env: dict[str, str], *args: str, pythonpath: Path = REPO) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **env, "PYTHONPATH": str(pythonpath)}
     return subprocess.run(
