@@ -297,7 +297,7 @@ def _usage_json(usage: dict[str, Any] | None) -> dict[str, int]:
 # --- Listening ports ------------------------------------------------------------------
 
 
-def _socket_owners(scope: str | None) -> set | None:
+def _socket_owners(scope: str | None) -> set[str] | None:
     """Socket inodes owned by processes of this sandbox (those whose environment carries
     CODEX_DAYTONA_SCOPE=scope). None when no scope is set: then every socket counts."""
     if not scope:
@@ -369,7 +369,7 @@ def read_request(stream: TextIO, timeout: float) -> dict[str, Any]:
     data = box.get("data")
     if not data:
         raise RuntimeError(f"no request arrived on stdin within {timeout:.0f} s")
-    request = json.loads(base64.b64decode("".join(data.split()), validate=True))
+    request: dict[str, Any] = json.loads(base64.b64decode("".join(data.split()), validate=True))
     if request.get("protocol") != PROTOCOL:
         raise RuntimeError(f"request protocol {request.get('protocol')!r}, this agent speaks {PROTOCOL}")
     return request

@@ -119,7 +119,7 @@ def test_emitter_masks_secrets(tmp_path: Path) -> None:
             pass
 
     sink = Sink()
-    emitter = agent.Emitter(tmp_path / "e.jsonl", sink, [KEY])  # type: ignore[arg-type]
+    emitter = agent.Emitter(tmp_path / "e.jsonl", sink, [KEY])
     emitter.emit({"type": "x", "text": f"the key is {KEY}"})
     emitter.close()
     assert KEY not in sink.text and KEY not in (tmp_path / "e.jsonl").read_text()
