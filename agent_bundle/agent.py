@@ -665,7 +665,9 @@ class Engine:
         if self._thread is not None and self._thread.id == thread_id and not request.get("model"):
             return self._thread
         try:
-            self._thread = codex.thread_resume(thread_id, **options)
+            # Without include_turns=False Codex sends the whole history back, and a deprecation
+            # notice about that ("Full-history hydration is deprecated") that exec shows as a warning.
+            self._thread = codex.thread_resume(thread_id, include_turns=False, **options)
         except InvalidRequestError as exc:
             emit(
                 {

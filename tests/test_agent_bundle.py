@@ -325,6 +325,29 @@ def test_agent_runs_a_turn_and_resumes_it(rig: AgentRig) -> None:
 
 
 @pytest.mark.e2e
+def test_a_thread_resumed_by_a_new_daemon_raises_no_warning(rig: AgentRig) -> None:
+    """A new daemon (the sandbox restarted, the agent was updated) resumes the thread from
+    disk; Codex must not answer with a deprecation notice, which exec would show as a warning."""
+    rig.model.enqueue(turn(msg("first answer")))
+    code, events, stderr = rig.run("remember this")
+    assert code == 0, stderr
+    pid, thread_id = events[0]["pid"], events[-1]["thread_id"]
+    stop_daemon(rig.home)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, "the daemon did not stop"
+        time.sleep(0.05)
+    assert rig.deliver_key().returncode == 0
+    rig.model.enqueue(turn(msg("second answer")))
+    code, events, stderr = rig.run("what did I say?", thread_id=thread_id)
+    assert code == 0, stderr
+    assert events[0]["pid"] != pid and events[-1]["thread_id"] == thread_id
+    assert "remember this" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    warnings = [e["item"]["message"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "error"]
+    assert not warnings
+
+
+@pytest.mark.e2e
 def test_agent_failed_turn_exits_3_with_the_model_error(rig: AgentRig) -> None:
     # Codex retries even a 401 (request_max_retries); every attempt gets the same answer.
     rig.model.enqueue(*[error(401, "Incorrect API key provided") for _ in range(12)])
