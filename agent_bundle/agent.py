@@ -345,7 +345,7 @@ class TurnMapper:
         if raw.get("type") in ("agentMessage", "reasoning"):
             exec_id = self._new_id()
         else:
-            exec_id = self._ids.pop(raw_id, None) or self._new_id()
+            exec_id = self._ids.pop(raw_id, "") or self._new_id()
         self.open_items.pop(raw_id, None)
         shown = self._with_id(exec_id, item)
         events: list[dict[str, Any]] = []

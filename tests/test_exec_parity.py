@@ -164,7 +164,7 @@ SCENARIOS = [
 
 def _normalised(events: Events, home: str) -> Events:
     text = json.dumps(events).replace(home.rstrip("/"), "<home>")
-    out = json.loads(text)
+    out: Events = json.loads(text)
     for event in out:
         if event["type"] == "thread.started":
             event["thread_id"] = "<thread>"

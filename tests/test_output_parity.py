@@ -108,7 +108,7 @@ def test_a_person_sees_warnings_retries_sub_agents_and_what_exec_leaves_out() ->
 
 
 def test_an_interrupt_shows_the_command_it_stopped() -> None:
-    events = [
+    events: list[dict[str, Any]] = [
         THREAD,
         {"type": "turn.started"},
         {"type": "item.started", "item": {**COMMAND, "exit_code": None, "status": "in_progress"}},
