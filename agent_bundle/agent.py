@@ -550,7 +550,7 @@ class Engine:
         self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], interrupter: Interrupter
     ) -> dict[str, Any]:
         """Starts or resumes the thread, runs one turn, emits its events; returns the outcome."""
-        from openai_codex import TextInput, TransportClosedError
+        from openai_codex import TransportClosedError
 
         try:
             codex = self._ensure(request)
@@ -562,7 +562,7 @@ class Engine:
             thread = self._thread_for(codex, request, emit)
         emit({"type": "thread.started", "thread_id": thread.id})
         mapper = TurnMapper()
-        handle = thread.turn(TextInput(request["prompt"]))
+        handle = thread.turn(turn_input(request), **turn_options(request))
         interrupter.attach(handle)
         watchdog = Watchdog(mapper, interrupter, float(request.get("model_timeout") or MODEL_TIMEOUT_S))
         try:
@@ -584,6 +584,21 @@ class Engine:
             "final_message": mapper.final_message,
             "usage": mapper.turn_usage(),
         }
+
+
+def turn_input(request: dict[str, Any]) -> list[Any]:
+    """The turn's input items: the prompt, then the images uploaded for it (`--image`)."""
+    from openai_codex import LocalImageInput, TextInput
+
+    return [TextInput(request["prompt"]), *(LocalImageInput(str(p)) for p in request.get("images") or [])]
+
+
+def turn_options(request: dict[str, Any]) -> dict[str, Any]:
+    """Options of `thread.turn(...)` that the request sets: the output schema (`--output-schema`)."""
+    options: dict[str, Any] = {}
+    if request.get("output_schema") is not None:
+        options["output_schema"] = request["output_schema"]
+    return options
 
 
 class Watchdog:
