@@ -96,6 +96,9 @@ class Output:
         self.final_message: str | None = None
         # `ask --json` streams every event as a JSON line; other commands print one object.
         self.stream_events = False
+        # Streamed events are `codex exec --json`'s only: our `codex_daytona.*` lines are left
+        # out (warnings go to stderr). For `codex-daytona-exec`.
+        self.exec_only = False
         self._browser_hint_shown = False
         # `ask --fanout`: one row per sandbox (status, detail, started, ended), in order of arrival.
         self._fanout: dict[str, tuple[str, str, float | None, float | None]] = {}
@@ -178,6 +181,10 @@ class Output:
                 stream.flush()
             return
         if self.mode is Mode.JSON:
+            if self.exec_only and str(kind).startswith("codex_daytona."):
+                if kind in (ev.WARNING, ev.RESUME_FAILED):
+                    self.warning(str(event.get("message", "")))
+                return
             if self.stream_events:
                 self.json_line(event)
             elif kind in (ev.WARNING, ev.RESUME_FAILED):
