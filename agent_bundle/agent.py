@@ -483,6 +483,10 @@ def _kill_group(group: int) -> None:
 # --- The engine: one warm Codex app-server for the sandbox ------------------------------
 
 
+class ResumeError(RuntimeError):
+    """The request's thread could not be resumed, and the request forbids starting afresh."""
+
+
 class Engine:
     """Owns the Codex app-server. It outlives turns, so the processes a turn starts in the
     background (dev servers) keep running, and a turn starts without paying for Codex's
@@ -536,6 +540,8 @@ class Engine:
         try:
             self._thread = codex.thread_resume(thread_id, **options)
         except InvalidRequestError as exc:
+            if request.get("must_resume"):  # `codex exec resume ID`: fail as exec does, never start afresh
+                raise ResumeError(f"could not resume thread {thread_id}: {exc}") from None
             emit(
                 {
                     "type": "codex_daytona.resume_failed",

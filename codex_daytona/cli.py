@@ -238,6 +238,7 @@ def ask(
         typer.Option(
             "--output-last-message",
             "-o",
+            metavar="FILE",
             help="Also write the agent's final message to FILE (as `codex exec -o` does).",
             show_default=False,
         ),
@@ -246,13 +247,16 @@ def ask(
         Path | None,
         typer.Option(
             "--output-schema",
+            metavar="FILE",
             help="A JSON Schema file the final message must conform to (the model answers in JSON).",
             show_default=False,
         ),
     ] = None,
     image: Annotated[
         list[Path] | None,
-        typer.Option("--image", "-i", help="Attach an image to the prompt (repeatable).", show_default=False),
+        typer.Option(
+            "--image", "-i", metavar="FILE", help="Attach an image to the prompt (repeatable).", show_default=False
+        ),
     ] = None,
     name: NameOpt = None,
     json_mode: JsonOpt = False,

@@ -289,7 +289,9 @@ def run(argv: list[str]) -> int:
         out.error("Terminated." if signals.terminated else "Interrupted.")
         return EXIT_SIGTERM if signals.terminated else EXIT_FAILED
     except CodexDaytonaError as exc:
-        if isinstance(exc, ConfigError) and "SANDBOX_OPENAI_API_KEY" in exc.message:
+        if "could not resume thread" in exc.message:
+            exc.hint = "Threads live in the sandbox that ran them: resume it from the same directory (--cd)."
+        elif isinstance(exc, ConfigError) and "SANDBOX_OPENAI_API_KEY" in exc.message:
             exc.hint = "Pass it as the SDK's `apiKey` (CODEX_API_KEY), or set it as for codex-daytona. " + exc.hint
         out.error(exc.message, exc.hint)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED

@@ -557,7 +557,8 @@ class App:
         """Runs one turn of the agent on `prompt` and streams its events.
 
         With `detach`, starts the turn and returns at once (status "running"); `logs` follows it.
-        `thread_id` resumes that thread instead of the sandbox's current one. `images` (local
+        `thread_id` resumes that thread instead of the sandbox's current one, and fails the
+        run (AgentSetupError) when the sandbox cannot resume it. `images` (local
         files, checked with `check_images`) are uploaded in one request and attached to the
         turn; `output_schema` (see `read_output_schema`) is the JSON Schema the final message
         must follow.
@@ -601,6 +602,7 @@ class App:
             heartbeat_seconds=self.settings.codex_daytona_stream_idle_seconds / 3,
             images=remote_images,
             output_schema=output_schema,
+            must_resume=thread_id is not None and not new_thread,
         )
         command_id = self.api.start_command(sandbox, session, runtime.agent_command(layout, run_id, request))
         self._update_record(record.sandbox_id, lambda r: _set_command(r, run_id, command_id))

@@ -243,6 +243,7 @@ def agent_request(
     heartbeat_seconds: float | None = None,
     images: list[str] | None = None,
     output_schema: dict[str, object] | None = None,
+    must_resume: bool = False,
 ) -> str:
     """The turn's request, one JSON line. It names the key by its fingerprint and never
     carries it (the session command that holds the request is written to the sandbox's
@@ -265,6 +266,8 @@ def agent_request(
         request["images"] = images
     if output_schema is not None:
         request["output_schema"] = output_schema
+    if must_resume:  # a thread that cannot be resumed fails the run instead of starting a new one
+        request["must_resume"] = True
     return json.dumps(request, ensure_ascii=True) + "\n"
 
 

@@ -199,6 +199,24 @@ def test_resume_thread_remembers_and_start_thread_starts_afresh(rig: Rig, node: 
 
 
 @pytest.mark.e2e
+def test_resuming_a_thread_the_sandbox_does_not_have_throws(rig: Rig, node: Node) -> None:
+    rig.model.enqueue(turn(msg("never")))
+    [result] = node.run(
+        'const thread = codex.resumeThread("019a0000-0000-7000-8000-000000000000", { workingDirectory: project });\n'
+        "try {\n"
+        '  await thread.run("go on");\n'
+        "  out({ threw: false });\n"
+        "} catch (error) {\n"
+        "  out({ threw: true, message: String(error.message) });\n"
+        "}\n"
+    )
+    assert result["threw"] is True, result
+    assert "Codex Exec exited with code 1" in result["message"]
+    assert "could not resume thread 019a0000-0000-7000-8000-000000000000" in result["message"]
+    assert rig.model.model_requests == []  # no fresh thread behind the program's back
+
+
+@pytest.mark.e2e
 def test_output_schema_and_local_images_reach_the_model(rig: Rig, node: Node, tmp_path: Path) -> None:
     from tests.test_exec_flags import png
 
@@ -251,6 +269,36 @@ def test_a_failed_turn_throws_in_the_program(rig: Rig, node: Node) -> None:
     assert streamed["threw"] is True and streamed["types"][-1] == "turn.failed", streamed
     assert streamed["message"].startswith("Codex Exec exited with code 1:"), streamed
     assert "the model fell over again" in streamed["message"]  # our error line, on stderr
+
+
+@pytest.mark.e2e
+def test_an_aborted_turn_is_interrupted_in_the_sandbox(rig: Rig, node: Node) -> None:
+    """The SDK's AbortSignal kills codex-daytona-exec with SIGTERM: the turn is interrupted
+    (not left running), and the thread goes on."""
+    rig.model.enqueue(turn(run("sleep 61", yield_time_ms=60000)), turn(msg("after the abort")))
+    [result] = node.run(
+        "const controller = new AbortController();\n"
+        "const thread = codex.startThread({ workingDirectory: project });\n"
+        "const types = [];\n"
+        "try {\n"
+        '  const { events } = await thread.runStreamed("sleep a while", { signal: controller.signal });\n'
+        "  for await (const event of events) {\n"
+        "    types.push(event.type);\n"
+        '    if (event.type === "item.started" && event.item.type === "command_execution") controller.abort();\n'
+        "  }\n"
+        "} catch (error) {\n"
+        "  types.push(`threw ${error.name}`);\n"
+        "}\n"
+        "const again = codex.resumeThread(thread.id, { workingDirectory: project });\n"
+        'const turn = await again.run("go on");\n'
+        "out({ types, final: turn.finalResponse, first: thread.id, second: again.id });\n",
+        timeout=120,
+    )
+    assert result["types"][-1] == "threw AbortError", result
+    assert result["final"] == "after the abort" and result["first"] == result["second"]
+    # The model heard of the interrupted turn: it was stopped, not left to finish.
+    assert "aborted" in _input_text(rig.model.model_requests[-1]).lower()
+    assert len(rig.model.model_requests) == 2
 
 
 # --- the command line the SDK writes, without a sandbox ----------------------------------------
@@ -342,3 +390,12 @@ def test_without_settings_it_fails_like_exec_with_the_reason_on_stderr() -> None
     assert with_key.returncode == 1, with_key
     assert "DAYTONA_API_KEY is not set" in with_key.stderr
     assert OPENAI_KEY not in with_key.stderr + with_key.stdout
+
+
+def test_the_package_installs_the_executable() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, function = scripts["codex-daytona-exec"].partition(":")
+    assert (module, function) == ("codex_daytona.codex_exec", "main")
+    assert callable(getattr(codex_exec, function))
