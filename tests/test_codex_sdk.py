@@ -399,3 +399,23 @@ def test_the_package_installs_the_executable() -> None:
     module, _, function = scripts["codex-daytona-exec"].partition(":")
     assert (module, function) == ("codex_daytona.codex_exec", "main")
     assert callable(getattr(codex_exec, function))
+
+
+def test_exec_only_output_leaves_our_lines_out_and_warns_on_stderr() -> None:
+    import io
+
+    from codex_daytona.output import Mode, Output
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    out = Output(Mode.JSON, stdout=stdout, stderr=stderr, secrets=[OPENAI_KEY])
+    out.stream_events = True
+    out.exec_only = True
+    out.event({"type": "codex_daytona.progress", "message": "Creating the sandbox..."})
+    out.event({"type": "thread.started", "thread_id": "t1"})
+    out.event({"type": "codex_daytona.warning", "message": "careful"})
+    out.event({"type": "item.completed", "item": {"id": "i", "type": "agent_message", "text": f"k={OPENAI_KEY}"}})
+    out.event({"type": "codex_daytona.run.completed", "status": "completed"})
+    lines = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert [e["type"] for e in lines] == ["thread.started", "item.completed"]
+    assert OPENAI_KEY not in stdout.getvalue()
+    assert "careful" in stderr.getvalue()
