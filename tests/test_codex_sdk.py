@@ -393,7 +393,10 @@ def test_without_settings_it_fails_like_exec_with_the_reason_on_stderr() -> None
 
 
 def test_the_package_installs_the_executable() -> None:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, function = scripts["codex-daytona-exec"].partition(":")
