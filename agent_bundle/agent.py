@@ -614,6 +614,10 @@ def _kill_group(group: int) -> None:
 # --- The engine: one warm Codex app-server for the sandbox ------------------------------
 
 
+class ResumeError(RuntimeError):
+    """The request's thread could not be resumed, and the request forbids starting afresh."""
+
+
 class Engine:
     """Owns the Codex app-server. It outlives turns, so the processes a turn starts in the
     background (dev servers) keep running, and a turn starts without paying for Codex's
@@ -669,6 +673,8 @@ class Engine:
             # notice about that ("Full-history hydration is deprecated") that exec shows as a warning.
             self._thread = codex.thread_resume(thread_id, include_turns=False, **options)
         except InvalidRequestError as exc:
+            if request.get("must_resume"):  # `codex exec resume ID`: fail as exec does, never start afresh
+                raise ResumeError(f"could not resume thread {thread_id}: {exc}") from None
             emit(
                 {
                     "type": "codex_daytona.resume_failed",
@@ -683,7 +689,7 @@ class Engine:
         self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], interrupter: Interrupter
     ) -> dict[str, Any]:
         """Starts or resumes the thread, runs one turn, emits its events; returns the outcome."""
-        from openai_codex import TextInput, TransportClosedError
+        from openai_codex import TransportClosedError
 
         try:
             codex = self._ensure(request)
@@ -695,7 +701,7 @@ class Engine:
             thread = self._thread_for(codex, request, emit)
         emit({"type": "thread.started", "thread_id": thread.id})
         mapper = TurnMapper()
-        handle = thread.turn(TextInput(request["prompt"]))
+        handle = thread.turn(turn_input(request), **turn_options(request))
         interrupter.attach(handle)
         watchdog = Watchdog(mapper, interrupter, float(request.get("model_timeout") or MODEL_TIMEOUT_S))
         try:
@@ -744,6 +750,21 @@ def _global_notifications(codex: Any, thread_id: str) -> list[tuple[str, dict[st
         if params.get("threadId") in (None, thread_id):
             found.append((notification.method, params))
     return found
+
+
+def turn_input(request: dict[str, Any]) -> list[Any]:
+    """The turn's input items: the prompt, then the images uploaded for it (`--image`)."""
+    from openai_codex import LocalImageInput, TextInput
+
+    return [TextInput(request["prompt"]), *(LocalImageInput(str(p)) for p in request.get("images") or [])]
+
+
+def turn_options(request: dict[str, Any]) -> dict[str, Any]:
+    """Options of `thread.turn(...)` that the request sets: the output schema (`--output-schema`)."""
+    options: dict[str, Any] = {}
+    if request.get("output_schema") is not None:
+        options["output_schema"] = request["output_schema"]
+    return options
 
 
 class Watchdog:

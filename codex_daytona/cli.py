@@ -241,6 +241,31 @@ def ask(
             show_default=False,
         ),
     ] = None,
+    output_last_message: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-last-message",
+            "-o",
+            metavar="FILE",
+            help="Also write the agent's final message to FILE (as `codex exec -o` does).",
+            show_default=False,
+        ),
+    ] = None,
+    output_schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-schema",
+            metavar="FILE",
+            help="A JSON Schema file the final message must conform to (the model answers in JSON).",
+            show_default=False,
+        ),
+    ] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image", "-i", metavar="FILE", help="Attach an image to the prompt (repeatable).", show_default=False
+        ),
+    ] = None,
     name: NameOpt = None,
     json_mode: JsonOpt = False,
     exec_json: ExecJsonOpt = False,
@@ -252,6 +277,10 @@ def ask(
     Creates the sandbox first when there is none, and continues the same conversation
     on every call. Ctrl-C interrupts the turn (exit 130) and keeps the sandbox and thread.
 
+    -o FILE writes the final message to FILE when the turn completes (an empty file and a
+    warning when there is none). --output-schema FILE makes the final message JSON that
+    follows that schema. -i FILE (repeatable) uploads an image and attaches it to the prompt.
+
     --fanout N runs the prompt in sandboxes <name>-1..N at once (created from a snapshot of
     this one, or reused), shows one line per sandbox, and ends with a table comparing them
     (-q: the names whose turn completed). Exit 0 when every turn completed, 3 when any did
@@ -262,6 +291,8 @@ def ask(
     exec's lines, exactly as `codex exec --json` would (the exit codes stay this command's).
 
     Example: codex-daytona ask "create a 3d animated web-based lunar lander game"
+
+    Example: codex-daytona ask -i sketch.png --output-schema answer.json -o answer.txt "which colours?"
     """
     with _session(json_mode or exec_json, quiet, debug, name) as (core, out):
         if exec_json and (fanout is not None or detach):
@@ -269,17 +300,37 @@ def ask(
         if fanout is not None:
             if detach or wait:
                 raise_usage("--fanout cannot be used with --detach or --wait.")
+            if output_last_message or output_schema or image:
+                raise_usage("--fanout cannot be used with -o, --output-schema or --image.")
             _fanout(core, out, fanout, _read_prompt(prompt), new_thread=new_thread, model=model, timeout=timeout)
             return
+        if detach and output_last_message:
+            raise_usage("-o cannot be used with --detach: the turn ends after the command returns.")
+        from codex_daytona.core import check_images, read_output_schema
+
+        schema = read_output_schema(output_schema) if output_schema else None
+        images = check_images(image or [])
+        _check_writable(output_last_message)
         out.stream_events = json_mode or exec_json
         out.exec_only = exec_json
         text = _read_prompt(prompt)
         try:
-            outcome = core.ask(text, new_thread=new_thread, model=model, timeout=timeout, detach=detach, wait=wait)
+            outcome = core.ask(
+                text,
+                new_thread=new_thread,
+                model=model,
+                timeout=timeout,
+                detach=detach,
+                wait=wait,
+                images=images,
+                output_schema=schema,
+            )
         except CodexDaytonaError as exc:
             if json_mode and not exec_json:
                 out.json_line(_result_line(None, exc))
             raise
+        if output_last_message is not None and not detach:
+            out.last_message_file(output_last_message, outcome.final_message)
         if detach:
             out.value(f"Started run {outcome.run_id}", outcome.run_id, {"run_id": outcome.run_id, "status": "running"})
         elif exec_json:
@@ -288,6 +339,14 @@ def ask(
             out.json_line(_result_line(outcome))
         else:
             out.final_answer(outcome.final_message or out.final_message)
+
+
+def _check_writable(path: Path | None) -> None:
+    """-o FILE is written after the turn: a missing directory is a usage error before it."""
+    if path is not None and not path.absolute().parent.is_dir():
+        raise UsageError(f"-o: no such directory: {path.absolute().parent}")
+    if path is not None and path.is_dir():
+        raise UsageError(f"-o: {path} is a directory.")
 
 
 def _fanout(

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -502,6 +503,17 @@ class Output:
         self._pending_message = None
         if text:
             self._out(text)
+
+    def last_message_file(self, path: Path, text: str | None) -> None:
+        """`-o FILE`: the final message, as `codex exec -o` writes it (empty, with a warning,
+        when the turn ended without one)."""
+        try:
+            path.write_text(self.mask(text or ""), encoding="utf-8")
+        except OSError as exc:
+            self.warning(f"Failed to write last message file {path}: {exc}")
+            return
+        if not text:
+            self.warning(f"No last agent message; wrote empty content to {path}")
 
     def value(self, human: str, quiet: str, data: dict[str, Any]) -> None:
         """One result: a sentence for people, the bare value for -q, an object for --json."""
