@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -363,12 +364,22 @@ class DaytonaApi:
         (close code other than 1000), CommandGoneError when the command is unknown. While it
         streams, `keepalive_seconds` (if set) refreshes the sandbox's activity so auto-stop
         does not stop it mid-turn. A stream that stays silent for `idle_timeout` seconds is
-        taken for stalled: DaytonaError."""
+        taken for stalled: DaytonaError.
+
+        Ctrl-C (SIGINT) ends the stream between two chunks and raises KeyboardInterrupt
+        here, never inside the SDK: raised in the middle of one of the SDK's callbacks, it
+        made the SDK hand the same chunk over again as it closed (the chunk leaves its
+        buffer only after the callback returns), so an event was shown twice."""
+        interrupted = threading.Event()
 
         async def main() -> bool:
             loop = asyncio.get_running_loop()
             stop = asyncio.Event()
             heard = [time.monotonic()]
+
+            def on_sigint(signum: int, frame: object) -> None:
+                interrupted.set()
+                loop.call_soon_threadsafe(stop.set)
 
             def stdout(text: str) -> None:
                 heard[0] = time.monotonic()
@@ -399,6 +410,13 @@ class DaytonaApi:
             if idle_timeout:
                 tasks.add(asyncio.ensure_future(watch_silence(idle_timeout)))
             ticker = asyncio.ensure_future(keepalive(keepalive_seconds)) if keepalive_seconds else None
+            # Only where Python's own Ctrl-C handling is in force (the main thread, no handler
+            # of the caller's): the stream then ends the way `until` ends it.
+            takes_sigint = (
+                threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            )
+            previous = signal.signal(signal.SIGINT, on_sigint) if takes_sigint else None
             try:
                 done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set():
@@ -409,8 +427,13 @@ class DaytonaApi:
             finally:
                 for task in (*tasks, *([ticker] if ticker else [])):
                     task.cancel()
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
 
-        return _run_abandonable(main())
+        finished = _run_abandonable(main())
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        return finished
 
     # --- previews ---    # --- previews -------------------------------------------------------------------
 
