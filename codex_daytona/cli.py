@@ -727,8 +727,9 @@ def doctor(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt 
     the snapshot new sandboxes start from.
 
     Each check is one line on stderr; it stops at the first one that would make `ask` fail,
-    with the fix, and exits with that error's code (4 for a setting, 7 for Daytona, 1 for
-    the model endpoint). -q prints only ok; --json one object per check.
+    with the fix, and exits with that error's code (4 for a setting or a key the model
+    endpoint refuses, 7 for Daytona, 1 when the model endpoint cannot be reached). -q
+    prints only ok; --json one object per check.
 
     Example: codex-daytona doctor
     """
@@ -738,7 +739,8 @@ def doctor(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt 
             if json_mode:
                 out.json_line(check.as_dict())
             else:
-                out.progress(f"{'ok' if check.ok else 'FAIL':<5}{check.name:<10}{check.detail}")
+                # A failed check's detail is the error printed below it.
+                out.progress(f"{'ok':<5}{check.name:<10}{check.detail}" if check.ok else f"FAIL {check.name}")
 
         checks = core.doctor(show)
         failed = next((c for c in checks if not c.ok), None)
