@@ -529,6 +529,8 @@ def _status_text(report: StatusReport) -> str:
     lines = [f"Sandbox    {report.sandbox_id} ({report.state})"]
     if report.state == "deleted":
         lines.append("           deleted outside codex-daytona; `codex-daytona up` creates a new one")
+    if report.state == "paused":
+        lines.append("           paused: the next command that needs it resumes it, servers and agent included")
     lines.append(f"Thread     {report.thread_id or '-'}")
     turn = report.last_turn
     if turn is not None:

@@ -250,18 +250,28 @@ class DaytonaApi:
 
     @contextmanager
     def _refusable(self, action: str, sandbox_id: str) -> Iterator[None]:
-        """Like _translate, but a refusal (422, or 404/405 from an API without the route, the
-        sandbox itself still being there) is a RefusedError."""
+        """Like _translate, but a refusal is a RefusedError: 422 (a sandbox class that cannot
+        do it), or 404/405 while the sandbox is still there (an API without the route)."""
         try:
             with self._translate(action):
                 yield
         except DaytonaError as exc:
             status = _status(exc.__cause__)
-            if status == 422 or (status in (404, 405) and "sandbox" not in str(exc.__cause__).lower()):
+            if status == 422 or (status in (404, 405) and self._exists(sandbox_id)):
                 raise RefusedError(f"Daytona cannot {action}: {_first_line(exc.__cause__ or exc)}") from exc
             if status == 404:
                 raise SandboxGoneError(f"Sandbox {sandbox_id} no longer exists on Daytona.") from exc
             raise
+
+    def _exists(self, sandbox_id: str) -> bool:
+        from daytona import DaytonaNotFoundError
+
+        try:
+            with self._translate("look up the sandbox"):
+                self.client.get(sandbox_id)
+        except DaytonaError as exc:
+            return not isinstance(exc.__cause__, DaytonaNotFoundError)
+        return True
 
     def delete(self, sandbox: Sandbox) -> None:
         with self._translate("delete the sandbox", sandbox.id):

@@ -54,9 +54,22 @@ def raw_mode(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+class _Hangup(Exception):
+    """SIGTERM or SIGHUP while the shell runs: leave, restoring the terminal on the way."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _hang_up(signum: int, _frame: Any) -> None:
+    raise _Hangup(signum)
+
+
 def run(remote: Remote, stdin_fd: int = 0) -> int:
     """Pumps stdin to the remote shell and its output to stdout until it exits; returns its
-    exit code (1 when the connection dropped without one)."""
+    exit code (1 when the connection dropped without one; 128+N on SIGTERM or SIGHUP, after
+    which the caller ends the remote shell)."""
     out = sys.stdout.buffer
     wake_r, wake_w = os.pipe()
     ended = threading.Event()
@@ -78,7 +91,8 @@ def run(remote: Remote, stdin_fd: int = 0) -> int:
             os.write(wake_w, b"w")
 
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGWINCH, on_winch) if main else None
+    handlers = {signal.SIGWINCH: on_winch, signal.SIGTERM: _hang_up, signal.SIGHUP: _hang_up} if main else {}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     reader = threading.Thread(target=pump_output, name="shell-output", daemon=True)
     reader.start()
     stdin_open = True
@@ -108,9 +122,11 @@ def run(remote: Remote, stdin_fd: int = 0) -> int:
                         stdin_open = False  # a pipe ran dry: end of input for the shell too
                         remote.send(b"\x04")
             reader.join(timeout=5)
+    except _Hangup as exc:
+        return 128 + exc.signum
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGWINCH, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         os.close(wake_r)
         os.close(wake_w)
     code = remote.exit_code

@@ -354,3 +354,20 @@ def test_fanout_falls_back_to_a_snapshot_where_daytona_cannot_fork(rig: Rig) -> 
     finally:
         for name in ("default-1", "default-2"):
             rig.cli("down", "--yes", "--name", name)
+
+
+def test_shell_on_sigterm_restores_the_terminal_and_ends_the_remote_shell(rig: Rig) -> None:
+    up = rig.cli("up", "-q")
+    assert up.code == 0, up
+    sandbox_id = up.stdout.strip()
+    term = Pty(rig, 24, 80, "shell")
+    try:
+        term.send("echo up-$((20+1))\r")
+        term.read_until("up-21")
+        assert termios.tcgetattr(term.slave) != term.before  # raw mode while it runs
+        term.proc.terminate()
+        assert term.wait() == 143
+        assert termios.tcgetattr(term.slave) == term.before
+        _wait_for(lambda: not sandbox_processes(sandbox_id, "-i -l"), timeout=10)
+    finally:
+        term.close()
