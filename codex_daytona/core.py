@@ -430,6 +430,9 @@ class App:
         if self.record() is not None:
             raise UsageError(f"There is already a sandbox named {self.name}.")
         source = self.api.get(source_id)
+        if self.api.info(source).state != "started":  # Daytona forks only a started sandbox
+            self.emit(ev.progress(f"Starting sandbox {source_id} to fork it..."))
+            self.api.start(source)
         self.emit(ev.progress(f"Forking sandbox {source_id}..."))
         sandbox = self.api.fork(source)
         # Saved before anything else can fail, so the fork is never orphaned. A fork has its
