@@ -84,6 +84,8 @@ class Bench:
             CODEX_DAYTONA_STATE_DIR=str(state_dir),
             CODEX_DAYTONA_SNAPSHOT="",  # no explicit snapshot: `up` looks up the one `snapshot` builds
             NO_COLOR="1",
+            # This checkout's code, whatever the virtualenv's editable install points at.
+            PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         )
         env.update(extra)
         return env
@@ -226,6 +228,10 @@ def measure_fanout(bench: Bench, project: Path, env: dict[str, str], runs: int, 
             _, stderr = proc.communicate(timeout=900)
             if proc.returncode != 0 or reached is None:
                 raise SystemExit(f"`ask --fanout {FANOUT}` failed ({proc.returncode}):\n{stderr}")
+            if fork == ("saving a snapshot" in stderr):
+                raise SystemExit(
+                    f"`ask --fanout {FANOUT}` did not take the {'fork' if fork else 'snapshot'} path:\n{stderr}"
+                )
             times.append(reached)
             for n in range(1, FANOUT + 1):
                 bench.cli(project, env, "down", "--yes", "--name", f"default-{n}")
