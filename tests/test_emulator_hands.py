@@ -86,7 +86,7 @@ def test_pause_refused_for_a_sandbox_class_that_cannot(sandbox: Any, emulator: D
 
 
 def daytona_state(emulator: DaytonaEmulator, sandbox_id: str) -> str:
-    return next(s["state"] for s in emulator.sandboxes() if s["id"] == sandbox_id)
+    return str(next(s["state"] for s in emulator.sandboxes() if s["id"] == sandbox_id))
 
 
 # --- fork ------------------------------------------------------------------------------------

@@ -610,7 +610,10 @@ class SshAccess:
     def to_json(self, gateway: str) -> dict[str, Any]:
         host, _, port = gateway.partition(":")
         command = f"ssh {self.token}@{host}" if port in ("", "22") else f"ssh -p {port} {self.token}@{host}"
-        stamp = lambda d: d.isoformat(timespec="milliseconds").replace("+00:00", "Z")  # noqa: E731
+
+        def stamp(moment: datetime) -> str:
+            return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
         return {
             "id": self.id,
             "sandboxId": self.sandbox_id,
