@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+SDK_PREFIX = re.compile(r"^Failed to (pause sandbox|fork sandbox|create SSH access):? ?")
 TRANSFER_TIMEOUT_S = 3600
 
 
@@ -258,7 +260,9 @@ class DaytonaApi:
         except DaytonaError as exc:
             status = _status(exc.__cause__)
             if status == 422 or (status in (404, 405) and self._exists(sandbox_id)):
-                raise RefusedError(f"Daytona cannot {action}: {_first_line(exc.__cause__ or exc)}") from exc
+                # The SDK glues its own prefix on ("Failed to pause sandboxPausing is not ...").
+                detail = SDK_PREFIX.sub("", _first_line(exc.__cause__ or exc))
+                raise RefusedError(f"Daytona cannot {action}: {detail}") from exc
             if status == 404:
                 raise SandboxGoneError(f"Sandbox {sandbox_id} no longer exists on Daytona.") from exc
             raise
