@@ -78,6 +78,14 @@ app = typer.Typer(
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+ExecJsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exec-json",
+        help="Print exactly `codex exec --json`'s event lines on stdout: no codex_daytona.* lines, "
+        "no ts fields, no closing result line (implies --json).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the value (id, URL, answer).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", hidden=True)]
 NameOpt = Annotated[
@@ -265,6 +273,7 @@ def ask(
     ] = None,
     name: NameOpt = None,
     json_mode: JsonOpt = False,
+    exec_json: ExecJsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -278,24 +287,33 @@ def ask(
     (-q: the names whose turn completed). Exit 0 when every turn completed, 3 when any did
     not, 130 on Ctrl-C (every turn is interrupted). `keep NAME` then `down --others` keeps one.
 
+    --json prints the events of `codex exec --json` plus codex-daytona's own lines
+    (codex_daytona.*, ending with a codex_daytona.result line); --exec-json prints only
+    exec's lines, exactly as `codex exec --json` would (the exit codes stay this command's).
+
     Example: codex-daytona ask "create a 3d animated web-based lunar lander game"
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
+    with _session(json_mode or exec_json, quiet, debug, name) as (core, out):
+        if exec_json and (fanout is not None or detach):
+            raise_usage("--exec-json cannot be used with --fanout or --detach.")
         if fanout is not None:
             if detach or wait:
                 raise_usage("--fanout cannot be used with --detach or --wait.")
             _fanout(core, out, fanout, _read_prompt(prompt), new_thread=new_thread, model=model, timeout=timeout)
             return
-        out.stream_events = json_mode
+        out.stream_events = json_mode or exec_json
+        out.exec_only = exec_json
         text = _read_prompt(prompt)
         try:
             outcome = core.ask(text, new_thread=new_thread, model=model, timeout=timeout, detach=detach, wait=wait)
         except CodexDaytonaError as exc:
-            if json_mode:
+            if json_mode and not exec_json:
                 out.json_line(_result_line(None, exc))
             raise
         if detach:
             out.value(f"Started run {outcome.run_id}", outcome.run_id, {"run_id": outcome.run_id, "status": "running"})
+        elif exec_json:
+            pass  # exec's stream ends with its last event
         elif json_mode:
             out.json_line(_result_line(outcome))
         else:
@@ -433,22 +451,28 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the run ends.")] = False,
     name: NameOpt = None,
     json_mode: JsonOpt = False,
+    exec_json: ExecJsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show a run's events, also one started by another process or machine.
 
+    --json and --exec-json print them as `ask` does.
+
     Example: codex-daytona logs -f
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        out.stream_events = json_mode
+    with _session(json_mode or exec_json, quiet, debug, name) as (core, out):
+        out.stream_events = json_mode or exec_json
+        out.exec_only = exec_json
         try:
             outcome = core.logs(run_id, follow=follow)
         except CodexDaytonaError as exc:
-            if json_mode:
+            if json_mode and not exec_json:
                 out.json_line(_result_line(None, exc))
             raise
-        if json_mode:
+        if exec_json:
+            pass  # exec's stream ends with its last event
+        elif json_mode:
             out.json_line(_result_line(outcome))
         elif outcome.status in ("completed", "unknown") or quiet:
             out.final_answer(outcome.final_message or out.final_message)

@@ -1477,6 +1477,11 @@ class RunFollower:
                 self._attach()
             assert self.session is not None and self.command_id is not None
             self._replayed = 0
+            # A connection resumes after the last complete line: when a stream drops, the SDK
+            # flushes what it held back as stdout, which may be part of Daytona's stream
+            # marker or of a character, not output. The replay brings that line again, whole.
+            self.received -= len(self._partial)
+            self._partial = b""
             try:
                 finished = self.api.stream_logs(
                     self.sandbox,
