@@ -85,6 +85,7 @@ class Bench:
             CODEX_DAYTONA_STATE_DIR=str(state_dir),
             CODEX_DAYTONA_SNAPSHOT="",  # no explicit snapshot: `up` looks up the one `snapshot` builds
             NO_COLOR="1",
+            # This checkout's code, whatever the virtualenv's editable install points at.
             PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
             CODEX_DAYTONA_HELPER_DIR=str(self.work / "helper"),
         )
@@ -287,6 +288,51 @@ def ratio_row(measure: str, ours: float, base_label: str, base: float, limit: fl
     )
 
 
+FANOUT = 3
+
+
+def measure_fanout(bench: Bench, project: Path, env: dict[str, str], runs: int, *, fork: bool) -> float:
+    """Seconds from `ask --fanout 3` starting to the third sibling's turn reaching the model
+    (its first request), with the siblings made by Daytona's fork, or (fork refused, as for a
+    sandbox class that cannot fork) from a snapshot of the sandbox. Siblings are deleted
+    after each run, untimed."""
+    bench.emulator.set_config(refuse_fork=not fork)
+    times = []
+    try:
+        for i in range(runs):
+            bench.model.enqueue(*[turn(msg(f"ready {i}")) for _ in range(FANOUT)])
+            seen = len(bench.model.requests)
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                [*CLI, "ask", "--fanout", str(FANOUT), "--new-thread", "-q", f"get ready {i}"],
+                cwd=project,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            reached = None
+            while reached is None and proc.poll() is None:
+                turns = [r for r in bench.model.requests[seen:] if r.get("method") == "POST"]
+                if len(turns) >= FANOUT:
+                    reached = time.perf_counter() - started
+                time.sleep(0.01)
+            _, stderr = proc.communicate(timeout=900)
+            if proc.returncode != 0 or reached is None:
+                raise SystemExit(f"`ask --fanout {FANOUT}` failed ({proc.returncode}):\n{stderr}")
+            if fork == ("saving a snapshot" in stderr):
+                raise SystemExit(
+                    f"`ask --fanout {FANOUT}` did not take the {'fork' if fork else 'snapshot'} path:\n{stderr}"
+                )
+            times.append(reached)
+            for n in range(1, FANOUT + 1):
+                bench.cli(project, env, "down", "--yes", "--name", f"default-{n}")
+    finally:
+        bench.emulator.set_config(refuse_fork=False)
+    return median(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (medians are reported)")
@@ -318,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             latencies = measure_latency(bench, project, env)
             exit_helper = measure_exit(bench, project, env, runs)
             exit_in_process = measure_exit(bench, project, {**env, "CODEX_DAYTONA_HELPER": "0"}, runs)
+            fanout_runs = min(runs, 3)
+            fanout_fork = measure_fanout(bench, project, env, fanout_runs, fork=True)
+            fanout_snap = measure_fanout(bench, project, env, fanout_runs, fork=False)
             bench.cli(project, env, "down", "--yes")
         finally:
             model.stop()
@@ -368,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             for label in ("--help", "--version", "status")
         ),
+        Row(
+            f"`ask --fanout {FANOUT}` to {FANOUT} running turns: fork / snapshot fallback (up to 3 runs)",
+            f"{fanout_fork:.1f} s",
+            f"{fanout_snap:.1f} s",
+            f"{fanout_fork / fanout_snap:.2f}x" if fanout_snap else "",
+            "",
+            None,
+        ),
     ]
     header = ("measure", "ours", "baseline (same run)", "ratio", "target", "")
     cells = [header, *(row.cells() for row in rows)]
@@ -390,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         "the agent stamped on the turn's last event to `ask --json` having exited. Requests: the\n"
         "emulator's log, kinds api, toolbox and ws (the SDK's background Socket.IO left out). `up`\n"
         "fresh installs the runtime (uv, else pip; the bench's baseline hides uv from the sandbox);\n"
-        "a sandbox is deleted (`down`) after each `up` run, untimed."
+        "a sandbox is deleted (`down`) after each `up` run, untimed.\n"
+        f"Fan-out: from `ask --fanout {FANOUT}` starting to the {FANOUT}rd sibling's first model request, siblings\n"
+        "made with Daytona's fork, then with fork refused (the snapshot fallback); median of up to 3 runs."
     )
     if args.verbose:
         for label, calls in bench.notes.items():

@@ -43,9 +43,10 @@ DEFAULT_IDLE_SECONDS = 300
 # and handed to the helper so that its stdio is set up as the client's would be.
 STDIO_VARS = ("LANG", "LC_ALL", "LC_CTYPE", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONUNBUFFERED")
 FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGUSR1", "SIGUSR2")
-# Commands that stay in this process: `chat` reads a terminal line by line for minutes,
-# where start-up does not matter.
-IN_PROCESS_COMMANDS = frozenset({"chat"})
+# Commands that stay in this process: they own the terminal for minutes (line editing, raw
+# mode, ssh opening /dev/tty, which needs the terminal to be the process's controlling
+# one), where start-up does not matter.
+IN_PROCESS_COMMANDS = frozenset({"chat", "shell", "ssh"})
 MAX_MESSAGE = 16 * 1024 * 1024
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -18,7 +18,8 @@ Endpoints
 ``POST /v1/responses`` (any path ending in ``/responses``)
     takes the next step (see matching below) and answers it.
 ``GET /v1/models`` (any path ending in ``/models``)
-    a minimal model list.
+    a minimal model list; with ``ScriptedModel.api_key`` set, a request without
+    ``Authorization: Bearer <that key>`` gets OpenAI's 401 instead.
 anything else
     404.
 When no step is left: HTTP 500 ``{"error": {"message": "scripted model: script
@@ -44,6 +45,10 @@ A step is a JSON object.  Keys usable on every step:
     is taken by anyone, give every step a ``match`` when threads run concurrently.
 ``delay_ms`` (int, optional)
     Sleep this long before answering anything.
+``hold`` (str, optional)
+    Do not answer until ``ScriptedModel.release(name)`` is called with this name (or the
+    server stops): a test holds the model's next answer while it checks what has already
+    arrived, with nothing timed.
 
 Then exactly one kind of answer:
 
@@ -435,9 +440,12 @@ class ScriptedModel:
         self.default_step = default_step
         self.log_dir = Path(log_dir) if log_dir else None
         self.requests: list[dict[str, Any]] = []
+        # The key GET /models accepts (None: any), as OpenAI checks it.
+        self.api_key: str | None = None
         self.ids = Ids()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._released: dict[str, threading.Event] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.base_url = ""
@@ -464,6 +472,19 @@ class ScriptedModel:
                 if match is None or match in body_text:
                     return self._steps.pop(i)
         return self.default_step
+
+    def _hold(self, name: str) -> threading.Event:
+        with self._lock:
+            return self._released.setdefault(name, threading.Event())
+
+    def release(self, name: str) -> None:
+        """Lets the steps held under `name` (``hold``) be answered, now and later."""
+        self._hold(name).set()
+
+    def wait_released(self, name: str) -> None:
+        released = self._hold(name)
+        while not released.wait(0.05) and not self._stopping.is_set():
+            pass
 
     @property
     def model_requests(self) -> list[dict[str, Any]]:
@@ -549,6 +570,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._record()
         if self.path.split("?")[0].endswith("/models"):
+            expected = self.model.api_key
+            if expected is not None and self.headers.get("Authorization") != f"Bearer {expected}":
+                spec = {"message": "Incorrect API key provided", "code": "invalid_api_key"}
+                self._send_json(401, error_body(spec))
+                return
             models = [{"id": m, "object": "model", "owned_by": "scripted"} for m in MODELS]
             self._send_json(200, {"object": "list", "data": models})
         else:
@@ -568,6 +594,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(step, raw)
 
     def _answer(self, step: Step, request_text: str) -> None:
+        if step.get("hold"):
+            self.model.wait_released(str(step["hold"]))
         if step.get("delay_ms"):
             time.sleep(step["delay_ms"] / 1000)
         if "error" in step:
