@@ -380,27 +380,63 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-# Codex ends every command by killing its process group, which takes a server started with
-# `nohup CMD &` down with it the moment the command returns. Every bash Codex starts reads
-# BASH_ENV, so `nohup` there gives the server a session of its own, as nohup intends.
-SHELL_ENV = """# Written by codex-daytona's agent (see BASH_ENV).
-nohup() {
-  if command -v setsid >/dev/null 2>&1; then setsid nohup "$@"; else command nohup "$@"; fi
-}
+# Codex gives every command a process group of its own and SIGKILLs that group when the
+# command returns, which takes down a server the command left running in the background
+# (`server &`, `(server &)`, `sh -c 'server &'`, ...). So every shell Codex starts first
+# hands its whole command line to a new session (`--detach`, run_detached): whatever the
+# command starts lives outside the group Codex kills, `$!` inside names the real process,
+# and the outer shell waits for the command, relays its output and exits with its status.
+# Bash reads BASH_ENV before its `-c` string, zsh reads $ZDOTDIR/.zshenv; DETACHED_ENV,
+# exported, makes sure it happens once per Codex command and not again in nested shells.
+DETACHED_ENV = "CODEX_DAYTONA_DETACHED"
+
+BASH_HOOK = """# Written by codex-daytona's agent (BASH_ENV of the shells Codex starts): runs the
+# command in a session of its own, so its background processes outlive the command.
+if [ -z "${{{guard}-}}" ] && [ -n "${{BASH_EXECUTION_STRING-}}" ]; then
+  export {guard}=1
+  if shopt -q login_shell; then set -- -lc; else set -- -c; fi
+  exec {python} -S {agent} --detach "$BASH" "$1" "$BASH_EXECUTION_STRING"
+fi
+"""
+
+ZSH_HOOK = """# Written by codex-daytona's agent ($ZDOTDIR/.zshenv of the shells Codex starts): runs the
+# command in a session of its own, then the user's own zsh files are read as usual.
+if [[ -z "${{{guard}-}}" && -n "${{ZSH_EXECUTION_STRING-}}" ]]; then
+  export {guard}=1
+  if [[ -o login ]]; then set -- -lc; else set -- -c; fi
+  exec {python} -S {agent} --detach "$(command -v zsh || echo zsh)" "$1" "$ZSH_EXECUTION_STRING"
+fi
+ZDOTDIR="${{CODEX_DAYTONA_USER_ZDOTDIR:-$HOME}}"
+[[ -r "$ZDOTDIR/.zshenv" ]] && . "$ZDOTDIR/.zshenv"
 """
 
 
-def write_shell_env(home: str) -> str:
-    path = os.path.join(home, ".codex-daytona", "shell-env.sh")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(SHELL_ENV)
-    return path
+def write_shell_hooks(home: str) -> dict[str, str]:
+    """Writes the bash and zsh start-up files that detach each Codex command (see BASH_HOOK)
+    and returns the environment that points Codex's shells at them."""
+    import shlex
+
+    root = os.path.join(home, ".codex-daytona", "shell")
+    zdotdir = os.path.join(root, "zsh")
+    os.makedirs(zdotdir, exist_ok=True)
+    values = {
+        "guard": DETACHED_ENV,
+        "python": shlex.quote(sys.executable),
+        "agent": shlex.quote(os.path.abspath(__file__)),
+    }
+    bash_env = os.path.join(root, "bash-env.sh")
+    for path, text in ((bash_env, BASH_HOOK), (os.path.join(zdotdir, ".zshenv"), ZSH_HOOK)):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text.format(**values))
+    env = {"BASH_ENV": bash_env, "ZDOTDIR": zdotdir}
+    if os.environ.get("ZDOTDIR"):
+        env["CODEX_DAYTONA_USER_ZDOTDIR"] = os.environ["ZDOTDIR"]
+    return env
 
 
 def codex_environment(request: dict[str, Any], codex_home: str, home: str) -> dict[str, str]:
     env = {"CODEX_HOME": codex_home, "CODEX_APP_SERVER_DISABLE_MANAGED_CONFIG": "1"}
-    env["BASH_ENV"] = write_shell_env(home)
+    env.update(write_shell_hooks(home))
     if request.get("api_key"):
         env[KEY_ENV] = request["api_key"]
     return env
@@ -443,13 +479,23 @@ class Interrupter:
         """Codex runs each command in a process group of its own, as a child of the app-server
         (our child): stop the groups of the commands started since this turn began."""
         own = os.getpgid(0)
-        for server in _children(os.getpid()):
-            for pid in _children(server):
+        parents = _parents()
+        for server in _children(os.getpid(), parents):
+            for pid in _children(server, parents):
                 with contextlib.suppress(OSError):
                     group = os.getpgid(pid)
                     if group == pid and group != own and _start_ticks(pid) >= self.started_ticks:
-                        os.killpg(group, signal.SIGTERM)
-                        threading.Timer(2.0, _kill_group, (group,)).start()
+                        # The shell hooks run each command in a session of its own under the
+                        # group Codex made (run_detached): stop that session's group too.
+                        groups = {group}
+                        for child in _descendants(pid, parents):
+                            with contextlib.suppress(OSError, IndexError, ValueError):
+                                if _start_ticks(child) >= self.started_ticks:
+                                    groups.add(os.getpgid(child))
+                        for each in groups - {own}:
+                            with contextlib.suppress(OSError):
+                                os.killpg(each, signal.SIGTERM)
+                            threading.Timer(2.0, _kill_group, (each,)).start()
 
 
 def _boot_ticks() -> int:
@@ -465,13 +511,27 @@ def _start_ticks(pid: int) -> int:
     return int(_stat_fields(pid)[19])
 
 
-def _children(parent: int) -> list[int]:
-    found = []
+def _parents() -> dict[int, int]:
+    """pid -> parent pid, for every process."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(_stat_fields(int(entry))[1]) == parent:
-                    found.append(int(entry))
+                found[int(entry)] = int(_stat_fields(int(entry))[1])
+    return found
+
+
+def _children(parent: int, parents: dict[int, int] | None = None) -> list[int]:
+    return [pid for pid, ppid in (parents if parents is not None else _parents()).items() if ppid == parent]
+
+
+def _descendants(root: int, parents: dict[int, int]) -> list[int]:
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        kids = _children(todo.pop(), parents)
+        found += kids
+        todo += kids
     return found
 
 
@@ -1060,8 +1120,22 @@ def _drain_in_background(fds: list[int], background_log: str) -> None:
 
 
 def run_user_command(command: str, cwd: str, background_log: str, done_marker: str | None = None) -> int:
-    """Runs `command` in a shell of its own, relays its output, and returns its exit code as
-    soon as that shell exits.
+    """Runs `command` in a shell of its own (run_detached), with no input."""
+    return run_detached(
+        [user_shell(), "-c", command], background_log, cwd=cwd, stdin=subprocess.DEVNULL, done_marker=done_marker
+    )
+
+
+def run_detached(
+    argv: list[str],
+    background_log: str,
+    *,
+    cwd: str | None = None,
+    stdin: int | None = None,
+    done_marker: str | None = None,
+) -> int:
+    """Runs `argv` (a shell and its command) in a session of its own, relays its output, and
+    returns its exit code as soon as that shell exits.
 
     A Daytona session sources its commands into one long-lived shell, where `exit`, `exec`,
     `set -e` or `cd` would act on that shell; here they act on the user's own shell. Daytona
@@ -1073,9 +1147,9 @@ def run_user_command(command: str, cwd: str, background_log: str, done_marker: s
     import select
 
     proc = subprocess.Popen(
-        [user_shell(), "-c", command],
+        argv,
         cwd=cwd,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -1125,7 +1199,19 @@ def run_user_command(command: str, cwd: str, background_log: str, done_marker: s
     return code
 
 
+def detach_codex_command(argv: list[str]) -> int:
+    """`--detach SHELL FLAG COMMAND`: what the shell hooks run in place of each shell Codex
+    starts (see BASH_HOOK). The command's input is the shell's; output its background jobs
+    keep writing after it returned goes to ~/.codex-daytona/background.log."""
+    shell, flag, command = argv
+    background_log = os.path.join(os.path.expanduser("~"), ".codex-daytona", "background.log")
+    return run_detached([shell, flag, command], background_log)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--detach"]:  # before argparse: every command the agent runs starts here
+        return detach_codex_command(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id")
     parser.add_argument("--runs-dir")
