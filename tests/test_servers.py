@@ -7,6 +7,7 @@ binary; the hooks themselves are also checked for bash and zsh the way Codex use
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -142,10 +143,8 @@ def codex_like(shell: list[str], command: str, env: dict[str, str], cwd: Path) -
         start_new_session=True,
     )
     out, err = proc.communicate(timeout=30)
-    try:
+    with contextlib.suppress(ProcessLookupError):  # nothing left in the group
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
