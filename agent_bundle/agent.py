@@ -450,6 +450,20 @@ def config_overrides(request: dict[str, Any]) -> list[str]:
     return overrides
 
 
+def turn_settings(request: dict[str, Any]) -> dict[str, Any]:
+    """The settings asked for this turn (`ask --model`, `--effort`), passed with the turn itself:
+    on a thread the app-server has loaded, only the turn call changes them. As in Codex, they
+    then stay for the thread's later turns."""
+    settings: dict[str, Any] = {}
+    if request.get("turn_model"):
+        settings["model"] = request["turn_model"]
+    if request.get("effort"):
+        from openai_codex.generated.v2_all import ReasoningEffort
+
+        settings["effort"] = ReasoningEffort(request["effort"])
+    return settings
+
+
 class Interrupter:
     """Interrupts the running turn, or the next one to start if none runs yet, and stops the
     commands it started: Codex ends the turn but leaves a running command alive."""
@@ -622,7 +636,7 @@ class Engine:
             thread = self._thread_for(codex, request, emit)
         emit({"type": "thread.started", "thread_id": thread.id})
         mapper = TurnMapper()
-        handle = thread.turn(TextInput(request["prompt"]))
+        handle = thread.turn(TextInput(request["prompt"]), **turn_settings(request))
         interrupter.attach(handle)
         watchdog = Watchdog(mapper, interrupter, float(request.get("model_timeout") or MODEL_TIMEOUT_S))
         try:

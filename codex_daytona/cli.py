@@ -59,6 +59,26 @@ NameOpt = Annotated[
     ),
 ]
 
+# Codex 0.163's reasoning efforts (ReasoningEffort in its app-server schema).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra")
+
+
+def _check_effort(value: str | None) -> str | None:
+    if value is not None and value not in REASONING_EFFORTS:
+        raise typer.BadParameter(f"{value!r} is not a reasoning effort; use one of: {', '.join(REASONING_EFFORTS)}.")
+    return value
+
+
+EffortOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--effort",
+        help="Reasoning effort from this turn on: " + "|".join(REASONING_EFFORTS) + " (the thread keeps it).",
+        callback=_check_effort,
+        show_default=False,
+    ),
+]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -216,7 +236,10 @@ def ask(
         str | None, typer.Argument(help="What to do, in plain words. `-` (or a pipe) reads it from stdin.")
     ] = None,
     new_thread: Annotated[bool, typer.Option("--new-thread", help="Start a fresh conversation.")] = False,
-    model: Annotated[str | None, typer.Option("--model", help="The model for this turn.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="The model from this turn on (the thread keeps it, as in Codex).")
+    ] = None,
+    effort: EffortOpt = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=1, help="Interrupt the turn after SECONDS (exit 124).")
     ] = None,
@@ -254,12 +277,23 @@ def ask(
         if fanout is not None:
             if detach or wait:
                 raise_usage("--fanout cannot be used with --detach or --wait.")
-            _fanout(core, out, fanout, _read_prompt(prompt), new_thread=new_thread, model=model, timeout=timeout)
+            _fanout(
+                core,
+                out,
+                fanout,
+                _read_prompt(prompt),
+                new_thread=new_thread,
+                model=model,
+                timeout=timeout,
+                effort=effort,
+            )
             return
         out.stream_events = json_mode
         text = _read_prompt(prompt)
         try:
-            outcome = core.ask(text, new_thread=new_thread, model=model, timeout=timeout, detach=detach, wait=wait)
+            outcome = core.ask(
+                text, new_thread=new_thread, model=model, timeout=timeout, detach=detach, wait=wait, effort=effort
+            )
         except CodexDaytonaError as exc:
             if json_mode:
                 out.json_line(_result_line(None, exc))
@@ -273,11 +307,19 @@ def ask(
 
 
 def _fanout(
-    core: App, out: Output, count: int, text: str, *, new_thread: bool, model: str | None, timeout: float | None
+    core: App,
+    out: Output,
+    count: int,
+    text: str,
+    *,
+    new_thread: bool,
+    model: str | None,
+    timeout: float | None,
+    effort: str | None = None,
 ) -> None:
     from codex_daytona.fleet import Fanout
 
-    result = Fanout(core, count).run(text, new_thread=new_thread, model=model, timeout=timeout)
+    result = Fanout(core, count).run(text, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
     code = result.exit_code
     summary = {"name": core.name, "snapshot": result.snapshot, "interrupted": result.interrupted, "exit_code": code}
     out.fanout_results([a.as_dict() for a in result.attempts], summary)
@@ -606,6 +648,7 @@ class _EndChat(Exception):
 def chat(
     keep: Annotated[bool, typer.Option("--keep", help="Keep a sandbox that this chat created when it ends.")] = False,
     model: Annotated[str | None, typer.Option("--model", help="The model for this chat.")] = None,
+    effort: EffortOpt = None,
     name: NameOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -630,7 +673,7 @@ def chat(
             core.mark_created_by("chat")
         previous = {sig: signal.signal(sig, end) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
-            _chat_loop(core, out, model)
+            _chat_loop(core, out, model, effort)
         except _EndChat as exc:
             out.progress(f"{exc.args[0]}: ending the chat.")
         finally:
@@ -644,7 +687,7 @@ def chat(
                 out.progress(f"Sandbox {record.sandbox_id} is still running; `codex-daytona down` deletes it.")
 
 
-def _chat_loop(core: App, out: Output, model: str | None) -> None:
+def _chat_loop(core: App, out: Output, model: str | None, effort: str | None = None) -> None:
     while True:
         try:
             prompt = out.ask_line("User: ")
@@ -656,7 +699,7 @@ def _chat_loop(core: App, out: Output, model: str | None) -> None:
         if not prompt.strip():
             continue
         try:
-            outcome = core.ask(prompt, model=model)
+            outcome = core.ask(prompt, model=model, effort=effort)
         except InterruptedByUser:
             if core.forced_interrupt:
                 return

@@ -550,6 +550,7 @@ class App:
         timeout: float | None = None,
         detach: bool = False,
         wait: bool = False,
+        effort: str | None = None,
     ) -> TurnOutcome:
         """Runs one turn of the agent on `prompt` and streams its events.
 
@@ -585,6 +586,8 @@ class App:
             wait=wait,
             model_timeout=self.settings.codex_daytona_model_timeout_seconds,
             heartbeat_seconds=self.settings.codex_daytona_stream_idle_seconds / 3,
+            turn_model=model,
+            effort=effort,
         )
         command_id = self.api.start_command(sandbox, session, runtime.agent_command(layout, run_id, request))
         self._update_record(record.sandbox_id, lambda r: _set_command(r, run_id, command_id))

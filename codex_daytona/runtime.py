@@ -241,10 +241,14 @@ def agent_request(
     wait: bool = False,
     model_timeout: float | None = None,
     heartbeat_seconds: float | None = None,
+    turn_model: str | None = None,
+    effort: str | None = None,
 ) -> str:
     """The turn's request, one JSON line. It names the key by its fingerprint and never
     carries it (the session command that holds the request is written to the sandbox's
-    disk); with no key (Daytona Secret mode) the agent uses the sandbox's environment."""
+    disk); with no key (Daytona Secret mode) the agent uses the sandbox's environment.
+    `model` is the one a thread starts with; `turn_model` and `effort` (`ask --model`,
+    `--effort`) change the thread's from this turn on."""
     request = {
         "protocol": AGENT_PROTOCOL,
         "prompt": prompt,
@@ -257,6 +261,8 @@ def agent_request(
         "wait": wait,
         "model_timeout": model_timeout,
         "heartbeat_seconds": heartbeat_seconds,
+        "turn_model": turn_model,
+        "effort": effort,
     }
     return json.dumps(request, ensure_ascii=True) + "\n"
 
