@@ -443,8 +443,10 @@ def codex_environment(request: dict[str, Any], codex_home: str, home: str) -> di
 
 
 def config_overrides(request: dict[str, Any]) -> list[str]:
-    """`-c key=value` overrides for this turn: the values a user may change between turns."""
-    overrides = []
+    """`-c key=value` overrides for the app-server: the tool's own settings (the request's
+    `config`, which no config file can outrank, a project's `.codex/config.toml` included)
+    and the values a user may change between turns. JSON values are TOML values too."""
+    overrides = [f"{key}={json.dumps(value)}" for key, value in (request.get("config") or {}).items()]
     if request.get("base_url"):
         overrides.append("model_providers.codex-daytona.base_url={}".format(json.dumps(request["base_url"])))
     return overrides
@@ -462,6 +464,33 @@ def turn_settings(request: dict[str, Any]) -> dict[str, Any]:
 
         settings["effort"] = ReasoningEffort(request["effort"])
     return settings
+
+
+def migrate_codex_home(home: str, codex_home: str) -> None:
+    """Earlier versions kept CODEX_HOME in the work tree (`~/.codex`). If that one is ours (its
+    config.toml names our provider), its threads and state move to `codex_home`, and the rest
+    out of the work tree, where Codex would read it as the project's own config."""
+    import shutil
+
+    old = os.path.join(home, ".codex")
+    if os.path.realpath(old) == os.path.realpath(codex_home):
+        return
+    try:
+        with open(os.path.join(old, "config.toml"), encoding="utf-8") as fh:
+            ours = 'model_provider = "codex-daytona"' in fh.read()
+    except OSError:
+        return
+    if not ours:
+        return
+    os.makedirs(codex_home, exist_ok=True)
+    # The threads themselves (rollout files); Codex's databases name them by their old
+    # paths, so those stay behind and Codex indexes the moved threads anew.
+    for name in ("sessions", "archived_sessions", "history.jsonl"):
+        if os.path.exists(os.path.join(old, name)) and not os.path.exists(os.path.join(codex_home, name)):
+            shutil.move(os.path.join(old, name), os.path.join(codex_home, name))
+    leftover = os.path.join(os.path.dirname(codex_home), "old-codex-home")
+    shutil.rmtree(leftover, ignore_errors=True)
+    shutil.move(old, leftover)
 
 
 class Interrupter:
@@ -571,8 +600,9 @@ class Engine:
     def _ensure(self, request: dict[str, Any]) -> Any:
         from openai_codex import Codex, CodexConfig
 
-        codex_home = request.get("codex_home") or os.path.join(self.home, ".codex")
-        signature = (request.get("api_key"), request.get("base_url"), codex_home)
+        codex_home = request.get("codex_home") or os.path.join(self.home, ".codex-daytona", "codex")
+        migrate_codex_home(self.home, codex_home)
+        signature = (request.get("api_key"), codex_home, tuple(config_overrides(request)))
         if self._codex is not None and signature == self._signature:
             return self._codex
         self.close()

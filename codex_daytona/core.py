@@ -588,6 +588,7 @@ class App:
             heartbeat_seconds=self.settings.codex_daytona_stream_idle_seconds / 3,
             turn_model=model,
             effort=effort,
+            protected=runtime.protected_config(self.settings),
         )
         command_id = self.api.start_command(sandbox, session, runtime.agent_command(layout, run_id, request))
         self._update_record(record.sandbox_id, lambda r: _set_command(r, run_id, command_id))

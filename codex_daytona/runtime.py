@@ -98,6 +98,13 @@ class Layout:
 
     @property
     def codex_home(self) -> str:
+        """CODEX_HOME: ours, out of the work tree (the home), so that nothing a project ships
+        (a cloned `.codex/`) can stand in for it."""
+        return f"{self.root}/codex"
+
+    @property
+    def old_codex_home(self) -> str:
+        """Where CODEX_HOME was before (the work tree's `.codex`): its threads move over."""
         return f"{self.home}/.codex"
 
     @property
@@ -197,11 +204,38 @@ def developer_instructions(layout: Layout, preview_pattern: str | None) -> str:
 def codex_config(settings: Settings, layout: Layout, preview_pattern: str | None) -> bytes:
     """Codex's config.toml for the sandbox."""
     config: dict[str, object] = {
+        **_tool_config(settings),
+        "developer_instructions": developer_instructions(layout, preview_pattern),
+    }
+    if settings.codex_daytona_model:
+        config["model"] = settings.codex_daytona_model
+    return tomli_w.dumps(config).encode()
+
+
+def protected_config(settings: Settings) -> dict[str, object]:
+    """The settings the tool depends on (provider, key, environment policy, sandbox mode,
+    approvals, retries), as dotted keys: the agent passes them to Codex's app-server as `-c`
+    overrides, which no config file can outrank, not even a project's `.codex/config.toml`
+    in the work tree (Codex reads one from the working directory)."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", _tool_config(settings))
+    return flat
+
+
+def _tool_config(settings: Settings) -> dict[str, object]:
+    return {
         "model_provider": PROVIDER,
         "approval_policy": "never",
         "sandbox_mode": "danger-full-access",
         "check_for_update_on_startup": False,
-        "developer_instructions": developer_instructions(layout, preview_pattern),
         "analytics": {"enabled": False},
         "features": {"plugins": False, "unbounded_connection_retries": False},
         "tools": {"update_plan": {"enabled": True}},
@@ -224,9 +258,6 @@ def codex_config(settings: Settings, layout: Layout, preview_pattern: str | None
             }
         },
     }
-    if settings.codex_daytona_model:
-        config["model"] = settings.codex_daytona_model
-    return tomli_w.dumps(config).encode()
 
 
 def agent_request(
@@ -243,12 +274,14 @@ def agent_request(
     heartbeat_seconds: float | None = None,
     turn_model: str | None = None,
     effort: str | None = None,
+    protected: dict[str, object] | None = None,
 ) -> str:
     """The turn's request, one JSON line. It names the key by its fingerprint and never
     carries it (the session command that holds the request is written to the sandbox's
     disk); with no key (Daytona Secret mode) the agent uses the sandbox's environment.
     `model` is the one a thread starts with; `turn_model` and `effort` (`ask --model`,
-    `--effort`) change the thread's from this turn on."""
+    `--effort`) change the thread's from this turn on. `protected` (protected_config) goes
+    to Codex as `-c` overrides."""
     request = {
         "protocol": AGENT_PROTOCOL,
         "prompt": prompt,
@@ -263,6 +296,7 @@ def agent_request(
         "heartbeat_seconds": heartbeat_seconds,
         "turn_model": turn_model,
         "effort": effort,
+        "config": protected or {},
     }
     return json.dumps(request, ensure_ascii=True) + "\n"
 

@@ -90,3 +90,21 @@ def test_fingerprint_changes_with_the_agent(monkeypatch) -> None:  # type: ignor
     before = runtime.runtime_fingerprint()
     monkeypatch.setattr(runtime, "agent_source", lambda: b"changed")
     assert runtime.runtime_fingerprint() != before
+
+
+def test_protected_config_covers_what_the_tool_depends_on_as_toml_values() -> None:
+    settings = Settings(sandbox_openai_base_url="https://gw.example/v1")
+    protected = runtime.protected_config(settings)
+    provider = f"model_providers.{runtime.PROVIDER}"
+    assert protected["model_provider"] == runtime.PROVIDER
+    assert protected[f"{provider}.base_url"] == "https://gw.example/v1"
+    assert protected[f"{provider}.env_key"] == runtime.KEY_ENV
+    assert protected["sandbox_mode"] == "danger-full-access" and protected["approval_policy"] == "never"
+    assert runtime.KEY_ENV in protected["shell_environment_policy.exclude"]  # type: ignore[operator]
+    assert protected["features.unbounded_connection_retries"] is False
+    # The agent hands each as `-c key=<JSON>`: every value must read back as TOML.
+    for key, value in protected.items():
+        assert tomllib.loads(f"v = {json.dumps(value)}")["v"] == value, key
+    # The CODEX_HOME the tool writes is out of the work tree.
+    layout = runtime.Layout("/home/daytona")
+    assert layout.codex_home.startswith(layout.root + "/")
