@@ -443,10 +443,13 @@ def codex_environment(request: dict[str, Any], codex_home: str, home: str) -> di
 
 
 def config_overrides(request: dict[str, Any]) -> list[str]:
-    """`-c key=value` overrides for the app-server: the tool's own settings (the request's
-    `config`, which no config file can outrank, a project's `.codex/config.toml` included)
-    and the values a user may change between turns. JSON values are TOML values too."""
-    overrides = [f"{key}={json.dumps(value)}" for key, value in (request.get("config") or {}).items()]
+    """`-c key=value` overrides for the app-server: the user's for this turn (`ask -c`), then
+    the tool's own settings (the request's `config`, which no config file can outrank, a
+    project's `.codex/config.toml` included; the last of a key wins) and the values a user may
+    change between turns. JSON values are TOML values too. When they change from one turn to
+    the next, the app-server is started again with them (Engine._ensure)."""
+    overrides = [str(pair) for pair in request.get("user_config") or []]  # `ask -c`: this turn's
+    overrides += [f"{key}={json.dumps(value)}" for key, value in (request.get("config") or {}).items()]
     if request.get("base_url"):
         overrides.append("model_providers.codex-daytona.base_url={}".format(json.dumps(request["base_url"])))
     return overrides

@@ -240,6 +240,17 @@ def ask(
         str | None, typer.Option("--model", help="The model from this turn on (the thread keeps it, as in Codex).")
     ] = None,
     effort: EffortOpt = None,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="KEY=VALUE",
+            help="A Codex setting for this turn (repeatable; VALUE is TOML, as for `codex -c`). "
+            "The tool's own (provider, key, environment policy, sandbox mode, approvals) are refused.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=1, help="Interrupt the turn after SECONDS (exit 124).")
     ] = None,
@@ -277,6 +288,8 @@ def ask(
         if fanout is not None:
             if detach or wait:
                 raise_usage("--fanout cannot be used with --detach or --wait.")
+            if config:
+                raise_usage("--fanout cannot be used with -c.")
             _fanout(
                 core,
                 out,
@@ -292,7 +305,14 @@ def ask(
         text = _read_prompt(prompt)
         try:
             outcome = core.ask(
-                text, new_thread=new_thread, model=model, timeout=timeout, detach=detach, wait=wait, effort=effort
+                text,
+                new_thread=new_thread,
+                model=model,
+                timeout=timeout,
+                detach=detach,
+                wait=wait,
+                effort=effort,
+                config=config,
             )
         except CodexDaytonaError as exc:
             if json_mode:

@@ -551,11 +551,20 @@ class App:
         detach: bool = False,
         wait: bool = False,
         effort: str | None = None,
+        config: list[str] | None = None,
     ) -> TurnOutcome:
         """Runs one turn of the agent on `prompt` and streams its events.
 
         With `detach`, starts the turn and returns at once (status "running"); `logs` follows it.
         """
+        for pair in config or []:
+            reason = runtime.refused_config_key(pair, self.settings)
+            if reason:
+                raise UsageError(
+                    f"-c {pair.partition('=')[0].strip() or pair!r} {reason}.",
+                    "Codex settings the tool does not depend on can be given with -c "
+                    "(e.g. -c model_reasoning_summary=detailed); see README, `ask -c`.",
+                )
         api_key = self.settings.openai_key_for_turn()
         record = self.record()
         if record is None:
@@ -589,6 +598,7 @@ class App:
             turn_model=model,
             effort=effort,
             protected=runtime.protected_config(self.settings),
+            config=config,
         )
         command_id = self.api.start_command(sandbox, session, runtime.agent_command(layout, run_id, request))
         self._update_record(record.sandbox_id, lambda r: _set_command(r, run_id, command_id))

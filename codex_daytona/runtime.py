@@ -230,6 +230,35 @@ def protected_config(settings: Settings) -> dict[str, object]:
     return flat
 
 
+# `ask -c` keys refused besides those of protected_config (and the tables above them): what
+# would pick another provider or reach around the tool's (profiles, login and auth settings).
+REFUSED_CONFIG_KEYS = (
+    "model_providers",
+    "profile",
+    "profiles",
+    "approvals_reviewer",
+    "sandbox_workspace_write",
+    "chatgpt_base_url",
+    "forced_login_method",
+    "forced_chatgpt_workspace_id",
+    "cli_auth_credentials_store",
+)
+
+
+def refused_config_key(pair: str, settings: Settings) -> str | None:
+    """Why `ask -c KEY=VALUE` cannot be given `pair`, or None when it can: the tool's own
+    settings (protected_config), the tables that hold them, and REFUSED_CONFIG_KEYS."""
+    key, sep, _value = pair.partition("=")
+    key = ".".join(part.strip().strip("\"'") for part in key.strip().split("."))
+    if not sep or not key or "" in key.split("."):
+        return "is not KEY=VALUE"
+    protected = [*protected_config(settings), *REFUSED_CONFIG_KEYS]
+    for each in protected:
+        if key == each or each.startswith(key + ".") or key.startswith(each + "."):
+            return f"would change {each}, which codex-daytona sets itself"
+    return None
+
+
 def _tool_config(settings: Settings) -> dict[str, object]:
     return {
         "model_provider": PROVIDER,
@@ -275,13 +304,15 @@ def agent_request(
     turn_model: str | None = None,
     effort: str | None = None,
     protected: dict[str, object] | None = None,
+    config: list[str] | None = None,
 ) -> str:
     """The turn's request, one JSON line. It names the key by its fingerprint and never
     carries it (the session command that holds the request is written to the sandbox's
     disk); with no key (Daytona Secret mode) the agent uses the sandbox's environment.
     `model` is the one a thread starts with; `turn_model` and `effort` (`ask --model`,
     `--effort`) change the thread's from this turn on. `protected` (protected_config) goes
-    to Codex as `-c` overrides."""
+    to Codex as `-c` overrides, after the user's own `config` (`ask -c`, checked with
+    refused_config_key)."""
     request = {
         "protocol": AGENT_PROTOCOL,
         "prompt": prompt,
@@ -297,6 +328,7 @@ def agent_request(
         "turn_model": turn_model,
         "effort": effort,
         "config": protected or {},
+        "user_config": config or [],
     }
     return json.dumps(request, ensure_ascii=True) + "\n"
 

@@ -108,3 +108,25 @@ def test_protected_config_covers_what_the_tool_depends_on_as_toml_values() -> No
     # The CODEX_HOME the tool writes is out of the work tree.
     layout = runtime.Layout("/home/daytona")
     assert layout.codex_home.startswith(layout.root + "/")
+
+
+def test_ask_c_refuses_the_tools_own_settings_and_takes_the_rest() -> None:
+    settings = Settings()
+    for pair in (
+        "model_provider=evil",
+        'model_providers.evil.base_url="http://x"',
+        f"model_providers.{runtime.PROVIDER}.env_key=OTHER",
+        "shell_environment_policy.inherit=all",
+        "shell_environment_policy={}",
+        'sandbox_mode="read-only"',
+        "approval_policy=on-request",
+        "features.unbounded_connection_retries=true",
+        "features={}",
+        "profile=other",
+        ' "model_provider" = evil',
+        "no-equals-sign",
+        "=value",
+    ):
+        assert runtime.refused_config_key(pair, settings), pair
+    for pair in ("model_reasoning_summary=detailed", "model_verbosity=low", "features.web_search_request=true"):
+        assert runtime.refused_config_key(pair, settings) is None, pair

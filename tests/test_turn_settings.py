@@ -4,6 +4,7 @@ thread's later turns, as in Codex."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -62,3 +63,42 @@ def test_an_unknown_effort_is_a_usage_error_before_anything_runs(rig: Rig) -> No
     assert refused.code == 2, refused
     assert "xhigh" in refused.stderr  # the valid values are named
     assert rig.record() == {} and rig.model.model_requests == []
+
+
+def test_c_sets_a_codex_setting_for_the_turn(rig: Rig) -> None:
+    rig.model.enqueue(turn(msg("plain")))
+    first = rig.cli("ask", "one")
+    assert first.code == 0, first
+    assert (last_request(rig).get("reasoning") or {}).get("summary") != "detailed"
+
+    rig.model.enqueue(turn(msg("detailed")))
+    second = rig.cli("ask", "-c", "model_reasoning_summary=detailed", "-c", 'model_verbosity="low"', "two")
+    assert second.code == 0, second
+    body = last_request(rig)
+    assert body["reasoning"]["summary"] == "detailed", body.get("reasoning")
+    assert body["text"]["verbosity"] == "low", body.get("text")
+    assert "two" in json.dumps(body["input"]) and "one" in json.dumps(body["input"]), "the same thread"
+
+    # For that turn only: the next one is back to Codex's defaults.
+    rig.model.enqueue(turn(msg("plain again")))
+    third = rig.cli("ask", "three")
+    assert third.code == 0, third
+    assert (last_request(rig).get("reasoning") or {}).get("summary") != "detailed"
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        "model_provider=evil",
+        'model_providers.codex-daytona.base_url="http://evil.example/v1"',
+        'shell_environment_policy.inherit="all"',
+        'sandbox_mode="read-only"',
+    ],
+)
+def test_c_refuses_the_tools_own_settings_before_anything_runs(rig: Rig, pair: str) -> None:
+    before = len(rig.emulator.sandboxes())
+    refused = rig.cli("ask", "-c", pair, "hi")
+    assert refused.code == 2, refused
+    assert "codex-daytona sets itself" in refused.stderr and "Hint:" in refused.stderr, refused
+    assert "Traceback" not in refused.stderr
+    assert rig.record() == {} and len(rig.emulator.sandboxes()) == before and rig.model.model_requests == []
