@@ -214,9 +214,9 @@ def codex_config(settings: Settings, layout: Layout, preview_pattern: str | None
 
 def protected_config(settings: Settings) -> dict[str, object]:
     """The settings the tool depends on (provider, key, environment policy, sandbox mode,
-    approvals, retries), as dotted keys: the agent passes them to Codex's app-server as `-c`
-    overrides, which no config file can outrank, not even a project's `.codex/config.toml`
-    in the work tree (Codex reads one from the working directory)."""
+    approvals, retries), as dotted keys: the agent passes them to Codex as the config of the
+    thread it starts or resumes, which no config file can outrank, not even a project's
+    `.codex/config.toml` in the work tree (Codex reads one from the working directory)."""
     flat: dict[str, object] = {}
 
     def walk(prefix: str, value: object) -> None:
@@ -311,8 +311,8 @@ def agent_request(
     disk); with no key (Daytona Secret mode) the agent uses the sandbox's environment.
     `model` is the one a thread starts with; `turn_model` and `effort` (`ask --model`,
     `--effort`) change the thread's from this turn on. `protected` (protected_config) goes
-    to Codex as `-c` overrides, after the user's own `config` (`ask -c`, checked with
-    refused_config_key)."""
+    to Codex with the thread and outranks the user's own `config` (`ask -c`, checked with
+    refused_config_key), which goes to its app-server as `-c` overrides."""
     request = {
         "protocol": AGENT_PROTOCOL,
         "prompt": prompt,

@@ -102,7 +102,7 @@ def test_protected_config_covers_what_the_tool_depends_on_as_toml_values() -> No
     assert protected["sandbox_mode"] == "danger-full-access" and protected["approval_policy"] == "never"
     assert runtime.KEY_ENV in protected["shell_environment_policy.exclude"]  # type: ignore[operator]
     assert protected["features.unbounded_connection_retries"] is False
-    # The agent hands each as `-c key=<JSON>`: every value must read back as TOML.
+    # Each is a JSON value that reads back as TOML too (as a `-c key=<JSON>` would).
     for key, value in protected.items():
         assert tomllib.loads(f"v = {json.dumps(value)}")["v"] == value, key
     # The CODEX_HOME the tool writes is out of the work tree.
