@@ -383,19 +383,104 @@ def key_fingerprint(key: str) -> str:
 # Codex gives every command a process group of its own and SIGKILLs that group when the
 # command returns, which takes down a server the command left running in the background
 # (`server &`, `(server &)`, `sh -c 'server &'`, ...). So every shell Codex starts first
-# hands its whole command line to a new session (`--detach`, run_detached): whatever the
+# hands its whole command line to a new session (DETACH_SCRIPT): whatever the
 # command starts lives outside the group Codex kills, `$!` inside names the real process,
 # and the outer shell waits for the command, relays its output and exits with its status.
 # Bash reads BASH_ENV before its `-c` string, zsh reads $ZDOTDIR/.zshenv; DETACHED_ENV,
 # exported, makes sure it happens once per Codex command and not again in nested shells.
 DETACHED_ENV = "CODEX_DAYTONA_DETACHED"
 
+# The hand-over itself, run by the hooks: a script of its own with nothing but builtin
+# modules, since every command the agent runs pays for its start (about 20 ms, where this
+# whole file would take several times that). It does what run_user_command does for `exec`.
+DETACH_SCRIPT = r'''"""Written by codex-daytona's agent: runs `SHELL FLAG COMMAND` in a session of its own,
+relays its output, and exits with its exit code as soon as that shell exits (see BASH_ENV)."""
+import os, select, signal, sys, time
+
+
+def drain_in_background(fds, log):
+    if os.fork():
+        return
+    if os.fork():
+        os._exit(0)
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        with open(log, "ab") as out:
+            while fds:
+                for fd in select.select(fds, [], [])[0]:
+                    data = os.read(fd, 65536)
+                    if data:
+                        out.write(data)
+                        out.flush()
+                    else:
+                        fds.remove(fd)
+    finally:
+        os._exit(0)
+
+
+def main(shell, flag, command, log):
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            os.execvp(shell, [shell, flag, command])
+        finally:
+            os._exit(127)
+    os.close(out_w)
+    os.close(err_w)
+
+    def stop(signum, _frame):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            pass
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    sinks = {out_r: 1, err_r: 2}
+    status = exited_at = None
+    while sinks:
+        if status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status, exited_at = os.waitstatus_to_exitcode(raw), time.monotonic()
+        wait = 0.05 if exited_at is None else exited_at + 0.2 - time.monotonic()
+        if wait <= 0:
+            break  # the shell is gone and only background jobs hold its output
+        for fd in select.select(list(sinks), [], [], wait)[0]:
+            data = os.read(fd, 65536)
+            if data:
+                os.write(sinks[fd], data)
+            else:
+                del sinks[fd]
+    if status is None:
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    if sinks:
+        drain_in_background(list(sinks), log)
+    return 128 - status if status < 0 else status
+
+
+sys.exit(main(*sys.argv[1:]))
+'''
+
 BASH_HOOK = """# Written by codex-daytona's agent (BASH_ENV of the shells Codex starts): runs the
 # command in a session of its own, so its background processes outlive the command.
 if [ -z "${{{guard}-}}" ] && [ -n "${{BASH_EXECUTION_STRING-}}" ]; then
   export {guard}=1
   if shopt -q login_shell; then set -- -lc; else set -- -c; fi
-  exec {python} -S {agent} --detach "$BASH" "$1" "$BASH_EXECUTION_STRING"
+  exec {python} -I -S {detach} "$BASH" "$1" "$BASH_EXECUTION_STRING" {log}
 fi
 """
 
@@ -404,7 +489,7 @@ ZSH_HOOK = """# Written by codex-daytona's agent ($ZDOTDIR/.zshenv of the shells
 if [[ -z "${{{guard}-}}" && -n "${{ZSH_EXECUTION_STRING-}}" ]]; then
   export {guard}=1
   if [[ -o login ]]; then set -- -lc; else set -- -c; fi
-  exec {python} -S {agent} --detach "$(command -v zsh || echo zsh)" "$1" "$ZSH_EXECUTION_STRING"
+  exec {python} -I -S {detach} "$(command -v zsh || echo zsh)" "$1" "$ZSH_EXECUTION_STRING" {log}
 fi
 ZDOTDIR="${{CODEX_DAYTONA_USER_ZDOTDIR:-$HOME}}"
 [[ -r "$ZDOTDIR/.zshenv" ]] && . "$ZDOTDIR/.zshenv"
@@ -419,12 +504,17 @@ def write_shell_hooks(home: str) -> dict[str, str]:
     root = os.path.join(home, ".codex-daytona", "shell")
     zdotdir = os.path.join(root, "zsh")
     os.makedirs(zdotdir, exist_ok=True)
+    detach = os.path.join(root, "detach.py")
     values = {
         "guard": DETACHED_ENV,
         "python": shlex.quote(sys.executable),
-        "agent": shlex.quote(os.path.abspath(__file__)),
+        "detach": shlex.quote(detach),
+        # Output a background job keeps writing once its command has returned.
+        "log": shlex.quote(os.path.join(home, ".codex-daytona", "background.log")),
     }
     bash_env = os.path.join(root, "bash-env.sh")
+    with open(detach, "w", encoding="utf-8") as fh:
+        fh.write(DETACH_SCRIPT)
     for path, text in ((bash_env, BASH_HOOK), (os.path.join(zdotdir, ".zshenv"), ZSH_HOOK)):
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text.format(**values))
@@ -539,7 +629,7 @@ class Interrupter:
                     group = os.getpgid(pid)
                     if group == pid and group != own and _start_ticks(pid) >= self.started_ticks:
                         # The shell hooks run each command in a session of its own under the
-                        # group Codex made (run_detached): stop that session's group too.
+                        # group Codex made (DETACH_SCRIPT): stop that session's group too.
                         groups = {group}
                         for child in _descendants(pid, parents):
                             with contextlib.suppress(OSError, IndexError, ValueError):
@@ -1180,22 +1270,8 @@ def _drain_in_background(fds: list[int], background_log: str) -> None:
 
 
 def run_user_command(command: str, cwd: str, background_log: str, done_marker: str | None = None) -> int:
-    """Runs `command` in a shell of its own (run_detached), with no input."""
-    return run_detached(
-        [user_shell(), "-c", command], background_log, cwd=cwd, stdin=subprocess.DEVNULL, done_marker=done_marker
-    )
-
-
-def run_detached(
-    argv: list[str],
-    background_log: str,
-    *,
-    cwd: str | None = None,
-    stdin: int | None = None,
-    done_marker: str | None = None,
-) -> int:
-    """Runs `argv` (a shell and its command) in a session of its own, relays its output, and
-    returns its exit code as soon as that shell exits.
+    """Runs `command` in a shell of its own, relays its output, and returns its exit code as
+    soon as that shell exits.
 
     A Daytona session sources its commands into one long-lived shell, where `exit`, `exec`,
     `set -e` or `cd` would act on that shell; here they act on the user's own shell. Daytona
@@ -1207,9 +1283,9 @@ def run_detached(
     import select
 
     proc = subprocess.Popen(
-        argv,
+        [user_shell(), "-c", command],
         cwd=cwd,
-        stdin=stdin,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -1259,19 +1335,7 @@ def run_detached(
     return code
 
 
-def detach_codex_command(argv: list[str]) -> int:
-    """`--detach SHELL FLAG COMMAND`: what the shell hooks run in place of each shell Codex
-    starts (see BASH_HOOK). The command's input is the shell's; output its background jobs
-    keep writing after it returned goes to ~/.codex-daytona/background.log."""
-    shell, flag, command = argv
-    background_log = os.path.join(os.path.expanduser("~"), ".codex-daytona", "background.log")
-    return run_detached([shell, flag, command], background_log)
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--detach"]:  # before argparse: every command the agent runs starts here
-        return detach_codex_command(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id")
     parser.add_argument("--runs-dir")
