@@ -46,7 +46,7 @@ PROTOCOL = 2
 KEY_ENV = "CODEX_DAYTONA_OPENAI_API_KEY"
 REQUEST_TIMEOUT_S = 120.0
 KEY_WAIT_S = 60.0  # how long a run waits for the CLI to deliver the key it names
-DELTA_INTERVAL_S = 0.15  # at most this often an item.updated with the text so far
+DELTA_INTERVAL_S = 0.15  # at most this often a codex_daytona.text with the text so far
 MODEL_TIMEOUT_S = 300.0  # silence from the model, while no command runs, that fails a turn
 # Ports the sandbox itself uses (Daytona's toolbox, terminal and SSH gateway).
 DAYTONA_PORTS = frozenset({2280, 22220, 22222, 33333})
@@ -96,10 +96,28 @@ class Emitter:
 
 
 # --- Mapping app-server notifications to `codex exec --json` events -----------------------
+#
+# What `codex exec --json` (0.163, codex-rs/exec/src/event_processor_with_jsonl_output.rs)
+# prints for the same notifications, line for line: items numbered item_0, item_1, ... in
+# order of first appearance; messages and reasoning only once complete (a reasoning item with
+# an empty summary not at all); warnings as `error` items; every `error` notification (the
+# retries' "Reconnecting... 1/2 (...)" too) as an `error` event; an interrupted turn with no
+# turn.* event. What exec does not send and a person wants to see (the text while it is being
+# written, a command's duration, a patch's size, this turn's own tokens, an interrupt) goes
+# out as `codex_daytona.*` events, which a consumer of exec's stream ignores.
+
+TEXT = "codex_daytona.text"  # the text of a message or reasoning so far, while it is written
+ITEM_DETAILS = "codex_daytona.item.details"  # what exec leaves out of an item, just before it completes
+TURN_USAGE = "codex_daytona.turn.usage"  # this turn's own tokens, just before turn.completed/failed
+TURN_INTERRUPTED = "codex_daytona.turn.interrupted"  # exec says nothing; the items the interrupt cut short
 
 
 def _snake_status(status: str | None) -> str:
     return {"inProgress": "in_progress"}.get(status or "", status or "in_progress")
+
+
+def _with_details(message: str, details: Any) -> str:
+    return f"{message} ({details})" if details else message
 
 
 def _diff_counts(diff: str) -> dict[str, int]:
@@ -112,98 +130,178 @@ def _diff_counts(diff: str) -> dict[str, int]:
     return {"added": added, "removed": removed}
 
 
-def _file_change(item: dict[str, Any]) -> dict[str, Any]:
-    changes = []
-    for change in item.get("changes") or []:
-        kind = change.get("kind")
-        kind_name = kind.get("type") if isinstance(kind, dict) else kind
-        diff = change.get("diff") or ""
-        if kind_name == "add" and diff and not diff.startswith(("@@", "---", "diff")):
-            # For an added file the app-server gives the file's content, not a diff.
-            counts = {"added": len(diff.splitlines()), "removed": 0}
-        else:
-            counts = _diff_counts(diff)
-        changes.append({"path": change.get("path"), "kind": kind_name, **counts})
-    return {"type": "file_change", "changes": changes, "status": _snake_status(item.get("status"))}
+def _change_kind(change: dict[str, Any]) -> str:
+    kind = change.get("kind")
+    return str(kind.get("type") if isinstance(kind, dict) else kind)
+
+
+def _change_counts(change: dict[str, Any]) -> dict[str, int]:
+    diff = change.get("diff") or ""
+    if _change_kind(change) == "add" and diff and not diff.startswith(("@@", "---", "diff")):
+        # For an added file the app-server gives the file's content, not a diff.
+        return {"added": len(diff.splitlines()), "removed": 0}
+    return _diff_counts(diff)
+
+
+def _web_search_action(action: Any) -> dict[str, Any]:
+    # exec round-trips it through its own WebSearchAction, which leaves out empty fields.
+    if not isinstance(action, dict) or not action.get("type"):
+        return {"type": "other"}
+    return {k: v for k, v in action.items() if v is not None}
+
+
+_COLLAB_TOOLS = {
+    "spawnAgent": "spawn_agent",
+    "sendInput": "send_input",
+    "resumeAgent": "wait",  # as exec has it
+    "wait": "wait",
+    "closeAgent": "close_agent",
+}
+_COLLAB_AGENT_STATUS = {"pendingInit": "pending_init", "notFound": "not_found"}
+
+
+def _collab_call(item: dict[str, Any]) -> dict[str, Any] | None:
+    """A sub-agent (collaboration) tool call as exec shows it; exec leaves out the calls of
+    tools it has no name for and calls that were interrupted."""
+    tool = _COLLAB_TOOLS.get(str(item.get("tool")))
+    status = item.get("status")
+    if tool is None or status == "interrupted":
+        return None
+    states = {
+        str(thread): {
+            "status": _COLLAB_AGENT_STATUS.get(str(state.get("status")), state.get("status")),
+            "message": state.get("message"),
+        }
+        for thread, state in (item.get("agentsStates") or {}).items()
+    }
+    return {
+        "type": "collab_tool_call",
+        "tool": tool,
+        "sender_thread_id": item.get("senderThreadId"),
+        "receiver_thread_ids": list(item.get("receiverThreadIds") or []),
+        "prompt": item.get("prompt"),
+        "agents_states": states,
+        "status": _snake_status(status),
+    }
 
 
 def convert_item(item: dict[str, Any]) -> dict[str, Any] | None:
-    """One app-server ThreadItem as an exec-JSON item, or None for items exec does not show."""
+    """One app-server ThreadItem as exec's item, without its id; None for the items exec
+    does not show (the user's message, an empty reasoning, ...)."""
     kind = item.get("type")
-    out: dict[str, Any] | None
     if kind == "commandExecution":
-        out = {
+        return {
             "type": "command_execution",
             "command": item.get("command", ""),
             "aggregated_output": item.get("aggregatedOutput") or "",
             "exit_code": item.get("exitCode"),
             "status": _snake_status(item.get("status")),
-            "duration_ms": item.get("durationMs"),
         }
-    elif kind == "fileChange":
-        out = _file_change(item)
-    elif kind == "agentMessage":
-        out = {"type": "agent_message", "text": item.get("text", "")}
-    elif kind == "reasoning":
-        summary = item.get("summary") or []
-        out = {"type": "reasoning", "text": "\n".join(str(s) for s in summary)}
-    elif kind == "mcpToolCall":
-        out = {
+    if kind == "fileChange":
+        changes = [{"path": c.get("path"), "kind": _change_kind(c)} for c in item.get("changes") or []]
+        status = _snake_status(item.get("status"))
+        return {"type": "file_change", "changes": changes, "status": "failed" if status == "declined" else status}
+    if kind == "agentMessage":
+        return {"type": "agent_message", "text": item.get("text", "")}
+    if kind == "reasoning":
+        text = "\n".join(str(s) for s in item.get("summary") or [])
+        return {"type": "reasoning", "text": text} if text.strip() else None
+    if kind == "mcpToolCall":
+        result = item.get("result")
+        error = item.get("error")
+        return {
             "type": "mcp_tool_call",
             "server": item.get("server"),
             "tool": item.get("tool"),
             "arguments": item.get("arguments"),
-            "result": item.get("result"),
-            "error": item.get("error"),
+            "result": None
+            if result is None
+            else {"content": result.get("content") or [], "structured_content": result.get("structuredContent")},
+            "error": None if error is None else {"message": error.get("message")},
             "status": _snake_status(item.get("status")),
         }
-    elif kind == "webSearch":
-        out = {"type": "web_search", "query": item.get("query", "")}
-    else:
-        return None
-    out["id"] = item.get("id")
-    return out
+    if kind == "collabAgentToolCall":
+        return _collab_call(item)
+    if kind == "webSearch":
+        # exec's line names `id` twice (its item_N, then the search's own id): a JSON reader
+        # keeps the last, the search's id, which is what this item carries.
+        return {
+            "type": "web_search",
+            "raw_id": item.get("id"),
+            "query": item.get("query", ""),
+            "action": _web_search_action(item.get("action")),
+        }
+    return None
+
+
+def _item_details(item: dict[str, Any]) -> dict[str, Any]:
+    """What the human display shows and exec leaves out: a command's duration, a patch's size."""
+    if item.get("type") == "commandExecution" and item.get("durationMs") is not None:
+        return {"duration_ms": item.get("durationMs")}
+    if item.get("type") == "fileChange":
+        return {"changes": [{"path": c.get("path"), **_change_counts(c)} for c in item.get("changes") or []]}
+    return {}
 
 
 class TurnMapper:
-    """Turns the notifications of one turn into exec-JSON events (a small state machine)."""
+    """Turns the notifications of one turn into exec's JSON lines (a small state machine).
+
+    One mapper per run, as exec is one process per turn: its items are numbered from item_0."""
 
     def __init__(self) -> None:
-        self.open_items: dict[str, dict[str, Any]] = {}
-        self.todo_started = False
-        self.todo_items: list[dict[str, Any]] = []
+        self._next_id = 0
+        self._ids: dict[str, str] = {}  # app-server item id -> exec id, for items started, not completed
+        self.open_items: dict[str, dict[str, Any]] = {}  # the same items, as last shown
+        self._todo: dict[str, Any] | None = None
         self.first_usage: dict[str, Any] | None = None
         self.total_usage: dict[str, Any] | None = None
         self.final_message = ""
         self.status = "in_progress"
-        self.error: str | None = None
+        self.error: str | None = None  # the last `error` notification's message (exec's "critical" one)
+        self.timeout_message: str | None = None  # set by the watchdog: its interrupt fails the turn
         self._streamed: dict[str, str] = {}  # item id -> text so far, from deltas
-        self._shown: dict[str, float] = {}  # item id -> when an item.updated last went out
+        self._shown: dict[str, float] = {}  # item id -> when its text last went out
+
+    def _new_id(self) -> str:
+        exec_id = f"item_{self._next_id}"
+        self._next_id += 1
+        return exec_id
+
+    def _started_id(self, raw_id: str) -> str:
+        if raw_id not in self._ids:
+            self._ids[raw_id] = self._new_id()
+        return self._ids[raw_id]
+
+    @staticmethod
+    def _with_id(exec_id: str, item: dict[str, Any]) -> dict[str, Any]:
+        raw_id = item.pop("raw_id", None)
+        return {"id": raw_id if item["type"] == "web_search" else exec_id, **item}
+
+    def _warning(self, message: str) -> list[dict[str, Any]]:
+        return [{"type": "item.completed", "item": {"id": self._new_id(), "type": "error", "message": message}}]
 
     def feed(self, method: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         if method == "turn/started":
             return [{"type": "turn.started"}]
         if method in ("item/agentMessage/delta", "item/reasoning/summaryTextDelta"):
             return self._delta("agent_message" if method.startswith("item/agentMessage") else "reasoning", params)
-        if method in ("item/started", "item/completed"):
-            item = convert_item(params.get("item") or {})
-            if item is None:
-                return []
-            if method == "item/started":
-                self.open_items[item["id"]] = item
-                return [{"type": "item.started", "item": item}]
-            self.open_items.pop(item["id"], None)
-            if item["type"] == "agent_message":
-                self.final_message = item["text"]
-            return [{"type": "item.completed", "item": item}]
+        if method == "item/started":
+            return self._item_started(params.get("item") or {})
+        if method == "item/completed":
+            return self._item_completed(params.get("item") or {})
+        if method == "item/fileChange/patchUpdated":
+            raw_id = str(params.get("itemId"))
+            item = convert_item({"type": "fileChange", "changes": params.get("changes"), "status": "inProgress"})
+            assert item is not None
+            return [{"type": "item.updated", "item": self._with_id(self._started_id(raw_id), item)}]
         if method == "turn/plan/updated":
-            self.todo_items = [
+            items = [
                 {"text": step.get("step", ""), "completed": step.get("status") == "completed"}
                 for step in params.get("plan") or []
             ]
-            event = "item.updated" if self.todo_started else "item.started"
-            self.todo_started = True
-            return [{"type": event, "item": self._todo()}]
+            kind = "item.updated" if self._todo else "item.started"
+            self._todo = {"id": self._todo["id"] if self._todo else self._new_id(), "type": "todo_list", "items": items}
+            return [{"type": kind, "item": dict(self._todo)}]
         if method == "thread/tokenUsage/updated":
             usage = params.get("tokenUsage") or {}
             if self.first_usage is None:
@@ -212,35 +310,64 @@ class TurnMapper:
             return []
         if method == "error":
             error = params.get("error") or {}
-            message = error.get("message") or "unknown error"
-            details = error.get("additionalDetails")
-            if details and details not in message:
-                message = f"{message} ({details})"
-            if params.get("willRetry"):
-                return [{"type": "codex_daytona.retry", "message": message}]
+            message = _with_details(error.get("message") or "", error.get("additionalDetails"))
             self.error = message
             return [{"type": "error", "message": message}]
+        if method == "warning":
+            return self._warning(str(params.get("message", "")))
+        if method in ("configWarning", "deprecationNotice"):
+            return self._warning(_with_details(str(params.get("summary", "")), params.get("details")))
+        if method == "model/rerouted":
+            reason = str(params.get("reason", ""))
+            reason = reason[:1].upper() + reason[1:]  # as Rust's Debug names the variant
+            return self._warning(f"model rerouted: {params.get('fromModel')} -> {params.get('toModel')} ({reason})")
         if method == "turn/completed":
             return self._finish(params.get("turn") or {})
         return []
 
+    def _item_started(self, raw: dict[str, Any]) -> list[dict[str, Any]]:
+        if raw.get("type") in ("agentMessage", "reasoning"):
+            return []  # exec shows them once, complete
+        item = convert_item(raw)
+        if item is None:
+            return []
+        raw_id = str(raw.get("id"))
+        again = raw.get("type") == "fileChange" and raw_id in self._ids
+        shown = self._with_id(self._started_id(raw_id), item)
+        self.open_items[raw_id] = shown
+        return [{"type": "item.updated" if again else "item.started", "item": shown}]
+
+    def _item_completed(self, raw: dict[str, Any]) -> list[dict[str, Any]]:
+        item = convert_item(raw)
+        if item is None:
+            return []
+        raw_id = str(raw.get("id"))
+        if raw.get("type") in ("agentMessage", "reasoning"):
+            exec_id = self._new_id()
+        else:
+            exec_id = self._ids.pop(raw_id, "") or self._new_id()
+        self.open_items.pop(raw_id, None)
+        shown = self._with_id(exec_id, item)
+        events: list[dict[str, Any]] = []
+        details = _item_details(raw)
+        if details:
+            events.append({"type": ITEM_DETAILS, "item_id": shown["id"], **details})
+        if shown["type"] == "agent_message":
+            self.final_message = shown["text"]
+        events.append({"type": "item.completed", "item": shown})
+        return events
+
     def _delta(self, kind: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Text as the model writes it: an item.updated with the text so far, at most every
-        DELTA_INTERVAL_S per item, so a terminal can show it live without a flood of events."""
+        """Text as the model writes it, at most every DELTA_INTERVAL_S per item, so a terminal
+        can show it live without a flood of events (exec shows it only once complete)."""
         item_id = str(params.get("itemId"))
         text = self._streamed.get(item_id, "") + str(params.get("delta") or "")
         self._streamed[item_id] = text
         now = time.monotonic()
-        if now - self._shown.get(item_id, 0.0) < DELTA_INTERVAL_S:
+        if not text.strip() or now - self._shown.get(item_id, 0.0) < DELTA_INTERVAL_S:
             return []
         self._shown[item_id] = now
-        return [{"type": "item.updated", "item": {"id": item_id, "type": kind, "text": text}}]
-
-    def _todo(self) -> dict[str, Any]:
-        return {"id": "todo_list", "type": "todo_list", "items": self.todo_items}
-
-    def _usage(self) -> dict[str, Any]:
-        return _usage_json(self.total_usage)
+        return [{"type": TEXT, "item_type": kind, "text": text}]
 
     def turn_usage(self) -> dict[str, Any]:
         """This turn's own tokens: the cumulative total now less the total before the turn."""
@@ -251,36 +378,39 @@ class TurnMapper:
         first_last = _usage_json(self.first_usage.get("last"))
         return {k: end[k] - (first_total[k] - first_last[k]) for k in end}
 
+    def _usage_event(self) -> dict[str, Any]:
+        return {"type": TURN_USAGE, "usage": self.turn_usage(), "total": _usage_json(self.total_usage)}
+
     def _finish(self, turn: dict[str, Any]) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
         self.status = turn.get("status") or "failed"
-        # A command killed by an interrupt never gets item/completed: close it here.
-        for item in list(self.open_items.values()):
-            if item["type"] == "command_execution":
-                item = dict(item, status="failed", exit_code=item.get("exit_code"))
-            else:
-                item = dict(item, status="failed")
-            events.append({"type": "item.completed", "item": item})
-        self.open_items.clear()
-        if self.todo_started:
-            events.append({"type": "item.completed", "item": self._todo()})
-        if self.status == "completed":
-            events.append({"type": "turn.completed", "usage": self._usage(), "turn_usage": self.turn_usage()})
-            return events
-        if self.status == "interrupted":
+        if self.status == "interrupted" and self.timeout_message is None:
+            # exec prints nothing more for an interrupted turn; the display wants to know which
+            # of the items it showed running were cut short.
+            cut = [dict(item, status="failed") for item in self.open_items.values()]
+            self.open_items.clear()
             self.error = "turn interrupted"
+            return [{"type": TURN_INTERRUPTED, "items": cut}]
+        events: list[dict[str, Any]] = []
+        if self._todo is not None:
+            events.append({"type": "item.completed", "item": dict(self._todo)})
+            self._todo = None
+        for raw in turn.get("items") or []:
+            if str(raw.get("id")) in self._ids:
+                events.extend(self._item_completed(raw))
+        self.open_items.clear()
+        if self.status == "completed":
+            events += [self._usage_event(), {"type": "turn.completed", "usage": _usage_json(self.total_usage)}]
+            return events
+        if self.timeout_message is not None:
+            # Our watchdog interrupted a turn whose model stopped answering: that is a failure.
+            self.status, self.error = "failed", self.timeout_message
+            events.append({"type": "error", "message": self.error})
         else:
             error = turn.get("error") or {}
-            self.error = error.get("message") or self.error or "turn failed"
-        events.append(
-            {
-                "type": "turn.failed",
-                "error": {"message": self.error},
-                "status": self.status,
-                "usage": self._usage(),
-                "turn_usage": self.turn_usage(),
-            }
-        )
+            if error.get("message"):
+                self.error = _with_details(error["message"], error.get("additionalDetails"))
+            self.error = self.error or "turn failed"
+        events += [self._usage_event(), {"type": "turn.failed", "error": {"message": self.error}}]
         return events
 
 
@@ -289,6 +419,7 @@ def _usage_json(usage: dict[str, Any] | None) -> dict[str, int]:
     return {
         "input_tokens": int(usage.get("inputTokens") or 0),
         "cached_input_tokens": int(usage.get("cachedInputTokens") or 0),
+        "cache_write_input_tokens": int(usage.get("cacheWriteInputTokens") or 0),
         "output_tokens": int(usage.get("outputTokens") or 0),
         "reasoning_output_tokens": int(usage.get("reasoningOutputTokens") or 0),
     }
@@ -297,7 +428,7 @@ def _usage_json(usage: dict[str, Any] | None) -> dict[str, int]:
 # --- Listening ports ------------------------------------------------------------------
 
 
-def _socket_owners(scope: str | None) -> set | None:
+def _socket_owners(scope: str | None) -> set[str] | None:
     """Socket inodes owned by processes of this sandbox (those whose environment carries
     CODEX_DAYTONA_SCOPE=scope). None when no scope is set: then every socket counts."""
     if not scope:
@@ -369,7 +500,7 @@ def read_request(stream: TextIO, timeout: float) -> dict[str, Any]:
     data = box.get("data")
     if not data:
         raise RuntimeError(f"no request arrived on stdin within {timeout:.0f} s")
-    request = json.loads(base64.b64decode("".join(data.split()), validate=True))
+    request: dict[str, Any] = json.loads(base64.b64decode("".join(data.split()), validate=True))
     if request.get("protocol") != PROTOCOL:
         raise RuntimeError(f"request protocol {request.get('protocol')!r}, this agent speaks {PROTOCOL}")
     return request
@@ -686,6 +817,10 @@ def _kill_group(group: int) -> None:
 # --- The engine: one warm Codex app-server for the sandbox ------------------------------
 
 
+class ResumeError(RuntimeError):
+    """The request's thread could not be resumed, and the request forbids starting afresh."""
+
+
 class Engine:
     """Owns the Codex app-server. It outlives turns, so the processes a turn starts in the
     background (dev servers) keep running, and a turn starts without paying for Codex's
@@ -744,8 +879,12 @@ class Engine:
         if self._thread is not None and self._thread.id == thread_id and not request.get("model"):
             return self._thread
         try:
-            self._thread = codex.thread_resume(thread_id, **options)
+            # Without include_turns=False Codex sends the whole history back, and a deprecation
+            # notice about that ("Full-history hydration is deprecated") that exec shows as a warning.
+            self._thread = codex.thread_resume(thread_id, include_turns=False, **options)
         except InvalidRequestError as exc:
+            if request.get("must_resume"):  # `codex exec resume ID`: fail as exec does, never start afresh
+                raise ResumeError(f"could not resume thread {thread_id}: {exc}") from None
             emit(
                 {
                     "type": "codex_daytona.resume_failed",
@@ -760,7 +899,7 @@ class Engine:
         self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], interrupter: Interrupter
     ) -> dict[str, Any]:
         """Starts or resumes the thread, runs one turn, emits its events; returns the outcome."""
-        from openai_codex import TextInput, TransportClosedError
+        from openai_codex import TransportClosedError
 
         try:
             codex = self._ensure(request)
@@ -772,21 +911,23 @@ class Engine:
             thread = self._thread_for(codex, request, emit)
         emit({"type": "thread.started", "thread_id": thread.id})
         mapper = TurnMapper()
-        handle = thread.turn(TextInput(request["prompt"]), **turn_settings(request))
+        handle = thread.turn(turn_input(request), **turn_options(request), **turn_settings(request))
         interrupter.attach(handle)
         watchdog = Watchdog(mapper, interrupter, float(request.get("model_timeout") or MODEL_TIMEOUT_S))
         try:
             for notification in handle.stream():
                 watchdog.touch()
+                # Warnings belong to no turn and reach the app-server's global queue, before
+                # the turn notification that follows them: exec shows them in that order.
+                for method, params in _global_notifications(codex, thread.id):
+                    for event in mapper.feed(method, params):
+                        emit(event)
                 params = notification.payload.model_dump(mode="json", by_alias=True)
                 for event in mapper.feed(notification.method, params):
-                    if watchdog.fired and event["type"] == "turn.failed":
-                        event = dict(event, error={"message": watchdog.message}, status="failed")
                     emit(event)
         finally:
             watchdog.stop()
-        if watchdog.fired:
-            mapper.status, mapper.error = "failed", watchdog.message
+            _global_notifications(codex, thread.id)  # what came after the turn belongs to no run
         return {
             "status": mapper.status,
             "thread_id": thread.id,
@@ -794,6 +935,46 @@ class Engine:
             "final_message": mapper.final_message,
             "usage": mapper.turn_usage(),
         }
+
+
+# The notifications exec shows that belong to no turn (warnings such as "Model metadata for
+# `x` not found").
+_WARNINGS = frozenset({"warning", "configWarning", "deprecationNotice"})
+
+
+def _global_notifications(codex: Any, thread_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The warnings for this thread among the app-server's notifications that belong to no
+    turn, taken off the SDK's queue for them (which nothing else reads, so it is emptied)."""
+    import queue
+
+    pending = getattr(getattr(getattr(codex, "_client", None), "_router", None), "_global_notifications", None)
+    found: list[tuple[str, dict[str, Any]]] = []
+    while pending is not None:
+        try:
+            notification = pending.get_nowait()
+        except queue.Empty:
+            break
+        if isinstance(notification, BaseException) or notification.method not in _WARNINGS:
+            continue
+        params = notification.payload.model_dump(mode="json", by_alias=True)
+        if params.get("threadId") in (None, thread_id):
+            found.append((notification.method, params))
+    return found
+
+
+def turn_input(request: dict[str, Any]) -> list[Any]:
+    """The turn's input items: the prompt, then the images uploaded for it (`--image`)."""
+    from openai_codex import LocalImageInput, TextInput
+
+    return [TextInput(request["prompt"]), *(LocalImageInput(str(p)) for p in request.get("images") or [])]
+
+
+def turn_options(request: dict[str, Any]) -> dict[str, Any]:
+    """Options of `thread.turn(...)` that the request sets: the output schema (`--output-schema`)."""
+    options: dict[str, Any] = {}
+    if request.get("output_schema") is not None:
+        options["output_schema"] = request["output_schema"]
+    return options
 
 
 class Watchdog:
@@ -826,6 +1007,7 @@ class Watchdog:
                 self.touch()
             elif time.monotonic() - self._last > self.limit:
                 self.fired = True
+                self.mapper.timeout_message = self.message
                 with contextlib.suppress(Exception):
                     self.interrupter.interrupt()
                 return

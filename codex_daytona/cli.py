@@ -48,6 +48,14 @@ app = typer.Typer(
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+ExecJsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exec-json",
+        help="Print exactly `codex exec --json`'s event lines on stdout: no codex_daytona.* lines, "
+        "no ts fields, no closing result line (implies --json).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the value (id, URL, answer).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", hidden=True)]
 NameOpt = Annotated[
@@ -267,8 +275,34 @@ def ask(
             show_default=False,
         ),
     ] = None,
+    output_last_message: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-last-message",
+            "-o",
+            metavar="FILE",
+            help="Also write the agent's final message to FILE (as `codex exec -o` does).",
+            show_default=False,
+        ),
+    ] = None,
+    output_schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-schema",
+            metavar="FILE",
+            help="A JSON Schema file the final message must conform to (the model answers in JSON).",
+            show_default=False,
+        ),
+    ] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image", "-i", metavar="FILE", help="Attach an image to the prompt (repeatable).", show_default=False
+        ),
+    ] = None,
     name: NameOpt = None,
     json_mode: JsonOpt = False,
+    exec_json: ExecJsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -277,19 +311,33 @@ def ask(
     Creates the sandbox first when there is none, and continues the same conversation
     on every call. Ctrl-C interrupts the turn (exit 130) and keeps the sandbox and thread.
 
+    -o FILE writes the final message to FILE when the turn completes (an empty file and a
+    warning when there is none). --output-schema FILE makes the final message JSON that
+    follows that schema. -i FILE (repeatable) uploads an image and attaches it to the prompt.
+
     --fanout N runs the prompt in sandboxes <name>-1..N at once (created from a snapshot of
     this one, or reused), shows one line per sandbox, and ends with a table comparing them
     (-q: the names whose turn completed). Exit 0 when every turn completed, 3 when any did
     not, 130 on Ctrl-C (every turn is interrupted). `keep NAME` then `down --others` keeps one.
 
+    --json prints the events of `codex exec --json` plus codex-daytona's own lines
+    (codex_daytona.*, ending with a codex_daytona.result line); --exec-json prints only
+    exec's lines, exactly as `codex exec --json` would (the exit codes stay this command's).
+
     Example: codex-daytona ask "create a 3d animated web-based lunar lander game"
+
+    Example: codex-daytona ask -i sketch.png --output-schema answer.json -o answer.txt "which colours?"
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
+    with _session(json_mode or exec_json, quiet, debug, name) as (core, out):
+        if exec_json and (fanout is not None or detach):
+            raise_usage("--exec-json cannot be used with --fanout or --detach.")
         if fanout is not None:
             if detach or wait:
                 raise_usage("--fanout cannot be used with --detach or --wait.")
             if config:
                 raise_usage("--fanout cannot be used with -c.")
+            if output_last_message or output_schema or image:
+                raise_usage("--fanout cannot be used with -o, --output-schema or --image.")
             _fanout(
                 core,
                 out,
@@ -301,7 +349,15 @@ def ask(
                 effort=effort,
             )
             return
-        out.stream_events = json_mode
+        if detach and output_last_message:
+            raise_usage("-o cannot be used with --detach: the turn ends after the command returns.")
+        from codex_daytona.core import check_images, read_output_schema
+
+        schema = read_output_schema(output_schema) if output_schema else None
+        images = check_images(image or [])
+        _check_writable(output_last_message)
+        out.stream_events = json_mode or exec_json
+        out.exec_only = exec_json
         text = _read_prompt(prompt)
         try:
             outcome = core.ask(
@@ -313,17 +369,31 @@ def ask(
                 wait=wait,
                 effort=effort,
                 config=config,
+                images=images,
+                output_schema=schema,
             )
         except CodexDaytonaError as exc:
-            if json_mode:
+            if json_mode and not exec_json:
                 out.json_line(_result_line(None, exc))
             raise
+        if output_last_message is not None and not detach:
+            out.last_message_file(output_last_message, outcome.final_message)
         if detach:
             out.value(f"Started run {outcome.run_id}", outcome.run_id, {"run_id": outcome.run_id, "status": "running"})
+        elif exec_json:
+            pass  # exec's stream ends with its last event
         elif json_mode:
             out.json_line(_result_line(outcome))
         else:
             out.final_answer(outcome.final_message or out.final_message)
+
+
+def _check_writable(path: Path | None) -> None:
+    """-o FILE is written after the turn: a missing directory is a usage error before it."""
+    if path is not None and not path.absolute().parent.is_dir():
+        raise UsageError(f"-o: no such directory: {path.absolute().parent}")
+    if path is not None and path.is_dir():
+        raise UsageError(f"-o: {path} is a directory.")
 
 
 def _fanout(
@@ -459,22 +529,28 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the run ends.")] = False,
     name: NameOpt = None,
     json_mode: JsonOpt = False,
+    exec_json: ExecJsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show a run's events, also one started by another process or machine.
 
+    --json and --exec-json print them as `ask` does.
+
     Example: codex-daytona logs -f
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        out.stream_events = json_mode
+    with _session(json_mode or exec_json, quiet, debug, name) as (core, out):
+        out.stream_events = json_mode or exec_json
+        out.exec_only = exec_json
         try:
             outcome = core.logs(run_id, follow=follow)
         except CodexDaytonaError as exc:
-            if json_mode:
+            if json_mode and not exec_json:
                 out.json_line(_result_line(None, exc))
             raise
-        if json_mode:
+        if exec_json:
+            pass  # exec's stream ends with its last event
+        elif json_mode:
             out.json_line(_result_line(outcome))
         elif outcome.status in ("completed", "unknown") or quiet:
             out.final_answer(outcome.final_message or out.final_message)

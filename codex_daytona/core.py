@@ -552,10 +552,18 @@ class App:
         wait: bool = False,
         effort: str | None = None,
         config: list[str] | None = None,
+        thread_id: str | None = None,
+        images: list[Path] | None = None,
+        output_schema: dict[str, object] | None = None,
     ) -> TurnOutcome:
         """Runs one turn of the agent on `prompt` and streams its events.
 
         With `detach`, starts the turn and returns at once (status "running"); `logs` follows it.
+        `thread_id` resumes that thread instead of the sandbox's current one, and fails the
+        run (AgentSetupError) when the sandbox cannot resume it. `images` (local
+        files, checked with `check_images`) are uploaded in one request and attached to the
+        turn; `output_schema` (see `read_output_schema`) is the JSON Schema the final message
+        must follow.
         """
         for pair in config or []:
             reason = runtime.refused_config_key(pair, self.settings)
@@ -584,10 +592,17 @@ class App:
         layout = runtime.Layout(record.home_dir)
         run_id = new_run_id()
         record, session, previous = self._claim_turn(record, run_id)
+        remote_images = runtime.image_paths(layout, run_id, [p.name for p in images or []])
+        if images:
+            try:
+                self.api.upload_from(sandbox, {r: str(p) for r, p in zip(remote_images, images, strict=True)})
+            except CodexDaytonaError:
+                self._update_record(record.sandbox_id, lambda r: _unclaim(r, run_id, previous))
+                raise
         request = runtime.agent_request(
             prompt=prompt,
             api_key=api_key,
-            thread_id=None if new_thread else record.thread_id,
+            thread_id=None if new_thread else thread_id or record.thread_id,
             new_thread=new_thread,
             model=model or self.settings.codex_daytona_model,
             base_url=self.settings.base_url,
@@ -599,6 +614,9 @@ class App:
             effort=effort,
             protected=runtime.protected_config(self.settings),
             config=config,
+            images=remote_images,
+            output_schema=output_schema,
+            must_resume=thread_id is not None and not new_thread,
         )
         command_id = self.api.start_command(sandbox, session, runtime.agent_command(layout, run_id, request))
         self._update_record(record.sandbox_id, lambda r: _set_command(r, run_id, command_id))
@@ -1121,6 +1139,36 @@ class App:
         return DiffResult(record.sandbox_id, patch, runtime.parse_changes(result.output))
 
 
+def read_output_schema(path: Path) -> dict[str, object]:
+    """The JSON Schema in `path` for `--output-schema`: a JSON object, or a usage error before
+    anything is sent."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--output-schema: no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--output-schema: cannot read {path}: {exc}") from None
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(
+            f"--output-schema: {path} is not JSON ({exc}).", 'Give a JSON Schema object, e.g. {"type": "object", ...}.'
+        ) from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--output-schema: {path} holds a JSON {type(schema).__name__}, not a JSON Schema object.")
+    return schema
+
+
+def check_images(paths: list[Path]) -> list[Path]:
+    """The `--image` files, each one a readable local file, or a usage error."""
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"--image: no such file: {path}")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"--image: cannot read {path}")
+    return [p.absolute() for p in paths]
+
+
 def _unclaim(record: SandboxRecord, run_id: str, previous: LastTurn | None) -> None:
     """Puts back the last turn a refused run claimed (unless another has claimed it since)."""
     if record.last_turn is not None and record.last_turn.run_id == run_id:
@@ -1295,6 +1343,11 @@ class RunFollower:
                 self._attach()
             assert self.session is not None and self.command_id is not None
             self._replayed = 0
+            # A connection resumes after the last complete line: when a stream drops, the SDK
+            # flushes what it held back as stdout, which may be part of Daytona's stream
+            # marker or of a character, not output. The replay brings that line again, whole.
+            self.received -= len(self._partial)
+            self._partial = b""
             try:
                 finished = self.api.stream_logs(
                     self.sandbox,

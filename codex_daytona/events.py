@@ -1,8 +1,11 @@
 """The event vocabulary: what the agent in the sandbox emits and what `ask --json` prints.
 
-Events are plain dicts, one JSON object per line. The `codex exec --json` types come
-first (so `ask --json` is a drop-in for it); ours are namespaced `codex_daytona.*` and
-consumers of exec's stream can ignore them. Imports nothing of ours.
+Events are plain dicts, one JSON object per line. The `codex exec --json` events are exactly
+the lines `codex exec --json` (0.163) prints for the same turn (the agent maps Codex's
+notifications as exec does: item ids item_0, item_1, ..., messages and reasoning only once
+complete, warnings as `error` items, retries as `error` events, nothing after an interrupt),
+plus a `ts` field. Ours are separate lines namespaced `codex_daytona.*`, which consumers of
+exec's stream ignore; `--exec-json` leaves them (and `ts`) out. Imports nothing of ours.
 """
 
 from __future__ import annotations
@@ -29,13 +32,25 @@ AGENT_MESSAGE = "agent_message"
 REASONING = "reasoning"
 TODO_LIST = "todo_list"
 MCP_TOOL_CALL = "mcp_tool_call"
+COLLAB_TOOL_CALL = "collab_tool_call"  # a sub-agent (collaboration) tool call
 WEB_SEARCH = "web_search"
+ERROR_ITEM = "error"  # a warning that does not end the turn ("Model metadata for `x` not found...")
 
-# Ours. The agent emits the run, ports, retry, resume and warning events; the CLI adds the rest.
+# Ours. The agent emits the run, ports, resume, text, item details, turn usage and interrupt
+# events; the CLI adds the rest.
 RUN_STARTED = "codex_daytona.run.started"
 RUN_COMPLETED = "codex_daytona.run.completed"
 PORTS = "codex_daytona.ports"
-RETRY = "codex_daytona.retry"
+# The text of a message or reasoning so far, while the model writes it ({item_type, text}).
+TEXT = "codex_daytona.text"
+# What exec leaves out of an item, just before its item.completed ({item_id, duration_ms} for
+# a command, {item_id, changes: [{path, added, removed}]} for a file change).
+ITEM_DETAILS = "codex_daytona.item.details"
+# This turn's own tokens ({usage}; exec's turn.completed usage is the thread's running total).
+TURN_USAGE = "codex_daytona.turn.usage"
+# The turn was interrupted (exec prints nothing then): {items} the running items it cut short.
+TURN_INTERRUPTED = "codex_daytona.turn.interrupted"
+RETRY = "codex_daytona.retry"  # the CLI reconnects a dropped log stream
 RESUME_FAILED = "codex_daytona.resume_failed"
 WARNING = "codex_daytona.warning"
 PROGRESS = "codex_daytona.progress"  # setup steps: creating the sandbox, installing the agent
@@ -71,6 +86,16 @@ def parse_line(line: str) -> Event | None:
     if not isinstance(value, dict) or "type" not in value:
         return {"type": AGENT_OUTPUT, "text": line}
     return value
+
+
+def is_ours(event: Event) -> bool:
+    """A codex-daytona event, not one of `codex exec --json`'s."""
+    return str(event.get("type", "")).startswith("codex_daytona.")
+
+
+def as_exec(event: Event) -> Event:
+    """One of exec's events exactly as exec prints it: without the `ts` we add."""
+    return {k: v for k, v in event.items() if k != "ts"}
 
 
 def dumps(event: Event) -> str:

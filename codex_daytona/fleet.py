@@ -286,6 +286,8 @@ class Fanout:
                 self._update(attempt, detail=text.splitlines()[0] if text else "")
             elif kind == ev.TURN_FAILED:
                 self._update(attempt, detail=str((event.get("error") or {}).get("message", "turn failed")))
+            elif kind == ev.TURN_INTERRUPTED:
+                self._update(attempt, detail="turn interrupted")
 
         return handle
 

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -95,6 +96,10 @@ class Output:
         self.final_message: str | None = None
         # `ask --json` streams every event as a JSON line; other commands print one object.
         self.stream_events = False
+        # `--exec-json`: only `codex exec --json`'s own lines, exactly as exec prints them.
+        self.exec_only = False
+        self._details: dict[str, dict[str, Any]] = {}  # item id -> what exec leaves out of it
+        self._turn_usage: dict[str, Any] | None = None  # this turn's own tokens, when the agent said
         self._browser_hint_shown = False
         # `ask --fanout`: one row per sandbox (status, detail, started, ended), in order of arrival.
         self._fanout: dict[str, tuple[str, str, float | None, float | None]] = {}
@@ -177,8 +182,8 @@ class Output:
                 stream.flush()
             return
         if self.mode is Mode.JSON:
-            if self.stream_events:
-                self.json_line(event)
+            if self.stream_events and not (self.exec_only and ev.is_ours(event)):
+                self.json_line(ev.as_exec(event) if self.exec_only else event)
             elif kind in (ev.WARNING, ev.RESUME_FAILED):
                 self.warning(str(event.get("message", "")))
             return
@@ -208,6 +213,7 @@ class Output:
             self._err(f"[dim]Thread {escape(str(event.get('thread_id')))}[/dim]")
         elif kind == ev.TURN_STARTED:
             self._turn = TurnTally(started=float(event.get("ts") or time.time()))
+            self._details, self._turn_usage = {}, None
             if not self.live_terminal:
                 self._err("[dim]Thinking...[/dim]")
             self._refresh_live()
@@ -219,14 +225,33 @@ class Output:
             self._item(kind, item)
             self._refresh_live()
         elif kind == ev.ERROR:
+            message = str(event.get("message", ""))
+            if message.startswith("Reconnecting..."):
+                # exec's word for a retry of the model request: the turn goes on.
+                self._err(f"[dim]↻ {escape(message)}[/dim]")
+                return
             self._flush_message()
-            self._err(f"[red]❌ Error: {escape(str(event.get('message', '')))}[/red]")
+            self._err(f"[red]❌ Error: {escape(message)}[/red]")
         elif kind == ev.RETRY:
             self._err(f"[dim]↻ {escape(str(event.get('message', '')))}[/dim]")
+        elif kind == ev.TEXT:
+            self._item(ev.ITEM_UPDATED, {"type": event.get("item_type"), "text": event.get("text", "")})
+            self._refresh_live()
+        elif kind == ev.ITEM_DETAILS:
+            self._details[str(event.get("item_id"))] = event
+        elif kind == ev.TURN_USAGE:
+            self._turn_usage = event.get("usage") or None
         elif kind == ev.TURN_COMPLETED:
             self.stop_live()
             self._summary(float(event.get("ts") or time.time()))
-            self._usage(event.get("turn_usage") or event.get("usage") or {})
+            usage, self._turn_usage = self._turn_usage, None
+            self._usage(usage or event.get("turn_usage") or event.get("usage") or {})
+        elif kind == ev.TURN_INTERRUPTED:
+            for item in event.get("items") or []:
+                self._item(ev.ITEM_COMPLETED, item)
+            self.stop_live()
+            self._flush_message()
+            self._err("[yellow]⏹ Turn interrupted[/yellow]")
         elif kind == ev.TURN_FAILED:
             self.stop_live()
             self._flush_message()
@@ -238,6 +263,7 @@ class Output:
     def _item(self, kind: str, item: dict[str, Any]) -> None:
         item_type = item.get("type")
         if kind == ev.ITEM_COMPLETED:
+            item = self._with_details(item)
             self._turn.count(item)
             self._writing = ""
         if kind == ev.ITEM_UPDATED and item_type in (ev.AGENT_MESSAGE, ev.REASONING):
@@ -277,8 +303,32 @@ class Output:
             self._err(f"🔧 {ok} MCP Tool: {escape(str(item.get('server')))}.{escape(str(item.get('tool')))}")
         elif item_type == ev.WEB_SEARCH and kind == ev.ITEM_COMPLETED:
             self._err(f"🌐 Web search: {escape(str(item.get('query', '')))}")
-        elif item_type == "error" and kind == ev.ITEM_COMPLETED:
-            self._err(f"[red]❌ Error: {escape(str(item.get('message', '')))}[/red]")
+        elif item_type == ev.COLLAB_TOOL_CALL and kind == ev.ITEM_COMPLETED:
+            ok = "✓" if item.get("status") == "completed" else "✗"
+            receivers = ", ".join(str(t) for t in item.get("receiver_thread_ids") or [])
+            prompt = str(item.get("prompt") or "").strip().splitlines()
+            detail = f": {prompt[0]}" if prompt else ""
+            target = f" → {receivers}" if receivers else ""
+            self._err(f"🤖 {ok} Sub-agent {escape(str(item.get('tool')))}{escape(target)}{escape(detail)}")
+        elif item_type == ev.ERROR_ITEM and kind == ev.ITEM_COMPLETED:
+            # exec's warnings: the turn goes on.
+            self.warning(str(item.get("message", "")))
+
+    def _with_details(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The item with what the agent sent about it beside exec's event (duration, patch size)."""
+        details = self._details.pop(str(item.get("id")), None)
+        if not details:
+            return item
+        item = dict(item)
+        if "duration_ms" in details:
+            item["duration_ms"] = details["duration_ms"]
+        counts = {str(c.get("path")): c for c in details.get("changes") or []}
+        if counts:
+            item["changes"] = [
+                {**c, **{k: v for k, v in counts.get(str(c.get("path")), {}).items() if k != "path"}}
+                for c in item.get("changes") or []
+            ]
+        return item
 
     def _command(self, kind: str, item_id: str, item: dict[str, Any]) -> None:
         command = str(item.get("command", ""))
@@ -453,6 +503,17 @@ class Output:
         self._pending_message = None
         if text:
             self._out(text)
+
+    def last_message_file(self, path: Path, text: str | None) -> None:
+        """`-o FILE`: the final message, as `codex exec -o` writes it (empty, with a warning,
+        when the turn ended without one)."""
+        try:
+            path.write_text(self.mask(text or ""), encoding="utf-8")
+        except OSError as exc:
+            self.warning(f"Failed to write last message file {path}: {exc}")
+            return
+        if not text:
+            self.warning(f"No last agent message; wrote empty content to {path}")
 
     def value(self, human: str, quiet: str, data: dict[str, Any]) -> None:
         """One result: a sentence for people, the bare value for -q, an object for --json."""

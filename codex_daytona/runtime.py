@@ -305,6 +305,9 @@ def agent_request(
     effort: str | None = None,
     protected: dict[str, object] | None = None,
     config: list[str] | None = None,
+    images: list[str] | None = None,
+    output_schema: dict[str, object] | None = None,
+    must_resume: bool = False,
 ) -> str:
     """The turn's request, one JSON line. It names the key by its fingerprint and never
     carries it (the session command that holds the request is written to the sandbox's
@@ -330,7 +333,20 @@ def agent_request(
         "config": protected or {},
         "user_config": config or [],
     }
+    # Only when given, so a turn without them asks exactly what it did before.
+    if images:
+        request["images"] = images
+    if output_schema is not None:
+        request["output_schema"] = output_schema
+    if must_resume:  # a thread that cannot be resumed fails the run instead of starting a new one
+        request["must_resume"] = True
     return json.dumps(request, ensure_ascii=True) + "\n"
+
+
+def image_paths(layout: Layout, run_id: str, names: list[str]) -> list[str]:
+    """Where a turn's `--image` files go in the sandbox: the run's own directory, numbered so
+    two images of one name stay apart."""
+    return [f"{layout.runs}/{run_id}/images/{i}-{posixpath.basename(n) or 'image'}" for i, n in enumerate(names)]
 
 
 def attach_command(

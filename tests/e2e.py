@@ -108,7 +108,10 @@ class Rig:
         )
 
     def state(self) -> dict[str, Any]:
-        import tomllib
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:
+            import tomli as tomllib
 
         path = Path(self.env["CODEX_DAYTONA_STATE_DIR"]) / "state.toml"
         return tomllib.loads(path.read_text()) if path.exists() else {}

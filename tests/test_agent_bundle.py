@@ -50,62 +50,126 @@ def _map_turns(name: str) -> list[list[dict[str, Any]]]:
 
 def test_mapper_build_turn_matches_exec_vocabulary() -> None:
     first, second = _map_turns("notifications-build-and-resume.jsonl")
-    kinds = [(e["type"], e.get("item", {}).get("type")) for e in first]
+    standard = [e for e in first if not e["type"].startswith("codex_daytona.")]
+    kinds = [(e["type"], e.get("item", {}).get("type")) for e in standard]
     assert kinds[0] == ("turn.started", None)
     assert ("item.completed", "reasoning") in kinds
     assert ("item.started", "todo_list") in kinds
     assert kinds.count(("item.started", "command_execution")) == 2
+    # As exec: messages and reasoning only once complete, never started or updated.
+    assert ("item.started", "agent_message") not in kinds and ("item.updated", "agent_message") not in kinds
     assert kinds[-2] == ("item.completed", "todo_list")
     assert kinds[-1] == ("turn.completed", None)
+    # exec's item ids: item_0, item_1, ... in order of first appearance, not Codex's own.
+    first_seen = list(dict.fromkeys(e["item"]["id"] for e in standard if "item" in e))
+    assert first_seen == [f"item_{n}" for n in range(len(first_seen))]
     command = next(
         e["item"] for e in first if e["type"] == "item.completed" and e["item"]["type"] == "command_execution"
     )
-    assert command["status"] == "completed" and command["exit_code"] == 0
-    assert command["aggregated_output"] == "wrote index.html\n"
+    assert command == {
+        "id": command["id"],
+        "type": "command_execution",
+        "command": command["command"],
+        "aggregated_output": "wrote index.html\n",
+        "exit_code": 0,
+        "status": "completed",
+    }
     change = next(e["item"] for e in first if e.get("item", {}).get("type") == "file_change")
-    assert change["changes"][0] == {"path": "/home/daytona/style.css", "kind": "add", "added": 1, "removed": 0}
-    done = first[-1]
-    # exec's usage is cumulative over the thread; ours per turn is in turn_usage.
-    assert done["usage"]["input_tokens"] == 700
-    assert done["turn_usage"]["input_tokens"] == 700
+    assert change["changes"][0] == {"path": "/home/daytona/style.css", "kind": "add"}
+    # What exec leaves out and the display shows comes just before the item completes.
+    details = next(e for e in first if e["type"] == "codex_daytona.item.details" and "changes" in e)
+    assert details["item_id"] == change["id"]
+    assert details["changes"][0] == {"path": "/home/daytona/style.css", "added": 1, "removed": 0}
+    # exec's usage is cumulative over the thread; ours per turn comes just before it.
+    assert first[-1]["usage"]["input_tokens"] == 700
+    assert set(first[-1]["usage"]) == {
+        "input_tokens",
+        "cached_input_tokens",
+        "cache_write_input_tokens",
+        "output_tokens",
+        "reasoning_output_tokens",
+    }
+    assert first[-2]["type"] == "codex_daytona.turn.usage" and first[-2]["usage"]["input_tokens"] == 700
     assert second[-1]["usage"]["input_tokens"] == 800
-    assert second[-1]["turn_usage"]["input_tokens"] == 100
+    assert second[-2]["usage"]["input_tokens"] == 100
     message = [e for e in second if e.get("item", {}).get("type") == "agent_message"]
     assert message[-1]["item"]["text"].startswith("RESUME_OK")
+    assert message[-1]["item"]["id"] == "item_0", "each turn numbers its items from item_0, as each exec does"
 
 
 def test_mapper_streams_text_as_the_model_writes_it() -> None:
     first, _ = _map_turns("notifications-build-and-resume.jsonl")
-    updates = [e for e in first if e["type"] == "item.updated" and e["item"]["type"] == "agent_message"]
+    updates = [e for e in first if e["type"] == "codex_daytona.text" and e["item_type"] == "agent_message"]
     assert updates, "the text so far goes out before the message completes"
     final = next(e for e in first if e["type"] == "item.completed" and e["item"]["type"] == "agent_message")
-    assert final["item"]["text"].startswith(updates[0]["item"]["text"])
-    assert updates[0]["item"]["id"] == final["item"]["id"]
+    assert final["item"]["text"].startswith(updates[0]["text"])
+    assert first.index(updates[0]) < first.index(final)
     # Throttled: the fixture's eight deltas arrive at once here, and one update goes out.
     assert len(updates) == 1
 
 
-def test_mapper_closes_a_command_killed_by_interrupt() -> None:
+def test_mapper_reports_an_interrupt_as_exec_does_and_names_the_command_it_cut() -> None:
     (events,) = _map_turns("notifications-interrupt.jsonl")
-    closed = [e for e in events if e["type"] == "item.completed"]
-    assert closed and closed[0]["item"]["type"] == "command_execution"
-    assert closed[0]["item"]["status"] == "failed"
-    assert events[-1]["type"] == "turn.failed"
-    assert events[-1]["status"] == "interrupted"
+    standard = [e["type"] for e in events if not e["type"].startswith("codex_daytona.")]
+    assert standard == ["turn.started", "item.started"], "exec prints nothing after an interrupt"
+    interrupted = events[-1]
+    assert interrupted["type"] == "codex_daytona.turn.interrupted"
+    (cut,) = interrupted["items"]
+    assert cut["type"] == "command_execution" and cut["status"] == "failed" and cut["id"] == "item_0"
 
 
 def test_mapper_reports_model_failure() -> None:
     (events,) = _map_turns("notifications-failure-500-noretry.jsonl")
-    assert [e["type"] for e in events] == ["turn.started", "error", "turn.failed"]
+    assert [e["type"] for e in events] == ["turn.started", "error", "codex_daytona.turn.usage", "turn.failed"]
     assert "high demand" in events[-1]["error"]["message"]
 
 
-def test_mapper_retries_are_not_errors() -> None:
+def test_mapper_retries_are_exec_error_events() -> None:
     (events,) = _map_turns("notifications-failure-401-default-retries.jsonl")
-    kinds = [e["type"] for e in events]
-    assert "codex_daytona.retry" in kinds
-    assert kinds[-1] == "turn.failed"
+    errors = [e["message"] for e in events if e["type"] == "error"]
+    assert len(errors) == 6
+    assert errors[0].startswith("Reconnecting... 1/5 (unexpected status 401 Unauthorized")
+    assert events[-1]["type"] == "turn.failed"
     assert "401" in events[-1]["error"]["message"]
+
+
+def test_mapper_shows_warnings_and_sub_agent_calls_as_exec_does() -> None:
+    mapper = agent.TurnMapper()
+    events = mapper.feed("warning", {"message": "Model metadata for `m` not found.", "threadId": "t"})
+    events += mapper.feed("configWarning", {"summary": "bad key", "details": "line 3"})
+    events += mapper.feed("model/rerouted", {"fromModel": "a", "toModel": "b", "reason": "highRiskCyberActivity"})
+    call = {
+        "type": "collabAgentToolCall",
+        "id": "call-1",
+        "tool": "spawnAgent",
+        "status": "inProgress",
+        "senderThreadId": "t",
+        "receiverThreadIds": ["t2"],
+        "prompt": "look around",
+        "agentsStates": {"t2": {"status": "pendingInit", "message": None}},
+    }
+    events += mapper.feed("item/started", {"item": call})
+    events += mapper.feed("item/completed", {"item": dict(call, status="completed")})
+    events += mapper.feed("item/started", {"item": dict(call, id="call-2", tool="listAgents")})
+    assert [e["item"]["message"] for e in events[:3]] == [
+        "Model metadata for `m` not found.",
+        "bad key (line 3)",
+        "model rerouted: a -> b (HighRiskCyberActivity)",
+    ]
+    assert [e["item"]["id"] for e in events[:3]] == ["item_0", "item_1", "item_2"]
+    started, completed = events[3:5]
+    assert started["type"] == "item.started" and completed["type"] == "item.completed"
+    assert completed["item"] == {
+        "id": "item_3",
+        "type": "collab_tool_call",
+        "tool": "spawn_agent",
+        "sender_thread_id": "t",
+        "receiver_thread_ids": ["t2"],
+        "prompt": "look around",
+        "agents_states": {"t2": {"status": "pending_init", "message": None}},
+        "status": "completed",
+    }
+    assert len(events) == 5, "exec leaves out the tools it has no name for"
 
 
 def test_emitter_masks_secrets(tmp_path: Path) -> None:
@@ -119,7 +183,7 @@ def test_emitter_masks_secrets(tmp_path: Path) -> None:
             pass
 
     sink = Sink()
-    emitter = agent.Emitter(tmp_path / "e.jsonl", sink, [KEY])  # type: ignore[arg-type]
+    emitter = agent.Emitter(tmp_path / "e.jsonl", sink, [KEY])
     emitter.emit({"type": "x", "text": f"the key is {KEY}"})
     emitter.close()
     assert KEY not in sink.text and KEY not in (tmp_path / "e.jsonl").read_text()
@@ -258,6 +322,29 @@ def test_agent_runs_a_turn_and_resumes_it(rig: AgentRig) -> None:
     assert events[-1]["thread_id"] == thread_id
     history = json.dumps(rig.model.model_requests[-1]["body"]["input"], ensure_ascii=False)
     assert "Done: wrote hello.txt" in history and "quotes" in history
+
+
+@pytest.mark.e2e
+def test_a_thread_resumed_by_a_new_daemon_raises_no_warning(rig: AgentRig) -> None:
+    """A new daemon (the sandbox restarted, the agent was updated) resumes the thread from
+    disk; Codex must not answer with a deprecation notice, which exec would show as a warning."""
+    rig.model.enqueue(turn(msg("first answer")))
+    code, events, stderr = rig.run("remember this")
+    assert code == 0, stderr
+    pid, thread_id = events[0]["pid"], events[-1]["thread_id"]
+    stop_daemon(rig.home)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, "the daemon did not stop"
+        time.sleep(0.05)
+    assert rig.deliver_key().returncode == 0
+    rig.model.enqueue(turn(msg("second answer")))
+    code, events, stderr = rig.run("what did I say?", thread_id=thread_id)
+    assert code == 0, stderr
+    assert events[0]["pid"] != pid and events[-1]["thread_id"] == thread_id
+    assert "remember this" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    warnings = [e["item"]["message"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "error"]
+    assert not warnings
 
 
 @pytest.mark.e2e

@@ -277,7 +277,11 @@ def test_input_is_echoed_unless_suppressed(emulator: DaytonaEmulator, sandbox: A
         ).cmd_id
         wait_for((session_dir(emulator, sandbox, "in") / cid / "input.pipe").exists)
         sandbox.process.send_session_command_input("in", cid, "typed")  # a newline is added
-        wait_for(lambda cid=cid: sandbox.process.get_session_command("in", cid).exit_code == 0)
+
+        def finished(cid: str | None = cid) -> bool:
+            return bool(sandbox.process.get_session_command("in", cid).exit_code == 0)
+
+        wait_for(finished)
         stdout = sandbox.process.get_session_command_logs("in", cid).stdout
         expected = ["got:typed\n"] if suppress else ["got:typed\n", "typed\n"]
         assert sorted(stdout.splitlines(keepends=True)) == expected

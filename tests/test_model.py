@@ -313,7 +313,8 @@ def run_sdk_turn(home: Path, cwd: Path, prompt: str, thread_id: str | None = Non
 def completed_turn(notifications: list[Any]) -> dict[str, Any]:
     last = notifications[-1]
     assert last.method == "turn/completed"
-    return dump(last)["turn"]
+    turn: dict[str, Any] = dump(last)["turn"]
+    return turn
 
 
 def items(notifications: list[Any], method: str, item_type: str) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ def distinct_ports(n: int) -> list[int]:
     return ports
 
 
-def serve_turn(*commands: str) -> list[dict]:
+def serve_turn(*commands: str) -> list[dict[str, Any]]:
     """One turn in which the agent starts servers in the background, the way Codex does."""
     background = " ".join(f"nohup {c} > server-{i}.log 2>&1 &" for i, c in enumerate(commands))
     return [turn(run(f"{background} sleep 1; echo started")), turn(msg("Servers started."))]

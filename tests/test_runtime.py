@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import sys
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from codex_daytona import runtime
 from codex_daytona.settings import Settings

@@ -23,7 +23,8 @@ def test_no_key_in_any_output_mode_of_any_command(rig: Rig) -> None:
     leak = f"echo leaked {OPENAI_KEY} {DAYTONA_KEY}"
 
     # ask, in each mode: the key in a command's output and in the answer.
-    for mode in ((), ("--json",), ("-q",)):
+    modes: tuple[tuple[str, ...], ...] = ((), ("--json",), ("-q",))
+    for mode in modes:
         rig.model.enqueue(turn(run(leak)), turn(msg(f"the key is {OPENAI_KEY}")))
         result = rig.cli("ask", *mode, "leak it")
         assert result.code == 0, result
@@ -31,13 +32,19 @@ def test_no_key_in_any_output_mode_of_any_command(rig: Rig) -> None:
     run_id = rig.record()["last_turn"]["run_id"]
 
     # logs and logs -f of that turn, in each mode.
-    for args in (("logs", run_id), ("logs", "--json", run_id), ("logs", "-q", run_id), ("logs", "-f", run_id)):
+    logs_args: tuple[tuple[str, ...], ...] = (
+        ("logs", run_id),
+        ("logs", "--json", run_id),
+        ("logs", "-q", run_id),
+        ("logs", "-f", run_id),
+    )
+    for args in logs_args:
         result = rig.cli(*args)
         assert result.code == 0, result
         _masked(result)
 
     # exec, in each mode: the command prints both keys.
-    for mode in ((), ("--json",), ("-q",)):
+    for mode in modes:
         result = rig.cli("exec", *mode, "--", f"echo {OPENAI_KEY}; echo {DAYTONA_KEY} >&2")
         assert result.code == 0, result
         _masked(result)

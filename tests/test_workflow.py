@@ -4,7 +4,9 @@ the real agent program and the real Codex binary, the scripted model."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +24,7 @@ STYLE = "body { margin: 0; background: #000; }\n"
 MAIN = "const c = document.getElementById('game');\nc.width = 800; c.height = 600;\n"
 
 
-def lunar_lander_turn() -> list[dict]:
+def lunar_lander_turn() -> list[dict[str, Any]]:
     return [
         turn(think("Plan the lander game"), plan(("Write the page", "in_progress"), ("List files", "pending"))),
         turn(patch(add_file_patch("index.html", INDEX))),
@@ -108,7 +110,10 @@ def test_up_is_idempotent_and_prints_the_id(rig: Rig) -> None:
     assert sandbox["labels"]["app"] == "codex-daytona"
     assert int(sandbox.get("autoStopInterval") or 0) > 0
     # Codex's config in the sandbox is valid TOML written by a serialiser, and holds no key.
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
 
     home = Path(rig.emulator.home_dir(sandbox_id))
     config_path = home / ".codex-daytona" / "codex" / "config.toml"  # CODEX_HOME, out of the work tree

@@ -82,9 +82,9 @@ def codex_env(home: Path, key: str = FAKE_KEY) -> dict[str, str]:
 def codex_binary() -> Path | None:
     """The native codex binary shipped with ``openai-codex-cli-bin`` (or on PATH), if any."""
     try:
-        from codex_cli_bin import bundled_codex_path
+        from codex_cli_bin import bundled_codex_path  # type: ignore[import-untyped]
 
-        return bundled_codex_path()
+        return Path(bundled_codex_path())
     except (ImportError, FileNotFoundError):
         found = shutil.which("codex")
         return Path(found) if found else None

@@ -44,6 +44,10 @@ A step is a JSON object.  Keys usable on every step:
     is taken by anyone, give every step a ``match`` when threads run concurrently.
 ``delay_ms`` (int, optional)
     Sleep this long before answering anything.
+``hold`` (str, optional)
+    Do not answer until ``ScriptedModel.release(name)`` is called with this name (or the
+    server stops): a test holds the model's next answer while it checks what has already
+    arrived, with nothing timed.
 
 Then exactly one kind of answer:
 
@@ -438,6 +442,7 @@ class ScriptedModel:
         self.ids = Ids()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._released: dict[str, threading.Event] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.base_url = ""
@@ -464,6 +469,19 @@ class ScriptedModel:
                 if match is None or match in body_text:
                     return self._steps.pop(i)
         return self.default_step
+
+    def _hold(self, name: str) -> threading.Event:
+        with self._lock:
+            return self._released.setdefault(name, threading.Event())
+
+    def release(self, name: str) -> None:
+        """Lets the steps held under `name` (``hold``) be answered, now and later."""
+        self._hold(name).set()
+
+    def wait_released(self, name: str) -> None:
+        released = self._hold(name)
+        while not released.wait(0.05) and not self._stopping.is_set():
+            pass
 
     @property
     def model_requests(self) -> list[dict[str, Any]]:
@@ -567,6 +585,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(step, raw)
 
     def _answer(self, step: Step, request_text: str) -> None:
+        if step.get("hold"):
+            self.model.wait_released(str(step["hold"]))
         if step.get("delay_ms"):
             time.sleep(step["delay_ms"] / 1000)
         if "error" in step:
