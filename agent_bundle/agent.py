@@ -664,23 +664,17 @@ def codex_environment(request: dict[str, Any], codex_home: str, home: str) -> di
 
 
 def config_overrides(request: dict[str, Any]) -> list[str]:
-    """`-c key=value` overrides for the app-server: the user's for this turn (`ask -c`) and the
-    values a user may change between turns. When they change from one turn to the next, the
-    app-server is started again with them (Engine._ensure). The tool's own settings go with
-    the thread instead (thread_config), which outranks these and every config file."""
+    """`-c key=value` overrides for the app-server: the user's for this turn (`ask -c`), then
+    the tool's own settings (the request's `config`: provider, environment policy, sandbox
+    mode, approvals, retries; the last of a key wins, and `-c` outranks every config file, a
+    project's `.codex/config.toml` in the work tree included), and the values a user may
+    change between turns. JSON values are TOML values too. When they change from one turn to
+    the next, the app-server is started again with them (Engine._ensure)."""
     overrides = [str(pair) for pair in request.get("user_config") or []]
+    overrides += [f"{key}={json.dumps(value)}" for key, value in (request.get("config") or {}).items()]
     if request.get("base_url"):
         overrides.append("model_providers.codex-daytona.base_url={}".format(json.dumps(request["base_url"])))
     return overrides
-
-
-def thread_config(request: dict[str, Any]) -> dict[str, Any]:
-    """The tool's own settings (the request's `config`: provider, key handling, environment
-    policy, sandbox mode, approvals, retries), as the config of the thread Codex starts or
-    resumes: it outranks every config file, a project's `.codex/config.toml` in the work tree
-    included, and the user's `ask -c`. Not on the app-server's command line, where `ps` would
-    show it."""
-    return dict(request.get("config") or {})
 
 
 def turn_settings(request: dict[str, Any]) -> dict[str, Any]:
@@ -837,12 +831,7 @@ class Engine:
 
         codex_home = request.get("codex_home") or os.path.join(self.home, ".codex-daytona", "codex")
         migrate_codex_home(self.home, codex_home)
-        signature = (
-            request.get("api_key"),
-            codex_home,
-            tuple(config_overrides(request)),
-            json.dumps(thread_config(request), sort_keys=True),
-        )
+        signature = (request.get("api_key"), codex_home, tuple(config_overrides(request)))
         if self._codex is not None and signature == self._signature:
             return self._codex
         self.close()
@@ -870,7 +859,6 @@ class Engine:
             "approval_mode": ApprovalMode.deny_all,
             "sandbox": Sandbox.full_access,
             "model": request.get("model") or None,
-            "config": thread_config(request) or None,
         }
         thread_id = request.get("thread_id")
         if request.get("new_thread") or not thread_id:

@@ -213,10 +213,12 @@ def codex_config(settings: Settings, layout: Layout, preview_pattern: str | None
 
 
 def protected_config(settings: Settings) -> dict[str, object]:
-    """The settings the tool depends on (provider, key, environment policy, sandbox mode,
-    approvals, retries), as dotted keys: the agent passes them to Codex as the config of the
-    thread it starts or resumes, which no config file can outrank, not even a project's
-    `.codex/config.toml` in the work tree (Codex reads one from the working directory)."""
+    """The settings the tool depends on (provider, environment policy, sandbox mode,
+    approvals, retries), as dotted keys: the agent passes them to Codex's app-server as `-c`
+    overrides, which no config file can outrank, not even a project's `.codex/config.toml`
+    in the work tree (Codex reads one from the working directory). Being on a command line,
+    they never name the key's variable: its wildcard pattern hides it from commands all the
+    same, and the provider's `env_key` stays in our own config.toml."""
     flat: dict[str, object] = {}
 
     def walk(prefix: str, value: object) -> None:
@@ -227,6 +229,10 @@ def protected_config(settings: Settings) -> dict[str, object]:
             flat[prefix] = value
 
     walk("", _tool_config(settings))
+    flat.pop(f"model_providers.{PROVIDER}.env_key")
+    excluded = flat["shell_environment_policy.exclude"]
+    assert isinstance(excluded, list)
+    flat["shell_environment_policy.exclude"] = [name for name in excluded if name != KEY_ENV]
     return flat
 
 
@@ -314,8 +320,8 @@ def agent_request(
     disk); with no key (Daytona Secret mode) the agent uses the sandbox's environment.
     `model` is the one a thread starts with; `turn_model` and `effort` (`ask --model`,
     `--effort`) change the thread's from this turn on. `protected` (protected_config) goes
-    to Codex with the thread and outranks the user's own `config` (`ask -c`, checked with
-    refused_config_key), which goes to its app-server as `-c` overrides."""
+    to Codex's app-server as `-c` overrides after the user's own `config` (`ask -c`, checked
+    with refused_config_key), so it wins."""
     request = {
         "protocol": AGENT_PROTOCOL,
         "prompt": prompt,
