@@ -84,6 +84,8 @@ class Bench:
             CODEX_DAYTONA_STATE_DIR=str(state_dir),
             CODEX_DAYTONA_SNAPSHOT="",  # no explicit snapshot: `up` looks up the one `snapshot` builds
             NO_COLOR="1",
+            # This checkout's code, whatever the virtualenv's editable install points at.
+            PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         )
         env.update(extra)
         return env
@@ -193,6 +195,59 @@ def measure_latency(bench: Bench, project: Path, env: dict[str, str]) -> list[fl
     return latencies
 
 
+FANOUT = 3
+
+
+def measure_fanout(bench: Bench, project: Path, env: dict[str, str], runs: int, *, fork: bool) -> float:
+    """Seconds from `ask --fanout 3` starting to the third sibling's turn reaching the model
+    (its first request), with the siblings made by Daytona's fork, or (fork refused, as for a
+    sandbox class that cannot fork) from a snapshot of the sandbox. Siblings are deleted
+    after each run, untimed."""
+    bench.emulator.set_config(refuse_fork=not fork)
+    times = []
+    try:
+        for i in range(runs):
+            bench.model.enqueue(*[turn(msg(f"ready {i}")) for _ in range(FANOUT)])
+            seen = len(bench.model.requests)
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                [CLI, "ask", "--fanout", str(FANOUT), "--new-thread", "-q", f"get ready {i}"],
+                cwd=project,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            reached = None
+            while reached is None and proc.poll() is None:
+                turns = [r for r in bench.model.requests[seen:] if r.get("method") == "POST"]
+                if len(turns) >= FANOUT:
+                    reached = time.perf_counter() - started
+                time.sleep(0.01)
+            _, stderr = proc.communicate(timeout=900)
+            if proc.returncode != 0 or reached is None:
+                raise SystemExit(f"`ask --fanout {FANOUT}` failed ({proc.returncode}):\n{stderr}")
+            if fork == ("saving a snapshot" in stderr):
+                raise SystemExit(
+                    f"`ask --fanout {FANOUT}` did not take the {'fork' if fork else 'snapshot'} path:\n{stderr}"
+                )
+            times.append(reached)
+            for n in range(1, FANOUT + 1):
+                bench.cli(project, env, "down", "--yes", "--name", f"default-{n}")
+    finally:
+        bench.emulator.set_config(refuse_fork=False)
+    return median(times)
+
+
+def fanout_row(fork: float, snap: float) -> tuple[str, str, str]:
+    return (
+        f"`ask --fanout {FANOUT}` to {FANOUT} running turns: fork / snapshot",
+        f"{ratio(fork, snap)} ({fork:.1f} s / {snap:.1f} s)",
+        "",
+    )
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
@@ -222,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.cli(project, env, "up")
             ask_ours, ask_exec, trips_ask = measure_ask(bench, project, env, runs)
             latencies = measure_latency(bench, project, env)
+            fanout_runs = min(runs, 3)
+            fanout_fork = measure_fanout(bench, project, env, fanout_runs, fork=True)
+            fanout_snap = measure_fanout(bench, project, env, fanout_runs, fork=False)
             bench.cli(project, env, "down", "--yes")
         finally:
             model.stop()
@@ -248,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("`up` fresh / `up` from snapshot", f"{ratio(up_fresh, up_snap)} ({up_fresh:.1f} s / {up_snap:.1f} s)", ""),
         ("`snapshot`, once / `up` fresh", f"{ratio(build, up_fresh)} ({build:.1f} s, {trips_build} round trips)", ""),
+        fanout_row(fanout_fork, fanout_snap),
     ]
     widths = [max(len(r[i]) for r in [("measure", "median", "target"), *rows]) for i in range(3)]
     line = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
@@ -265,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         "time of each `ask --json` line at this process minus the `ts` the agent stamped on it, over a\n"
         f"turn of {LATENCY_COMMANDS} commands (same clock). `up` fresh: no snapshot yet, the runtime is\n"
         "pip-installed in the sandbox; then `codex-daytona snapshot` builds the runtime snapshot once\n"
-        "and `up` finds it by name. A sandbox is deleted (`down`) after each `up` run, untimed."
+        "and `up` finds it by name. A sandbox is deleted (`down`) after each `up` run, untimed.\n"
+        f"Fan-out: from `ask --fanout {FANOUT}` starting to the {FANOUT}rd sibling's first model request, siblings\n"
+        "made with Daytona's fork, then with fork refused (the snapshot fallback); median of up to 3 runs."
     )
     if args.verbose:
         for label, calls in bench.notes.items():

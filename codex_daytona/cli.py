@@ -11,9 +11,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+import typer.core
 
 from codex_daytona import __version__
 from codex_daytona.errors import (
@@ -37,8 +38,37 @@ EXIT_CODES_HELP = (
     "5 no sandbox, 6 busy, 7 Daytona error, 124 timeout, 130 interrupted."
 )
 
+# The help page's panels, in the order a person meets them; a command not listed here is
+# shown under "Other commands".
+PANELS: dict[str, tuple[str, ...]] = {
+    "Sandbox": ("doctor", "up", "status", "exec", "shell", "ssh", "pause", "down", "snapshot"),
+    "Agent": ("ask", "chat", "logs", "preview"),
+    "Files": ("push", "pull", "diff"),
+    "Many sandboxes": ("ls", "keep"),
+}
+
+
+class _PanelGroup(typer.core.TyperGroup):
+    """Lists the commands in panels (plain text: the help stays the same on any terminal)."""
+
+    def format_commands(self, ctx: typer.Context, formatter: Any) -> None:  # type: ignore[override]
+        shown = {n: c for n in self.list_commands(ctx) if (c := self.get_command(ctx, n)) and not c.hidden}
+        if not shown:
+            return
+        width = max(len(n) for n in shown)
+        limit = formatter.width - 6 - width
+        placed = {n for names in PANELS.values() for n in names}
+        panels = [(title, [n for n in names if n in shown]) for title, names in PANELS.items()]
+        panels.append(("Other commands", [n for n in shown if n not in placed]))
+        for title, names in panels:
+            if names:
+                with formatter.section(title):
+                    formatter.write_dl([(n.ljust(width), shown[n].get_short_help_str(limit)) for n in names])
+
+
 app = typer.Typer(
     name="codex-daytona",
+    cls=_PanelGroup,
     help="Run OpenAI's Codex agent in a Daytona sandbox, one command at a time.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=True,
@@ -315,8 +345,8 @@ def ask(
     warning when there is none). --output-schema FILE makes the final message JSON that
     follows that schema. -i FILE (repeatable) uploads an image and attaches it to the prompt.
 
-    --fanout N runs the prompt in sandboxes <name>-1..N at once (created from a snapshot of
-    this one, or reused), shows one line per sandbox, and ends with a table comparing them
+    --fanout N runs the prompt in sandboxes <name>-1..N at once (forks of this one, or
+    reused), shows one line per sandbox, and ends with a table comparing them
     (-q: the names whose turn completed). Exit 0 when every turn completed, 3 when any did
     not, 130 on Ctrl-C (every turn is interrupted). `keep NAME` then `down --others` keeps one.
 
@@ -411,7 +441,13 @@ def _fanout(
 
     result = Fanout(core, count).run(text, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
     code = result.exit_code
-    summary = {"name": core.name, "snapshot": result.snapshot, "interrupted": result.interrupted, "exit_code": code}
+    summary = {
+        "name": core.name,
+        "forked": result.forked,
+        "snapshot": result.snapshot,
+        "interrupted": result.interrupted,
+        "exit_code": code,
+    }
     out.fanout_results([a.as_dict() for a in result.attempts], summary)
     if result.interrupted:
         out.error("Interrupted: every turn was stopped; the sandboxes are kept.")
@@ -631,6 +667,8 @@ def _status_text(report: StatusReport) -> str:
     lines = [f"Sandbox    {report.sandbox_id} ({report.state})"]
     if report.state == "deleted":
         lines.append("           deleted outside codex-daytona; `codex-daytona up` creates a new one")
+    if report.state == "paused":
+        lines.append("           paused: the next command that needs it resumes it, servers and agent included")
     lines.append(f"Thread     {report.thread_id or '-'}")
     turn = report.last_turn
     if turn is not None:
@@ -734,6 +772,124 @@ def down(
             typer.confirm(f"Delete sandbox {record.sandbox_id} and everything in it?", abort=True, err=True)
         sandbox_id = core.down()
         out.value(f"Deleted sandbox {sandbox_id}", sandbox_id, {"sandbox_id": sandbox_id, "deleted": True})
+
+
+@app.command()
+def pause(
+    or_stop: Annotated[
+        bool, typer.Option("--or-stop", help="Where Daytona cannot pause this sandbox, stop it instead.")
+    ] = False,
+    name: NameOpt = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Pause the sandbox: its processes freeze with their memory, so dev servers and the warm
+    agent go on where they were when the next command resumes it.
+
+    Any command that needs the sandbox (ask, exec, shell, preview, up, ...) resumes it.
+    `status` and `ls` show it as paused. Where Daytona cannot pause it, says so and stops
+    nothing, unless --or-stop (then it is stopped, as `down --stop` does). -q prints the
+    state it is left in (paused or stopped).
+
+    Example: codex-daytona pause
+    """
+    with _session(json_mode, quiet, debug, name) as (core, out):
+        sandbox_id, state = core.pause(or_stop=or_stop)
+        verb = "Paused" if state == "paused" else "Stopped" if state == "stopped" else state.capitalize()
+        out.value(f"{verb} sandbox {sandbox_id}", state, {"sandbox_id": sandbox_id, "state": state})
+
+
+@app.command()
+def shell(name: NameOpt = None, debug: DebugOpt = False) -> None:
+    """Open an interactive shell in the sandbox, in its home directory.
+
+    A real terminal over Daytona's PTY sessions: it follows this window's size, Ctrl-C
+    goes to the program running in it, and `exit` (or Ctrl-D) leaves with the remote
+    shell's exit code. Starts or resumes the sandbox first.
+
+    Example: codex-daytona shell
+    """
+    from codex_daytona import terminal
+
+    with _session(False, False, debug, name) as (core, out):
+        rows, cols = terminal.window_size()
+        remote = core.open_shell(rows, cols)
+        try:
+            code = terminal.run(remote)
+        finally:
+            remote.close()
+        if remote.exit_code is None:
+            out.warning(f"The terminal connection dropped: {remote.error or 'no exit code'}.")
+    raise typer.Exit(code)
+
+
+@app.command()
+def ssh(
+    expires: Annotated[
+        int, typer.Option("--expires", min=1, max=60 * 24, help="Minutes the access lasts.", metavar="MINUTES")
+    ] = 60,
+    connect: Annotated[bool, typer.Option("--connect", help="Run the SSH command now.")] = False,
+    name: NameOpt = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Print an SSH command into the sandbox (Daytona SSH access), or run it with --connect.
+
+    The access expires after --expires MINUTES; a new one revokes the previous. -q prints
+    only the command. Starts or resumes the sandbox first. With --connect, exits with ssh's
+    exit code.
+
+    Example: codex-daytona ssh --expires 30
+    """
+    import shlex
+    import subprocess
+
+    with _session(json_mode, quiet, debug, name) as (core, out):
+        sandbox_id, access = core.ssh(expires)
+        data = {"sandbox_id": sandbox_id, "ssh_command": access.command, "expires_at": access.expires_at}
+        if connect:
+            out.progress(f"Connecting (access expires at {access.expires_at})...")
+            code = subprocess.call(shlex.split(access.command))
+        else:
+            out.value(access.command, access.command, data)
+            out.progress(f"Expires at {access.expires_at}.")
+            target = access.command.removeprefix("ssh ")
+            out.progress(f"VS Code: Remote-SSH: Connect to Host..., then enter `{target}`.")
+            return
+    raise typer.Exit(code)
+
+
+@app.command()
+def doctor(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """Check everything `ask` needs, in order: the settings, Daytona, the model endpoint and
+    the snapshot new sandboxes start from.
+
+    Each check is one line on stderr; it stops at the first one that would make `ask` fail,
+    with the fix, and exits with that error's code (4 for a setting or a key the model
+    endpoint refuses, 7 for Daytona, 1 when the model endpoint cannot be reached). -q
+    prints only ok; --json one object per check.
+
+    Example: codex-daytona doctor
+    """
+    with _session(json_mode, quiet, debug) as (core, out):
+
+        def show(check: Any) -> None:
+            if json_mode:
+                out.json_line(check.as_dict())
+            else:
+                # A failed check's detail is the error printed below it.
+                out.progress(f"{'ok':<5}{check.name:<10}{check.detail}" if check.ok else f"FAIL {check.name}")
+
+        checks = core.doctor(show)
+        failed = next((c for c in checks if not c.ok), None)
+        if failed is not None and failed.error is not None:
+            raise failed.error
+        if quiet:
+            out.value("", "ok", {})
+        elif not json_mode:
+            out.progress('Ready: `codex-daytona ask "..."` has what it needs.')
 
 
 class _EndChat(Exception):

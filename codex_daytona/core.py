@@ -15,20 +15,21 @@ import secrets
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from codex_daytona import events as ev
 from codex_daytona import previews, runtime, transfer
-from codex_daytona.daytona_api import DaytonaApi, PreviewLink, SandboxInfo
+from codex_daytona.daytona_api import DaytonaApi, PreviewLink, RefusedError, SandboxInfo, SshAccess
 from codex_daytona.errors import (
     AgentSetupError,
     BusyError,
     CodexDaytonaError,
     CommandGoneError,
+    ConfigError,
     DaytonaError,
     InterruptedByUser,
     NoSandboxError,
@@ -80,6 +81,20 @@ class UpResult:
     created: bool
     home_dir: str
     state: str = "started"
+
+
+@dataclass
+class Check:
+    """One thing `doctor` checked: ok, or what is wrong and how to fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+    error: CodexDaytonaError | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"check": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint or None}
 
 
 @dataclass
@@ -249,7 +264,10 @@ class App:
         """The sandbox in state, started. Raises SandboxGoneError when Daytona no longer has it."""
         sandbox = self.api.get(record.sandbox_id)
         current = self.api.info(sandbox).state
-        if current != "started":
+        if current == "paused":  # Daytona's start resumes it: its processes go on where they were
+            self.emit(ev.progress(f"Resuming sandbox {record.sandbox_id}..."))
+            self.api.start(sandbox)
+        elif current != "started":
             self.emit(ev.progress(f"Starting sandbox {record.sandbox_id} (it was {current})..."))
             self.api.start(sandbox)
         return sandbox
@@ -403,6 +421,38 @@ class App:
         self.emit(ev.progress(f"Created sandbox {sandbox.id}"))
         self._setup(sandbox, record, baseline=not forked)  # a fork has its parent's baseline
         return UpResult(record.sandbox_id, created=True, home_dir=record.home_dir)
+
+    def fork_from(self, source_id: str, base: SandboxRecord) -> str:
+        """Creates this name's sandbox as a fork of sandbox `source_id` (whose record is `base`):
+        its files, the agent runtime and Codex's threads, continuing `base`'s thread. Saves the
+        record at once; `finish_fork` then starts the agent. RefusedError when Daytona cannot
+        fork it (`ask --fanout` then saves a snapshot instead)."""
+        if self.record() is not None:
+            raise UsageError(f"There is already a sandbox named {self.name}.")
+        source = self.api.get(source_id)
+        if self.api.info(source).state != "started":  # Daytona forks only a started sandbox
+            self.emit(ev.progress(f"Starting sandbox {source_id} to fork it..."))
+            self.api.start(source)
+        self.emit(ev.progress(f"Forking sandbox {source_id}..."))
+        sandbox = self.api.fork(source)
+        # Saved before anything else can fail, so the fork is never orphaned. A fork has its
+        # source's environment, and so its scope.
+        record = SandboxRecord(
+            sandbox_id=sandbox.id, home_dir="", scope=base.scope, created_by="fanout", thread_id=base.thread_id
+        )
+        self._save(record)
+        self._runtime_baked_in = base.runtime == runtime.runtime_fingerprint()
+        return str(sandbox.id)
+
+    def finish_fork(self) -> None:
+        """Labels a fork as this name's (it has its source's labels), and starts its agent:
+        processes are not copied by a fork."""
+        record = self._require_record()
+        sandbox = self._connect(record)
+        self.api.set_labels(sandbox, project_labels(self.project_dir, self.name))
+        record.home_dir = self.api.home_dir(sandbox)
+        self._save(record)
+        self._setup(sandbox, record, baseline=False)  # a fork has its source's diff baseline
 
     def fork_snapshot(self, name: str) -> SandboxRecord:
         """Saves this name's sandbox's filesystem (its files, the agent runtime, Codex's
@@ -947,6 +997,152 @@ class App:
             self.api.stop(sandbox)
         return record.sandbox_id
 
+    def doctor(self, on_check: Callable[[Check], None]) -> list[Check]:
+        """Checks, in order, what `ask` needs: the settings, Daytona (one request), the model
+        endpoint (one `GET /models` where the provider offers it) and the snapshot new
+        sandboxes start from. Stops at the first check that would make `ask` fail (the last
+        one returned, not ok, with its error)."""
+        checks: list[Check] = []
+
+        def report(check: Check) -> bool:
+            checks.append(check)
+            on_check(check)
+            return check.ok
+
+        from codex_daytona.settings import settings_error
+
+        missing = self.settings.missing(openai=True)
+        if missing:
+            error = settings_error(missing)
+            report(Check("settings", False, error.message, error.hint, error))
+            return checks
+        mode = "a Daytona Secret" if self.settings.sandbox_openai_secret else "SANDBOX_OPENAI_API_KEY"
+        if not report(Check("settings", True, f"Daytona key set; the OpenAI key comes from {mode}")):
+            return checks
+        try:
+            count = len(self.all_sandboxes())
+        except CodexDaytonaError as exc:
+            report(Check("daytona", False, exc.message, exc.hint, exc))
+            return checks
+        if not report(Check("daytona", True, f"{self.settings.api_url} answers; {count} sandboxes of this tool")):
+            return checks
+        if not report(self._check_model()):
+            return checks
+        report(self._check_snapshot())
+        return checks
+
+    def _check_model(self) -> Check:
+        import urllib.error
+        import urllib.request
+
+        base = self.settings.base_url or "https://api.openai.com/v1"
+        if self.settings.sandbox_openai_secret and self.settings.sandbox_openai_api_key is None:
+            return Check("model", True, f"{base}: not checked from here (the key is a Daytona Secret)")
+        key = self.settings.require_openai_key()
+        request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                body = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                error: CodexDaytonaError = ConfigError(
+                    f"The model endpoint {base} refused the key (HTTP {exc.code}).",
+                    "Check SANDBOX_OPENAI_API_KEY (and SANDBOX_OPENAI_BASE_URL if you use a gateway).",
+                )
+                return Check("model", False, error.message, error.hint, error)
+            # Not every provider lists models: only a refusal of the key is certain to fail a turn.
+            return Check("model", True, f"{base} answers (no model list: HTTP {exc.code})")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            error = CodexDaytonaError(
+                f"Could not reach the model endpoint {base} ({reason}).",
+                "Check SANDBOX_OPENAI_BASE_URL and your network (the sandbox reaches it the same way).",
+            )
+            return Check("model", False, error.message, error.hint, error)
+        ids = [str(m.get("id")) for m in body.get("data") or [] if isinstance(m, dict)]
+        model = self.settings.codex_daytona_model
+        if model and ids and model not in ids:
+            error = ConfigError(
+                f"The model endpoint {base} does not offer {model}.",
+                f"Set CODEX_DAYTONA_MODEL to one it lists, e.g. {', '.join(ids[:3])}.",
+            )
+            return Check("model", False, error.message, error.hint, error)
+        offered = f"offers {model}" if model else f"lists {len(ids)} models"
+        return Check("model", True, f"{base} {offered}")
+
+    def _check_snapshot(self) -> Check:
+        name = self.settings.codex_daytona_snapshot
+        try:
+            if name:
+                state = self.api.snapshot_state(name)
+                if state == "active":
+                    return Check("snapshot", True, f"{name} is active; new sandboxes start from it")
+                error: CodexDaytonaError = ConfigError(
+                    f"CODEX_DAYTONA_SNAPSHOT names {name}, which is {state or 'not on Daytona'}.",
+                    "Unset CODEX_DAYTONA_SNAPSHOT, or name an active snapshot (`codex-daytona snapshot` builds one).",
+                )
+                return Check("snapshot", False, error.message, error.hint, error)
+            name = runtime.snapshot_name()
+            state = self.api.snapshot_state(name)
+        except CodexDaytonaError as exc:
+            return Check("snapshot", False, exc.message, exc.hint, exc)
+        if state == "active":
+            return Check("snapshot", True, f"{name} is active; new sandboxes start with the runtime in place")
+        return Check(
+            "snapshot",
+            True,
+            f"{name} is {state or 'not built'}; the first `up` installs the runtime "
+            "(`codex-daytona snapshot` makes every new sandbox start faster)",
+        )
+
+    def pause(self, *, or_stop: bool = False) -> tuple[str, str]:
+        """Pauses the sandbox: its processes (the warm agent, dev servers) freeze with their
+        memory, and the next command that needs the sandbox resumes it. Where Daytona cannot
+        pause it, stops it instead when `or_stop`, else raises RefusedError. Returns the
+        sandbox id and its state now ("paused" or "stopped")."""
+        record = self._require_record()
+        try:
+            sandbox = self.api.get(record.sandbox_id)
+        except SandboxGoneError:
+            self._forget(record.sandbox_id)
+            raise
+        state = self.api.info(sandbox).state
+        if state in ("paused", "stopped", "archived"):
+            self.emit(ev.warning(f"Sandbox {record.sandbox_id} is already {state}."))
+            return record.sandbox_id, state
+        if record.last_turn is not None and record.last_turn.status == "running":
+            self.emit(ev.warning("A turn is running: it freezes with the sandbox and goes on when it resumes."))
+        self.emit(ev.progress(f"Pausing sandbox {record.sandbox_id}..."))
+        try:
+            self.api.pause(sandbox)
+        except RefusedError as exc:
+            if not or_stop:
+                raise RefusedError(
+                    exc.message,
+                    "`codex-daytona pause --or-stop` stops it instead (dev servers and the warm agent "
+                    "do not survive a stop); `codex-daytona down --stop` always stops.",
+                ) from exc
+            self.emit(ev.warning(f"{exc.message}; stopping it instead."))
+            self.api.stop(sandbox)
+            return record.sandbox_id, "stopped"
+        return record.sandbox_id, "paused"
+
+    def ssh(self, minutes: int) -> tuple[str, SshAccess]:
+        """SSH access to the sandbox for `minutes` (Daytona revokes the earlier tokens); starts
+        or resumes the sandbox first. Returns the sandbox id and the access."""
+        record = self._require_record()
+        sandbox = self._connect_or_forget(record)
+        return record.sandbox_id, self.api.ssh_access(sandbox, minutes)
+
+    def open_shell(self, rows: int, cols: int) -> RemoteShell:
+        """An interactive shell on a terminal of rows x cols in the sandbox's home (Daytona's
+        PTY sessions); starts or resumes the sandbox first."""
+        record = self._require_record()
+        sandbox = self._connect_or_forget(record)
+        pty_id = f"{TOOL_LABEL}-shell-{secrets.token_hex(4)}"
+        handle = self.api.open_pty(sandbox, pty_id, record.home_dir or None, rows, cols)
+        return RemoteShell(self.api, sandbox, pty_id, handle)
+
     def all_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox this tool made, in every project of this Daytona account."""
         return [s for s in self.api.list({"app": TOOL_LABEL}) if s.state not in ("destroyed", "destroying")]
@@ -1427,6 +1623,46 @@ class RunFollower:
             with contextlib.suppress(DaytonaError):
                 self.api.delete_session(self.sandbox, session)
         self._temp_sessions.clear()
+
+
+class RemoteShell:
+    """A shell on a terminal in the sandbox: bytes in, bytes out, resize, its exit code."""
+
+    def __init__(self, api: DaytonaApi, sandbox: Sandbox, pty_id: str, handle: Any) -> None:
+        self._api = api
+        self._sandbox = sandbox
+        self.pty_id = pty_id
+        self._handle = handle
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._handle.send_input(data)
+        except Exception as exc:  # the SDK's connection errors: the shell is gone
+            raise DaytonaError(f"The terminal connection dropped: {exc}") from exc
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._api.resize_pty(self._sandbox, self.pty_id, rows, cols)
+
+    def output(self) -> Iterator[bytes]:
+        """What the shell writes, until it exits (or the connection drops)."""
+        yield from self._handle
+
+    @property
+    def exit_code(self) -> int | None:
+        code = self._handle.exit_code
+        return None if code is None else int(code)
+
+    @property
+    def error(self) -> str | None:
+        return self._handle.error  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Ends the shell if it still runs (a dropped connection must not leave it behind)."""
+        if self.exit_code is None:
+            with contextlib.suppress(CodexDaytonaError):
+                self._api.kill_pty(self._sandbox, self.pty_id)
+        with contextlib.suppress(Exception):
+            self._handle.disconnect()
 
 
 class CommandStream:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+SDK_PREFIX = re.compile(r"^Failed to (pause sandbox|fork sandbox|create SSH access):? ?")
 TRANSFER_TIMEOUT_S = 3600
 
 
@@ -49,6 +52,18 @@ class PreviewLink:
 class CommandResult:
     exit_code: int
     output: str
+
+
+@dataclass(frozen=True)
+class SshAccess:
+    command: str  # e.g. "ssh TOKEN@ssh.app.daytona.io"
+    token: str
+    expires_at: str  # ISO 8601, UTC
+
+
+class RefusedError(DaytonaError):
+    """Daytona refused an operation this sandbox (or this Daytona) does not offer: 422 for a
+    sandbox class that cannot pause or fork, 404/405 from an API without the route."""
 
 
 def _state_name(sandbox: Sandbox) -> str:
@@ -183,6 +198,85 @@ class DaytonaApi:
     def stop(self, sandbox: Sandbox) -> None:
         with self._translate("stop the sandbox", sandbox.id):
             sandbox.stop(timeout=300)
+
+    def pause(self, sandbox: Sandbox) -> None:
+        """Freezes the sandbox's processes (state `paused`); `start` resumes them.
+        RefusedError when Daytona cannot pause it (its class, or an API without pause)."""
+        with self._refusable("pause the sandbox", sandbox.id):
+            sandbox.pause(timeout=300)
+
+    def fork(self, sandbox: Sandbox) -> Sandbox:
+        """A started copy-on-write clone of the sandbox (files, env, labels; no processes).
+        RefusedError when Daytona cannot fork it. Daytona forks one sandbox at a time: the
+        source is `forking` meanwhile, so this waits until it is `started` again."""
+        with self._refusable("fork the sandbox", sandbox.id):
+            forked = sandbox.fork(timeout=300)
+        deadline = time.monotonic() + 120
+        while _state_name(sandbox) != "started" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with self._translate("look up the sandbox", sandbox.id):
+                sandbox.refresh_data()
+        return forked
+
+    def set_labels(self, sandbox: Sandbox, labels: dict[str, str]) -> None:
+        with self._translate("label the sandbox", sandbox.id):
+            sandbox.set_labels(labels)
+
+    def ssh_access(self, sandbox: Sandbox, minutes: int) -> SshAccess:
+        """A new SSH token for the sandbox, valid `minutes` (Daytona revokes the earlier ones)."""
+        with self._refusable("create SSH access", sandbox.id):
+            access = sandbox.create_ssh_access(expires_in_minutes=minutes)
+        expires = access.expires_at
+        return SshAccess(
+            command=str(access.ssh_command),
+            token=str(access.token),
+            expires_at=expires.isoformat() if hasattr(expires, "isoformat") else str(expires),
+        )
+
+    def open_pty(self, sandbox: Sandbox, pty_id: str, cwd: str | None, rows: int, cols: int) -> Any:
+        """An interactive shell on a terminal of rows x cols in the sandbox (Daytona's PTY
+        sessions), connected: the SDK's PtyHandle."""
+        from daytona.common.pty import PtySize
+
+        with self._translate("open a terminal in the sandbox", sandbox.id):
+            return sandbox.process.create_pty_session(pty_id, cwd=cwd, pty_size=PtySize(rows=rows, cols=cols))
+
+    def resize_pty(self, sandbox: Sandbox, pty_id: str, rows: int, cols: int) -> None:
+        from daytona.common.pty import PtySize
+
+        with self._translate("resize the terminal"):
+            sandbox.process.resize_pty_session(pty_id, PtySize(rows=rows, cols=cols))
+
+    def kill_pty(self, sandbox: Sandbox, pty_id: str) -> None:
+        with self._translate("close the terminal"):
+            sandbox.process.kill_pty_session(pty_id)
+
+    @contextmanager
+    def _refusable(self, action: str, sandbox_id: str) -> Iterator[None]:
+        """Like _translate, but a refusal is a RefusedError: 422 (a sandbox class that cannot
+        do it), or 404/405 while the sandbox is still there (an API without the route)."""
+        try:
+            with self._translate(action):
+                yield
+        except DaytonaError as exc:
+            status = _status(exc.__cause__)
+            if status == 422 or (status in (404, 405) and self._exists(sandbox_id)):
+                # The SDK glues its own prefix on ("Failed to pause sandboxPausing is not ...").
+                detail = SDK_PREFIX.sub("", _first_line(exc.__cause__ or exc))
+                raise RefusedError(f"Daytona cannot {action}: {detail}") from exc
+            if status == 404:
+                raise SandboxGoneError(f"Sandbox {sandbox_id} no longer exists on Daytona.") from exc
+            raise
+
+    def _exists(self, sandbox_id: str) -> bool:
+        from daytona import DaytonaNotFoundError
+
+        try:
+            with self._translate("look up the sandbox"):
+                self.client.get(sandbox_id)
+        except DaytonaError as exc:
+            return not isinstance(exc.__cause__, DaytonaNotFoundError)
+        return True
 
     def delete(self, sandbox: Sandbox) -> None:
         with self._translate("delete the sandbox", sandbox.id):
@@ -363,12 +457,22 @@ class DaytonaApi:
         (close code other than 1000), CommandGoneError when the command is unknown. While it
         streams, `keepalive_seconds` (if set) refreshes the sandbox's activity so auto-stop
         does not stop it mid-turn. A stream that stays silent for `idle_timeout` seconds is
-        taken for stalled: DaytonaError."""
+        taken for stalled: DaytonaError.
+
+        Ctrl-C (SIGINT) ends the stream between two chunks and raises KeyboardInterrupt
+        here, never inside the SDK: raised in the middle of one of the SDK's callbacks, it
+        made the SDK hand the same chunk over again as it closed (the chunk leaves its
+        buffer only after the callback returns), so an event was shown twice."""
+        interrupted = threading.Event()
 
         async def main() -> bool:
             loop = asyncio.get_running_loop()
             stop = asyncio.Event()
             heard = [time.monotonic()]
+
+            def on_sigint(signum: int, frame: object) -> None:
+                interrupted.set()
+                loop.call_soon_threadsafe(stop.set)
 
             def stdout(text: str) -> None:
                 heard[0] = time.monotonic()
@@ -399,6 +503,13 @@ class DaytonaApi:
             if idle_timeout:
                 tasks.add(asyncio.ensure_future(watch_silence(idle_timeout)))
             ticker = asyncio.ensure_future(keepalive(keepalive_seconds)) if keepalive_seconds else None
+            # Only where Python's own Ctrl-C handling is in force (the main thread, no handler
+            # of the caller's): the stream then ends the way `until` ends it.
+            takes_sigint = (
+                threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            )
+            previous = signal.signal(signal.SIGINT, on_sigint) if takes_sigint else None
             try:
                 done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set():
@@ -409,8 +520,13 @@ class DaytonaApi:
             finally:
                 for task in (*tasks, *([ticker] if ticker else [])):
                     task.cancel()
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
 
-        return _run_abandonable(main())
+        finished = _run_abandonable(main())
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        return finished
 
     # --- previews ---    # --- previews -------------------------------------------------------------------
 
@@ -492,6 +608,11 @@ def _unreachable(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _status(exc: BaseException | None) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def _transient(exc: BaseException | None) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 from codex_daytona import events as ev
 from codex_daytona import runtime
 from codex_daytona.core import TOOL_LABEL, App, OnEvent, Preview, TurnOutcome, project_labels
+from codex_daytona.daytona_api import RefusedError
 from codex_daytona.errors import (
     CodexDaytonaError,
     DaytonaError,
@@ -200,7 +201,8 @@ class Attempt:
 class FanoutResult:
     attempts: list[Attempt]
     interrupted: bool = False
-    snapshot: str | None = None  # the fork of the base sandbox they were created from
+    snapshot: str | None = None  # the snapshot of the base sandbox they were created from
+    forked: bool = False  # created with Daytona's fork of the base sandbox (no snapshot)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -215,9 +217,10 @@ class FanoutResult:
 class Fanout:
     """Runs one prompt in `count` sandboxes at once: `<name>-1` .. `<name>-<count>`.
 
-    Missing ones are created from a snapshot of `app.name`'s sandbox when it exists (its
-    files, runtime and thread: each attempt continues the conversation from there), else
-    fresh as `up` would; existing ones are reused as they are, continuing their own thread.
+    Missing ones are forks of `app.name`'s sandbox when it exists (its files, runtime and
+    thread: each attempt continues the conversation from there), or, where Daytona cannot
+    fork it, created from a snapshot of it; else fresh as `up` would; existing ones are
+    reused as they are, continuing their own thread.
     """
 
     def __init__(self, app: App, count: int) -> None:
@@ -232,6 +235,7 @@ class Fanout:
         self.app = app
         self.attempts = [Attempt(name) for name in sibling_names(app.name, count)]
         self._emit_lock = threading.Lock()
+        self._fork_lock = threading.Lock()
         self._cancel = threading.Event()
 
     # --- events, from every thread -------------------------------------------------------
@@ -309,16 +313,30 @@ class Fanout:
         missing = [a for a in self.attempts if a.name not in existing]
         snapshot: str | None = None
         base: SandboxRecord | None = None
+        forks = False
         result = FanoutResult(self.attempts)
         try:
-            if missing and self.app.record() is not None:
-                snapshot = self._fork_name()
-                result.snapshot = snapshot
-                base = self.app.fork_snapshot(snapshot)
+            if missing and (base := self.app.record()) is not None:
+                forks = self._first_fork(missing[0], base)
+                result.forked = forks
+                if not forks:
+                    snapshot = self._fork_name()
+                    result.snapshot = snapshot
+                    base = self.app.fork_snapshot(snapshot)
             threads = [
                 threading.Thread(
                     target=self._attempt,
-                    args=(a, a in missing, snapshot, base, prompt, new_thread, model, timeout, effort),
+                    args=(
+                        a,
+                        "fork" if forks and a in missing else "create" if a in missing else "",
+                        snapshot,
+                        base,
+                        prompt,
+                        new_thread,
+                        model,
+                        timeout,
+                        effort,
+                    ),
                     name=f"fanout-{a.name}",
                     daemon=True,  # a thread stuck in the SDK never keeps the process alive
                 )
@@ -344,6 +362,30 @@ class Fanout:
                 attempt.exit_code = int(InterruptedByUser.exit_code)
         return result
 
+    def _first_fork(self, attempt: Attempt, base: SandboxRecord) -> bool:
+        """Forks the base sandbox for the first missing sibling, in this thread; False when
+        Daytona cannot fork it (the caller then saves a snapshot instead). The other forks
+        happen on the attempts' threads, one at a time: Daytona forks a sandbox only while no
+        other change of it is under way."""
+        app = App(
+            self.app.settings,
+            self.app.store,
+            name=attempt.name,
+            project_dir=self.app.project_dir,
+            on_event=self._on_event(attempt),
+        )
+        self._update(attempt, "creating", "Forking the sandbox...")
+        began = time.monotonic()
+        try:
+            attempt.sandbox_id = app.fork_from(base.sandbox_id, base)
+        except RefusedError as exc:
+            self._emit(ev.warning(f"{exc.message}; saving a snapshot to start the fan-out from instead."))
+            self._update(attempt, "waiting", "")
+            return False
+        attempt.setup_s = time.monotonic() - began
+        attempt.created = True
+        return True
+
     def _fork_name(self) -> str:
         digest = project_labels(self.app.project_dir, self.app.name)[f"{TOOL_LABEL}.project"][:8]
         return f"{TOOL_LABEL}-fork-{digest}-{self.app.name}-{secrets.token_hex(3)}"
@@ -360,7 +402,7 @@ class Fanout:
     def _attempt(
         self,
         attempt: Attempt,
-        create: bool,
+        create: str,  # "fork" (of base's sandbox), "create" (from snapshot, or fresh), "" (exists)
         snapshot: str | None,
         base: SandboxRecord | None,
         prompt: str,
@@ -380,7 +422,17 @@ class Fanout:
         try:
             if self._cancel.is_set():
                 raise InterruptedByUser("Interrupted before it started.")
-            if create:
+            if create == "fork":
+                self._update(attempt, "creating", "Forking the sandbox...")
+                began = time.monotonic()
+                if not attempt.created:
+                    assert base is not None
+                    with self._fork_lock:
+                        attempt.sandbox_id = app.fork_from(base.sandbox_id, base)
+                    attempt.created = True
+                app.finish_fork()
+                attempt.setup_s = (attempt.setup_s or 0.0) + time.monotonic() - began
+            elif create:
                 self._update(attempt, "creating", "Creating the sandbox...")
                 began = time.monotonic()
                 created = app.create(

@@ -17,6 +17,18 @@ from codex_daytona.errors import ConfigError
 
 DEFAULT_API_URL = "https://app.daytona.io/api"
 
+# Where to get (or how to write) each setting, for the errors that name it.
+WHERE = {
+    "DAYTONA_API_KEY": "create one at https://app.daytona.io/dashboard/keys",
+    "DAYTONA_API_URL": "Daytona's API, https://app.daytona.io/api (a self-hosted Daytona: its URL ending in /api)",
+    "SANDBOX_OPENAI_API_KEY": (
+        "an OpenAI key from https://platform.openai.com/api-keys (or your gateway's key), "
+        "or name a Daytona Secret holding it in SANDBOX_OPENAI_SECRET"
+    ),
+    "SANDBOX_OPENAI_BASE_URL": "a Responses-API endpoint such as https://api.openai.com/v1, or leave it unset",
+}
+OTHER_WHERE = "see .env.example for what it takes"
+
 PositiveMinutes = Annotated[int, Field(ge=0, le=60 * 24 * 30)]
 
 
@@ -86,12 +98,25 @@ class Settings(BaseSettings):
     def base_url(self) -> str | None:
         return str(self.sandbox_openai_base_url).rstrip("/") if self.sandbox_openai_base_url else None
 
-    def require_daytona_key(self) -> str:
+    def missing(self, *, openai: bool) -> list[tuple[str, str]]:
+        """The settings a command needs that are not set: (name, what is wrong)."""
+        problems = []
         if self.daytona_api_key is None:
-            raise ConfigError(
-                "DAYTONA_API_KEY is not set.",
-                "Create a key at https://app.daytona.io/dashboard/keys and put it in .env or the environment.",
-            )
+            problems.append(("DAYTONA_API_KEY", "is not set"))
+        if openai and self.sandbox_openai_api_key is None and not self.sandbox_openai_secret:
+            problems.append(("SANDBOX_OPENAI_API_KEY", "is not set"))
+        return problems
+
+    def require(self, *, openai: bool) -> None:
+        """Every setting a command needs, all checked at once: one ConfigError naming each
+        missing one, with where to get it."""
+        problems = self.missing(openai=openai)
+        if problems:
+            raise settings_error(problems)
+
+    def require_daytona_key(self) -> str:
+        self.require(openai=False)
+        assert self.daytona_api_key is not None
         return self.daytona_api_key.get_secret_value().strip()
 
     def openai_key_for_turn(self) -> str | None:
@@ -101,12 +126,13 @@ class Settings(BaseSettings):
         return self.require_openai_key()
 
     def require_openai_key(self) -> str:
-        if self.sandbox_openai_api_key is None:
-            raise ConfigError(
-                "SANDBOX_OPENAI_API_KEY is not set.",
-                "Codex needs an OpenAI key (or your gateway's key): put it in .env or the environment, "
-                "or name a Daytona Secret holding it in SANDBOX_OPENAI_SECRET.",
-            )
+        """The OpenAI key; a turn needs Daytona's key too, so both are checked at once."""
+        problems = self.missing(openai=True)
+        if self.sandbox_openai_api_key is None and ("SANDBOX_OPENAI_API_KEY", "is not set") not in problems:
+            problems.append(("SANDBOX_OPENAI_API_KEY", "is not set"))
+        if problems:
+            raise settings_error(problems)
+        assert self.sandbox_openai_api_key is not None
         return self.sandbox_openai_api_key.get_secret_value().strip()
 
     def secrets(self) -> list[str]:
@@ -114,13 +140,46 @@ class Settings(BaseSettings):
         return [k.get_secret_value().strip() for k in (self.daytona_api_key, self.sandbox_openai_api_key) if k]
 
 
+def settings_error(problems: list[tuple[str, str]]) -> ConfigError:
+    """One error for every bad setting: the message names them all, the hint says, one line
+    each, where to get them."""
+    if len(problems) == 1:
+        name, what = problems[0]
+        message = f"{name} {what}."
+    else:
+        message = f"{len(problems)} settings need fixing: " + "; ".join(f"{n} {w}" for n, w in problems) + "."
+    hint = "\n".join(f"{name}: {WHERE.get(name, OTHER_WHERE)}." for name, _ in dict(problems).items())
+    return ConfigError(message, hint + "\nPut them in the environment or in a .env file here (see .env.example).")
+
+
 def load_settings() -> Settings:
-    """Settings, or one ConfigError line per bad field."""
+    """Settings, or one ConfigError naming every bad field (and the missing keys with them)."""
     try:
         return Settings()
     except ValidationError as exc:
-        lines = []
+        problems = []
         for err in exc.errors():
             name = str(err["loc"][0]).upper() if err["loc"] else "setting"
-            lines.append(f"{name}: {err['msg']}")
-        raise ConfigError("Invalid setting: " + "; ".join(lines)) from None
+            problems.append((name, f"is invalid ({err['msg']})"))
+        invalid = {name for name, _ in problems}
+        for name in ("DAYTONA_API_KEY", "SANDBOX_OPENAI_API_KEY"):
+            if name not in invalid and not _env_or_dotenv(name):
+                problems.append((name, "is not set"))
+        raise settings_error(problems) from None
+
+
+def _env_or_dotenv(name: str) -> bool:
+    """Whether a setting has a non-empty value in the environment or in ./.env."""
+    import os
+
+    if os.environ.get(name, "").strip() or os.environ.get(name.lower(), "").strip():
+        return True
+    try:
+        text = Path(".env").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.strip().removeprefix("export ").strip().upper() == name and value.strip().strip("'\""):
+            return True
+    return False

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from codex_daytona import runtime
+from tests.fakes.daytona import DEFAULT_CONFIG as EMULATOR_DEFAULT_CONFIG
 from tests.fakes.daytona import DaytonaEmulator
 from tests.fakes.model import ScriptedModel
 
@@ -39,7 +40,7 @@ def free_port(preferred: int | None = None) -> int:
 # What the emulator starts with, restored before every end-to-end test so that a fault or a
 # setting one test leaves behind (a failing test never reaches its `finally`) cannot leak
 # into the next: the emulator lives for the whole session.
-DEFAULT_CONFIG: dict[str, Any] = {"autostop_seconds_per_minute": 0}
+DEFAULT_CONFIG: dict[str, Any] = dict(EMULATOR_DEFAULT_CONFIG)
 
 
 def reset_emulator(emulator: DaytonaEmulator) -> None:

@@ -56,3 +56,32 @@ def test_our_commands_never_echo_input_and_a_gone_command_says_so(emulator: Dayt
         pass
     else:
         raise AssertionError("a command of a deleted session must be reported gone")
+
+
+def test_ctrl_c_while_a_chunk_is_handled_hands_no_chunk_over_twice(emulator: DaytonaEmulator, sandbox: Any) -> None:
+    """Ctrl-C lands while our callback handles a chunk of a followed log: the stream stops,
+    KeyboardInterrupt comes out of stream_logs, and no byte reached the callback twice (the
+    SDK re-delivers a chunk whose callback raised, as it closes)."""
+    import os
+    import signal
+
+    api = _api(emulator)
+    sb = api.get(sandbox.id)
+    command_id = api.start_command(sb, "lines", "for i in $(seq 1 50); do echo line-$i; done; sleep 30")
+    seen: list[str] = []
+
+    def on_stdout(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before this callback returns
+
+    try:
+        api.stream_logs(sb, "lines", command_id, on_stdout, lambda _text: None, timeout=20)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("Ctrl-C must come out of stream_logs as KeyboardInterrupt")
+    received = "".join(seen)
+    expected = "".join(f"line-{i}\n" for i in range(1, 51))
+    assert expected.startswith(received), received
+    api.delete_session(sb, "lines")

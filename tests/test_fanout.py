@@ -70,7 +70,8 @@ def _fanout_compare_keep_down(rig: Rig) -> None:
     assert base.code == 0, base
     base_id = base.stdout.strip()
 
-    # 1. The siblings are created from a snapshot of the default sandbox, all at once.
+    # 1. The siblings are forks of the default sandbox (Daytona's fork: no snapshot is saved).
+    since = time.time()
     rig.model.enqueue(*[turn(msg("ready")) for _ in NAMES])
     first = rig.cli("ask", "--fanout", "3", "--new-thread", "get ready", timeout=300)
     assert first.code == 0, first
@@ -78,9 +79,14 @@ def _fanout_compare_keep_down(rig: Rig) -> None:
     assert sorted(ids) == ["default", *NAMES]
     assert ids["default"] == base_id
     for name in NAMES:
-        assert (rig.sandbox(ids[name]) or {}).get("snapshot", "").startswith("codex-daytona-fork-"), name
+        sibling = rig.sandbox(ids[name]) or {}
+        assert sibling.get("snapshot") == (rig.sandbox(base_id) or {}).get("snapshot"), name
+        assert sibling["labels"]["codex-daytona.name"] == name, sibling["labels"]
         assert name in first.stdout and "completed" in first.stdout
     assert first.stderr.count("completed") >= 3, first
+    requests = rig.requests(since)
+    assert sum(e["path"] == f"/api/sandbox/{base_id}/fork" for e in requests) == 3
+    assert not [e for e in requests if e["path"] == f"/api/sandbox/{base_id}/snapshot"]
     assert not [s for s in rig.emulator.snapshots() if s["name"].startswith("codex-daytona-fork-")], "kept"
 
     # 2. The same prompt in three sandboxes at once; each takes its own steps.

@@ -43,6 +43,31 @@ Like Daytona's daemon (source v0.190.0, read for behaviour, not copied):
   minute while a toolbox WebSocket or proxied connection stays open; not processes inside the
   sandbox nor other control-plane calls.
 
+Newer calls (SDK 0.226.1; Daytona's api ``sandbox.service.ts`` and daemon ``pkg/toolbox/process/pty``,
+v0.190.0):
+
+- ``pause`` SIGSTOPs every process of the sandbox (state ``paused``); ``start`` on a paused sandbox
+  resumes it (SIGCONT), as Daytona's start does; stop and delete work from ``paused``. Pausing is
+  refused with 400 unless the sandbox is started, and with 422 "Pausing is not supported for this
+  sandbox" under config ``refuse_pause`` (Daytona: sandbox classes other than VMs). While paused
+  the toolbox answers 409 and previews 502 (unverified: what Daytona's proxy answers then).
+- ``fork`` makes a started sandbox with a copy of the home and the source's env, labels, public
+  flag and intervals (forkSandbox copies these); processes are not copied. 400 unless the source
+  is started; 422 under config ``refuse_fork``. Unverified: the ``forking`` state the source passes
+  through (here it stays ``started``) and how long a fork takes.
+- SSH access: create (``expiresInMinutes``, default 60, revoking the sandbox's earlier tokens as
+  Daytona does), revoke (one token or all), validate (``{"valid", "sandboxId"}``, null for a bad
+  token, as the source does, which the SDK's model rejects). ``sshCommand`` names config
+  ``ssh_gateway`` (``ssh -p PORT TOKEN@HOST``, no ``-p`` for 22). No SSH server runs: connecting
+  is unverified.
+- PTY sessions: the shell (``-i -l``) on a real local pty with TERM=xterm-256color, in the home
+  unless ``cwd``; input, output (binary frames), resize (TIOCSWINSZ, so the program gets
+  SIGWINCH), kill (descendants then the shell, exit code 137), a ``connected`` control message
+  first, and at the end the close frame the daemon sends (1000, or 1011 with ``{"exitCode",
+  "exitReason"}``). ``create-connect`` (one round trip, envs in a ``X-Daytona-Pty-Envs~`` subprotocol)
+  and the ``exited`` control message for clients offering ``X-Daytona-Pty-Exit-Control`` are newer
+  than the public source: built from the SDK's side only.
+
 Chosen where Daytona's source and notes are silent (unverified): the session shell and exec
 start in the sandbox home; ``delete_session`` waits 1 s (Daytona: 5 s) before SIGKILL; opening a
 command's stdin FIFO for input is retried non-blocking every 10 ms for up to 30 s instead of one
@@ -61,8 +86,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import hmac
@@ -75,14 +102,16 @@ import shlex
 import shutil
 import signal
 import stat
+import struct
 import sys
+import termios
 import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -123,7 +152,17 @@ HOP_BY_HOP = frozenset(
         "x-daytona-preview-token",
     }
 )
-DEFAULT_CONFIG: dict[str, Any] = {"autostop_seconds_per_minute": 0}
+# refuse_fork / refuse_pause: answer 422 as Daytona does for a sandbox class that cannot fork or
+# pause (only VM sandboxes can); ssh_gateway: the host:port the SSH command names.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "autostop_seconds_per_minute": 0,
+    "refuse_fork": False,
+    "refuse_pause": False,
+    "ssh_gateway": "ssh.emulator.localhost:2222",
+}
+PTY_EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
+PTY_ENVS_PROTOCOL = "X-Daytona-Pty-Envs~"
+PTY_MAX_SIZE = 1000
 ERROR_SOURCES = {"api": "DAYTONA_API", "toolbox": "DAYTONA_DAEMON"}
 PREVIEW_TOKEN_HEADER = "X-Daytona-Preview-Token"
 PREVIEW_QUERY_KEY = "DAYTONA_SANDBOX_AUTH_KEY"
@@ -267,6 +306,12 @@ async def kill_sandbox_processes(sandbox_id: str, pgids: set[int]) -> None:
             sig = signal.SIGKILL
         if time.monotonic() > deadline + 3:
             return
+
+
+def signal_pids(pids: set[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
 
 
 def exit_status(returncode: int) -> int:
@@ -491,6 +536,8 @@ class Sandbox:
     history: list[Command] = field(default_factory=list)
     pgids: set[int] = field(default_factory=set)
     extra: dict[str, Any] = field(default_factory=dict)
+    ssh_accesses: list[SshAccess] = field(default_factory=list)
+    ptys: dict[str, PtySession] = field(default_factory=dict)
 
     @property
     def home(self) -> Path:
@@ -549,6 +596,69 @@ class Sandbox:
             "snapshot": self.snapshot,
             "previewToken": self.preview_token,
             "sessions": sorted(self.sessions),
+        }
+
+
+@dataclass
+class SshAccess:
+    id: str
+    sandbox_id: str
+    token: str
+    expires_at: datetime
+    created_at: datetime
+
+    def to_json(self, gateway: str) -> dict[str, Any]:
+        host, _, port = gateway.partition(":")
+        command = f"ssh {self.token}@{host}" if port in ("", "22") else f"ssh -p {port} {self.token}@{host}"
+
+        def stamp(moment: datetime) -> str:
+            return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+        return {
+            "id": self.id,
+            "sandboxId": self.sandbox_id,
+            "token": self.token,
+            "expiresAt": stamp(self.expires_at),
+            "createdAt": stamp(self.created_at),
+            "updatedAt": stamp(self.created_at),
+            "sshCommand": command,
+        }
+
+
+@dataclass
+class PtyClient:
+    ws: web.WebSocketResponse
+    exit_control: bool
+    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+
+
+@dataclass
+class PtySession:
+    """An interactive shell on a real local pty (the daemon's ``PTYSession``)."""
+
+    id: str
+    cwd: str
+    envs: dict[str, str]
+    cols: int
+    rows: int
+    master: int = -1
+    proc: asyncio.subprocess.Process | None = None
+    created_at: str = field(default_factory=iso_now)
+    active: bool = False
+    clients: list[PtyClient] = field(default_factory=list)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    exit_code: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "cwd": self.cwd,
+            "envs": dict(self.envs),
+            "cols": self.cols,
+            "rows": self.rows,
+            "createdAt": self.created_at,
+            "active": self.active,
+            "lazyStart": False,
         }
 
 
@@ -830,6 +940,11 @@ class EmulatorServer:
                 web.delete(sb, self._delete_sandbox),
                 web.post(sb + "/start", self._start_sandbox),
                 web.post(sb + "/stop", self._stop_sandbox),
+                web.post(sb + "/pause", self._pause_sandbox),
+                web.post(sb + "/fork", self._fork_sandbox),
+                web.get("/api/sandbox/ssh-access/validate", self._validate_ssh_access),
+                web.post(sb + "/ssh-access", self._create_ssh_access),
+                web.delete(sb + "/ssh-access", self._revoke_ssh_access),
                 web.post(sb + "/last-activity", self._last_activity),
                 web.post(sb + "/autostop/{interval}", self._set_interval),
                 web.post(sb + "/autoarchive/{interval}", self._set_interval),
@@ -859,6 +974,13 @@ class EmulatorServer:
                 web.get(tb + "/files", self._list_files),
                 web.delete(tb + "/files", self._delete_file),
                 web.post(tb + "/process/execute", self._execute),
+                web.get(tb + "/process/pty/create-connect", self._pty_create_connect),
+                web.post(tb + "/process/pty", self._pty_create),
+                web.get(tb + "/process/pty", self._pty_list),
+                web.get(tb + "/process/pty/{pty}", self._pty_get),
+                web.delete(tb + "/process/pty/{pty}", self._pty_delete),
+                web.post(tb + "/process/pty/{pty}/resize", self._pty_resize),
+                web.get(tb + "/process/pty/{pty}/connect", self._pty_connect),
                 web.post(tb + "/process/session", self._create_session),
                 web.get(tb + "/process/session", self._list_sessions),
                 web.get(ses, self._get_session),
@@ -950,7 +1072,11 @@ class EmulatorServer:
         """Kill every process of the sandbox and forget its sessions (their files stay)."""
         for session in sb.sessions.values():
             session.close("stopped")
+        if sb.state == "paused":  # frozen processes take a SIGTERM only once thawed
+            signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGCONT)
         await kill_sandbox_processes(sb.id, sb.pgids)
+        for pty_session in list(sb.ptys.values()):
+            await self._pty_finish(sb, pty_session, 137)
         sb.pgids.clear()
         sb.sessions.clear()
 
@@ -1057,7 +1183,10 @@ class EmulatorServer:
         return self._sandbox_response(self._sandbox(request))
 
     async def _start_sandbox(self, request: web.Request) -> web.Response:
+        """Starts a stopped sandbox, or resumes a paused one (SIGCONT: its processes go on)."""
         sb = self._sandbox(request)
+        if sb.state == "paused":
+            signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGCONT)
         sb.state = "started"
         sb.updated_at = iso_now()
         sb.touch()
@@ -1073,6 +1202,98 @@ class EmulatorServer:
         sb = self._sandbox(request)
         await self.stop_sandbox(sb)
         return self._sandbox_response(sb)
+
+    async def _pause_sandbox(self, request: web.Request) -> web.Response:
+        """Freeze every process of the sandbox (SIGSTOP), keeping their memory; ``start`` thaws
+        them. Daytona refuses unless the sandbox is started (400) and for sandbox classes that
+        cannot pause (422: config ``refuse_pause``)."""
+        sb = self._sandbox(request)
+        if self.config.get("refuse_pause"):
+            raise ApiError(422, "Pausing is not supported for this sandbox", "UNPROCESSABLE_ENTITY")
+        if sb.state != "started":
+            raise ApiError(400, "Sandbox must be in started state to pause")
+        signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGSTOP)
+        sb.state = "paused"
+        sb.updated_at = iso_now()
+        return self._sandbox_response(sb)
+
+    async def _fork_sandbox(self, request: web.Request) -> web.Response:
+        """A new, started sandbox with a copy of this one's files, env, labels and settings (as
+        Daytona's forkSandbox copies them); processes are not copied. Refused like Daytona:
+        400 unless started, 422 for a class that cannot fork (config ``refuse_fork``)."""
+        source = self._sandbox(request)
+        if self.config.get("refuse_fork"):
+            raise ApiError(422, "Forking is not supported for this sandbox", "UNPROCESSABLE_ENTITY")
+        if source.state != "started":
+            raise ApiError(400, "Sandbox must be in started state to fork")
+        body = await self._json_body(request)
+        sid = str(uuid.uuid4())
+        name = body.get("name") or sid
+        if self._find_sandbox(name) is not None:
+            raise ApiError(409, f"Sandbox with name {name} already exists")
+        sb = Sandbox(
+            id=sid,
+            name=name,
+            dir=self.root / "sandboxes" / sid,
+            env=dict(source.env),
+            labels=dict(source.labels),
+            public=source.public,
+            target=source.target,
+            snapshot=source.snapshot,
+            preview_token=secrets.token_urlsafe(24),
+            cpu=source.cpu,
+            gpu=source.gpu,
+            memory=source.memory,
+            disk=source.disk,
+            auto_stop_interval=source.auto_stop_interval,
+            auto_archive_interval=source.auto_archive_interval,
+            auto_delete_interval=source.auto_delete_interval,
+            volumes=[dict(v) for v in source.volumes],
+            secrets=list(source.secrets),
+        )
+        # Copy-on-write on Daytona; here private copies of all but big binaries (see the docstring).
+        await asyncio.to_thread(link_copy_tree, source.home, sb.home, True, LINK_BINARIES_FROM)
+        self.sandboxes[sid] = sb
+        source.touch()
+        return self._sandbox_response(sb)
+
+    async def _create_ssh_access(self, request: web.Request) -> web.Response:
+        """A new SSH token (any earlier one of the sandbox is revoked first, as on Daytona),
+        valid ``expiresInMinutes`` (default 60)."""
+        sb = self._sandbox(request)
+        try:
+            minutes = int(request.query.get("expiresInMinutes") or 60)
+        except ValueError as exc:
+            raise ApiError(400, "expiresInMinutes must be a number") from exc
+        now = datetime.now(timezone.utc)
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+        access = SshAccess(
+            id=str(uuid.uuid4()),
+            sandbox_id=sb.id,
+            token="".join(secrets.choice(alphabet) for _ in range(32)),
+            expires_at=now + timedelta(minutes=minutes),
+            created_at=now,
+        )
+        sb.ssh_accesses = [access]
+        return web.json_response(access.to_json(str(self.config.get("ssh_gateway") or "localhost")))
+
+    async def _revoke_ssh_access(self, request: web.Request) -> web.Response:
+        sb = self._sandbox(request)
+        token = request.query.get("token")
+        sb.ssh_accesses = [a for a in sb.ssh_accesses if token and a.token != token]
+        return self._sandbox_response(sb)
+
+    async def _validate_ssh_access(self, request: web.Request) -> web.Response:
+        """What Daytona's SSH gateway asks: is this token valid, and for which sandbox."""
+        token = request.query.get("token", "")
+        now = datetime.now(timezone.utc)
+        for sb in self.sandboxes.values():
+            if sb.state == "destroyed":
+                continue
+            for access in sb.ssh_accesses:
+                if secrets.compare_digest(access.token, token) and access.expires_at > now:
+                    return web.json_response({"valid": True, "sandboxId": sb.id})
+        return web.json_response({"valid": False, "sandboxId": None})
 
     async def _delete_sandbox(self, request: web.Request) -> web.Response:
         sb = self._sandbox(request)
@@ -1672,6 +1893,262 @@ class EmulatorServer:
             with contextlib.suppress(OSError), open(cmd.log_path, "ab") as f:
                 f.write(STDOUT_MARK + data.encode())
         return web.Response(status=204)
+
+    # -- toolbox: PTY sessions (daemon pkg/toolbox/process/pty) ------------------------------
+
+    def _pty(self, request: web.Request, sb: Sandbox) -> PtySession:
+        session = sb.ptys.get(request.match_info["pty"])
+        if session is None:
+            raise ApiError(404, "PTY session not found")
+        return session
+
+    @staticmethod
+    def _pty_size(value: Any, name: str, default: int) -> int:
+        if value is None or value == "":
+            return default
+        try:
+            size = int(value)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, f"invalid value for {name}") from exc
+        if not 1 <= size <= PTY_MAX_SIZE:
+            raise ApiError(400, f"invalid value for {name} - must be less than {PTY_MAX_SIZE}")
+        return size
+
+    async def _pty_start(
+        self, sb: Sandbox, pty_id: str, cwd: str | None, envs: dict[str, str], cols: int, rows: int
+    ) -> PtySession:
+        """The daemon's create: ``$SHELL -i -l`` on a new pty of cols x rows, in ``cwd`` (default
+        the home), with TERM=xterm-256color unless ``envs`` sets it."""
+        if not pty_id:
+            raise ApiError(400, "session ID is required")
+        if pty_id in sb.ptys:
+            raise ApiError(409, f"PTY session with ID '{pty_id}' already exists")
+        envs = {str(k): str(v) for k, v in envs.items()}
+        envs.setdefault("TERM", "xterm-256color")
+        directory = str(self._resolve(sb, cwd) if cwd else sb.home)
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+        def controlling_tty() -> None:
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                session_shell(),
+                "-i",
+                "-l",
+                cwd=directory,
+                env=self._process_env(sb, envs),
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                preexec_fn=controlling_tty,
+            )
+        except OSError as exc:
+            os.close(master)
+            raise ApiError(500, "failed to start PTY session") from exc
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        session = PtySession(pty_id, directory, envs, cols, rows, master=master, proc=proc, active=True)
+        sb.ptys[pty_id] = session
+        sb.pgids.add(proc.pid)
+        asyncio.get_running_loop().add_reader(master, self._pty_read, session)
+        self._spawn_task(self._pty_reap(sb, session))
+        return session
+
+    @staticmethod
+    def _pty_read(session: PtySession) -> None:
+        try:
+            data = os.read(session.master, 32 * 1024)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # EIO: every holder of the terminal is gone
+            asyncio.get_running_loop().remove_reader(session.master)
+            return
+        for client in session.clients:
+            client.queue.put_nowait(data)
+
+    async def _pty_reap(self, sb: Sandbox, session: PtySession) -> None:
+        assert session.proc is not None
+        code = exit_status(await session.proc.wait())
+        await self._pty_finish(sb, session, code)
+
+    async def _pty_finish(self, sb: Sandbox, session: PtySession, code: int) -> None:
+        """The shell ended (or was killed): send what it wrote last, then tell every client its
+        exit code (the "exited" control message to those that asked for it, and the close frame
+        the daemon sends: 1000 for 0, else 1011 with {"exitCode", "exitReason"})."""
+        if session.exited.is_set():
+            return
+        session.exited.set()
+        session.exit_code = code
+        session.active = False
+        sb.ptys.pop(session.id, None)
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError, ValueError):
+            loop.remove_reader(session.master)
+        while True:  # what is left in the terminal
+            try:
+                data = os.read(session.master, 32 * 1024)
+            except OSError:
+                break
+            if not data:
+                break
+            for client in session.clients:
+                client.queue.put_nowait(data)
+        with contextlib.suppress(OSError):
+            os.close(session.master)
+        for client in session.clients:
+            client.queue.put_nowait(None)
+
+    @staticmethod
+    def _pty_exit_reason(code: int) -> str | None:
+        if code == 0:
+            return None
+        named = {130: "Ctrl+C", 137: "SIGKILL", 143: "SIGTERM"}
+        return named.get(code) or (f"signal {code - 128}" if code > 128 else "non-zero exit")
+
+    async def _pty_attach(
+        self, request: web.Request, sb: Sandbox, session: PtySession | None, error: str | None = None
+    ) -> web.WebSocketResponse:
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        ws = web.WebSocketResponse(protocols=[PTY_EXIT_CONTROL] if PTY_EXIT_CONTROL in offered else [])
+        await ws.prepare(request)
+        if session is None or session.exited.is_set():
+            message = {
+                "type": "control",
+                "status": "error",
+                "error": f"Failed to connect to PTY session: {error or 'session exited'}",
+            }
+            await ws.send_str(json.dumps(message))
+            await ws.close()
+            return ws
+        client = PtyClient(ws, PTY_EXIT_CONTROL in offered)
+        session.clients.append(client)
+
+        async def writer() -> None:
+            while (data := await client.queue.get()) is not None:
+                await ws.send_bytes(data)
+            code = session.exit_code if session.exit_code is not None else 1
+            reason = self._pty_exit_reason(code)
+            if client.exit_control:
+                control: dict[str, Any] = {"type": "control", "status": "exited", "exitCode": code}
+                if reason:
+                    control["exitReason"] = reason
+                await ws.send_str(json.dumps(control))
+            close: dict[str, Any] = {"exitCode": code}
+            if reason:
+                close["exitReason"] = reason
+            await ws.close(code=1000 if code == 0 else 1011, message=json.dumps(close).encode())
+
+        await ws.send_str(json.dumps({"type": "control", "status": "connected"}))
+        sending = asyncio.create_task(writer())
+        try:
+            async with self._kept_active(sb):
+                async for msg in ws:
+                    if msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                        data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+                        if session.exited.is_set():
+                            break
+                        await asyncio.to_thread(self._pty_write, session.master, data)
+                    else:
+                        break
+                await asyncio.wait([sending], timeout=5)
+        except (ConnectionResetError, OSError):
+            pass
+        finally:
+            sending.cancel()
+            with contextlib.suppress(ValueError):
+                session.clients.remove(client)
+        return ws
+
+    @staticmethod
+    def _pty_write(master: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(master, view) :]
+            except BlockingIOError:
+                time.sleep(0.005)
+
+    async def _pty_create(self, request: web.Request) -> web.Response:
+        sb = self._running_sandbox(request)
+        body = await self._json_body(request)
+        session = await self._pty_start(
+            sb,
+            str(body.get("id") or ""),
+            body.get("cwd"),
+            dict(body.get("envs") or {}),
+            self._pty_size(body.get("cols"), "cols", 80),
+            self._pty_size(body.get("rows"), "rows", 24),
+        )
+        return web.json_response({"sessionId": session.id}, status=201)
+
+    async def _pty_create_connect(self, request: web.Request) -> web.StreamResponse:
+        """SDK 0.226's one round trip (newer than the public daemon source): create from the
+        query (id, cols, rows, cwd) and the envs subprotocol, then attach as ``connect`` does."""
+        sb = self._running_sandbox(request)
+        envs: dict[str, str] = {}
+        for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+            proto = proto.strip()
+            if proto.startswith(PTY_ENVS_PROTOCOL):
+                encoded = proto[len(PTY_ENVS_PROTOCOL) :]
+                try:
+                    envs = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+                except (ValueError, json.JSONDecodeError) as exc:
+                    raise ApiError(400, "invalid PTY envs") from exc
+        q = request.query
+        session = await self._pty_start(
+            sb,
+            q.get("id", ""),
+            q.get("cwd"),
+            envs,
+            self._pty_size(q.get("cols"), "cols", 80),
+            self._pty_size(q.get("rows"), "rows", 24),
+        )
+        return await self._pty_attach(request, sb, session)
+
+    async def _pty_connect(self, request: web.Request) -> web.StreamResponse:
+        sb = self._running_sandbox(request)
+        session = sb.ptys.get(request.match_info["pty"])
+        return await self._pty_attach(request, sb, session, None if session else "PTY session not found")
+
+    async def _pty_list(self, request: web.Request) -> web.Response:
+        sb = self._running_sandbox(request)
+        return web.json_response({"sessions": [s.to_json() for s in sb.ptys.values()]})
+
+    async def _pty_get(self, request: web.Request) -> web.Response:
+        sb = self._running_sandbox(request)
+        return web.json_response(self._pty(request, sb).to_json())
+
+    async def _pty_delete(self, request: web.Request) -> web.Response:
+        """SIGKILL the shell's descendants, then the shell; clients get exit code 137."""
+        sb = self._running_sandbox(request)
+        session = self._pty(request, sb)
+        assert session.proc is not None
+        for child in descendants(session.proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            session.proc.kill()
+        await self._pty_finish(sb, session, 137)
+        return web.json_response({"message": "PTY session deleted"})
+
+    async def _pty_resize(self, request: web.Request) -> web.Response:
+        sb = self._running_sandbox(request)
+        body = await self._json_body(request)
+        cols = self._pty_size(body.get("cols"), "cols", 0)
+        rows = self._pty_size(body.get("rows"), "rows", 0)
+        session = sb.ptys.get(request.match_info["pty"])
+        if session is None or not session.active:
+            raise ApiError(410, "PTY session not found or inactive", "GONE")
+        # The kernel sends SIGWINCH to the terminal's foreground process group.
+        fcntl.ioctl(session.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        session.cols, session.rows = cols, rows
+        return web.json_response(session.to_json())
 
     # -- preview proxy ---------------------------------------------------------------------
 

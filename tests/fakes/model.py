@@ -18,7 +18,8 @@ Endpoints
 ``POST /v1/responses`` (any path ending in ``/responses``)
     takes the next step (see matching below) and answers it.
 ``GET /v1/models`` (any path ending in ``/models``)
-    a minimal model list.
+    a minimal model list; with ``ScriptedModel.api_key`` set, a request without
+    ``Authorization: Bearer <that key>`` gets OpenAI's 401 instead.
 anything else
     404.
 When no step is left: HTTP 500 ``{"error": {"message": "scripted model: script
@@ -439,6 +440,8 @@ class ScriptedModel:
         self.default_step = default_step
         self.log_dir = Path(log_dir) if log_dir else None
         self.requests: list[dict[str, Any]] = []
+        # The key GET /models accepts (None: any), as OpenAI checks it.
+        self.api_key: str | None = None
         self.ids = Ids()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -566,6 +569,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._record()
         if self.path.split("?")[0].endswith("/models"):
+            expected = self.model.api_key
+            if expected is not None and self.headers.get("Authorization") != f"Bearer {expected}":
+                spec = {"message": "Incorrect API key provided", "code": "invalid_api_key"}
+                self._send_json(401, error_body(spec))
+                return
             models = [{"id": m, "object": "model", "owned_by": "scripted"} for m in MODELS]
             self._send_json(200, {"object": "list", "data": models})
         else:
