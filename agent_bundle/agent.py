@@ -511,38 +511,211 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-# Codex ends every command by killing its process group, which takes a server started with
-# `nohup CMD &` down with it the moment the command returns. Every bash Codex starts reads
-# BASH_ENV, so `nohup` there gives the server a session of its own, as nohup intends.
-SHELL_ENV = """# Written by codex-daytona's agent (see BASH_ENV).
-nohup() {
-  if command -v setsid >/dev/null 2>&1; then setsid nohup "$@"; else command nohup "$@"; fi
-}
+# Codex gives every command a process group of its own and SIGKILLs that group when the
+# command returns, which takes down a server the command left running in the background
+# (`server &`, `(server &)`, `sh -c 'server &'`, ...). So every shell Codex starts first
+# hands its whole command line to a new session (DETACH_SCRIPT): whatever the
+# command starts lives outside the group Codex kills, `$!` inside names the real process,
+# and the outer shell waits for the command, relays its output and exits with its status.
+# Bash reads BASH_ENV before its `-c` string, zsh reads $ZDOTDIR/.zshenv; DETACHED_ENV,
+# exported, makes sure it happens once per Codex command and not again in nested shells.
+DETACHED_ENV = "CODEX_DAYTONA_DETACHED"
+
+# The hand-over itself, run by the hooks: a script of its own with nothing but builtin
+# modules, since every command the agent runs pays for its start (about 20 ms, where this
+# whole file would take several times that). It does what run_user_command does for `exec`.
+DETACH_SCRIPT = r'''"""Written by codex-daytona's agent: runs `SHELL FLAG COMMAND` in a session of its own,
+relays its output, and exits with its exit code as soon as that shell exits (see BASH_ENV)."""
+import os, select, signal, sys, time
+
+
+def drain_in_background(fds, log):
+    if os.fork():
+        return
+    if os.fork():
+        os._exit(0)
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        with open(log, "ab") as out:
+            while fds:
+                for fd in select.select(fds, [], [])[0]:
+                    data = os.read(fd, 65536)
+                    if data:
+                        out.write(data)
+                        out.flush()
+                    else:
+                        fds.remove(fd)
+    finally:
+        os._exit(0)
+
+
+def main(shell, flag, command, log):
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            os.execvp(shell, [shell, flag, command])
+        finally:
+            os._exit(127)
+    os.close(out_w)
+    os.close(err_w)
+
+    def stop(signum, _frame):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            pass
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    sinks = {out_r: 1, err_r: 2}
+    status = exited_at = None
+    while sinks:
+        if status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status, exited_at = os.waitstatus_to_exitcode(raw), time.monotonic()
+        wait = 0.05 if exited_at is None else exited_at + 0.2 - time.monotonic()
+        if wait <= 0:
+            break  # the shell is gone and only background jobs hold its output
+        for fd in select.select(list(sinks), [], [], wait)[0]:
+            data = os.read(fd, 65536)
+            if data:
+                os.write(sinks[fd], data)
+            else:
+                del sinks[fd]
+    if status is None:
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    if sinks:
+        drain_in_background(list(sinks), log)
+    return 128 - status if status < 0 else status
+
+
+sys.exit(main(*sys.argv[1:]))
+'''
+
+BASH_HOOK = """# Written by codex-daytona's agent (BASH_ENV of the shells Codex starts): runs the
+# command in a session of its own, so its background processes outlive the command.
+if [ -z "${{{guard}-}}" ] && [ -n "${{BASH_EXECUTION_STRING-}}" ]; then
+  export {guard}=1
+  if shopt -q login_shell; then set -- -lc; else set -- -c; fi
+  exec {python} -I -S {detach} "$BASH" "$1" "$BASH_EXECUTION_STRING" {log}
+fi
+"""
+
+ZSH_HOOK = """# Written by codex-daytona's agent ($ZDOTDIR/.zshenv of the shells Codex starts): runs the
+# command in a session of its own, then the user's own zsh files are read as usual.
+if [[ -z "${{{guard}-}}" && -n "${{ZSH_EXECUTION_STRING-}}" ]]; then
+  export {guard}=1
+  if [[ -o login ]]; then set -- -lc; else set -- -c; fi
+  exec {python} -I -S {detach} "$(command -v zsh || echo zsh)" "$1" "$ZSH_EXECUTION_STRING" {log}
+fi
+ZDOTDIR="${{CODEX_DAYTONA_USER_ZDOTDIR:-$HOME}}"
+[[ -r "$ZDOTDIR/.zshenv" ]] && . "$ZDOTDIR/.zshenv"
 """
 
 
-def write_shell_env(home: str) -> str:
-    path = os.path.join(home, ".codex-daytona", "shell-env.sh")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(SHELL_ENV)
-    return path
+def write_shell_hooks(home: str) -> dict[str, str]:
+    """Writes the bash and zsh start-up files that detach each Codex command (see BASH_HOOK)
+    and returns the environment that points Codex's shells at them."""
+    import shlex
+
+    root = os.path.join(home, ".codex-daytona", "shell")
+    zdotdir = os.path.join(root, "zsh")
+    os.makedirs(zdotdir, exist_ok=True)
+    detach = os.path.join(root, "detach.py")
+    values = {
+        "guard": DETACHED_ENV,
+        "python": shlex.quote(sys.executable),
+        "detach": shlex.quote(detach),
+        # Output a background job keeps writing once its command has returned.
+        "log": shlex.quote(os.path.join(home, ".codex-daytona", "background.log")),
+    }
+    bash_env = os.path.join(root, "bash-env.sh")
+    with open(detach, "w", encoding="utf-8") as fh:
+        fh.write(DETACH_SCRIPT)
+    for path, text in ((bash_env, BASH_HOOK), (os.path.join(zdotdir, ".zshenv"), ZSH_HOOK)):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text.format(**values))
+    env = {"BASH_ENV": bash_env, "ZDOTDIR": zdotdir}
+    if os.environ.get("ZDOTDIR"):
+        env["CODEX_DAYTONA_USER_ZDOTDIR"] = os.environ["ZDOTDIR"]
+    return env
 
 
 def codex_environment(request: dict[str, Any], codex_home: str, home: str) -> dict[str, str]:
     env = {"CODEX_HOME": codex_home, "CODEX_APP_SERVER_DISABLE_MANAGED_CONFIG": "1"}
-    env["BASH_ENV"] = write_shell_env(home)
+    env.update(write_shell_hooks(home))
     if request.get("api_key"):
         env[KEY_ENV] = request["api_key"]
     return env
 
 
 def config_overrides(request: dict[str, Any]) -> list[str]:
-    """`-c key=value` overrides for this turn: the values a user may change between turns."""
-    overrides = []
+    """`-c key=value` overrides for the app-server: the user's for this turn (`ask -c`), then
+    the tool's own settings (the request's `config`: provider, environment policy, sandbox
+    mode, approvals, retries; the last of a key wins, and `-c` outranks every config file, a
+    project's `.codex/config.toml` in the work tree included), and the values a user may
+    change between turns. JSON values are TOML values too. When they change from one turn to
+    the next, the app-server is started again with them (Engine._ensure)."""
+    overrides = [str(pair) for pair in request.get("user_config") or []]
+    overrides += [f"{key}={json.dumps(value)}" for key, value in (request.get("config") or {}).items()]
     if request.get("base_url"):
         overrides.append("model_providers.codex-daytona.base_url={}".format(json.dumps(request["base_url"])))
     return overrides
+
+
+def turn_settings(request: dict[str, Any]) -> dict[str, Any]:
+    """The settings asked for this turn (`ask --model`, `--effort`), passed with the turn itself:
+    on a thread the app-server has loaded, only the turn call changes them. As in Codex, they
+    then stay for the thread's later turns."""
+    settings: dict[str, Any] = {}
+    if request.get("turn_model"):
+        settings["model"] = request["turn_model"]
+    if request.get("effort"):
+        from openai_codex.generated.v2_all import ReasoningEffort
+
+        settings["effort"] = ReasoningEffort(request["effort"])
+    return settings
+
+
+def migrate_codex_home(home: str, codex_home: str) -> None:
+    """Earlier versions kept CODEX_HOME in the work tree (`~/.codex`). If that one is ours (its
+    config.toml names our provider), its threads and state move to `codex_home`, and the rest
+    out of the work tree, where Codex would read it as the project's own config."""
+    import shutil
+
+    old = os.path.join(home, ".codex")
+    if os.path.realpath(old) == os.path.realpath(codex_home):
+        return
+    try:
+        with open(os.path.join(old, "config.toml"), encoding="utf-8") as fh:
+            ours = 'model_provider = "codex-daytona"' in fh.read()
+    except OSError:
+        return
+    if not ours:
+        return
+    os.makedirs(codex_home, exist_ok=True)
+    # The threads themselves (rollout files); Codex's databases name them by their old
+    # paths, so those stay behind and Codex indexes the moved threads anew.
+    for name in ("sessions", "archived_sessions", "history.jsonl"):
+        if os.path.exists(os.path.join(old, name)) and not os.path.exists(os.path.join(codex_home, name)):
+            shutil.move(os.path.join(old, name), os.path.join(codex_home, name))
+    leftover = os.path.join(os.path.dirname(codex_home), "old-codex-home")
+    shutil.rmtree(leftover, ignore_errors=True)
+    shutil.move(old, leftover)
 
 
 class Interrupter:
@@ -574,13 +747,23 @@ class Interrupter:
         """Codex runs each command in a process group of its own, as a child of the app-server
         (our child): stop the groups of the commands started since this turn began."""
         own = os.getpgid(0)
-        for server in _children(os.getpid()):
-            for pid in _children(server):
+        parents = _parents()
+        for server in _children(os.getpid(), parents):
+            for pid in _children(server, parents):
                 with contextlib.suppress(OSError):
                     group = os.getpgid(pid)
                     if group == pid and group != own and _start_ticks(pid) >= self.started_ticks:
-                        os.killpg(group, signal.SIGTERM)
-                        threading.Timer(2.0, _kill_group, (group,)).start()
+                        # The shell hooks run each command in a session of its own under the
+                        # group Codex made (DETACH_SCRIPT): stop that session's group too.
+                        groups = {group}
+                        for child in _descendants(pid, parents):
+                            with contextlib.suppress(OSError, IndexError, ValueError):
+                                if _start_ticks(child) >= self.started_ticks:
+                                    groups.add(os.getpgid(child))
+                        for each in groups - {own}:
+                            with contextlib.suppress(OSError):
+                                os.killpg(each, signal.SIGTERM)
+                            threading.Timer(2.0, _kill_group, (each,)).start()
 
 
 def _boot_ticks() -> int:
@@ -596,13 +779,27 @@ def _start_ticks(pid: int) -> int:
     return int(_stat_fields(pid)[19])
 
 
-def _children(parent: int) -> list[int]:
-    found = []
+def _parents() -> dict[int, int]:
+    """pid -> parent pid, for every process."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(_stat_fields(int(entry))[1]) == parent:
-                    found.append(int(entry))
+                found[int(entry)] = int(_stat_fields(int(entry))[1])
+    return found
+
+
+def _children(parent: int, parents: dict[int, int] | None = None) -> list[int]:
+    return [pid for pid, ppid in (parents if parents is not None else _parents()).items() if ppid == parent]
+
+
+def _descendants(root: int, parents: dict[int, int]) -> list[int]:
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        kids = _children(todo.pop(), parents)
+        found += kids
+        todo += kids
     return found
 
 
@@ -632,8 +829,9 @@ class Engine:
     def _ensure(self, request: dict[str, Any]) -> Any:
         from openai_codex import Codex, CodexConfig
 
-        codex_home = request.get("codex_home") or os.path.join(self.home, ".codex")
-        signature = (request.get("api_key"), request.get("base_url"), codex_home)
+        codex_home = request.get("codex_home") or os.path.join(self.home, ".codex-daytona", "codex")
+        migrate_codex_home(self.home, codex_home)
+        signature = (request.get("api_key"), codex_home, tuple(config_overrides(request)))
         if self._codex is not None and signature == self._signature:
             return self._codex
         self.close()
@@ -701,7 +899,7 @@ class Engine:
             thread = self._thread_for(codex, request, emit)
         emit({"type": "thread.started", "thread_id": thread.id})
         mapper = TurnMapper()
-        handle = thread.turn(turn_input(request), **turn_options(request))
+        handle = thread.turn(turn_input(request), **turn_options(request), **turn_settings(request))
         interrupter.attach(handle)
         watchdog = Watchdog(mapper, interrupter, float(request.get("model_timeout") or MODEL_TIMEOUT_S))
         try:

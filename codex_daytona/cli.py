@@ -97,6 +97,26 @@ NameOpt = Annotated[
     ),
 ]
 
+# Codex 0.163's reasoning efforts (ReasoningEffort in its app-server schema).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra")
+
+
+def _check_effort(value: str | None) -> str | None:
+    if value is not None and value not in REASONING_EFFORTS:
+        raise typer.BadParameter(f"{value!r} is not a reasoning effort; use one of: {', '.join(REASONING_EFFORTS)}.")
+    return value
+
+
+EffortOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--effort",
+        help="Reasoning effort from this turn on: " + "|".join(REASONING_EFFORTS) + " (the thread keeps it).",
+        callback=_check_effort,
+        show_default=False,
+    ),
+]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -254,7 +274,21 @@ def ask(
         str | None, typer.Argument(help="What to do, in plain words. `-` (or a pipe) reads it from stdin.")
     ] = None,
     new_thread: Annotated[bool, typer.Option("--new-thread", help="Start a fresh conversation.")] = False,
-    model: Annotated[str | None, typer.Option("--model", help="The model for this turn.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="The model from this turn on (the thread keeps it, as in Codex).")
+    ] = None,
+    effort: EffortOpt = None,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="KEY=VALUE",
+            help="A Codex setting for this turn (repeatable; VALUE is TOML, as for `codex -c`). "
+            "The tool's own (provider, key, environment policy, sandbox mode, approvals) are refused.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=1, help="Interrupt the turn after SECONDS (exit 124).")
     ] = None,
@@ -330,9 +364,20 @@ def ask(
         if fanout is not None:
             if detach or wait:
                 raise_usage("--fanout cannot be used with --detach or --wait.")
+            if config:
+                raise_usage("--fanout cannot be used with -c.")
             if output_last_message or output_schema or image:
                 raise_usage("--fanout cannot be used with -o, --output-schema or --image.")
-            _fanout(core, out, fanout, _read_prompt(prompt), new_thread=new_thread, model=model, timeout=timeout)
+            _fanout(
+                core,
+                out,
+                fanout,
+                _read_prompt(prompt),
+                new_thread=new_thread,
+                model=model,
+                timeout=timeout,
+                effort=effort,
+            )
             return
         if detach and output_last_message:
             raise_usage("-o cannot be used with --detach: the turn ends after the command returns.")
@@ -352,6 +397,8 @@ def ask(
                 timeout=timeout,
                 detach=detach,
                 wait=wait,
+                effort=effort,
+                config=config,
                 images=images,
                 output_schema=schema,
             )
@@ -380,11 +427,19 @@ def _check_writable(path: Path | None) -> None:
 
 
 def _fanout(
-    core: App, out: Output, count: int, text: str, *, new_thread: bool, model: str | None, timeout: float | None
+    core: App,
+    out: Output,
+    count: int,
+    text: str,
+    *,
+    new_thread: bool,
+    model: str | None,
+    timeout: float | None,
+    effort: str | None = None,
 ) -> None:
     from codex_daytona.fleet import Fanout
 
-    result = Fanout(core, count).run(text, new_thread=new_thread, model=model, timeout=timeout)
+    result = Fanout(core, count).run(text, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
     code = result.exit_code
     summary = {
         "name": core.name,
@@ -845,6 +900,7 @@ class _EndChat(Exception):
 def chat(
     keep: Annotated[bool, typer.Option("--keep", help="Keep a sandbox that this chat created when it ends.")] = False,
     model: Annotated[str | None, typer.Option("--model", help="The model for this chat.")] = None,
+    effort: EffortOpt = None,
     name: NameOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -869,7 +925,7 @@ def chat(
             core.mark_created_by("chat")
         previous = {sig: signal.signal(sig, end) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
-            _chat_loop(core, out, model)
+            _chat_loop(core, out, model, effort)
         except _EndChat as exc:
             out.progress(f"{exc.args[0]}: ending the chat.")
         finally:
@@ -883,7 +939,7 @@ def chat(
                 out.progress(f"Sandbox {record.sandbox_id} is still running; `codex-daytona down` deletes it.")
 
 
-def _chat_loop(core: App, out: Output, model: str | None) -> None:
+def _chat_loop(core: App, out: Output, model: str | None, effort: str | None = None) -> None:
     while True:
         try:
             prompt = out.ask_line("User: ")
@@ -895,7 +951,7 @@ def _chat_loop(core: App, out: Output, model: str | None) -> None:
         if not prompt.strip():
             continue
         try:
-            outcome = core.ask(prompt, model=model)
+            outcome = core.ask(prompt, model=model, effort=effort)
         except InterruptedByUser:
             if core.forced_interrupt:
                 return

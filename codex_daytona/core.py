@@ -645,6 +645,8 @@ class App:
         timeout: float | None = None,
         detach: bool = False,
         wait: bool = False,
+        effort: str | None = None,
+        config: list[str] | None = None,
         thread_id: str | None = None,
         images: list[Path] | None = None,
         output_schema: dict[str, object] | None = None,
@@ -658,6 +660,14 @@ class App:
         turn; `output_schema` (see `read_output_schema`) is the JSON Schema the final message
         must follow.
         """
+        for pair in config or []:
+            reason = runtime.refused_config_key(pair, self.settings)
+            if reason:
+                raise UsageError(
+                    f"-c {pair.partition('=')[0].strip() or pair!r} {reason}.",
+                    "Codex settings the tool does not depend on can be given with -c "
+                    "(e.g. -c model_reasoning_summary=detailed); see README, `ask -c`.",
+                )
         api_key = self.settings.openai_key_for_turn()
         record = self.record()
         if record is None:
@@ -695,6 +705,10 @@ class App:
             wait=wait,
             model_timeout=self.settings.codex_daytona_model_timeout_seconds,
             heartbeat_seconds=self.settings.codex_daytona_stream_idle_seconds / 3,
+            turn_model=model,
+            effort=effort,
+            protected=runtime.protected_config(self.settings),
+            config=config,
             images=remote_images,
             output_schema=output_schema,
             must_resume=thread_id is not None and not new_thread,

@@ -298,7 +298,13 @@ class Fanout:
     # --- the run ---------------------------------------------------------------------------
 
     def run(
-        self, prompt: str, *, new_thread: bool = False, model: str | None = None, timeout: float | None = None
+        self,
+        prompt: str,
+        *,
+        new_thread: bool = False,
+        model: str | None = None,
+        timeout: float | None = None,
+        effort: str | None = None,
     ) -> FanoutResult:
         """Runs `prompt` in every attempt at once. Ctrl-C (KeyboardInterrupt here, in the main
         thread) interrupts every running turn and waits for the attempts to wind down."""
@@ -329,6 +335,7 @@ class Fanout:
                         new_thread,
                         model,
                         timeout,
+                        effort,
                     ),
                     name=f"fanout-{a.name}",
                     daemon=True,  # a thread stuck in the SDK never keeps the process alive
@@ -402,6 +409,7 @@ class Fanout:
         new_thread: bool,
         model: str | None,
         timeout: float | None,
+        effort: str | None = None,
     ) -> None:
         app = App(
             self.app.settings,
@@ -443,7 +451,7 @@ class Fanout:
             self._update(attempt, "running", "Starting the turn...")
             began = time.monotonic()
             try:
-                outcome = app.ask(prompt, new_thread=new_thread, model=model, timeout=timeout)
+                outcome = app.ask(prompt, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
             finally:
                 attempt.duration_s = time.monotonic() - began
             self._record_outcome(attempt, outcome)

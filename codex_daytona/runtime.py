@@ -98,6 +98,13 @@ class Layout:
 
     @property
     def codex_home(self) -> str:
+        """CODEX_HOME: ours, out of the work tree (the home), so that nothing a project ships
+        (a cloned `.codex/`) can stand in for it."""
+        return f"{self.root}/codex"
+
+    @property
+    def old_codex_home(self) -> str:
+        """Where CODEX_HOME was before (the work tree's `.codex`): its threads move over."""
         return f"{self.home}/.codex"
 
     @property
@@ -208,11 +215,73 @@ def developer_instructions(layout: Layout, preview_pattern: str | None) -> str:
 def codex_config(settings: Settings, layout: Layout, preview_pattern: str | None) -> bytes:
     """Codex's config.toml for the sandbox."""
     config: dict[str, object] = {
+        **_tool_config(settings),
+        "developer_instructions": developer_instructions(layout, preview_pattern),
+    }
+    if settings.codex_daytona_model:
+        config["model"] = settings.codex_daytona_model
+    return tomli_w.dumps(config).encode()
+
+
+def protected_config(settings: Settings) -> dict[str, object]:
+    """The settings the tool depends on (provider, environment policy, sandbox mode,
+    approvals, retries), as dotted keys: the agent passes them to Codex's app-server as `-c`
+    overrides, which no config file can outrank, not even a project's `.codex/config.toml`
+    in the work tree (Codex reads one from the working directory). Being on a command line,
+    they never name the key's variable: its wildcard pattern hides it from commands all the
+    same, and the provider's `env_key` stays in our own config.toml."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", _tool_config(settings))
+    flat.pop(f"model_providers.{PROVIDER}.env_key")
+    excluded = flat["shell_environment_policy.exclude"]
+    assert isinstance(excluded, list)
+    flat["shell_environment_policy.exclude"] = [name for name in excluded if name != KEY_ENV]
+    return flat
+
+
+# `ask -c` keys refused besides those of protected_config (and the tables above them): what
+# would pick another provider or reach around the tool's (profiles, login and auth settings).
+REFUSED_CONFIG_KEYS = (
+    "model_providers",
+    "profile",
+    "profiles",
+    "approvals_reviewer",
+    "sandbox_workspace_write",
+    "chatgpt_base_url",
+    "forced_login_method",
+    "forced_chatgpt_workspace_id",
+    "cli_auth_credentials_store",
+)
+
+
+def refused_config_key(pair: str, settings: Settings) -> str | None:
+    """Why `ask -c KEY=VALUE` cannot be given `pair`, or None when it can: the tool's own
+    settings (protected_config), the tables that hold them, and REFUSED_CONFIG_KEYS."""
+    key, sep, _value = pair.partition("=")
+    key = ".".join(part.strip().strip("\"'") for part in key.strip().split("."))
+    if not sep or not key or "" in key.split("."):
+        return "is not KEY=VALUE"
+    protected = [*protected_config(settings), *REFUSED_CONFIG_KEYS]
+    for each in protected:
+        if key == each or each.startswith(key + ".") or key.startswith(each + "."):
+            return f"would change {each}, which codex-daytona sets itself"
+    return None
+
+
+def _tool_config(settings: Settings) -> dict[str, object]:
+    return {
         "model_provider": PROVIDER,
         "approval_policy": "never",
         "sandbox_mode": "danger-full-access",
         "check_for_update_on_startup": False,
-        "developer_instructions": developer_instructions(layout, preview_pattern),
         "analytics": {"enabled": False},
         "features": {"plugins": False, "unbounded_connection_retries": False},
         "tools": {"update_plan": {"enabled": True}},
@@ -235,9 +304,6 @@ def codex_config(settings: Settings, layout: Layout, preview_pattern: str | None
             }
         },
     }
-    if settings.codex_daytona_model:
-        config["model"] = settings.codex_daytona_model
-    return tomli_w.dumps(config).encode()
 
 
 def agent_request(
@@ -252,13 +318,21 @@ def agent_request(
     wait: bool = False,
     model_timeout: float | None = None,
     heartbeat_seconds: float | None = None,
+    turn_model: str | None = None,
+    effort: str | None = None,
+    protected: dict[str, object] | None = None,
+    config: list[str] | None = None,
     images: list[str] | None = None,
     output_schema: dict[str, object] | None = None,
     must_resume: bool = False,
 ) -> str:
     """The turn's request, one JSON line. It names the key by its fingerprint and never
     carries it (the session command that holds the request is written to the sandbox's
-    disk); with no key (Daytona Secret mode) the agent uses the sandbox's environment."""
+    disk); with no key (Daytona Secret mode) the agent uses the sandbox's environment.
+    `model` is the one a thread starts with; `turn_model` and `effort` (`ask --model`,
+    `--effort`) change the thread's from this turn on. `protected` (protected_config) goes
+    to Codex's app-server as `-c` overrides after the user's own `config` (`ask -c`, checked
+    with refused_config_key), so it wins."""
     request = {
         "protocol": AGENT_PROTOCOL,
         "prompt": prompt,
@@ -271,6 +345,10 @@ def agent_request(
         "wait": wait,
         "model_timeout": model_timeout,
         "heartbeat_seconds": heartbeat_seconds,
+        "turn_model": turn_model,
+        "effort": effort,
+        "config": protected or {},
+        "user_config": config or [],
     }
     # Only when given, so a turn without them asks exactly what it did before.
     if images:

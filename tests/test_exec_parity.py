@@ -194,7 +194,7 @@ class ExecSide:
         self.home = root / "exec-home"
         self.home.mkdir(parents=True)
         layout = runtime.Layout(str(self.home))
-        Path(layout.codex_home).mkdir()
+        Path(layout.codex_home).mkdir(parents=True)
         settings = Settings(sandbox_openai_base_url=base_url, codex_daytona_model="gpt-5.5")
         Path(layout.codex_config).write_bytes(runtime.codex_config(settings, layout, None))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "OPENAI_"))}

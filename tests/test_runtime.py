@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import shlex
 import sys
@@ -94,3 +95,47 @@ def test_fingerprint_changes_with_the_agent(monkeypatch) -> None:  # type: ignor
     before = runtime.runtime_fingerprint()
     monkeypatch.setattr(runtime, "agent_source", lambda: b"changed")
     assert runtime.runtime_fingerprint() != before
+
+
+def test_protected_config_covers_what_the_tool_depends_on_as_toml_values() -> None:
+    settings = Settings(sandbox_openai_base_url="https://gw.example/v1")
+    protected = runtime.protected_config(settings)
+    provider = f"model_providers.{runtime.PROVIDER}"
+    assert protected["model_provider"] == runtime.PROVIDER
+    assert protected[f"{provider}.base_url"] == "https://gw.example/v1"
+    assert protected["sandbox_mode"] == "danger-full-access" and protected["approval_policy"] == "never"
+    # On the app-server's command line (`ps` shows it): the key's variable is never named, a
+    # pattern in the environment policy hides it all the same.
+    assert runtime.KEY_ENV not in json.dumps(protected)
+    excluded = protected["shell_environment_policy.exclude"]
+    assert isinstance(excluded, list) and any(fnmatch.fnmatchcase(runtime.KEY_ENV, p) for p in excluded)
+    assert protected["shell_environment_policy.ignore_default_excludes"] is False
+    assert protected["features.unbounded_connection_retries"] is False
+    # Each is a JSON value that reads back as TOML too (as a `-c key=<JSON>` would).
+    for key, value in protected.items():
+        assert tomllib.loads(f"v = {json.dumps(value)}")["v"] == value, key
+    # The CODEX_HOME the tool writes is out of the work tree.
+    layout = runtime.Layout("/home/daytona")
+    assert layout.codex_home.startswith(layout.root + "/")
+
+
+def test_ask_c_refuses_the_tools_own_settings_and_takes_the_rest() -> None:
+    settings = Settings()
+    for pair in (
+        "model_provider=evil",
+        'model_providers.evil.base_url="http://x"',
+        f"model_providers.{runtime.PROVIDER}.env_key=OTHER",
+        "shell_environment_policy.inherit=all",
+        "shell_environment_policy={}",
+        'sandbox_mode="read-only"',
+        "approval_policy=on-request",
+        "features.unbounded_connection_retries=true",
+        "features={}",
+        "profile=other",
+        ' "model_provider" = evil',
+        "no-equals-sign",
+        "=value",
+    ):
+        assert runtime.refused_config_key(pair, settings), pair
+    for pair in ("model_reasoning_summary=detailed", "model_verbosity=low", "features.web_search_request=true"):
+        assert runtime.refused_config_key(pair, settings) is None, pair

@@ -116,9 +116,11 @@ def test_up_is_idempotent_and_prints_the_id(rig: Rig) -> None:
         import tomli as tomllib
 
     home = Path(rig.emulator.home_dir(sandbox_id))
-    config = tomllib.loads((home / ".codex" / "config.toml").read_text())
+    config_path = home / ".codex-daytona" / "codex" / "config.toml"  # CODEX_HOME, out of the work tree
+    config = tomllib.loads(config_path.read_text())
     assert config["model_providers"]["codex-daytona"]["base_url"] == rig.model.base_url
-    assert OPENAI_KEY not in (home / ".codex" / "config.toml").read_text()
+    assert OPENAI_KEY not in config_path.read_text()
+    assert not (home / ".codex").exists()
 
 
 def test_prompt_is_delivered_intact(rig: Rig) -> None:
