@@ -739,31 +739,35 @@ class Interrupter:
         with self._lock:
             self.requested = True
             handle = self._handle
+        # The groups are found before Codex hears of the interrupt: it may then kill the group
+        # it made for a running command, whose session (DETACH_SCRIPT) would be orphaned and no
+        # longer found under the app-server.
+        groups = self.command_groups()
         if handle is not None:
             handle.interrupt()
-        self.stop_commands()
+        for group in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGTERM)
+            threading.Timer(2.0, _kill_group, (group,)).start()
 
-    def stop_commands(self) -> None:
-        """Codex runs each command in a process group of its own, as a child of the app-server
-        (our child): stop the groups of the commands started since this turn began."""
+    def command_groups(self) -> set[int]:
+        """The process groups of the commands started since this turn began. Codex runs each
+        command in a group of its own, as a child of the app-server (our child); the shell
+        hooks run the command itself in a session of its own under that group."""
         own = os.getpgid(0)
         parents = _parents()
+        groups: set[int] = set()
         for server in _children(os.getpid(), parents):
             for pid in _children(server, parents):
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, IndexError, ValueError):
                     group = os.getpgid(pid)
                     if group == pid and group != own and _start_ticks(pid) >= self.started_ticks:
-                        # The shell hooks run each command in a session of its own under the
-                        # group Codex made (DETACH_SCRIPT): stop that session's group too.
-                        groups = {group}
+                        groups.add(group)
                         for child in _descendants(pid, parents):
                             with contextlib.suppress(OSError, IndexError, ValueError):
                                 if _start_ticks(child) >= self.started_ticks:
                                     groups.add(os.getpgid(child))
-                        for each in groups - {own}:
-                            with contextlib.suppress(OSError):
-                                os.killpg(each, signal.SIGTERM)
-                            threading.Timer(2.0, _kill_group, (each,)).start()
+        return groups - {own}
 
 
 def _boot_ticks() -> int:

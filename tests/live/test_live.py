@@ -56,12 +56,16 @@ def test_live_build_serve_preview_resume_down(tmp_path: Path) -> None:
             "ask",
             "--json",
             "Create index.html containing exactly <h1>codex-daytona live</h1>, then start "
-            "`python3 -m http.server 8080 --bind 0.0.0.0` in the background with nohup. Reply 'ready'.",
+            "`python3 -m http.server 8080 --bind 0.0.0.0 &` in the background, exactly so (no nohup, "
+            "no setsid). Reply 'ready'.",
         )
         assert first.returncode == 0, first.stderr
         events = [json.loads(line) for line in first.stdout.splitlines() if line.strip()]
         result = events[-1]
         assert result["type"] == "codex_daytona.result" and result["status"] == "completed"
+        # Codex runs commands with the passwd entry's shell: the server hand-over needs bash or zsh.
+        shell = _cli(project, "exec", "-q", "--", "getent passwd $(id -un) | cut -d: -f7")
+        assert shell.stdout.strip().endswith(("/bash", "/zsh")), f"the sandbox user's shell is {shell.stdout!r}"
         preview = _cli(project, "preview", "--json", "--port", "8080")
         assert preview.returncode == 0, preview.stderr
         link = json.loads(preview.stdout)["previews"][0]
