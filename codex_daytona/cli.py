@@ -17,6 +17,7 @@ import typer
 import typer.core
 
 from codex_daytona import __version__
+from codex_daytona.codex_facts import REASONING_EFFORTS
 from codex_daytona.errors import (
     AgentSetupError,
     BusyError,
@@ -96,9 +97,6 @@ NameOpt = Annotated[
         show_default=False,
     ),
 ]
-
-# Codex 0.163's reasoning efforts (ReasoningEffort in its app-server schema).
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra")
 
 
 def _check_effort(value: str | None) -> str | None:

@@ -161,12 +161,18 @@ def _set(inv: Invocation, name: str | None, value: str) -> None:
         setattr(inv, name, value)
 
 
-def apply_config(settings: Settings, overrides: list[str]) -> None:
-    """The `--config key=value` overrides the SDK passes, where they mean something for a turn
-    in the sandbox; any other key is refused (the sandbox's Codex settings are codex-daytona's:
-    provider, key handling, environment policy, sandbox mode)."""
+def apply_config(settings: Settings, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """The `--config key=value` overrides the SDK passes: the reasoning effort
+    (`modelReasoningEffort`) and the Codex settings `ask -c` takes, returned for the turn; the
+    endpoint and the approval and network options where they agree with the sandbox's. The
+    tool's own settings (provider, key handling, environment policy, sandbox mode) are refused."""
     from pydantic import AnyHttpUrl, ValidationError
 
+    from codex_daytona.codex_facts import REASONING_EFFORTS
+    from codex_daytona.runtime import refused_config_key
+
+    effort: str | None = None
+    passed: list[str] = []
     for override in overrides:
         key, eq, raw = override.partition("=")
         key = key.strip()
@@ -190,11 +196,18 @@ def apply_config(settings: Settings, overrides: list[str]) -> None:
                     settings.sandbox_openai_base_url = AnyHttpUrl(str(value))
                 except ValidationError:
                     raise UsageError(f"{PROG}: --config openai_base_url={value!r} is not a URL.") from None
+        elif key == "model_reasoning_effort":
+            if value not in REASONING_EFFORTS:
+                raise UsageError(f"{PROG}: --config {key}={value!r}: use one of {', '.join(REASONING_EFFORTS)}.")
+            effort = str(value)
+        elif (why := refused_config_key(override, settings)) is None:
+            passed.append(override)
         else:
             raise UsageError(
-                f"{PROG}: --config {key} is not supported: the Codex in the sandbox is configured by codex-daytona.",
+                f"{PROG}: --config {key} {why}: the Codex in the sandbox is configured by codex-daytona.",
                 "Leave it out of the Codex options.",
             )
+    return effort, passed
 
 
 def _toml_value(raw: str) -> object:
@@ -259,7 +272,7 @@ def run(argv: list[str]) -> int:
         settings = load_settings()
         for secret in settings.secrets():
             out.add_secret(secret)
-        apply_config(settings, inv.config)
+        effort, config = apply_config(settings, inv.config)
         _api_key_from_env(settings, out)
         schema = read_output_schema(inv.output_schema) if inv.output_schema else None
         images = check_images(inv.images)
@@ -278,6 +291,8 @@ def run(argv: list[str]) -> int:
                 wait=True,  # turns of one sandbox take their turn, as threads of one SDK program may overlap
                 images=images,
                 output_schema=schema,
+                effort=effort,
+                config=config,
             )
         except InterruptedByUser as exc:
             out.error(exc.message)

@@ -239,6 +239,24 @@ def test_output_schema_and_local_images_reach_the_model(rig: Rig, node: Node, tm
 
 
 @pytest.mark.e2e
+def test_reasoning_effort_and_codex_config_reach_the_model(rig: Rig, node: Node) -> None:
+    """The SDK's `modelReasoningEffort` and its `config` (both passed as `--config`) go with
+    the turn, as `ask --effort` and `ask -c` do."""
+    rig.model.enqueue(turn(msg("ok")))
+    options = {"codexPathOverride": str(node.exec_bin), "apiKey": OPENAI_KEY, "config": {"model_verbosity": "low"}}
+    [result] = node.run(
+        f"const configured = new Codex({json.dumps(options)});\n"
+        'const thread = configured.startThread({ workingDirectory: project, modelReasoningEffort: "high" });\n'
+        'const turn = await thread.run("think hard");\n'
+        "out({ final: turn.finalResponse });\n"
+    )
+    assert result == {"final": "ok"}
+    body = rig.model.model_requests[-1]["body"]
+    assert body["reasoning"]["effort"] == "high", body.get("reasoning")
+    assert body["text"]["verbosity"] == "low", body.get("text")
+
+
+@pytest.mark.e2e
 def test_a_failed_turn_throws_in_the_program(rig: Rig, node: Node) -> None:
     rig.model.enqueue(*[fail("the model fell over") for _ in range(5)])  # retried, then fatal
     [result] = node.run(
@@ -368,7 +386,8 @@ def _exec(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comp
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ('model_provider="mine"', "--config model_provider is not supported"),
+        ('model_provider="mine"', "--config model_provider would change model_provider"),
+        ('shell_environment_policy.inherit="all"', "would change shell_environment_policy"),
         ('approval_policy="on-request"', "approval_policy=on-request cannot be honoured"),
         ("sandbox_workspace_write.network_access=false", "network is Daytona's to set"),
     ],
