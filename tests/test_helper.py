@@ -170,6 +170,27 @@ def test_detach_and_timeout_through_the_helper(rig: Rig, helper_dir: Path) -> No
     assert [line.split()[0] for line in traced(trace)] == ["in-process", "helper", "helper", "helper"]
 
 
+@pytest.mark.e2e
+def test_wait_and_fanout_through_the_helper(rig: Rig, helper_dir: Path) -> None:
+    """A queued ask (--wait) and a fan-out (threads in the forked command process) run
+    through the helper as they do in process."""
+    trace = helper_dir / "trace"
+    env = helper_env(helper_dir, trace)
+    assert rig.cli("up", env=env).code == 0
+    _wait_for(lambda: sockets(helper_dir))
+    rig.model.enqueue(turn(run("sleep 2")), turn(msg("first done")))
+    first = rig.cli("ask", "--detach", "-q", "first", env=env)
+    assert first.code == 0, first
+    rig.model.enqueue(turn(msg("second done")))
+    waited = rig.cli("ask", "-q", "--wait", "second, patiently", env=env)
+    assert (waited.code, waited.stdout) == (0, "second done\n"), waited
+    rig.model.enqueue(*[turn(msg("sibling ready")) for _ in range(2)])
+    fanned = rig.cli("ask", "--fanout", "2", "--new-thread", "-q", "go", env=env, timeout=300)
+    assert fanned.code == 0, fanned
+    assert sorted(fanned.stdout.split()) == ["default-1", "default-2"], fanned
+    assert [line.split()[0] for line in traced(trace)] == ["in-process", "helper", "helper", "helper"]
+
+
 def _cli(env: dict[str, str], *args: str, pythonpath: Path = REPO) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **env, "PYTHONPATH": str(pythonpath)}
     return subprocess.run(
