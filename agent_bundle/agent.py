@@ -42,6 +42,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+# The contract with the CLI (the protocol version, the key's variable, the exit codes, the
+# request's fields and the codex_daytona.* event names) is the package's: this file is
+# uploaded as it is and cannot import it, so tests/test_contract.py holds the two together.
 PROTOCOL = 2
 KEY_ENV = "CODEX_DAYTONA_OPENAI_API_KEY"
 REQUEST_TIMEOUT_S = 120.0
