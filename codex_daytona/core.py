@@ -114,7 +114,6 @@ class StatusReport:
     home_dir: str | None = None
     last_turn: LastTurn | None = None
     previews: list[PreviewLink] = field(default_factory=list)
-    public: bool = False
 
 
 @dataclass
@@ -162,7 +161,6 @@ class SnapshotResult:
 class TurnOutcome:
     run_id: str
     status: str
-    exit_code: int
     thread_id: str | None
     final_message: str
     error: str | None = None
@@ -728,7 +726,7 @@ class App:
         self._follow_until_started(sandbox, record, follower)
         self._keep_up_while_detached(sandbox, record)
         return TurnOutcome(
-            run_id, "running", 0, follower.thread_id or record.thread_id, "", sandbox_id=record.sandbox_id
+            run_id, "running", follower.thread_id or record.thread_id, "", sandbox_id=record.sandbox_id
         )
 
     def _claim_turn(self, record: SandboxRecord, run_id: str) -> tuple[SandboxRecord, str, LastTurn | None]:
@@ -996,11 +994,9 @@ class App:
             return report
         report.state = self.api.info(sandbox).state
         if report.state == "started" and record.runtime:
-            public = self.api.info(sandbox).public
             for port in self.listening_ports(sandbox, record):
                 link = self.api.preview_link(sandbox, port)
                 report.previews.append(link)
-                report.public = public
         return report
 
     def exec(self, command: str, *, timeout: float | None = None) -> int:
@@ -1552,7 +1548,6 @@ class RunFollower:
         return TurnOutcome(
             run_id=self.run_id,
             status=status,
-            exit_code=int(done.get("exit_code", 1)),
             thread_id=done.get("thread_id") or self.thread_id or record.thread_id,
             final_message=str(done.get("final_message") or ""),
             error=done.get("error"),

@@ -96,7 +96,3 @@ def is_ours(event: Event) -> bool:
 def as_exec(event: Event) -> Event:
     """One of exec's events exactly as exec prints it: without the `ts` we add."""
     return {k: v for k, v in event.items() if k != "ts"}
-
-
-def dumps(event: Event) -> str:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
