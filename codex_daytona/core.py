@@ -725,9 +725,7 @@ class App:
         follower.emit = lambda _event: None
         self._follow_until_started(sandbox, record, follower)
         self._keep_up_while_detached(sandbox, record)
-        return TurnOutcome(
-            run_id, "running", follower.thread_id or record.thread_id, "", sandbox_id=record.sandbox_id
-        )
+        return TurnOutcome(run_id, "running", follower.thread_id or record.thread_id, "", sandbox_id=record.sandbox_id)
 
     def _claim_turn(self, record: SandboxRecord, run_id: str) -> tuple[SandboxRecord, str, LastTurn | None]:
         """Records the turn as running, and picks the session its agent command runs in.

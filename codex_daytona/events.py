@@ -11,6 +11,7 @@ exec's stream ignore; `--exec-json` leaves them (and `ts`) out. Imports nothing 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 Event = dict[str, Any]
@@ -96,3 +97,26 @@ def is_ours(event: Event) -> bool:
 def as_exec(event: Event) -> Event:
     """One of exec's events exactly as exec prints it: without the `ts` we add."""
     return {k: v for k, v in event.items() if k != "ts"}
+
+
+def command_ok(item: Event) -> bool:
+    """The one rule for a command item: it completed with exit code 0 (or none given)."""
+    return item.get("status") == "completed" and item.get("exit_code") in (0, None)
+
+
+@dataclass
+class TurnTally:
+    """What a turn did, counted from its completed items: the commands it ran, those that
+    failed, the files it changed. The closing line of a turn and a fan-out's table read it."""
+
+    started: float = 0.0
+    commands: int = 0
+    failed: int = 0
+    files: set[str] = field(default_factory=set)
+
+    def count(self, item: Event) -> None:
+        if item.get("type") == COMMAND:
+            self.commands += 1
+            self.failed += not command_ok(item)
+        elif item.get("type") == FILE_CHANGE:
+            self.files.update(str(c.get("path")) for c in item.get("changes") or [])

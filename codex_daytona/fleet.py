@@ -159,9 +159,7 @@ class Attempt:
     duration_s: float | None = None
     setup_s: float | None = None
     usage: dict[str, int] = field(default_factory=dict)
-    files_changed: set[str] = field(default_factory=set)
-    commands_run: int = 0
-    commands_failed: int = 0
+    tally: ev.TurnTally = field(default_factory=ev.TurnTally)
     final_message: str = ""
     error: str | None = None
     exit_code: int = 0
@@ -188,10 +186,10 @@ class Attempt:
             "duration_s": None if self.duration_s is None else round(self.duration_s, 2),
             "setup_s": None if self.setup_s is None else round(self.setup_s, 2),
             "usage": self.usage,
-            "files_changed": len(self.files_changed),
-            "files": sorted(self.files_changed),
-            "commands_run": self.commands_run,
-            "commands_failed": self.commands_failed,
+            "files_changed": len(self.tally.files),
+            "files": sorted(self.tally.files),
+            "commands_run": self.tally.commands,
+            "commands_failed": self.tally.failed,
             "final_message": self.final_message,
             "previews": [p.as_dict() for p in self.previews],
         }
@@ -275,15 +273,12 @@ class Fanout:
             elif kind == ev.ITEM_STARTED and item.get("type") == ev.COMMAND:
                 self._update(attempt, detail=f"Run: {item.get('command', '')}")
             elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.COMMAND:
-                attempt.commands_run += 1
-                ok = item.get("status") == "completed" and item.get("exit_code") in (0, None)
-                if not ok:
-                    attempt.commands_failed += 1
-                mark = "✓" if ok else "✗"
+                attempt.tally.count(item)
+                mark = "✓" if ev.command_ok(item) else "✗"
                 self._update(attempt, detail=f"{mark} {item.get('command', '')} (exit {item.get('exit_code')})")
             elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.FILE_CHANGE:
+                attempt.tally.count(item)
                 paths = [str(c.get("path")) for c in item.get("changes") or []]
-                attempt.files_changed.update(paths)
                 self._update(attempt, detail=f"Changed {', '.join(paths)}")
             elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.AGENT_MESSAGE:
                 text = str(item.get("text", "")).strip()

@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,23 +46,6 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
-@dataclass
-class TurnTally:
-    """What a turn did, for the line that closes it."""
-
-    started: float
-    commands: int = 0
-    failed: int = 0
-    files: set[str] = field(default_factory=set)
-
-    def count(self, item: dict[str, Any]) -> None:
-        if item.get("type") == ev.COMMAND:
-            self.commands += 1
-            self.failed += item.get("status") != "completed" or item.get("exit_code") not in (0, None)
-        elif item.get("type") == ev.FILE_CHANGE:
-            self.files.update(str(c.get("path")) for c in item.get("changes") or [])
-
-
 class Output:
     """Renders events, results and errors for one invocation."""
 
@@ -92,7 +74,7 @@ class Output:
         self._pending_message: str | None = None
         self._running: dict[str, str] = {}
         self._writing = ""  # the last line of the text the model is writing, for the spinner
-        self._turn = TurnTally(started=time.time())
+        self._turn = ev.TurnTally(started=time.time())
         self.final_message: str | None = None
         # `ask --json` streams every event as a JSON line; other commands print one object.
         self.stream_events = False
@@ -212,7 +194,7 @@ class Output:
         elif kind == ev.THREAD_STARTED:
             self._err(f"[dim]Thread {escape(str(event.get('thread_id')))}[/dim]")
         elif kind == ev.TURN_STARTED:
-            self._turn = TurnTally(started=float(event.get("ts") or time.time()))
+            self._turn = ev.TurnTally(started=float(event.get("ts") or time.time()))
             self._details, self._turn_usage = {}, None
             if not self.live_terminal:
                 self._err("[dim]Thinking...[/dim]")
@@ -341,7 +323,7 @@ class Output:
             return
         self._running.pop(item_id, None)
         exit_code = item.get("exit_code")
-        ok = item.get("status") == "completed" and exit_code in (0, None)
+        ok = ev.command_ok(item)
         duration = item.get("duration_ms")
         timing = f", {duration / 1000:.1f} s" if isinstance(duration, int | float) else ""
         detail = f"[dim](exit {exit_code}{timing})[/dim]" if exit_code is not None else "[dim](stopped)[/dim]"
