@@ -278,6 +278,22 @@ class App:
             self.api.start(sandbox)
         return sandbox
 
+    def _start_turn_command(
+        self, sandbox: Sandbox, record: SandboxRecord, session: str, command: str
+    ) -> tuple[Sandbox, str]:
+        """Starts a turn's agent command. Daytona may have stopped the sandbox (auto-stop)
+        between our look-up and this command: then it is started again and the command sent
+        once more (the agent starts its daemon on demand); any other failure stands."""
+        try:
+            return sandbox, self.api.start_command(sandbox, session, command)
+        except SandboxGoneError:
+            raise
+        except DaytonaError:
+            if self.api.info(self.api.get(record.sandbox_id)).state == "started":
+                raise
+            sandbox = self._connect(record)
+            return sandbox, self.api.start_command(sandbox, session, command)
+
     def _connect_or_forget(self, record: SandboxRecord) -> Sandbox:
         try:
             return self._connect(record)
@@ -711,7 +727,9 @@ class App:
             output_schema=output_schema,
             must_resume=thread_id is not None and not new_thread,
         )
-        command_id = self.api.start_command(sandbox, session, runtime.agent_command(layout, run_id, request))
+        sandbox, command_id = self._start_turn_command(
+            sandbox, record, session, runtime.agent_command(layout, run_id, request)
+        )
         self._update_record(record.sandbox_id, lambda r: _set_command(r, run_id, command_id))
         follower = self._follower(sandbox, layout, run_id, api_key)
         follower.watch(session, command_id)

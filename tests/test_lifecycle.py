@@ -257,6 +257,19 @@ def test_no_auto_stop_in_the_middle_of_a_followed_turn(rig: Rig) -> None:
     _wait_for_state(rig, sandbox_id, "stopped", 10)
 
 
+def test_a_sandbox_stopped_between_look_up_and_command_is_started_and_the_turn_runs(rig: Rig) -> None:
+    """Auto-stop can fire between `ask` finding the sandbox started and sending the turn's
+    command: the sandbox is started again and the command sent once more."""
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.set_faults(autostop_before_next_command=1)
+    rig.model.enqueue(turn(msg("made it anyway")))
+    result = rig.cli("ask", "-q", "hello")
+    assert (result.code, result.stdout) == (0, "made it anyway\n"), result
+    assert rig.emulator.faults()["autostop_before_next_command"] == 0, "the fault never struck"
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
+
+
 def test_a_detached_turn_nobody_follows_is_not_stopped_mid_turn(rig: Rig) -> None:
     """Daytona never counts the processes in a sandbox as activity: a detached turn raises
     the auto-stop to CODEX_DAYTONA_DETACH_MINUTES, and the next command that finds the turn

@@ -761,9 +761,12 @@ class Faults:
     strike a follow-logs stream at ``drop_after_bytes`` bytes of raw log (0: after its first
     frame), and only when the log goes on past that point; a stream that ends first is left
     alone and the fault stays armed. ``*_done`` count the faults that really struck.
+    ``autostop_before_next_command``: the next session command finds its sandbox just stopped,
+    as when auto-stop fires between a client's look-up and its command (409, not started).
     """
 
     fail_next: int = 0
+    autostop_before_next_command: int = 0
     drop_log_streams: int = 0
     drop_after_bytes: int = 0
     stall_log_streams: int = 0
@@ -1745,6 +1748,9 @@ class EmulatorServer:
         return web.Response(status=204)
 
     async def _session_exec(self, request: web.Request) -> web.Response:
+        if self.faults.autostop_before_next_command > 0:
+            self.faults.autostop_before_next_command -= 1
+            await self.stop_sandbox(self._sandbox(request))
         sb = self._running_sandbox(request)
         session = self._session(request, sb)
         body = await self._json_body(request)
