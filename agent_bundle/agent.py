@@ -517,7 +517,7 @@ def key_fingerprint(key: str) -> str:
 # Codex gives every command a process group of its own and SIGKILLs that group when the
 # command returns, which takes down a server the command left running in the background
 # (`server &`, `(server &)`, `sh -c 'server &'`, ...). So every shell Codex starts first
-# hands its whole command line to a new session (DETACH_SCRIPT): whatever the
+# hands its whole command line to a new session (detach_script): whatever the
 # command starts lives outside the group Codex kills, `$!` inside names the real process,
 # and the outer shell waits for the command, relays its output and exits with its status.
 # Bash reads BASH_ENV before its `-c` string, zsh reads $ZDOTDIR/.zshenv; DETACHED_ENV,
@@ -526,35 +526,16 @@ DETACHED_ENV = "CODEX_DAYTONA_DETACHED"
 
 # The hand-over itself, run by the hooks: a script of its own with nothing but builtin
 # modules, since every command the agent runs pays for its start (about 20 ms, where this
-# whole file would take several times that). It does what run_user_command does for `exec`.
-DETACH_SCRIPT = r'''"""Written by codex-daytona's agent: runs `SHELL FLAG COMMAND` in a session of its own,
+# whole file would take several times that). It does what run_user_command does for `exec`,
+# and takes its drainer from this file (detach_script), so there is one of those.
+_DETACH_HEAD = r'''"""Written by codex-daytona's agent: runs `SHELL FLAG COMMAND` in a session of its own,
 relays its output, and exits with its exit code as soon as that shell exits (see BASH_ENV)."""
 import os, select, signal, sys, time
 
 
-def drain_in_background(fds, log):
-    if os.fork():
-        return
-    if os.fork():
-        os._exit(0)
-    try:
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        with open(log, "ab") as out:
-            while fds:
-                for fd in select.select(fds, [], [])[0]:
-                    data = os.read(fd, 65536)
-                    if data:
-                        out.write(data)
-                        out.flush()
-                    else:
-                        fds.remove(fd)
-    finally:
-        os._exit(0)
+'''
 
-
+_DETACH_MAIN = r"""
 def main(shell, flag, command, log):
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -602,12 +583,20 @@ def main(shell, flag, command, log):
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     if sinks:
-        drain_in_background(list(sinks), log)
+        _drain_in_background(list(sinks), log)
     return 128 - status if status < 0 else status
 
 
 sys.exit(main(*sys.argv[1:]))
-'''
+"""
+
+
+def detach_script() -> str:
+    """The text of the hand-over script: its head, this file's own _drain_in_background, its main."""
+    import inspect
+
+    return _DETACH_HEAD + inspect.getsource(_drain_in_background) + "\n" + _DETACH_MAIN
+
 
 BASH_HOOK = """# Written by codex-daytona's agent (BASH_ENV of the shells Codex starts): runs the
 # command in a session of its own, so its background processes outlive the command.
@@ -648,7 +637,7 @@ def write_shell_hooks(home: str) -> dict[str, str]:
     }
     bash_env = os.path.join(root, "bash-env.sh")
     with open(detach, "w", encoding="utf-8") as fh:
-        fh.write(DETACH_SCRIPT)
+        fh.write(detach_script())
     for path, text in ((bash_env, BASH_HOOK), (os.path.join(zdotdir, ".zshenv"), ZSH_HOOK)):
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text.format(**values))
@@ -743,7 +732,7 @@ class Interrupter:
             self.requested = True
             handle = self._handle
         # The groups are found before Codex hears of the interrupt: it may then kill the group
-        # it made for a running command, whose session (DETACH_SCRIPT) would be orphaned and no
+        # it made for a running command, whose session (detach_script) would be orphaned and no
         # longer found under the app-server.
         groups = self.command_groups()
         if handle is not None:
