@@ -37,6 +37,16 @@ def free_port(preferred: int | None = None) -> int:
         return int(s.getsockname()[1])
 
 
+def distinct_ports(n: int) -> list[int]:
+    """`n` free ports, no two the same."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 # What the emulator starts with, restored before every end-to-end test so that a fault or a
 # setting one test leaves behind (a failing test never reaches its `finally`) cannot leak
 # into the next: the emulator lives for the whole session.

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import Rig, free_port, http_get
+from tests.e2e import Rig, distinct_ports, free_port, http_get
 from tests.fakes.model import add_file_patch, add_files_patch, msg, patch, run, turn
 
 pytestmark = pytest.mark.e2e
@@ -41,15 +41,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
 """
-
-
-def distinct_ports(n: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 def serve_turn(*commands: str) -> list[dict[str, Any]]:

@@ -19,21 +19,12 @@ from pathlib import Path
 import pytest
 
 from agent_bundle import agent
-from tests.e2e import Rig, free_port
+from tests.e2e import Rig, distinct_ports
 from tests.fakes.model import msg, run, turn
 
 NODE_SERVER = (
     "require('http').createServer((q, r) => { console.log(q.url); r.end('node'); }).listen(+process.argv[2]);\n"
 )
-
-
-def distinct_ports(n: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 def server_forms(ports: list[int]) -> dict[int, tuple[str, str | None]]:
