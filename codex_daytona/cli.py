@@ -30,7 +30,7 @@ from codex_daytona.errors import (
 )
 
 if TYPE_CHECKING:
-    from codex_daytona.core import App, StatusReport, TurnOutcome
+    from codex_daytona.context import Context
     from codex_daytona.output import Output
     from codex_daytona.state import SandboxRecord
 
@@ -132,10 +132,10 @@ def _main(
 
 
 @contextmanager
-def _session(json_mode: bool, quiet: bool, debug: bool, name: str | None = None) -> Iterator[tuple[App, Output]]:
-    """Builds settings, state, the app and the output for one command; turns our errors into
-    one line, a hint and an exit code. `name` (--name, else CODEX_DAYTONA_SANDBOX, else
-    "default") selects which of the directory's sandboxes the app works on."""
+def _session(json_mode: bool, quiet: bool, debug: bool, name: str | None = None) -> Iterator[tuple[Context, Output]]:
+    """Builds settings, state, the context and the output for one command; turns our errors
+    into one line, a hint and an exit code. `name` (--name, else CODEX_DAYTONA_SANDBOX, else
+    "default") selects which of the directory's sandboxes the command works on."""
     from codex_daytona.output import Mode, Output
 
     if json_mode and quiet:
@@ -145,7 +145,7 @@ def _session(json_mode: bool, quiet: bool, debug: bool, name: str | None = None)
     mode = Mode.JSON if json_mode else Mode.QUIET if quiet else Mode.HUMAN
     out = Output(mode)
     try:
-        from codex_daytona.core import App
+        from codex_daytona.context import Context
         from codex_daytona.settings import load_settings
         from codex_daytona.state import DEFAULT_NAME, StateStore, check_name, state_dir
 
@@ -159,7 +159,7 @@ def _session(json_mode: bool, quiet: bool, debug: bool, name: str | None = None)
                 raise ConfigError(f"CODEX_DAYTONA_SANDBOX: {exc.message}", exc.hint) from None
         selected = check_name(name or settings.codex_daytona_sandbox or DEFAULT_NAME)
         store = StateStore(state_dir(settings.codex_daytona_state_dir))
-        yield App(settings, store, name=selected, on_event=out.event), out
+        yield Context(settings, store, selected, emit=out.event), out
     except CodexDaytonaError as exc:
         _fail(out, exc, debug)
     except KeyboardInterrupt:
@@ -211,38 +211,12 @@ def up(
 
     Example: codex-daytona up --repo https://github.com/me/app.git --branch main
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
+    from codex_daytona import lifecycle
+
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
         if branch is not None and repo is None:
             raise_usage("--branch needs --repo.")
-        result = core.up(repo=repo, branch=branch)
-        verb = "Created" if result.created else "Using"
-        out.value(
-            f"{verb} sandbox {result.sandbox_id}",
-            result.sandbox_id,
-            {"sandbox_id": result.sandbox_id, "created": result.created, "home_dir": result.home_dir},
-        )
-
-
-def _result_line(outcome: TurnOutcome | None, error: CodexDaytonaError | None = None) -> dict[str, object]:
-    """The last line of `ask --json` and `logs --json`: how the turn ended."""
-    from codex_daytona import events as ev
-
-    line: dict[str, object] = {"type": ev.RESULT}
-    if outcome is not None:
-        line.update(
-            status=outcome.status,
-            exit_code=0,
-            run_id=outcome.run_id,
-            sandbox_id=outcome.sandbox_id,
-            thread_id=outcome.thread_id,
-            final_message=outcome.final_message,
-            usage=outcome.usage,
-            previews=[p.as_dict() for p in outcome.previews],
-        )
-    if error is not None:
-        line.update(error.details)
-        line.update(status=line.get("status") or "error", exit_code=int(error.exit_code), error=error.message)
-    return line
+        out.result(lifecycle.up(ctx, repo=repo, branch=branch))
 
 
 @app.command()
@@ -256,14 +230,10 @@ def snapshot(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOp
 
     Example: codex-daytona snapshot
     """
-    with _session(json_mode, quiet, debug) as (core, out):
-        result = core.snapshot()
-        verb = "Built" if result.created else "Snapshot exists:"
-        out.value(
-            f"{verb} {result.name} ({result.state})",
-            result.name,
-            {"snapshot": result.name, "created": result.created, "state": result.state},
-        )
+    from codex_daytona import provision
+
+    with _session(json_mode, quiet, debug) as (ctx, out):
+        out.result(provision.snapshot(ctx))
 
 
 @app.command()
@@ -356,7 +326,9 @@ def ask(
 
     Example: codex-daytona ask -i sketch.png --output-schema answer.json -o answer.txt "which colours?"
     """
-    with _session(json_mode or exec_json, quiet, debug, name) as (core, out):
+    from codex_daytona import turns
+
+    with _session(json_mode or exec_json, quiet, debug, name) as (ctx, out):
         if exec_json and (fanout is not None or detach):
             raise_usage("--exec-json cannot be used with --fanout or --detach.")
         if fanout is not None:
@@ -367,7 +339,7 @@ def ask(
             if output_last_message or output_schema or image:
                 raise_usage("--fanout cannot be used with -o, --output-schema or --image.")
             _fanout(
-                core,
+                ctx,
                 out,
                 fanout,
                 _read_prompt(prompt),
@@ -379,16 +351,15 @@ def ask(
             return
         if detach and output_last_message:
             raise_usage("-o cannot be used with --detach: the turn ends after the command returns.")
-        from codex_daytona.core import check_images, read_output_schema
-
-        schema = read_output_schema(output_schema) if output_schema else None
-        images = check_images(image or [])
+        schema = turns.read_output_schema(output_schema) if output_schema else None
+        images = turns.check_images(image or [])
         _check_writable(output_last_message)
         out.stream_events = json_mode or exec_json
         out.exec_only = exec_json
         text = _read_prompt(prompt)
         try:
-            outcome = core.ask(
+            outcome = turns.ask(
+                ctx,
                 text,
                 new_thread=new_thread,
                 model=model,
@@ -402,7 +373,7 @@ def ask(
             )
         except CodexDaytonaError as exc:
             if json_mode and not exec_json:
-                out.json_line(_result_line(None, exc))
+                out.json_line(turns.result_line(exc))
             raise
         if output_last_message is not None and not detach:
             out.last_message_file(output_last_message, outcome.final_message)
@@ -411,9 +382,9 @@ def ask(
         elif exec_json:
             pass  # exec's stream ends with its last event
         elif json_mode:
-            out.json_line(_result_line(outcome))
+            out.json_line(outcome.to_json())
         else:
-            out.final_answer(outcome.final_message or out.final_message)
+            out.final_answer(outcome.final_message)
 
 
 def _check_writable(path: Path | None) -> None:
@@ -425,7 +396,7 @@ def _check_writable(path: Path | None) -> None:
 
 
 def _fanout(
-    core: App,
+    ctx: Context,
     out: Output,
     count: int,
     text: str,
@@ -437,24 +408,16 @@ def _fanout(
 ) -> None:
     from codex_daytona.fleet import Fanout
 
-    result = Fanout(core, count).run(text, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
-    code = result.exit_code
-    summary = {
-        "name": core.name,
-        "forked": result.forked,
-        "snapshot": result.snapshot,
-        "interrupted": result.interrupted,
-        "exit_code": code,
-    }
-    out.fanout_results([a.as_dict() for a in result.attempts], summary)
+    result = Fanout(ctx, count).run(text, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
+    out.fanout_results([a.to_json() for a in result.attempts], result.to_json())
     if result.interrupted:
         out.error("Interrupted: every turn was stopped; the sandboxes are kept.")
     completed = [a.name for a in result.attempts if a.status == "completed"]
     if completed:
-        flag = "" if core.name == "default" else f" --name {core.name}"
+        flag = "" if ctx.name == "default" else f" --name {ctx.name}"
         out.progress(f"Keep one: codex-daytona keep {completed[0]}{flag} && codex-daytona down --others --yes{flag}")
-    if code:
-        raise typer.Exit(int(code))
+    if result.exit_code:
+        raise typer.Exit(int(result.exit_code))
 
 
 @app.command("ls")
@@ -468,23 +431,10 @@ def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False
     """
     from codex_daytona.fleet import list_sandboxes
 
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        rows = list_sandboxes(core)
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
+        rows = list_sandboxes(ctx)
         if json_mode:
-            out.json_line(
-                {
-                    "sandboxes": [
-                        {
-                            "name": row.name,
-                            "current": row.current,
-                            "default": row.name == "default",
-                            "state": row.state,
-                            **row.record.model_dump(mode="json", include=_LS_FIELDS),
-                        }
-                        for row in rows
-                    ]
-                }
-            )
+            out.json_line({"sandboxes": [row.to_json() for row in rows]})
         elif quiet:
             for row in rows:
                 out.value("", row.name, {})
@@ -506,9 +456,6 @@ def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False
                     for row in rows
                 ],
             )
-
-
-_LS_FIELDS = {"sandbox_id", "thread_id", "created_at", "created_by", "ports", "last_turn"}
 
 
 def _last_turn_text(record: SandboxRecord) -> str:
@@ -537,24 +484,8 @@ def keep(
     from codex_daytona.fleet import keep as keep_sandbox
     from codex_daytona.state import check_name
 
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        result = keep_sandbox(core, check_name(chosen))
-        if result.was == result.name:
-            human = f"{result.name} is sandbox {result.sandbox_id} already."
-        else:
-            human = f"{result.name} is now sandbox {result.sandbox_id} (was {result.was})."
-            if result.previous_id:
-                human += f" The previous {result.name}, sandbox {result.previous_id}, is now {result.was}."
-        out.value(
-            human,
-            result.sandbox_id,
-            {
-                "name": result.name,
-                "sandbox_id": result.sandbox_id,
-                "was": result.was,
-                "previous_id": result.previous_id,
-            },
-        )
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
+        out.result(keep_sandbox(ctx, check_name(chosen)))
 
 
 @app.command()
@@ -573,21 +504,23 @@ def logs(
 
     Example: codex-daytona logs -f
     """
-    with _session(json_mode or exec_json, quiet, debug, name) as (core, out):
+    from codex_daytona import turns
+
+    with _session(json_mode or exec_json, quiet, debug, name) as (ctx, out):
         out.stream_events = json_mode or exec_json
         out.exec_only = exec_json
         try:
-            outcome = core.logs(run_id, follow=follow)
+            outcome = turns.logs(ctx, run_id, follow=follow)
         except CodexDaytonaError as exc:
             if json_mode and not exec_json:
-                out.json_line(_result_line(None, exc))
+                out.json_line(turns.result_line(exc))
             raise
         if exec_json:
             pass  # exec's stream ends with its last event
         elif json_mode:
-            out.json_line(_result_line(outcome))
+            out.json_line(outcome.to_json())
         elif outcome.status in ("completed", "unknown") or quiet:
-            out.final_answer(outcome.final_message or out.final_message)
+            out.final_answer(outcome.final_message)
 
 
 @app.command()
@@ -618,8 +551,10 @@ def preview(
 
     Example: URL=$(codex-daytona preview -q --signed --port 8080)
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        links = core.preview(port, signed=signed, ttl=ttl, for_browser=open_browser)
+    from codex_daytona.links import preview as preview_links
+
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
+        links = preview_links(ctx, port, signed=signed, ttl=ttl, for_browser=open_browser)
         if not links:
             out.warning("Nothing is listening in the sandbox yet. Ask the agent to start a server.")
         if open_browser:
@@ -631,7 +566,7 @@ def preview(
                 else:
                     out.warning(f"Could not open a browser; open {link.url} yourself.")
         if json_mode:
-            out.json_line({"previews": [p.as_dict() for p in links]})
+            out.json_line({"previews": [p.to_json() for p in links]})
         elif quiet:
             for link in links:
                 out.value("", link.url, {})
@@ -645,41 +580,10 @@ def status(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = F
 
     Example: codex-daytona status
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        report = core.status()
-        data: dict[str, object] = {
-            "name": report.name,
-            "state": report.state,
-            "sandbox_id": report.sandbox_id,
-            "thread_id": report.thread_id,
-            "home_dir": report.home_dir,
-            "last_turn": report.last_turn.model_dump(mode="json") if report.last_turn else None,
-            "previews": [{"port": p.port, "url": p.url} for p in report.previews],
-        }
-        out.value(_status_text(report), report.state, data)
+    from codex_daytona import lifecycle
 
-
-def _status_text(report: StatusReport) -> str:
-    if report.state == "none":
-        return 'No sandbox here. `codex-daytona up` or `codex-daytona ask "..."` creates one.'
-    lines = [f"Sandbox    {report.sandbox_id} ({report.state})"]
-    if report.state == "deleted":
-        lines.append("           deleted outside codex-daytona; `codex-daytona up` creates a new one")
-    if report.state == "paused":
-        lines.append("           paused: the next command that needs it resumes it, servers and agent included")
-    lines.append(f"Thread     {report.thread_id or '-'}")
-    turn = report.last_turn
-    if turn is not None:
-        tokens = ""
-        if turn.usage is not None:
-            tokens = f", {turn.usage.input_tokens:,} tokens in, {turn.usage.output_tokens:,} out"
-        error = f": {turn.error}" if turn.error else ""
-        lines.append(f"Last turn  {turn.ended_at or turn.started_at}, {turn.status}{error}{tokens} (run {turn.run_id})")
-    for link in report.previews:
-        lines.append(f"Port {link.port:<6} {link.url}")
-    if report.state == "started" and not report.previews:
-        lines.append("Ports      nothing listening")
-    return "\n".join(lines)
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
+        out.result(lifecycle.status(ctx))
 
 
 @app.command(
@@ -703,9 +607,11 @@ def exec_(
     import shlex
 
     line = command[0] if len(command) == 1 else shlex.join(command)
-    with _session(json_mode, quiet, debug, name) as (core, out):
+    from codex_daytona import hands
+
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
         out.stream_events = json_mode
-        exit_code = core.exec(line, timeout=timeout)
+        exit_code = hands.exec_command(ctx, line, timeout=timeout)
         if json_mode:
             out.json_line({"exit_code": exit_code})
     raise typer.Exit(exit_code)
@@ -739,37 +645,37 @@ def down(
 
     Example: codex-daytona down --yes
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
+    from codex_daytona import lifecycle
+
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
         if sum((stop, all_, others)) > 1:
             raise UsageError("--stop, --all and --others cannot be used together.")
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
         if others:
-            _down_others(core, out, yes)
+            _down_others(ctx, out, yes)
             return
         if all_:
-            sandboxes = core.all_sandboxes()
+            sandboxes = lifecycle.all_sandboxes(ctx)
             for info in sandboxes:
                 out.progress(f"{info.id}  {info.state:<10} {info.labels.get('codex-daytona.dir', '')}")
             if sandboxes and not yes:
                 if not interactive:
                     raise UsageError(f"--all would delete {len(sandboxes)} sandboxes; pass --yes to confirm.")
                 typer.confirm(f"Delete these {len(sandboxes)} sandboxes and everything in them?", abort=True, err=True)
-            deleted = core.down_all(sandboxes)
+            deleted = lifecycle.down_all(ctx, sandboxes)
             out.value(f"Deleted {len(deleted)} sandboxes", "\n".join(deleted), {"deleted": deleted})
             return
-        record = core.record()
+        record = ctx.record()
         if record is None:
             out.warning("No sandbox here; nothing to do.")
             out.value("Nothing to do.", "", {"sandbox_id": None, "deleted": False, "stopped": False})
             return
         if stop:
-            sandbox_id = core.stop()
-            out.value(f"Stopped sandbox {sandbox_id}", sandbox_id, {"sandbox_id": sandbox_id, "stopped": True})
+            out.result(lifecycle.stop(ctx))
             return
         if not yes and interactive:
             typer.confirm(f"Delete sandbox {record.sandbox_id} and everything in it?", abort=True, err=True)
-        sandbox_id = core.down()
-        out.value(f"Deleted sandbox {sandbox_id}", sandbox_id, {"sandbox_id": sandbox_id, "deleted": True})
+        out.result(lifecycle.down(ctx))
 
 
 @app.command()
@@ -792,10 +698,10 @@ def pause(
 
     Example: codex-daytona pause
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        sandbox_id, state = core.pause(or_stop=or_stop)
-        verb = "Paused" if state == "paused" else "Stopped" if state == "stopped" else state.capitalize()
-        out.value(f"{verb} sandbox {sandbox_id}", state, {"sandbox_id": sandbox_id, "state": state})
+    from codex_daytona import lifecycle
+
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
+        out.result(lifecycle.pause(ctx, or_stop=or_stop))
 
 
 @app.command()
@@ -808,11 +714,11 @@ def shell(name: NameOpt = None, debug: DebugOpt = False) -> None:
 
     Example: codex-daytona shell
     """
-    from codex_daytona import terminal
+    from codex_daytona import hands, terminal
 
-    with _session(False, False, debug, name) as (core, out):
+    with _session(False, False, debug, name) as (ctx, out):
         rows, cols = terminal.window_size()
-        remote = core.open_shell(rows, cols)
+        remote = hands.open_shell(ctx, rows, cols)
         try:
             code = terminal.run(remote)
         finally:
@@ -844,8 +750,10 @@ def ssh(
     import shlex
     import subprocess
 
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        sandbox_id, access = core.ssh(expires)
+    from codex_daytona import hands
+
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
+        sandbox_id, access = hands.ssh(ctx, expires)
         data = {"sandbox_id": sandbox_id, "ssh_command": access.command, "expires_at": access.expires_at}
         if connect:
             out.progress(f"Connecting (access expires at {access.expires_at})...")
@@ -871,16 +779,18 @@ def doctor(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt 
 
     Example: codex-daytona doctor
     """
-    with _session(json_mode, quiet, debug) as (core, out):
+    from codex_daytona.doctor import doctor as run_checks
+
+    with _session(json_mode, quiet, debug) as (ctx, out):
 
         def show(check: Any) -> None:
             if json_mode:
-                out.json_line(check.as_dict())
+                out.json_line(check.to_json())
             else:
                 # A failed check's detail is the error printed below it.
                 out.progress(f"{'ok':<5}{check.name:<10}{check.detail}" if check.ok else f"FAIL {check.name}")
 
-        checks = core.doctor(show)
+        checks = run_checks(ctx, show)
         failed = next((c for c in checks if not c.ok), None)
         if failed is not None and failed.error is not None:
             raise failed.error
@@ -915,29 +825,33 @@ def chat(
     def end(signum: int, _frame: object) -> None:
         raise _EndChat(signal.Signals(signum).name)
 
-    with _session(False, False, debug, name) as (core, out):
-        core.settings.openai_key_for_turn()
+    from codex_daytona import lifecycle
+
+    with _session(False, False, debug, name) as (ctx, out):
+        ctx.settings.openai_key_for_turn()
         created = False
-        if core.record() is None:
-            created = core.up().created
-            core.mark_created_by("chat")
+        if ctx.record() is None:
+            created = lifecycle.up(ctx).created
+            lifecycle.mark_created_by(ctx, "chat")
         previous = {sig: signal.signal(sig, end) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
-            _chat_loop(core, out, model, effort)
+            _chat_loop(ctx, out, model, effort)
         except _EndChat as exc:
             out.progress(f"{exc.args[0]}: ending the chat.")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            record = core.record()
+            record = ctx.record()
             if created and not keep and record is not None and record.created_by == "chat":
                 out.progress("Deleting the sandbox this chat created (use --keep to keep it)...")
-                core.down()
+                lifecycle.down(ctx)
             elif record is not None:
                 out.progress(f"Sandbox {record.sandbox_id} is still running; `codex-daytona down` deletes it.")
 
 
-def _chat_loop(core: App, out: Output, model: str | None, effort: str | None = None) -> None:
+def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None = None) -> None:
+    from codex_daytona import turns
+
     while True:
         try:
             prompt = out.ask_line("User: ")
@@ -949,32 +863,33 @@ def _chat_loop(core: App, out: Output, model: str | None, effort: str | None = N
         if not prompt.strip():
             continue
         try:
-            outcome = core.ask(prompt, model=model, effort=effort)
-        except InterruptedByUser:
-            if core.forced_interrupt:
+            outcome = turns.ask(ctx, prompt, model=model, effort=effort)
+        except InterruptedByUser as exc:
+            interrupted = turns.outcome_of(exc)
+            if interrupted is not None and interrupted.forced_interrupt:
                 return
             out.warning("Interrupted. The thread is kept; ask again or Ctrl-D to leave.")
             continue
         except (TurnFailedError, BusyError, AgentSetupError) as exc:
             out.error(exc.message, exc.hint)
             continue
-        out.final_answer(outcome.final_message or out.final_message)
+        out.final_answer(outcome.final_message)
 
 
-def _down_others(core: App, out: Output, yes: bool) -> None:
+def _down_others(ctx: Context, out: Output, yes: bool) -> None:
     from codex_daytona.fleet import down_others, siblings
 
-    names = siblings(core)
-    if core.record() is not None and not names:
-        out.value(f"{core.name} has no fan-out sandboxes; nothing to delete.", "", {"kept": core.name, "deleted": []})
+    names = siblings(ctx)
+    if ctx.record() is not None and not names:
+        out.value(f"{ctx.name} has no fan-out sandboxes; nothing to delete.", "", {"kept": ctx.name, "deleted": []})
         return
     if names and not yes and sys.stdin.isatty() and sys.stdout.isatty():
         typer.confirm(f"Delete sandboxes {', '.join(names)} and everything in them?", abort=True, err=True)
-    deleted = down_others(core)
+    deleted = down_others(ctx)
     out.value(
-        "\n".join(f"Deleted {n} (sandbox {sid})" for n, sid in deleted) + f"\nKept {core.name}.",
+        "\n".join(f"Deleted {n} (sandbox {sid})" for n, sid in deleted) + f"\nKept {ctx.name}.",
         "\n".join(n for n, _ in deleted),
-        {"kept": core.name, "deleted": [{"name": n, "sandbox_id": sid} for n, sid in deleted]},
+        {"kept": ctx.name, "deleted": [{"name": n, "sandbox_id": sid} for n, sid in deleted]},
     )
 
 
@@ -1005,19 +920,10 @@ def push(
 
     Example: codex-daytona push ./src --to src
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        result = core.push(local, to)
-        out.value(
-            f"Pushed {result.files} files ({result.bytes:,} bytes) to {result.destination}",
-            result.destination,
-            {
-                "sandbox_id": result.sandbox_id,
-                "destination": result.destination,
-                "files": result.files,
-                "bytes": result.bytes,
-                "baselined": result.baselined,
-            },
-        )
+    from codex_daytona import workspace
+
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
+        out.result(workspace.push(ctx, local, to))
 
 
 @app.command()
@@ -1044,22 +950,10 @@ def pull(
 
     Example: codex-daytona pull src ./src
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        result = core.pull(remote, local, force=force)
-        unchanged = f", {result.unchanged} unchanged" if result.unchanged else ""
-        out.value(
-            f"Pulled {result.written} files{unchanged} from {result.source} into {result.destination}",
-            str(result.destination),
-            {
-                "sandbox_id": result.sandbox_id,
-                "source": result.source,
-                "destination": str(result.destination),
-                "written": result.written,
-                "unchanged": result.unchanged,
-                "overwritten": result.overwritten,
-                "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
-            },
-        )
+    from codex_daytona import workspace
+
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
+        out.result(workspace.pull(ctx, remote, local, force=force))
 
 
 @app.command()
@@ -1072,16 +966,12 @@ def diff(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = Fal
 
     Example: codex-daytona diff > agent.patch && git apply agent.patch
     """
-    with _session(json_mode, quiet, debug, name) as (core, out):
-        result = core.diff()
+    from codex_daytona import workspace
+
+    with _session(json_mode, quiet, debug, name) as (ctx, out):
+        result = workspace.diff(ctx)
         if json_mode:
-            out.json_line(
-                {
-                    "sandbox_id": result.sandbox_id,
-                    "changes": [{"status": s, "path": p} for s, p in result.changes],
-                    "patch": result.patch.decode("utf-8", "replace"),
-                }
-            )
+            out.json_line(result.to_json())
         else:
             if not result.patch:
                 out.progress("No changes since the baseline.")

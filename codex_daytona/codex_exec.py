@@ -11,7 +11,7 @@ module accepts exactly the arguments the SDK (0.163) passes, in its order:
          [--output-schema FILE] [--config K=V]... [resume THREAD_ID] [--image FILE]...
 
 (plus exec's own short forms `-c -m -s -C -i -o` and `--json`), runs the turn through the
-same core path as `codex-daytona ask` (`App.ask`), prints exec's JSON lines only (our
+same core path as `codex-daytona ask` (`turns.ask`), prints exec's JSON lines only (our
 `codex_daytona.*` lines are left out; warnings go to stderr), and exits as exec does: 0 when
 the turn completed, 1 when it failed or anything else went wrong, 2 for bad arguments.
 
@@ -265,7 +265,8 @@ def run(argv: list[str]) -> int:
             if not inv.cd.is_dir():
                 raise UsageError(f"{PROG}: --cd: no such directory: {inv.cd}")
             os.chdir(inv.cd)
-        from codex_daytona.core import App, check_images, read_output_schema
+        from codex_daytona import turns
+        from codex_daytona.context import Context
         from codex_daytona.settings import load_settings
         from codex_daytona.state import DEFAULT_NAME, StateStore, check_name, state_dir
 
@@ -274,16 +275,17 @@ def run(argv: list[str]) -> int:
             out.add_secret(secret)
         effort, config = apply_config(settings, inv.config)
         _api_key_from_env(settings, out)
-        schema = read_output_schema(inv.output_schema) if inv.output_schema else None
-        images = check_images(inv.images)
+        schema = turns.read_output_schema(inv.output_schema) if inv.output_schema else None
+        images = turns.check_images(inv.images)
         if inv.output_last_message is not None and not inv.output_last_message.absolute().parent.is_dir():
             raise UsageError(f"{PROG}: -o: no such directory: {inv.output_last_message.absolute().parent}")
         prompt = _read_prompt(inv)
         name = check_name(settings.codex_daytona_sandbox or DEFAULT_NAME)
-        app = App(settings, StateStore(state_dir(settings.codex_daytona_state_dir)), name=name, on_event=out.event)
+        ctx = Context(settings, StateStore(state_dir(settings.codex_daytona_state_dir)), name, emit=out.event)
         signals.install()
         try:
-            outcome = app.ask(
+            outcome = turns.ask(
+                ctx,
                 prompt,
                 new_thread=inv.resume is None,
                 thread_id=inv.resume,

@@ -35,8 +35,8 @@ class CodexDaytonaError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = self.default_hint if hint is None else hint
-        # Facts for machine output (run id, thread id, usage) when the error ends a turn.
-        self.details: dict[str, object] = {}
+        # The turn this error ended (a turns.TurnOutcome), for machine output and the fan-out.
+        self.outcome: object | None = None
 
 
 class ConfigError(CodexDaytonaError):

@@ -2,7 +2,7 @@
 
 A directory's sandboxes are the named records of its one state file ("default" unless
 --name says otherwise). A fan-out runs one prompt in N sibling sandboxes named
-`<name>-1` .. `<name>-N` at once, each on its own thread with its own `App` (and so its
+`<name>-1` .. `<name>-N` at once, each on its own thread with its own `Context` (and so its
 own Daytona client: the SDK's client is not shared across threads). Like the core, this
 module never prints: it reports through events, calling `on_event` from one thread at a
 time.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
-from codex_daytona.core import TOOL_LABEL, App, OnEvent, Preview, TurnOutcome, project_labels
+from codex_daytona import lifecycle, runtime, turns
+from codex_daytona.context import TOOL_LABEL, Box, Context, OnEvent, project_labels
 from codex_daytona.daytona_api import RefusedError
 from codex_daytona.errors import (
     CodexDaytonaError,
@@ -60,8 +60,20 @@ class SandboxRow:
     state: str  # Daytona's state, or "deleted" when Daytona no longer has it
     current: bool  # the one commands use without --name (or the --name given)
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "current": self.current,
+            "default": self.name == DEFAULT_NAME,
+            "state": self.state,
+            **self.record.model_dump(mode="json", include=_LS_FIELDS),
+        }
 
-def list_sandboxes(app: App) -> list[SandboxRow]:
+
+_LS_FIELDS = {"sandbox_id", "thread_id", "created_at", "created_by", "ports", "last_turn"}
+
+
+def list_sandboxes(app: Context) -> list[SandboxRow]:
     """This directory's sandboxes from the state file, with their live state from ONE list
     request by the project's labels. Warns about sandboxes that carry this directory's
     labels but are not in the state file."""
@@ -100,8 +112,24 @@ class KeepResult:
     was: str  # the name it had
     previous_id: str | None  # the sandbox that had `name` before, now under `was`
 
+    @property
+    def human(self) -> str:
+        if self.was == self.name:
+            return f"{self.name} is sandbox {self.sandbox_id} already."
+        text = f"{self.name} is now sandbox {self.sandbox_id} (was {self.was})."
+        if self.previous_id:
+            text += f" The previous {self.name}, sandbox {self.previous_id}, is now {self.was}."
+        return text
 
-def keep(app: App, chosen: str) -> KeepResult:
+    @property
+    def quiet(self) -> str:
+        return self.sandbox_id
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "sandbox_id": self.sandbox_id, "was": self.was, "previous_id": self.previous_id}
+
+
+def keep(app: Context, chosen: str) -> KeepResult:
     """Makes sandbox `chosen` this directory's `app.name` (the default): the two records swap
     names, so the previous one is not lost and `down --others` can delete it."""
     with app.store.lock():
@@ -121,12 +149,12 @@ def keep(app: App, chosen: str) -> KeepResult:
     return KeepResult(app.name, record.sandbox_id, chosen, previous.sandbox_id if previous else None)
 
 
-def siblings(app: App) -> list[str]:
+def siblings(app: Context) -> list[str]:
     """The names of `app.name`'s fan-out sandboxes in the state file."""
     return sorted(n for n in app.store.load().sandboxes if is_sibling(app.name, n))
 
 
-def down_others(app: App) -> list[tuple[str, str]]:
+def down_others(app: Context) -> list[tuple[str, str]]:
     """Deletes `app.name`'s fan-out siblings (`<name>-<n>`) and keeps it. Returns (name, id) pairs."""
     if app.record() is None:
         raise NoSandboxError(
@@ -135,8 +163,7 @@ def down_others(app: App) -> list[tuple[str, str]]:
         )
     deleted = []
     for name in siblings(app):
-        sibling = App(app.settings, app.store, name=name, project_dir=app.project_dir, on_event=app.emit)
-        deleted.append((name, sibling.down()))
+        deleted.append((name, lifecycle.down(app.named(name, app.emit)).sandbox_id))
     return deleted
 
 
@@ -158,12 +185,10 @@ class Attempt:
     ended: float | None = None
     duration_s: float | None = None
     setup_s: float | None = None
-    usage: dict[str, int] = field(default_factory=dict)
     tally: ev.TurnTally = field(default_factory=ev.TurnTally)
-    final_message: str = ""
+    outcome: turns.TurnOutcome | None = None  # how its turn ended (also when it failed)
     error: str | None = None
     exit_code: int = 0
-    previews: list[Preview] = field(default_factory=list)
     # Set when the attempt's thread has finished with it. Waited on instead of the thread
     # itself: on Python 3.11 a Ctrl-C that lands in Thread.join() leaves is_alive() False for
     # a thread that still runs.
@@ -173,7 +198,8 @@ class Attempt:
     def done(self) -> bool:
         return self.finished.is_set()
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
+        outcome = self.outcome
         return {
             "name": self.name,
             "sandbox_id": self.sandbox_id,
@@ -185,18 +211,19 @@ class Attempt:
             "thread_id": self.thread_id,
             "duration_s": None if self.duration_s is None else round(self.duration_s, 2),
             "setup_s": None if self.setup_s is None else round(self.setup_s, 2),
-            "usage": self.usage,
+            "usage": outcome.usage if outcome else {},
             "files_changed": len(self.tally.files),
             "files": sorted(self.tally.files),
             "commands_run": self.tally.commands,
             "commands_failed": self.tally.failed,
-            "final_message": self.final_message,
-            "previews": [p.as_dict() for p in self.previews],
+            "final_message": outcome.final_message if outcome else "",
+            "previews": [p.to_json() for p in outcome.previews] if outcome else [],
         }
 
 
 @dataclass
 class FanoutResult:
+    name: str  # the sandbox the fan-out was asked from
     attempts: list[Attempt]
     interrupted: bool = False
     snapshot: str | None = None  # the snapshot of the base sandbox they were created from
@@ -211,6 +238,16 @@ class FanoutResult:
             return ExitCode.OK
         return ExitCode.TURN_FAILED
 
+    def to_json(self) -> dict[str, object]:
+        """The summary after the rows (each attempt's is `Attempt.to_json`)."""
+        return {
+            "name": self.name,
+            "forked": self.forked,
+            "snapshot": self.snapshot,
+            "interrupted": self.interrupted,
+            "exit_code": self.exit_code,
+        }
+
 
 class Fanout:
     """Runs one prompt in `count` sandboxes at once: `<name>-1` .. `<name>-<count>`.
@@ -221,7 +258,7 @@ class Fanout:
     reused as they are, continuing their own thread.
     """
 
-    def __init__(self, app: App, count: int) -> None:
+    def __init__(self, app: Context, count: int) -> None:
         limit = app.settings.codex_daytona_max_sandboxes
         if count < 1:
             raise UsageError("--fanout needs at least 1 sandbox.")
@@ -309,7 +346,7 @@ class Fanout:
         snapshot: str | None = None
         base: SandboxRecord | None = None
         forks = False
-        result = FanoutResult(self.attempts)
+        result = FanoutResult(self.app.name, self.attempts)
         try:
             if missing and (base := self.app.record()) is not None:
                 forks = self._first_fork(missing[0], base)
@@ -317,7 +354,7 @@ class Fanout:
                 if not forks:
                     snapshot = self._fork_name()
                     result.snapshot = snapshot
-                    base = self.app.fork_snapshot(snapshot)
+                    base = lifecycle.fork_snapshot(self.app, snapshot)
             threads = [
                 threading.Thread(
                     target=self._attempt,
@@ -362,17 +399,11 @@ class Fanout:
         Daytona cannot fork it (the caller then saves a snapshot instead). The other forks
         happen on the attempts' threads, one at a time: Daytona forks a sandbox only while no
         other change of it is under way."""
-        app = App(
-            self.app.settings,
-            self.app.store,
-            name=attempt.name,
-            project_dir=self.app.project_dir,
-            on_event=self._on_event(attempt),
-        )
+        app = self.app.named(attempt.name, self._on_event(attempt))
         self._update(attempt, "creating", "Forking the sandbox...")
         began = time.monotonic()
         try:
-            attempt.sandbox_id = app.fork_from(base.sandbox_id, base)
+            attempt.sandbox_id = lifecycle.fork_from(app, base.sandbox_id, base)
         except RefusedError as exc:
             self._emit(ev.warning(f"{exc.message}; saving a snapshot to start the fan-out from instead."))
             self._update(attempt, "waiting", "")
@@ -406,13 +437,7 @@ class Fanout:
         timeout: float | None,
         effort: str | None = None,
     ) -> None:
-        app = App(
-            self.app.settings,
-            self.app.store,
-            name=attempt.name,
-            project_dir=self.app.project_dir,
-            on_event=self._on_event(attempt),
-        )
+        app = self.app.named(attempt.name, self._on_event(attempt))
         status = "error"
         try:
             if self._cancel.is_set():
@@ -423,14 +448,16 @@ class Fanout:
                 if not attempt.created:
                     assert base is not None
                     with self._fork_lock:
-                        attempt.sandbox_id = app.fork_from(base.sandbox_id, base)
+                        attempt.sandbox_id = lifecycle.fork_from(app, base.sandbox_id, base)
                     attempt.created = True
-                app.finish_fork()
+                assert base is not None
+                lifecycle.finish_fork(app, base)
                 attempt.setup_s = (attempt.setup_s or 0.0) + time.monotonic() - began
             elif create:
                 self._update(attempt, "creating", "Creating the sandbox...")
                 began = time.monotonic()
-                created = app.create(
+                created = lifecycle.create(
+                    app,
                     snapshot=snapshot,
                     runtime_baked_in=base is not None and base.runtime == runtime.runtime_fingerprint(),
                     thread_id=None if base is None else base.thread_id,
@@ -446,7 +473,7 @@ class Fanout:
             self._update(attempt, "running", "Starting the turn...")
             began = time.monotonic()
             try:
-                outcome = app.ask(prompt, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
+                outcome = turns.ask(app, prompt, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
             finally:
                 attempt.duration_s = time.monotonic() - began
             self._record_outcome(attempt, outcome)
@@ -455,11 +482,9 @@ class Fanout:
             attempt.error = exc.message
             attempt.exit_code = int(exc.exit_code)
             status = _status_of(exc)
-            details = exc.details
-            usage = details.get("usage")
-            attempt.usage = {str(k): int(v) for k, v in usage.items()} if isinstance(usage, dict) else {}
-            attempt.final_message = str(details.get("final_message") or attempt.final_message)
-            attempt.thread_id = str(details.get("thread_id") or attempt.thread_id or "") or None
+            failed = turns.outcome_of(exc)
+            if failed is not None:
+                self._record_outcome(attempt, failed)
         finally:  # a bug (any other exception) leaves "error" here and its traceback on stderr
             if status == "error" and not attempt.exit_code:
                 attempt.exit_code = 1
@@ -467,12 +492,10 @@ class Fanout:
             self._update(attempt, status, attempt.error or attempt.detail)
             attempt.finished.set()
 
-    def _record_outcome(self, attempt: Attempt, outcome: TurnOutcome) -> None:
+    def _record_outcome(self, attempt: Attempt, outcome: turns.TurnOutcome) -> None:
+        attempt.outcome = outcome
         attempt.run_id = outcome.run_id
-        attempt.thread_id = outcome.thread_id
-        attempt.usage = dict(outcome.usage)
-        attempt.final_message = outcome.final_message
-        attempt.previews = outcome.previews
+        attempt.thread_id = outcome.thread_id or attempt.thread_id
         attempt.sandbox_id = outcome.sandbox_id or attempt.sandbox_id
 
     # --- Ctrl-C ------------------------------------------------------------------------------
@@ -496,14 +519,13 @@ class Fanout:
 
     def _interrupt(self, attempt: Attempt) -> None:
         """Asks the agent in the attempt's sandbox to interrupt its run until it has, or the run ended."""
-        app = App(self.app.settings, self.app.store, name=attempt.name, project_dir=self.app.project_dir)
+        app = self.app.named(attempt.name)
         record = app.record()
         if record is None or attempt.run_id is None:
             return
         with contextlib.suppress(DaytonaError, SandboxGoneError):
-            sandbox = app.api.get(record.sandbox_id)
-            layout = runtime.Layout(record.home_dir)
-            while not attempt.done and not app.interrupt(sandbox, layout, attempt.run_id):
+            box = Box(app.api, app.api.get(record.sandbox_id), record)
+            while not attempt.done and not turns.interrupt(box, attempt.run_id):
                 time.sleep(INTERRUPT_RETRY_S)
 
 

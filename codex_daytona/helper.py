@@ -37,7 +37,10 @@ from codex_daytona import launcher
 # The CLI's modules and what its commands import lazily on the way to Daytona.
 PRELOAD = (
     "codex_daytona.cli",
-    "codex_daytona.core",
+    "codex_daytona.turns",
+    "codex_daytona.workspace",
+    "codex_daytona.hands",
+    "codex_daytona.doctor",
     "codex_daytona.output",
     "codex_daytona.settings",
     "codex_daytona.state",

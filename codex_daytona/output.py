@@ -17,7 +17,7 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from rich.console import Console
 from rich.live import Live
@@ -37,6 +37,18 @@ class Mode(str, Enum):
 
 MASK = "***"
 FAILED_OUTPUT_LINES = 8
+
+
+class Result(Protocol):
+    """What a command returns: a sentence for people, the one value for -q, and JSON."""
+
+    @property
+    def human(self) -> str: ...
+
+    @property
+    def quiet(self) -> str: ...
+
+    def to_json(self) -> dict[str, object]: ...
 
 
 def _is_tty(stream: TextIO) -> bool:
@@ -506,6 +518,10 @@ class Output:
                 self._out(quiet)
         else:
             self._out(human)
+
+    def result(self, result: Result) -> None:
+        """A command's result, in this output's mode."""
+        self.value(result.human, result.quiet, result.to_json())
 
     def raw(self, data: bytes) -> None:
         """Bytes as they are (a patch) on stdout, secrets masked."""

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from codex_daytona import events as ev
-from codex_daytona.core import App
+from codex_daytona.context import Context
 from codex_daytona.errors import DaytonaError
+from codex_daytona.provision import base_snapshot
 from codex_daytona.settings import Settings
 from codex_daytona.state import StateStore
 
@@ -21,14 +22,14 @@ class RefusingApi:
 
 def test_a_snapshot_lookup_that_fails_falls_back_to_installing(tmp_path: Path) -> None:
     seen: list[ev.Event] = []
-    app = App(Settings(daytona_api_key="k"), StateStore(tmp_path), on_event=seen.append)
-    app._api = RefusingApi()  # type: ignore[assignment]
-    assert app._base_snapshot() is None
+    ctx = Context(Settings(daytona_api_key="k"), StateStore(tmp_path), emit=seen.append)
+    ctx._api = RefusingApi()  # type: ignore[assignment]
+    assert base_snapshot(ctx) is None
     assert [e["type"] for e in seen] == [ev.WARNING]
     assert "forbidden" in seen[0]["message"]
 
 
 def test_an_explicit_snapshot_needs_no_lookup(tmp_path: Path) -> None:
-    app = App(Settings(daytona_api_key="k", codex_daytona_snapshot="mine"), StateStore(tmp_path))
-    app._api = RefusingApi()  # type: ignore[assignment]
-    assert app._base_snapshot() == "mine"
+    ctx = Context(Settings(daytona_api_key="k", codex_daytona_snapshot="mine"), StateStore(tmp_path))
+    ctx._api = RefusingApi()  # type: ignore[assignment]
+    assert base_snapshot(ctx) == "mine"

@@ -11,9 +11,10 @@ from typing import Any
 from daytona._utils.stream import _std_demux_loop
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
-from codex_daytona.core import RunFollower
+from codex_daytona.context import Box
 from codex_daytona.errors import DaytonaError
+from codex_daytona.follower import RunFollower
+from codex_daytona.state import SandboxRecord
 
 EVENTS = [
     {"type": "codex_daytona.run.started", "run_id": "r"},
@@ -62,7 +63,8 @@ def test_a_stream_cut_at_any_byte_loses_and_repeats_nothing() -> None:
     for cut in sorted(tricky | {len(LOG) // 3, len(LOG) - 1}):
         seen: list[ev.Event] = []
         api = DroppingApi(cut)
-        follower = RunFollower(api, None, runtime.Layout("/home/x"), "r", seen.append)  # type: ignore[arg-type]
+        box = Box(api, None, SandboxRecord(sandbox_id="sb", home_dir="/home/x"))  # type: ignore[arg-type]
+        follower = RunFollower(box, "r", seen.append)
         follower.watch("s", "c")
         follower.follow(10)
         shown = [e for e in seen if e["type"] != ev.RETRY]

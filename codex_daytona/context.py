@@ -1,0 +1,212 @@
+"""What every use case works over.
+
+`Context` is one project directory's view: its settings, state file, the sandbox name
+commands use, and where events go. `Box` is one sandbox, started, bound to its Daytona
+client, its saved record and its layout: use cases call `box.run(...)`, not
+`api.exec(sandbox, ...)`. Neither prints; both report through `emit`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from codex_daytona import events as ev
+from codex_daytona import runtime
+from codex_daytona.daytona_api import CommandResult, DaytonaApi, PreviewLink, SandboxInfo
+from codex_daytona.errors import DaytonaError, NoSandboxError, SandboxGoneError
+from codex_daytona.settings import Settings
+from codex_daytona.state import DEFAULT_NAME, SandboxRecord, StateStore
+
+if TYPE_CHECKING:
+    from daytona import Sandbox
+
+OnEvent = Callable[[ev.Event], None]
+TOOL_LABEL = "codex-daytona"
+SESSION_ID = "codex-daytona"
+
+
+def project_labels(project_dir: Path, name: str) -> dict[str, str]:
+    """Labels that find this tool's sandboxes, and this directory's, on Daytona."""
+    digest = hashlib.sha256(str(project_dir).encode()).hexdigest()[:16]
+    return {
+        "app": TOOL_LABEL,
+        f"{TOOL_LABEL}.project": digest,
+        f"{TOOL_LABEL}.dir": project_dir.name[:63] or "root",
+        f"{TOOL_LABEL}.name": name,
+    }
+
+
+def tail(output: str, lines: int = 3) -> str:
+    """The last lines of a command's output, on one line (for an error message)."""
+    return " | ".join(output.strip().splitlines()[-lines:]) or "no output"
+
+
+def _ignore(_event: ev.Event) -> None:
+    pass
+
+
+@dataclass
+class Context:
+    """One project directory's sandboxes, as a command sees them."""
+
+    settings: Settings
+    store: StateStore
+    name: str = DEFAULT_NAME
+    project_dir: Path = field(default_factory=Path.cwd)
+    emit: OnEvent = _ignore
+    # The Daytona client, made on first use (the SDK's client is not shared across threads).
+    _api: DaytonaApi | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.project_dir = self.project_dir.absolute()
+
+    @property
+    def api(self) -> DaytonaApi:
+        if self._api is None:
+            self._api = DaytonaApi(self.settings)
+        return self._api
+
+    def named(self, name: str, emit: OnEvent = _ignore) -> Context:
+        """The same directory and settings, for another of its sandboxes (with its own client,
+        and its events going to `emit`, nowhere by default)."""
+        return Context(self.settings, self.store, name, self.project_dir, emit)
+
+    # --- the state file ---------------------------------------------------------------------
+
+    def record(self) -> SandboxRecord | None:
+        return self.store.get(self.name)
+
+    def require_record(self) -> SandboxRecord:
+        record = self.record()
+        if record is None:
+            if self.name != DEFAULT_NAME:
+                raise NoSandboxError(
+                    f"No sandbox named {self.name} here yet.", f"`codex-daytona up --name {self.name}` creates it."
+                )
+            raise NoSandboxError("No sandbox here yet.")
+        return record
+
+    def save(self, record: SandboxRecord) -> None:
+        with self.store.lock():
+            state = self.store.load()
+            record.touch()
+            # Saved where its sandbox is now: `keep` may have renamed it while a turn ran.
+            slot = next((n for n, r in state.sandboxes.items() if r.sandbox_id == record.sandbox_id), self.name)
+            state.sandboxes[slot] = record
+            self.store.save(state)
+
+    def update_record(self, sandbox_id: str, change: Callable[[SandboxRecord], None]) -> None:
+        """Changes this sandbox's saved record under the lock (wherever `keep` has moved it)."""
+        with self.store.lock():
+            state = self.store.load()
+            for current in state.sandboxes.values():
+                if current.sandbox_id == sandbox_id:
+                    change(current)
+                    current.touch()
+            self.store.save(state)
+
+    def forget(self, sandbox_id: str) -> None:
+        with self.store.lock():
+            state = self.store.load()
+            current = state.sandboxes.get(self.name)
+            if current is not None and current.sandbox_id == sandbox_id:
+                del state.sandboxes[self.name]
+                self.store.save(state)
+
+    # --- the sandbox --------------------------------------------------------------------------
+
+    def connect(self, record: SandboxRecord) -> Box:
+        """The sandbox in `record`, started (or resumed). SandboxGoneError when Daytona no
+        longer has it."""
+        return Box.connect(self.api, record, self.emit)
+
+    def box(self) -> Box:
+        """This name's sandbox, started; forgotten here when Daytona no longer has it."""
+        record = self.require_record()
+        try:
+            return self.connect(record)
+        except SandboxGoneError:
+            self.forget(record.sandbox_id)
+            raise
+
+
+@dataclass
+class Box:
+    """One sandbox: the Daytona client, the SDK's handle, its record and its layout."""
+
+    api: DaytonaApi
+    sandbox: Sandbox
+    record: SandboxRecord
+    emit: OnEvent = _ignore
+
+    @classmethod
+    def connect(cls, api: DaytonaApi, record: SandboxRecord, emit: OnEvent) -> Box:
+        box = cls(api, api.get(record.sandbox_id), record, emit)
+        box.ensure_started()
+        return box
+
+    def ensure_started(self) -> None:
+        current = self.info().state
+        if current == "paused":  # Daytona's start resumes it: its processes go on where they were
+            self.emit(ev.progress(f"Resuming sandbox {self.id}..."))
+            self.api.start(self.sandbox)
+        elif current != "started":
+            self.emit(ev.progress(f"Starting sandbox {self.id} (it was {current})..."))
+            self.api.start(self.sandbox)
+
+    @property
+    def id(self) -> str:
+        return self.record.sandbox_id
+
+    @cached_property
+    def layout(self) -> runtime.Layout:
+        return runtime.Layout(self.record.home_dir)
+
+    def info(self) -> SandboxInfo:
+        return self.api.info(self.sandbox)
+
+    def run(self, command: str, timeout: int = 120, env: dict[str, str] | None = None) -> CommandResult:
+        """Runs a command and waits for it (Daytona's process API); `env` reaches only it."""
+        return self.api.exec(self.sandbox, command, timeout=timeout, env=env)
+
+    def upload(self, files: dict[str, bytes]) -> None:
+        self.api.upload(self.sandbox, files)
+
+    def upload_from(self, files: dict[str, str | bytes]) -> None:
+        self.api.upload_from(self.sandbox, files)
+
+    def download_to(self, remote_path: str, local_path: str) -> None:
+        self.api.download_to(self.sandbox, remote_path, local_path)
+
+    def preview_link(self, port: int) -> PreviewLink:
+        return self.api.preview_link(self.sandbox, port)
+
+    def create_session(self, session: str) -> None:
+        self.api.create_session(self.sandbox, session)
+
+    def delete_session(self, session: str) -> None:
+        self.api.delete_session(self.sandbox, session)
+
+    def start_command(self, session: str, command: str) -> str:
+        """Starts a command in a session; returns its id. Daytona may have stopped the sandbox
+        (auto-stop) since we found it started: then it is started again and the command sent
+        once more (`start_command` makes the session again if the stop took it). Any other
+        failure stands."""
+        try:
+            return self.api.start_command(self.sandbox, session, command)
+        except SandboxGoneError:
+            raise
+        except DaytonaError:
+            self.sandbox = self.api.get(self.id)
+            if self.info().state == "started":
+                raise
+            self.ensure_started()
+            return self.api.start_command(self.sandbox, session, command)
+
+    def command_exit_code(self, session: str, command_id: str) -> int | None:
+        return self.api.command_exit_code(self.sandbox, session, command_id)

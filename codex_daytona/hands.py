@@ -1,0 +1,162 @@
+"""The user's own hands on the sandbox: `exec` (one command, streamed), `shell` (a terminal
+over Daytona's PTY sessions) and `ssh` (Daytona SSH access).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from codex_daytona import events as ev
+from codex_daytona import runtime
+from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context, OnEvent
+from codex_daytona.daytona_api import SshAccess
+from codex_daytona.errors import CodexDaytonaError, DaytonaError, InterruptedByUser, TurnTimeoutError
+
+
+def exec_command(ctx: Context, command: str, *, timeout: float | None = None) -> int:
+    """Runs a shell command in the sandbox's home, streams its output; returns its exit code.
+
+    The command runs in a shell of its own (the agent's `--exec`), in a session of its own
+    that is deleted afterwards: `exit`, `exec`, `cd` or `export` in it cannot break or
+    change anything for the next command, and a background job it starts does not keep it
+    running."""
+    stream = CommandStream(ctx.box(), ctx.emit)
+    try:
+        return stream.run(command, timeout)
+    except KeyboardInterrupt:
+        raise InterruptedByUser("Interrupted: the command was stopped.") from None
+    except TurnTimeoutError:
+        raise TurnTimeoutError(f"The command did not finish within {timeout:g} s; it was stopped.") from None
+    finally:
+        stream.close()
+
+
+def ssh(ctx: Context, minutes: int) -> tuple[str, SshAccess]:
+    """SSH access to the sandbox for `minutes` (Daytona revokes the earlier tokens); starts or
+    resumes the sandbox first. Returns the sandbox id and the access."""
+    box = ctx.box()
+    return box.id, ctx.api.ssh_access(box.sandbox, minutes)
+
+
+def open_shell(ctx: Context, rows: int, cols: int) -> RemoteShell:
+    """An interactive shell on a terminal of rows x cols in the sandbox's home (Daytona's PTY
+    sessions); starts or resumes the sandbox first."""
+    box = ctx.box()
+    pty_id = f"{TOOL_LABEL}-shell-{secrets.token_hex(4)}"
+    handle = ctx.api.open_pty(box.sandbox, pty_id, box.record.home_dir or None, rows, cols)
+    return RemoteShell(box, pty_id, handle)
+
+
+class RemoteShell:
+    """A shell on a terminal in the sandbox: bytes in, bytes out, resize, its exit code."""
+
+    def __init__(self, box: Box, pty_id: str, handle: Any) -> None:
+        self._box = box
+        self.pty_id = pty_id
+        self._handle = handle
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._handle.send_input(data)
+        except Exception as exc:  # the SDK's connection errors: the shell is gone
+            raise DaytonaError(f"The terminal connection dropped: {exc}") from exc
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._box.api.resize_pty(self._box.sandbox, self.pty_id, rows, cols)
+
+    def output(self) -> Iterator[bytes]:
+        """What the shell writes, until it exits (or the connection drops)."""
+        yield from self._handle
+
+    @property
+    def exit_code(self) -> int | None:
+        code = self._handle.exit_code
+        return None if code is None else int(code)
+
+    @property
+    def error(self) -> str | None:
+        return self._handle.error  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Ends the shell if it still runs (a dropped connection must not leave it behind)."""
+        if self.exit_code is None:
+            with contextlib.suppress(CodexDaytonaError):
+                self._box.api.kill_pty(self._box.sandbox, self.pty_id)
+        with contextlib.suppress(Exception):
+            self._handle.disconnect()
+
+
+class CommandStream:
+    """Runs one `exec` command in a session of its own and streams its stdout and stderr as
+    EXEC_OUTPUT events, line by line, until it exits; the session is deleted afterwards.
+
+    The agent ends each stream with a marker line (stdout's carries the exit code), so the
+    stream ends with the command, not a second later when Daytona closes it."""
+
+    def __init__(self, box: Box, emit: OnEvent) -> None:
+        self.box = box
+        self.emit = emit
+        self.session = f"{SESSION_ID}-exec-{secrets.token_hex(3)}"
+        self.marker = f"codex-daytona-done-{secrets.token_hex(8)}"
+        self.sent = {"stdout": 0, "stderr": 0}  # characters of each stream taken in
+        self._partial = {"stdout": "", "stderr": ""}
+        self._done: dict[str, str] = {}  # stream -> what followed its marker
+
+    def _take(self, stream: str, text: str) -> None:
+        if stream in self._done or not text:
+            return
+        self.sent[stream] += len(text)
+        *lines, self._partial[stream] = (self._partial[stream] + text).split("\n")
+        out = []
+        for line in lines:
+            if line == self.marker or line.startswith(self.marker + " "):
+                self._done[stream] = line[len(self.marker) :].strip()
+                break
+            out.append(line + "\n")
+        if out:
+            self.emit({"type": ev.EXEC_OUTPUT, "stream": stream, "data": "".join(out)})
+
+    def _finished(self) -> bool:
+        return len(self._done) == 2
+
+    def run(self, command: str, timeout: float | None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        box = self.box
+        box.create_session(self.session)  # new: one request, not a 404 first
+        command_id = box.start_command(self.session, runtime.exec_command(box.layout, command, self.marker))
+        try:
+            finished = box.api.stream_logs(
+                box.sandbox,
+                self.session,
+                command_id,
+                lambda t: self._take("stdout", t),
+                lambda t: self._take("stderr", t),
+                timeout=timeout,
+                until=self._finished,
+            )
+        except DaytonaError:
+            finished = True  # the stream dropped: read the rest below
+        if not finished:
+            raise TurnTimeoutError("The command did not finish in time.")
+        while not self._finished():
+            exit_code = box.command_exit_code(self.session, command_id)
+            stdout, stderr = box.api.command_logs(box.sandbox, self.session, command_id)
+            self._take("stdout", stdout[self.sent["stdout"] :])
+            self._take("stderr", stderr[self.sent["stderr"] :])
+            if exit_code is not None:
+                for stream in ("stdout", "stderr"):
+                    self._take(stream, "\n" if self._partial[stream] else "")
+                return int(self._done.get("stdout") or exit_code)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TurnTimeoutError("The command did not finish in time.")
+            time.sleep(0.5)
+        return int(self._done["stdout"])
+
+    def close(self) -> None:
+        """Deletes the session, which stops the command if it still runs."""
+        with contextlib.suppress(DaytonaError):
+            self.box.delete_session(self.session)

@@ -1,0 +1,431 @@
+"""A sandbox's life: up (create, or start the one there is), forks for a fan-out, status,
+pause, stop and down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from codex_daytona import events as ev
+from codex_daytona import links, provision, runtime
+from codex_daytona.context import TOOL_LABEL, Box, Context, project_labels, tail
+from codex_daytona.daytona_api import PreviewLink, RefusedError, SandboxInfo
+from codex_daytona.errors import DaytonaError, SandboxGoneError, TransferError, UsageError
+from codex_daytona.state import LastTurn, SandboxRecord, State
+
+if TYPE_CHECKING:
+    from daytona import Sandbox
+
+
+@dataclass(frozen=True)
+class UpResult:
+    sandbox_id: str
+    created: bool
+    home_dir: str
+
+    @property
+    def human(self) -> str:
+        return f"{'Created' if self.created else 'Using'} sandbox {self.sandbox_id}"
+
+    @property
+    def quiet(self) -> str:
+        return self.sandbox_id
+
+    def to_json(self) -> dict[str, object]:
+        return {"sandbox_id": self.sandbox_id, "created": self.created, "home_dir": self.home_dir}
+
+
+def up(ctx: Context, *, repo: str | None = None, branch: str | None = None) -> UpResult:
+    """Reuses the sandbox in state (starting it if stopped), or creates and sets up one.
+
+    With `repo`, creates a new sandbox whose home is a clone of that repository."""
+    if repo is not None:
+        return _up_from_repo(ctx, repo, branch)
+    with ctx.store.lock():
+        state = ctx.store.load()
+        record = state.sandboxes.get(ctx.name)
+        if record is not None:
+            try:
+                box = ctx.connect(record)
+            except SandboxGoneError:
+                del state.sandboxes[ctx.name]
+                ctx.store.save(state)
+                ctx.emit(
+                    ev.warning(
+                        f"Sandbox {record.sandbox_id} was deleted outside codex-daytona; "
+                        "creating a new one (the old conversation is gone)."
+                    )
+                )
+            else:
+                if record.runtime != runtime.runtime_fingerprint():
+                    provision.setup(ctx, box, state)
+                return UpResult(record.sandbox_id, created=False, home_dir=record.home_dir)
+        snapshot = provision.base_snapshot(ctx)
+        box = _new_sandbox(ctx, snapshot, state=state)
+        provision.setup(ctx, box, state, baseline=True, runtime_baked_in=snapshot == runtime.snapshot_name())
+        return UpResult(box.id, created=True, home_dir=box.record.home_dir)
+
+
+def create(
+    ctx: Context, *, snapshot: str | None = None, runtime_baked_in: bool = False, thread_id: str | None = None
+) -> UpResult:
+    """Creates this name's sandbox, from `snapshot` (of another sandbox, which has the
+    runtime when `runtime_baked_in`, and continues `thread_id`) or, without one, as `up`
+    would. Unlike `up`, holds the state lock only to save, so that several names can be
+    created at once (`ask --fanout`)."""
+    if ctx.record() is not None:
+        raise UsageError(f"There is already a sandbox named {ctx.name}.")
+    forked = snapshot is not None
+    if snapshot is None:
+        snapshot = provision.base_snapshot(ctx)
+        runtime_baked_in = snapshot == runtime.snapshot_name()
+    box = _new_sandbox(ctx, snapshot, created_by="fanout", thread_id=thread_id)
+    # A sandbox from another's snapshot has that sandbox's diff baseline.
+    provision.setup(ctx, box, baseline=not forked, runtime_baked_in=runtime_baked_in)
+    return UpResult(box.id, created=True, home_dir=box.record.home_dir)
+
+
+def _new_sandbox(
+    ctx: Context,
+    snapshot: str | None,
+    *,
+    state: State | None = None,
+    created_by: str | None = None,
+    thread_id: str | None = None,
+) -> Box:
+    """Creates a sandbox for this name and saves its record: into `state` (loaded under the
+    caller's lock), or under the lock taken here."""
+    scope = uuid.uuid4().hex
+    ctx.emit(ev.progress("Creating sandbox..."))
+    sandbox = ctx.api.create(
+        labels=project_labels(ctx.project_dir, ctx.name),
+        env={"CODEX_DAYTONA_SCOPE": scope},
+        auto_stop_minutes=ctx.settings.codex_daytona_auto_stop_minutes,
+        auto_delete_minutes=ctx.settings.codex_daytona_auto_delete_minutes,
+        snapshot=snapshot,
+        secrets=_secrets(ctx),
+    )
+    record = SandboxRecord(sandbox_id=sandbox.id, home_dir="", scope=scope, thread_id=thread_id)
+    if created_by is not None:
+        record.created_by = created_by
+
+    def save() -> None:
+        if state is None:
+            ctx.save(record)
+        else:
+            state.sandboxes[ctx.name] = record
+            ctx.store.save(state)
+
+    save()  # before anything else can fail, so the sandbox is never orphaned
+    record.home_dir = ctx.api.home_dir(sandbox)
+    save()
+    ctx.emit(ev.progress(f"Created sandbox {sandbox.id}"))
+    return Box(ctx.api, sandbox, record, ctx.emit)
+
+
+def _secrets(ctx: Context) -> dict[str, str] | None:
+    """Daytona Secret mode: the key's variable holds a placeholder Daytona replaces in transit."""
+    if ctx.settings.sandbox_openai_secret:
+        return {runtime.KEY_ENV: ctx.settings.sandbox_openai_secret}
+    return None
+
+
+def _up_from_repo(ctx: Context, repo: str, branch: str | None) -> UpResult:
+    """A new sandbox whose home is a clone of `repo`; the clone is the diff baseline."""
+    record = ctx.record()
+    if record is not None:
+        raise UsageError(
+            f"This directory already has sandbox {record.sandbox_id}; --repo only applies to a new sandbox.",
+            "Run `codex-daytona down` first, or `codex-daytona push` your code into the existing one.",
+        )
+    result = up(ctx)
+    box = ctx.connect(ctx.require_record())
+    ctx.emit(ev.progress(f"Cloning {repo}{f' (branch {branch})' if branch else ''}..."))
+    cloned = box.run(runtime.clone_command(box.layout, repo, branch), timeout=900)
+    if cloned.exit_code != 0:
+        # A fresh sandbox with a failed clone is of no use: delete it so `up --repo` can be retried.
+        with contextlib.suppress(DaytonaError):
+            ctx.api.delete(box.sandbox)
+        ctx.forget(box.id)
+        raise TransferError(
+            f"Could not clone {repo}: {tail(cloned.output)}",
+            "Check the URL and the branch (the sandbox must reach the repository); the new sandbox was deleted.",
+        )
+    rebased = box.run(runtime.rebaseline_all_command(box.layout), timeout=600)
+    if rebased.exit_code != 0:
+        ctx.emit(ev.warning(f"Could not record the clone as the diff baseline: {tail(rebased.output)}"))
+    return result
+
+
+def mark_created_by(ctx: Context, command: str) -> None:
+    record = ctx.require_record()
+    record.created_by = command
+    ctx.save(record)
+
+
+# --- forks, for a fan-out -------------------------------------------------------------------
+
+
+def fork_from(ctx: Context, source_id: str, base: SandboxRecord) -> str:
+    """Creates this name's sandbox as a fork of sandbox `source_id` (whose record is `base`):
+    its files, the agent runtime and Codex's threads, continuing `base`'s thread. Saves the
+    record at once; `finish_fork` then starts the agent. RefusedError when Daytona cannot
+    fork it (`ask --fanout` then saves a snapshot instead)."""
+    if ctx.record() is not None:
+        raise UsageError(f"There is already a sandbox named {ctx.name}.")
+    source = ctx.api.get(source_id)
+    if ctx.api.info(source).state != "started":  # Daytona forks only a started sandbox
+        ctx.emit(ev.progress(f"Starting sandbox {source_id} to fork it..."))
+        ctx.api.start(source)
+    ctx.emit(ev.progress(f"Forking sandbox {source_id}..."))
+    sandbox = ctx.api.fork(source)
+    # Saved before anything else can fail, so the fork is never orphaned. A fork has its
+    # source's environment, and so its scope.
+    record = SandboxRecord(
+        sandbox_id=sandbox.id, home_dir="", scope=base.scope, created_by="fanout", thread_id=base.thread_id
+    )
+    ctx.save(record)
+    return str(sandbox.id)
+
+
+def finish_fork(ctx: Context, base: SandboxRecord) -> None:
+    """Labels a fork of `base`'s sandbox as this name's (it has its source's labels), and
+    starts its agent: processes are not copied by a fork."""
+    record = ctx.require_record()
+    box = ctx.connect(record)
+    ctx.api.set_labels(box.sandbox, project_labels(ctx.project_dir, ctx.name))
+    record.home_dir = ctx.api.home_dir(box.sandbox)
+    ctx.save(record)
+    baked_in = base.runtime == runtime.runtime_fingerprint()
+    provision.setup(ctx, box, baseline=False, runtime_baked_in=baked_in)  # a fork has its source's baseline
+
+
+def fork_snapshot(ctx: Context, name: str) -> SandboxRecord:
+    """Saves this name's sandbox's filesystem (its files, the agent runtime, Codex's
+    threads) as snapshot `name`, for `ask --fanout` to create sandboxes from. Returns the
+    record it was taken from."""
+    box = ctx.box()
+    if box.record.last_turn is not None and box.record.last_turn.status == "running":
+        ctx.emit(ev.warning(f"A turn may be running in {ctx.name}; its files are copied as they are now."))
+    ctx.emit(ev.progress(f"Saving sandbox {ctx.name} as snapshot {name} to start the fan-out from..."))
+    ctx.api.snapshot_sandbox(box.sandbox, name)
+    state = provision.wait_for_snapshot(ctx, name)
+    if state != "active":
+        raise DaytonaError(f"Snapshot {name} is {state}, not active.")
+    return box.record
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+@dataclass
+class StatusReport:
+    name: str
+    state: str  # "none" (no sandbox here), "deleted", or Daytona's state: started, stopped, ...
+    sandbox_id: str | None = None
+    thread_id: str | None = None
+    home_dir: str | None = None
+    last_turn: LastTurn | None = None
+    previews: list[PreviewLink] = field(default_factory=list)
+
+    @property
+    def human(self) -> str:
+        if self.state == "none":
+            return 'No sandbox here. `codex-daytona up` or `codex-daytona ask "..."` creates one.'
+        lines = [f"Sandbox    {self.sandbox_id} ({self.state})"]
+        if self.state == "deleted":
+            lines.append("           deleted outside codex-daytona; `codex-daytona up` creates a new one")
+        if self.state == "paused":
+            lines.append("           paused: the next command that needs it resumes it, servers and agent included")
+        lines.append(f"Thread     {self.thread_id or '-'}")
+        turn = self.last_turn
+        if turn is not None:
+            tokens = ""
+            if turn.usage is not None:
+                tokens = f", {turn.usage.input_tokens:,} tokens in, {turn.usage.output_tokens:,} out"
+            error = f": {turn.error}" if turn.error else ""
+            lines.append(
+                f"Last turn  {turn.ended_at or turn.started_at}, {turn.status}{error}{tokens} (run {turn.run_id})"
+            )
+        for link in self.previews:
+            lines.append(f"Port {link.port:<6} {link.url}")
+        if self.state == "started" and not self.previews:
+            lines.append("Ports      nothing listening")
+        return "\n".join(lines)
+
+    @property
+    def quiet(self) -> str:
+        return self.state
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "sandbox_id": self.sandbox_id,
+            "thread_id": self.thread_id,
+            "home_dir": self.home_dir,
+            "last_turn": self.last_turn.model_dump(mode="json") if self.last_turn else None,
+            "previews": [{"port": p.port, "url": p.url} for p in self.previews],
+        }
+
+
+def status(ctx: Context) -> StatusReport:
+    """What this directory's sandbox is doing. Read-only: forgets nothing, starts nothing."""
+    record = ctx.record()
+    if record is None:
+        return StatusReport(name=ctx.name, state="none")
+    report = StatusReport(
+        name=ctx.name,
+        state="unknown",
+        sandbox_id=record.sandbox_id,
+        thread_id=record.thread_id,
+        home_dir=record.home_dir,
+        last_turn=record.last_turn,
+    )
+    try:
+        box = Box(ctx.api, ctx.api.get(record.sandbox_id), record, ctx.emit)
+    except SandboxGoneError:
+        report.state = "deleted"
+        return report
+    report.state = box.info().state
+    if report.state == "started" and record.runtime:
+        report.previews = [box.preview_link(port) for port in links.listening_ports(box)]
+    return report
+
+
+# --- pause, stop, down -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PauseResult:
+    sandbox_id: str
+    state: str  # paused, or stopped (--or-stop), or what it already was
+
+    @property
+    def human(self) -> str:
+        verb = {"paused": "Paused", "stopped": "Stopped"}.get(self.state, self.state.capitalize())
+        return f"{verb} sandbox {self.sandbox_id}"
+
+    @property
+    def quiet(self) -> str:
+        return self.state
+
+    def to_json(self) -> dict[str, object]:
+        return {"sandbox_id": self.sandbox_id, "state": self.state}
+
+
+@dataclass(frozen=True)
+class StopResult:
+    sandbox_id: str
+
+    @property
+    def human(self) -> str:
+        return f"Stopped sandbox {self.sandbox_id}"
+
+    @property
+    def quiet(self) -> str:
+        return self.sandbox_id
+
+    def to_json(self) -> dict[str, object]:
+        return {"sandbox_id": self.sandbox_id, "stopped": True}
+
+
+@dataclass(frozen=True)
+class DownResult:
+    sandbox_id: str
+
+    @property
+    def human(self) -> str:
+        return f"Deleted sandbox {self.sandbox_id}"
+
+    @property
+    def quiet(self) -> str:
+        return self.sandbox_id
+
+    def to_json(self) -> dict[str, object]:
+        return {"sandbox_id": self.sandbox_id, "deleted": True}
+
+
+def _existing(ctx: Context) -> tuple[SandboxRecord, Sandbox]:
+    """This name's sandbox as it is (not started); forgotten here when Daytona no longer has it."""
+    record = ctx.require_record()
+    try:
+        return record, ctx.api.get(record.sandbox_id)
+    except SandboxGoneError:
+        ctx.forget(record.sandbox_id)
+        raise
+
+
+def pause(ctx: Context, *, or_stop: bool = False) -> PauseResult:
+    """Pauses the sandbox: its processes (the warm agent, dev servers) freeze with their
+    memory, and the next command that needs the sandbox resumes it. Where Daytona cannot
+    pause it, stops it instead when `or_stop`, else raises RefusedError."""
+    record, sandbox = _existing(ctx)
+    state = ctx.api.info(sandbox).state
+    if state in ("paused", "stopped", "archived"):
+        ctx.emit(ev.warning(f"Sandbox {record.sandbox_id} is already {state}."))
+        return PauseResult(record.sandbox_id, state)
+    if record.last_turn is not None and record.last_turn.status == "running":
+        ctx.emit(ev.warning("A turn is running: it freezes with the sandbox and goes on when it resumes."))
+    ctx.emit(ev.progress(f"Pausing sandbox {record.sandbox_id}..."))
+    try:
+        ctx.api.pause(sandbox)
+    except RefusedError as exc:
+        if not or_stop:
+            raise RefusedError(
+                exc.message,
+                "`codex-daytona pause --or-stop` stops it instead (dev servers and the warm agent "
+                "do not survive a stop); `codex-daytona down --stop` always stops.",
+            ) from exc
+        ctx.emit(ev.warning(f"{exc.message}; stopping it instead."))
+        ctx.api.stop(sandbox)
+        return PauseResult(record.sandbox_id, "stopped")
+    return PauseResult(record.sandbox_id, "paused")
+
+
+def stop(ctx: Context) -> StopResult:
+    """Stops the sandbox, keeping its files and the thread; the next `up` or `ask` starts it."""
+    record, sandbox = _existing(ctx)
+    if ctx.api.info(sandbox).state != "stopped":
+        ctx.emit(ev.progress(f"Stopping sandbox {record.sandbox_id}..."))
+        ctx.api.stop(sandbox)
+    return StopResult(record.sandbox_id)
+
+
+def down(ctx: Context) -> DownResult:
+    """Deletes the sandbox and forgets it."""
+    record = ctx.require_record()
+    try:
+        sandbox = ctx.api.get(record.sandbox_id)
+    except SandboxGoneError:
+        ctx.forget(record.sandbox_id)
+        ctx.emit(ev.warning(f"Sandbox {record.sandbox_id} was already gone; forgot it."))
+        return DownResult(record.sandbox_id)
+    ctx.emit(ev.progress(f"Deleting sandbox {record.sandbox_id}..."))
+    ctx.api.delete(sandbox)
+    ctx.forget(record.sandbox_id)
+    return DownResult(record.sandbox_id)
+
+
+def all_sandboxes(ctx: Context) -> list[SandboxInfo]:
+    """Every sandbox this tool made, in every project of this Daytona account."""
+    return [s for s in ctx.api.list({"app": TOOL_LABEL}) if s.state not in ("destroyed", "destroying")]
+
+
+def down_all(ctx: Context, sandboxes: list[SandboxInfo]) -> list[str]:
+    """Deletes the given sandboxes and forgets those this directory knew. Returns their ids."""
+    deleted = []
+    for info in sandboxes:
+        ctx.emit(ev.progress(f"Deleting sandbox {info.id}..."))
+        with contextlib.suppress(SandboxGoneError):
+            ctx.api.delete(ctx.api.get(info.id))
+        deleted.append(info.id)
+    with ctx.store.lock():
+        state = ctx.store.load()
+        gone = set(deleted)
+        state.sandboxes = {n: r for n, r in state.sandboxes.items() if r.sandbox_id not in gone}
+        ctx.store.save(state)
+    return deleted

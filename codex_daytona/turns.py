@@ -1,0 +1,475 @@
+"""Turns of the agent: `ask` starts one and follows it, `logs` follows one again, Ctrl-C and
+--timeout interrupt one. Every turn ends in one `TurnOutcome`.
+
+The path of one `ask`: the sandbox is found (and started) through the context; the turn is
+claimed in the state file, which picks the Daytona session its agent command runs in; the
+request goes to the agent as a session command (agent_bundle/agent.py, which hands it to
+its warm daemon); a `RunFollower` streams that command's log, decoding the agent's events
+and handing each to `ctx.emit` (the CLI's output); the agent's closing event becomes the
+`TurnOutcome`, which is saved in the state file and, if the turn did not complete, raised
+as the error that says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from codex_daytona import events as ev
+from codex_daytona import lifecycle, links, runtime
+from codex_daytona.context import SESSION_ID, Box, Context, tail
+from codex_daytona.errors import (
+    AgentSetupError,
+    BusyError,
+    CodexDaytonaError,
+    DaytonaError,
+    InterruptedByUser,
+    NoSandboxError,
+    SandboxGoneError,
+    TurnFailedError,
+    TurnTimeoutError,
+    UsageError,
+)
+from codex_daytona.follower import RunFollower
+from codex_daytona.state import LastTurn, SandboxRecord, Usage, now
+
+INTERRUPT_GRACE_S = 10.0
+DETACH_START_S = 60.0  # how long `ask --detach` waits for its turn to get under way
+# A run in one of these states has ended, and with it the agent command that ran it.
+TURN_ENDED = frozenset({"completed", "failed", "interrupted", "error"})
+
+
+@dataclass
+class TurnOutcome:
+    """How one run ended: the one source of its status, answer and exit code, read by the
+    CLI, the JSON result line, the errors that end a turn, and the fan-out."""
+
+    run_id: str
+    # The agent's: completed, failed, interrupted, error, busy; or "running" (a detached
+    # turn), "unknown" (`logs` of a run with no end yet).
+    status: str
+    thread_id: str | None
+    final_message: str  # the agent's last message: the answer
+    error: str | None = None  # the agent's error message, when the turn failed
+    usage: dict[str, int] = field(default_factory=dict)
+    previews: list[links.Preview] = field(default_factory=list)
+    sandbox_id: str = ""
+    # Why the turn did not complete, as the process reports it (None: it did, or still runs).
+    failure: CodexDaytonaError | None = None
+    forced_interrupt: bool = False  # a second Ctrl-C stopped waiting for the turn to wind down
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.failure is None else int(self.failure.exit_code)
+
+    def fail(self, error: CodexDaytonaError) -> CodexDaytonaError:
+        """Makes `error` this turn's failure, and the turn the error's outcome; returns it to raise."""
+        self.failure = error
+        error.outcome = self
+        return error
+
+    def to_json(self) -> dict[str, object]:
+        """The last line of `ask --json` and `logs --json`: how the turn ended."""
+        line: dict[str, object] = {
+            "type": ev.RESULT,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "run_id": self.run_id,
+            "sandbox_id": self.sandbox_id,
+            "thread_id": self.thread_id,
+            "final_message": self.final_message,
+            "usage": self.usage,
+        }
+        if self.failure is None:
+            line["previews"] = [p.to_json() for p in self.previews]
+        else:
+            line["error"] = self.failure.message
+        return line
+
+
+def outcome_of(error: CodexDaytonaError) -> TurnOutcome | None:
+    """The turn an error ended, if it ended one."""
+    return error.outcome if isinstance(error.outcome, TurnOutcome) else None
+
+
+def result_line(error: CodexDaytonaError) -> dict[str, object]:
+    """The result line of a command that failed: its turn's, or the error alone."""
+    outcome = outcome_of(error)
+    if outcome is not None:
+        return outcome.to_json()
+    return {"type": ev.RESULT, "status": "error", "exit_code": int(error.exit_code), "error": error.message}
+
+
+def new_run_id() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+# --- ask ---------------------------------------------------------------------------------------
+
+
+def ask(
+    ctx: Context,
+    prompt: str,
+    *,
+    new_thread: bool = False,
+    model: str | None = None,
+    timeout: float | None = None,
+    detach: bool = False,
+    wait: bool = False,
+    effort: str | None = None,
+    config: list[str] | None = None,
+    thread_id: str | None = None,
+    images: list[Path] | None = None,
+    output_schema: dict[str, object] | None = None,
+) -> TurnOutcome:
+    """Runs one turn of the agent on `prompt` and streams its events.
+
+    With `detach`, starts the turn and returns at once (status "running"); `logs` follows it.
+    `thread_id` resumes that thread instead of the sandbox's current one, and fails the
+    run (AgentSetupError) when the sandbox cannot resume it. `images` (local files, checked
+    with `check_images`) are uploaded in one request and attached to the turn;
+    `output_schema` (see `read_output_schema`) is the JSON Schema the final message must
+    follow.
+    """
+    for pair in config or []:
+        reason = runtime.refused_config_key(pair, ctx.settings)
+        if reason:
+            raise UsageError(
+                f"-c {pair.partition('=')[0].strip() or pair!r} {reason}.",
+                "Codex settings the tool does not depend on can be given with -c "
+                "(e.g. -c model_reasoning_summary=detailed); see README, `ask -c`.",
+            )
+    api_key = ctx.settings.openai_key_for_turn()
+    box = _turn_box(ctx)
+    run_id = new_run_id()
+    box.record, session, previous = _claim_turn(ctx, box.record, run_id)
+    remote_images = runtime.image_paths(box.layout, run_id, [p.name for p in images or []])
+    if images:
+        try:
+            box.upload_from({r: str(p) for r, p in zip(remote_images, images, strict=True)})
+        except CodexDaytonaError:
+            ctx.update_record(box.id, lambda r: _unclaim(r, run_id, previous))
+            raise
+    request = runtime.agent_request(
+        prompt=prompt,
+        api_key=api_key,
+        thread_id=None if new_thread else thread_id or box.record.thread_id,
+        new_thread=new_thread,
+        model=model or ctx.settings.codex_daytona_model,
+        base_url=ctx.settings.base_url,
+        layout=box.layout,
+        wait=wait,
+        model_timeout=ctx.settings.codex_daytona_model_timeout_seconds,
+        heartbeat_seconds=ctx.settings.codex_daytona_stream_idle_seconds / 3,
+        turn_model=model,
+        effort=effort,
+        protected=runtime.protected_config(ctx.settings),
+        config=config,
+        images=remote_images,
+        output_schema=output_schema,
+        must_resume=thread_id is not None and not new_thread,
+    )
+    command_id = box.start_command(session, runtime.agent_command(box.layout, run_id, request))
+    ctx.update_record(box.id, lambda r: _set_command(r, run_id, command_id))
+    follower = _follower(ctx, box, run_id, api_key)
+    follower.watch(session, command_id)
+    follower.previous_turn = previous
+    if session != (box.record.session_id or SESSION_ID):
+        follower.disposable_session = session  # deleted once the run is over, not left idle
+    if not detach:
+        return _follow(ctx, follower, timeout)
+    # Detached: follow only until the turn is under way (or refused: busy, no key); its
+    # events are for `logs`.
+    follower.emit = lambda _event: None
+    _follow_until_started(ctx, follower)
+    _keep_up_while_detached(ctx, box)
+    return TurnOutcome(run_id, "running", follower.thread_id or box.record.thread_id, "", sandbox_id=box.id)
+
+
+def _turn_box(ctx: Context) -> Box:
+    """The sandbox a turn runs in: made first when there is none, set up again when its
+    runtime is not this version's."""
+    if ctx.record() is None:
+        lifecycle.up(ctx)
+    record = ctx.require_record()
+    try:
+        box = ctx.connect(record)
+    except SandboxGoneError as exc:
+        ctx.forget(record.sandbox_id)
+        raise SandboxGoneError(
+            f"Sandbox {record.sandbox_id} no longer exists on Daytona (deleted outside codex-daytona).",
+            "It was forgotten here; ask again to start over in a new sandbox.",
+        ) from exc
+    if record.runtime != runtime.runtime_fingerprint():
+        lifecycle.up(ctx)
+        box = Box(box.api, box.sandbox, ctx.require_record(), ctx.emit)
+    return box
+
+
+def _claim_turn(ctx: Context, record: SandboxRecord, run_id: str) -> tuple[SandboxRecord, str, LastTurn | None]:
+    """Records the turn as running, and picks the session its agent command runs in.
+
+    Daytona runs the commands of one session one after another, so the session of a turn
+    that may still be running would hold ours back: that turn's own command (in the
+    sandbox) ends only with the turn. The record's session is used when its last turn has
+    ended; otherwise a session of our own, where the agent answers "busy" at once (or
+    waits, with --wait). Done under the state lock, so two asks never pick one session.
+    Returns the record as saved, the session, and the last turn before this one."""
+    claimed: list[tuple[SandboxRecord, str, LastTurn | None]] = []
+
+    def claim(current: SandboxRecord) -> None:
+        previous = current.last_turn
+        if previous is not None and previous.status not in TURN_ENDED:
+            session = f"{SESSION_ID}-{run_id}"
+        else:
+            session = current.session_id or SESSION_ID
+        current.last_turn = LastTurn(run_id=run_id, started_at=now(), session_id=session)
+        claimed.append((current, session, previous))
+
+    ctx.update_record(record.sandbox_id, claim)
+    if not claimed:  # forgotten meanwhile (`down` in another shell): the turn goes on
+        claimed.append((record, record.session_id or SESSION_ID, record.last_turn))
+    return claimed[0]
+
+
+def logs(ctx: Context, run_id: str | None = None, *, follow: bool = False) -> TurnOutcome:
+    """Shows a run's events (the last run by default); with `follow`, until it ends."""
+    record = ctx.require_record()
+    run_id = run_id or (record.last_turn.run_id if record.last_turn else None)
+    if not run_id:
+        raise NoSandboxError("No turn has run in this sandbox yet.", 'Run `codex-daytona ask "..."` first.')
+    box = ctx.box()
+    follower = _follower(ctx, box, run_id, None)
+    if not follow:
+        result = box.run(runtime.attach_command(box.layout, run_id, 0, follow=False), timeout=60)
+        if result.exit_code != 0:
+            raise NoSandboxError(f"No run {run_id} in this sandbox.", "`codex-daytona status` shows the last run.")
+        follower.feed_text(result.output)
+        return _outcome(follower)
+    last = box.record.last_turn
+    if last is not None and last.run_id == run_id and last.session_id and last.command_id:
+        # The turn's own command: its log replays the run from the start, live.
+        follower.watch(last.session_id, last.command_id)
+    return _follow(ctx, follower, None)
+
+
+def _follower(ctx: Context, box: Box, run_id: str, api_key: str | None) -> RunFollower:
+    def deliver_key() -> None:
+        assert api_key is not None
+        ctx.emit(ev.progress("Handing the OpenAI key to the agent..."))
+        command = runtime.start_daemon_command(box.layout, with_key=True)
+        result = box.run(command, timeout=120, env={runtime.KEY_ENV: api_key})
+        if result.exit_code != 0:
+            raise AgentSetupError(f"Could not hand the key to the agent: {tail(result.output)}")
+
+    follower = RunFollower(box, run_id, ctx.emit, on_key_needed=deliver_key if api_key else None)
+    follower.keepalive_seconds = ctx.settings.codex_daytona_keepalive_seconds
+    follower.idle_seconds = ctx.settings.codex_daytona_stream_idle_seconds
+    return follower
+
+
+def _outcome(follower: RunFollower) -> TurnOutcome:
+    """What the run's closing event says (or, before it, what the follower has seen)."""
+    done = follower.completed or {}
+    record = follower.box.record
+    return TurnOutcome(
+        run_id=follower.run_id,
+        status=str(done.get("status") or "unknown"),
+        thread_id=done.get("thread_id") or follower.thread_id or record.thread_id,
+        final_message=str(done.get("final_message") or follower.last_message),
+        error=done.get("error"),
+        usage=done.get("usage") or {},
+        sandbox_id=record.sandbox_id,
+    )
+
+
+# --- following to the end ------------------------------------------------------------------------
+
+
+def _follow(ctx: Context, follower: RunFollower, timeout: float | None) -> TurnOutcome:
+    """Follows the run to its end; returns its outcome, or raises the error that says why
+    it did not complete (with the outcome attached)."""
+    try:
+        follower.follow(timeout)
+    except KeyboardInterrupt:
+        forced = _interrupt(ctx, follower)
+        outcome = _finish(ctx, follower)
+        outcome.forced_interrupt = forced
+        raise outcome.fail(InterruptedByUser(f"Interrupted: run {follower.run_id} was stopped.")) from None
+    except TurnTimeoutError as exc:
+        _interrupt(ctx, follower)
+        raise _finish(ctx, follower).fail(exc) from None
+    outcome = _finish(ctx, follower)
+    outcome.previews = links.after_turn(follower.box, follower.ports_event)
+    error: CodexDaytonaError | None = None
+    if outcome.status == "busy":
+        running = (follower.completed or {}).get("running_run_id") or "unknown"
+        error = BusyError(
+            f"Another turn is running on this sandbox (run {running}).",
+            f"Follow it with `codex-daytona logs -f {running}`, or ask with --wait to queue behind it.",
+        )
+    elif outcome.status == "error":
+        error = AgentSetupError(f"The agent failed in the sandbox: {outcome.error or 'unknown error'}")
+    elif outcome.status == "interrupted":
+        error = InterruptedByUser(f"The turn (run {outcome.run_id}) was interrupted.")
+    elif outcome.status != "completed":
+        error = TurnFailedError(f"The agent's turn failed: {outcome.error or 'unknown error'}")
+    if error is not None:
+        raise outcome.fail(error)
+    return outcome
+
+
+def _follow_until_started(ctx: Context, follower: RunFollower) -> None:
+    """Follows a detached turn until it is under way; raises what `_follow` would if the
+    agent refused or failed it before that."""
+    try:
+        follower.follow(DETACH_START_S, until_started=True)
+    except TurnTimeoutError:
+        raise DaytonaError(
+            f"Run {follower.run_id} did not start within {DETACH_START_S:g} s.",
+            f"See `codex-daytona logs {follower.run_id}`.",
+        ) from None
+    finally:
+        follower.close()
+    if follower.completed is not None:
+        _follow(ctx, follower, None)  # raises the run's error
+
+
+def interrupt(box: Box, run_id: str) -> bool:
+    """Asks the agent to interrupt run `run_id`; False when it has no such run running."""
+    result = box.run(runtime.interrupt_command(box.layout, run_id), timeout=30)
+    return result.exit_code == 0
+
+
+def _interrupt(ctx: Context, follower: RunFollower) -> bool:
+    """Asks the agent to interrupt the turn, then waits briefly for it to wind down. A
+    second Ctrl-C while it winds down stops waiting: then True."""
+    ctx.emit(ev.progress("Interrupting the turn..."))
+    try:
+        with contextlib.suppress(DaytonaError):
+            interrupt(follower.box, follower.run_id)
+        with contextlib.suppress(DaytonaError, TurnTimeoutError, AgentSetupError):
+            follower.follow(INTERRUPT_GRACE_S)
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
+def _finish(ctx: Context, follower: RunFollower) -> TurnOutcome:
+    """Saves what the run came to (a refused "busy" run leaves the record as it was)."""
+    box = follower.box
+    outcome = _outcome(follower)
+    follower.close()
+    if follower.disposable_session is not None and follower.completed is not None:
+        with contextlib.suppress(DaytonaError):
+            box.delete_session(follower.disposable_session)
+    if outcome.status == "busy":
+        ctx.update_record(box.id, lambda r: _unclaim(r, follower.run_id, follower.previous_turn))
+        return outcome
+    if outcome.thread_id:
+        box.record.thread_id = outcome.thread_id
+    usage = outcome.usage
+    listening = None if follower.ports_event is None else list(follower.ports_event.get("listening") or [])
+
+    def change(current: SandboxRecord) -> None:
+        if outcome.thread_id:
+            current.thread_id = outcome.thread_id
+        last = current.last_turn
+        if last is None or last.run_id == follower.run_id:
+            current.last_turn = LastTurn(
+                run_id=follower.run_id,
+                started_at=last.started_at if last else now(),
+                ended_at=now(),
+                status=outcome.status,
+                usage=Usage(**usage) if usage else None,
+                error=outcome.error,
+                session_id=last.session_id if last else None,
+                command_id=last.command_id if last else None,
+            )
+        if listening is not None:
+            current.ports = listening
+
+    ctx.update_record(box.id, change)
+    if outcome.status in TURN_ENDED:
+        _restore_auto_stop(ctx, box)
+    return outcome
+
+
+# --- a detached turn keeps its sandbox up ------------------------------------------------------
+
+
+def _keep_up_while_detached(ctx: Context, box: Box) -> None:
+    """Daytona counts API calls, preview traffic and open connections as activity, never
+    the processes in the sandbox: a detached turn nobody follows would look idle and be
+    stopped mid-turn. The sandbox's auto-stop is raised to the detached-turn budget; the
+    next command that finds the turn over puts it back."""
+    budget = ctx.settings.codex_daytona_detach_minutes
+    normal = ctx.settings.codex_daytona_auto_stop_minutes
+    if normal == 0 or budget <= normal:
+        return
+    try:
+        ctx.api.set_auto_stop(box.sandbox, budget)
+    except DaytonaError as exc:
+        ctx.emit(ev.warning(f"Could not raise the sandbox's auto-stop for the detached turn: {exc.message}"))
+        return
+    ctx.update_record(box.id, lambda r: setattr(r, "auto_stop_raised", True))
+
+
+def _restore_auto_stop(ctx: Context, box: Box) -> None:
+    """Puts back the auto-stop a detached turn raised, once no turn runs."""
+    if not box.record.auto_stop_raised:
+        return
+    with contextlib.suppress(DaytonaError):
+        ctx.api.set_auto_stop(box.sandbox, ctx.settings.codex_daytona_auto_stop_minutes)
+        ctx.update_record(box.id, lambda r: setattr(r, "auto_stop_raised", False))
+        box.record.auto_stop_raised = False
+
+
+def _unclaim(record: SandboxRecord, run_id: str, previous: LastTurn | None) -> None:
+    """Puts back the last turn a refused run claimed (unless another has claimed it since)."""
+    if record.last_turn is not None and record.last_turn.run_id == run_id:
+        record.last_turn = previous
+
+
+def _set_command(record: SandboxRecord, run_id: str, command_id: str) -> None:
+    if record.last_turn is not None and record.last_turn.run_id == run_id:
+        record.last_turn.command_id = command_id
+
+
+# --- what `ask` takes besides the prompt ---------------------------------------------------------
+
+
+def read_output_schema(path: Path) -> dict[str, object]:
+    """The JSON Schema in `path` for `--output-schema`: a JSON object, or a usage error before
+    anything is sent."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--output-schema: no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--output-schema: cannot read {path}: {exc}") from None
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(
+            f"--output-schema: {path} is not JSON ({exc}).", 'Give a JSON Schema object, e.g. {"type": "object", ...}.'
+        ) from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--output-schema: {path} holds a JSON {type(schema).__name__}, not a JSON Schema object.")
+    return schema
+
+
+def check_images(paths: list[Path]) -> list[Path]:
+    """The `--image` files, each one a readable local file, or a usage error."""
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"--image: no such file: {path}")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"--image: cannot read {path}")
+    return [p.absolute() for p in paths]
