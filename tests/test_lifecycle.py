@@ -270,6 +270,18 @@ def test_a_sandbox_stopped_between_look_up_and_command_is_started_and_the_turn_r
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
 
 
+def test_exec_in_a_sandbox_stopped_between_look_up_and_command_starts_it_and_runs(rig: Rig) -> None:
+    """The same window for `exec`: its command goes through the same restart-and-resend
+    (Box.start_command), where it used to fail with exit 7."""
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.set_faults(autostop_before_next_command=1)
+    result = rig.cli("exec", "--", "echo", "still here")
+    assert (result.code, result.stdout) == (0, "still here\n"), result
+    assert rig.emulator.faults()["autostop_before_next_command"] == 0, "the fault never struck"
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
+
+
 def test_a_detached_turn_nobody_follows_is_not_stopped_mid_turn(rig: Rig) -> None:
     """Daytona never counts the processes in a sandbox as activity: a detached turn raises
     the auto-stop to CODEX_DAYTONA_DETACH_MINUTES, and the next command that finds the turn
