@@ -1002,7 +1002,6 @@ def execute_run(
     request: dict[str, Any],
     emitter: Emitter,
     interrupter: Interrupter,
-    runs_dir: str,
 ) -> int:
     """One whole run: ports before, the turn, ports after, and the closing event."""
     emit = emitter.emit
@@ -1206,7 +1205,7 @@ class Daemon:
                     return
                 emitter.add_secret(key)
                 request["api_key"] = key
-            execute_run(self.engine, request, emitter, self.interrupter, self.runs_dir)
+            execute_run(self.engine, request, emitter, self.interrupter)
         finally:
             self.current_run = None
             self.interrupter = None

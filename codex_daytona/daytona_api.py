@@ -407,7 +407,7 @@ class DaytonaApi:
             sandbox.process.delete_session(session_id)
 
     @contextmanager
-    def _command_call(self, action: str, sandbox: Sandbox) -> Iterator[None]:
+    def _command_call(self, action: str) -> Iterator[None]:
         """Like _translate, but a 404 means the session or command is gone (CommandGoneError)."""
         from daytona import DaytonaNotFoundError
 
@@ -421,7 +421,7 @@ class DaytonaApi:
 
     def command_exit_code(self, sandbox: Sandbox, session_id: str, command_id: str) -> int | None:
         def call() -> int | None:
-            with self._command_call("read a command's exit code", sandbox):
+            with self._command_call("read a command's exit code"):
                 command = sandbox.process.get_session_command(session_id, command_id)
             return None if command.exit_code is None else int(command.exit_code)
 
@@ -429,7 +429,7 @@ class DaytonaApi:
 
     def command_logs(self, sandbox: Sandbox, session_id: str, command_id: str) -> tuple[str, str]:
         def call() -> tuple[str, str]:
-            with self._command_call("read a command's output", sandbox):
+            with self._command_call("read a command's output"):
                 logs = sandbox.process.get_session_command_logs(session_id, command_id)
             return logs.stdout or "", logs.stderr or ""
 
@@ -490,7 +490,7 @@ class DaytonaApi:
                 raise DaytonaError(f"The log stream went silent for {limit:g} s.")
 
             async def follow() -> None:
-                with self._command_call("stream a command's output", sandbox):
+                with self._command_call("stream a command's output"):
                     await sandbox.process.get_session_command_logs_async(session_id, command_id, stdout, stderr)
 
             async def keepalive(interval: float) -> None:

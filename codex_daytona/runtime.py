@@ -460,7 +460,7 @@ def _git_env(layout: Layout, index: str) -> str:
     )
 
 
-def _snapshot_index(layout: Layout) -> str:
+def _snapshot_index() -> str:
     """Shell steps: the scratch index becomes the home as it is now (baseline files that are
     still there, plus every file git does not ignore). Nested repositories are left out."""
     return (
@@ -550,7 +550,7 @@ def baseline_init_command(layout: Layout) -> str:
         f"git --git-dir={q(base)} config core.bare false; "
         f"git --git-dir={q(base)} config core.excludesFile {q(baseline_exclude(layout))}; fi; "
         f"{_git_env(layout, index)}; cd {q(layout.home)}; "
-        f'{_snapshot_index(layout)}; {_commit_index("baseline")}; rm -f "$GIT_INDEX_FILE"'
+        f'{_snapshot_index()}; {_commit_index("baseline")}; rm -f "$GIT_INDEX_FILE"'
     )
     return "sh -c " + q(script)
 
@@ -625,7 +625,7 @@ def diff_command(layout: Layout, patch: str) -> str:
     script = (
         f"if [ ! -d {q(base)} ]; then exit {NO_BASELINE_EXIT}; fi; set -e; "
         f"mkdir -p {q(posixpath.dirname(patch))}; {_git_env(layout, index)}; cd {q(layout.home)}; "
-        f"{_snapshot_index(layout)}; {_GIT} diff {options} HEAD > {q(patch)}; "
+        f"{_snapshot_index()}; {_GIT} diff {options} HEAD > {q(patch)}; "
         f"printf '%s\\n' {q(CHANGES_MARKER)}; {_GIT} diff --cached --no-renames --name-status -z HEAD; "
         'rm -f "$GIT_INDEX_FILE"'
     )
