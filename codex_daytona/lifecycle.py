@@ -318,35 +318,22 @@ class PauseResult:
 
 
 @dataclass(frozen=True)
-class StopResult:
+class SandboxDone:
+    """What `down` or `down --stop` did to a sandbox."""
+
     sandbox_id: str
+    did: str  # "deleted" or "stopped"
 
     @property
     def human(self) -> str:
-        return f"Stopped sandbox {self.sandbox_id}"
+        return f"{self.did.capitalize()} sandbox {self.sandbox_id}"
 
     @property
     def quiet(self) -> str:
         return self.sandbox_id
 
     def to_json(self) -> dict[str, object]:
-        return {"sandbox_id": self.sandbox_id, "stopped": True}
-
-
-@dataclass(frozen=True)
-class DownResult:
-    sandbox_id: str
-
-    @property
-    def human(self) -> str:
-        return f"Deleted sandbox {self.sandbox_id}"
-
-    @property
-    def quiet(self) -> str:
-        return self.sandbox_id
-
-    def to_json(self) -> dict[str, object]:
-        return {"sandbox_id": self.sandbox_id, "deleted": True}
+        return {"sandbox_id": self.sandbox_id, self.did: True}
 
 
 def _existing(ctx: Context) -> tuple[SandboxRecord, Sandbox]:
@@ -386,16 +373,16 @@ def pause(ctx: Context, *, or_stop: bool = False) -> PauseResult:
     return PauseResult(record.sandbox_id, "paused")
 
 
-def stop(ctx: Context) -> StopResult:
+def stop(ctx: Context) -> SandboxDone:
     """Stops the sandbox, keeping its files and the thread; the next `up` or `ask` starts it."""
     record, sandbox = _existing(ctx)
     if ctx.api.info(sandbox).state != "stopped":
         ctx.emit(ev.progress(f"Stopping sandbox {record.sandbox_id}..."))
         ctx.api.stop(sandbox)
-    return StopResult(record.sandbox_id)
+    return SandboxDone(record.sandbox_id, "stopped")
 
 
-def down(ctx: Context) -> DownResult:
+def down(ctx: Context) -> SandboxDone:
     """Deletes the sandbox and forgets it."""
     record = ctx.require_record()
     try:
@@ -403,11 +390,11 @@ def down(ctx: Context) -> DownResult:
     except SandboxGoneError:
         ctx.forget(record.sandbox_id)
         ctx.emit(ev.warning(f"Sandbox {record.sandbox_id} was already gone; forgot it."))
-        return DownResult(record.sandbox_id)
+        return SandboxDone(record.sandbox_id, "deleted")
     ctx.emit(ev.progress(f"Deleting sandbox {record.sandbox_id}..."))
     ctx.api.delete(sandbox)
     ctx.forget(record.sandbox_id)
-    return DownResult(record.sandbox_id)
+    return SandboxDone(record.sandbox_id, "deleted")
 
 
 def all_sandboxes(ctx: Context) -> list[SandboxInfo]:
