@@ -69,16 +69,8 @@ class Watched:
 
 
 def _fanout(rig: Rig) -> Watched:
-    proc = rig.popen(
-        "ask",
-        "--fanout",
-        str(len(SIBLINGS)),
-        "--new-thread",
-        "never runs",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=default_sigint,
+    proc = rig.popen_piped(
+        "ask", "--fanout", str(len(SIBLINGS)), "--new-thread", "never runs", preexec_fn=default_sigint
     )
     return Watched(proc)
 

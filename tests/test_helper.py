@@ -143,9 +143,7 @@ def test_ctrl_c_through_the_helper_interrupts_the_turn(rig: Rig, helper_dir: Pat
     trace, env = _up_with_the_helper(rig, helper_dir)
     sandbox_id = rig.record()["sandbox_id"]
     rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000)), turn(msg("unreachable")))
-    proc = rig.popen(
-        "ask", "sleep for a minute", env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = rig.popen_piped("ask", "sleep for a minute", env=env)
     _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 60")))
     proc.send_signal(signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=30)
