@@ -108,6 +108,10 @@ class Bench:
             raise SystemExit(f"`codex-daytona {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr}")
         return elapsed, proc
 
+    def popen(self, project: Path, env: dict[str, str], *args: str, **streams: Any) -> subprocess.Popen[str]:
+        """The CLI started in `project` and not waited for: no stdin, text `streams`."""
+        return subprocess.Popen([*CLI, *args], cwd=project, env=env, stdin=subprocess.DEVNULL, text=True, **streams)
+
     def counted(self, label: str, call: Callable[[], Any]) -> tuple[Any, int]:
         self.log.mark()
         result = call()
@@ -220,15 +224,8 @@ def measure_ask(bench: Bench, project: Path, env: dict[str, str], runs: int) -> 
 def ask_json(bench: Bench, project: Path, env: dict[str, str], prompt: str) -> tuple[list[float], float]:
     """Runs `ask --json`; returns each event's latency (ms from the agent stamping it to this
     process reading it) and the ms from the agent stamping its last event to the exit."""
-    proc = subprocess.Popen(
-        [*CLI, "ask", "--json", prompt],
-        cwd=project,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        bufsize=1,
+    proc = bench.popen(
+        project, env, "ask", "--json", prompt, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=1
     )
     assert proc.stdout is not None
     latencies, last_ts = [], 0.0
@@ -302,16 +299,9 @@ def measure_fanout(bench: Bench, project: Path, env: dict[str, str], runs: int, 
         for i in range(runs):
             bench.model.enqueue(*[turn(msg(f"ready {i}")) for _ in range(FANOUT)])
             seen = len(bench.model.requests)
+            fanout = ("ask", "--fanout", str(FANOUT), "--new-thread", "-q", f"get ready {i}")
             started = time.perf_counter()
-            proc = subprocess.Popen(
-                [*CLI, "ask", "--fanout", str(FANOUT), "--new-thread", "-q", f"get ready {i}"],
-                cwd=project,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            proc = bench.popen(project, env, *fanout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             reached = None
             while reached is None and proc.poll() is None:
                 turns = [r for r in bench.model.requests[seen:] if r.get("method") == "POST"]

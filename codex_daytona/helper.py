@@ -132,6 +132,10 @@ def serve(path: str, key: str, idle_seconds: float) -> int:
     learned.refresh()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a stale socket of a helper that died: ours holds the lock now
+    # Mode 0600 from the umask as it is bound, besides the private directory and the peer's uid
+    # checked on each connection. agent.py's Daemon.serve binds its socket the same way, in a
+    # copy of its own: that file runs alone in the sandbox and imports nothing of ours, and the
+    # package only reads it as the file to upload (runtime.agent_source), never imports it.
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:

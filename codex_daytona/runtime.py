@@ -276,15 +276,25 @@ def refused_config_key(pair: str, settings: Settings) -> str | None:
     return None
 
 
-def _tool_config(settings: Settings) -> dict[str, object]:
+def codex_behaviour() -> dict[str, object]:
+    """How every Codex the tool runs behaves, whatever its provider: no approvals and no
+    sandbox of its own (the Daytona sandbox is one), nothing that calls home (update check,
+    analytics, plugins), bounded connection retries, the plan tool on. The tests' local Codex
+    (tests/fakes/codex_home.py) runs with the same."""
     return {
-        "model_provider": PROVIDER,
         "approval_policy": "never",
         "sandbox_mode": "danger-full-access",
         "check_for_update_on_startup": False,
         "analytics": {"enabled": False},
         "features": {"plugins": False, "unbounded_connection_retries": False},
         "tools": {"update_plan": {"enabled": True}},
+    }
+
+
+def _tool_config(settings: Settings) -> dict[str, object]:
+    return {
+        "model_provider": PROVIDER,
+        **codex_behaviour(),
         # The commands the agent runs never see the key, nor anything named like a secret.
         "shell_environment_policy": {
             "inherit": "all",

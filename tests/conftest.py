@@ -40,10 +40,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from tests.fakes.daytona import DaytonaEmulator
 
     root = tmp_path_factory.mktemp("daytona")
-    emu = DaytonaEmulator(root, DAYTONA_KEY, log_path=root / "requests.jsonl")
-    emu.start()
-    yield emu
-    emu.stop()
+    with DaytonaEmulator(root, DAYTONA_KEY, log_path=root / "requests.jsonl") as emu:
+        yield emu
 
 
 @pytest.fixture(scope="session")

@@ -118,6 +118,10 @@ class Rig:
             **kwargs,
         )
 
+    def popen_piped(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        """`popen` as a script runs the CLI in the background: no stdin, stdout and stderr piped."""
+        return self.popen(*args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
     def state(self) -> dict[str, Any]:
         if sys.version_info >= (3, 11):
             import tomllib

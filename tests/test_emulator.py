@@ -69,10 +69,8 @@ def http(url: str, headers: dict[str, str] | None = None, data: bytes | None = N
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaytonaEmulator]:
     root = tmp_path_factory.mktemp("daytona-emulator")
-    emu = DaytonaEmulator(root, API_KEY, log_path=root / "requests.jsonl")
-    emu.start()
-    yield emu
-    emu.stop()
+    with DaytonaEmulator(root, API_KEY, log_path=root / "requests.jsonl") as emu:
+        yield emu
 
 
 @pytest.fixture(autouse=True)

@@ -17,13 +17,17 @@ def _no_traceback(text: str) -> None:
     assert "Traceback" not in text, text
 
 
-def _delete_behind_our_back(rig: Rig, sandbox_id: str) -> None:
+def _up_then_deleted_behind_our_back(rig: Rig) -> str:
+    """A sandbox made by `up`, then deleted on Daytona directly: its id."""
+    assert rig.cli("up").code == 0
+    sandbox_id: str = rig.record()["sandbox_id"]
     request = urllib.request.Request(
         f"{rig.emulator.api_url}/sandbox/{sandbox_id}",
         method="DELETE",
         headers={"Authorization": f"Bearer {DAYTONA_KEY}"},
     )
     urllib.request.urlopen(request, timeout=10).read()
+    return sandbox_id
 
 
 def test_missing_daytona_key(rig: Rig) -> None:
@@ -77,9 +81,7 @@ def test_no_sandbox_yet(rig: Rig) -> None:
 
 
 def test_sandbox_deleted_behind_our_back(rig: Rig) -> None:
-    assert rig.cli("up").code == 0
-    old = rig.record()["sandbox_id"]
-    _delete_behind_our_back(rig, old)
+    old = _up_then_deleted_behind_our_back(rig)
     result = rig.cli("ask", "hello")
     assert result.code == 5, result
     assert old in result.stderr and "no longer exists" in result.stderr
@@ -92,9 +94,7 @@ def test_sandbox_deleted_behind_our_back(rig: Rig) -> None:
 
 
 def test_up_replaces_a_deleted_sandbox_with_a_warning(rig: Rig) -> None:
-    assert rig.cli("up").code == 0
-    old = rig.record()["sandbox_id"]
-    _delete_behind_our_back(rig, old)
+    old = _up_then_deleted_behind_our_back(rig)
     result = rig.cli("up", "-q")
     assert result.code == 0, result
     assert "deleted outside codex-daytona" in result.stderr

@@ -228,7 +228,7 @@ class ExecSide:
 
 def _ask(rig: Rig, scenario: Scenario, prompt: str) -> tuple[int, str, str]:
     args = ["ask", "--exec-json", "--new-thread", *(["--model", scenario.model] if scenario.model else []), prompt]
-    proc = rig.popen(*args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = rig.popen_piped(*args)
     code, stdout = _stream(proc, scenario.interrupt_on)
     assert proc.stderr is not None
     return code, stdout, proc.stderr.read()

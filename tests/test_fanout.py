@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 
 import pytest
@@ -153,17 +152,7 @@ def test_ctrl_c_interrupts_every_turn_and_orphans_nothing(rig: Rig) -> None:
         assert rig.cli("up").code == 0
         rig.model.enqueue(*[turn(run("sleep 60", yield_time_ms=60000)) for _ in range(2)])
         rig.model.enqueue(*[turn(msg("unreachable")) for _ in range(2)])
-        proc = rig.popen(
-            "ask",
-            "--fanout",
-            "2",
-            "--new-thread",
-            "-q",
-            "sleep a minute",
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = rig.popen_piped("ask", "--fanout", "2", "--new-thread", "-q", "sleep a minute")
 
         def both_sleeping() -> bool:
             ids = _ids(rig)

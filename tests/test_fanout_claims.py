@@ -69,16 +69,8 @@ class Watched:
 
 
 def _fanout(rig: Rig) -> Watched:
-    proc = rig.popen(
-        "ask",
-        "--fanout",
-        str(len(SIBLINGS)),
-        "--new-thread",
-        "never runs",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=default_sigint,
+    proc = rig.popen_piped(
+        "ask", "--fanout", str(len(SIBLINGS)), "--new-thread", "never runs", preexec_fn=default_sigint
     )
     return Watched(proc)
 
@@ -110,6 +102,15 @@ def _while_both_are_created(rig: Rig, cli: Watched) -> None:
     time.sleep(0.5)  # connected; now surely received too (the emulator holds each request for seconds)
 
 
+def _fanout_while_slowly_created(rig: Rig, latency: float) -> Watched:
+    """`ask --fanout`, every Daytona request taking `latency` seconds, once both siblings are
+    being created."""
+    rig.emulator.set_faults(latency_ms=int(latency * 1000))
+    cli = _fanout(rig)
+    _while_both_are_created(rig, cli)
+    return cli
+
+
 def _creations(rig: Rig, since: float) -> list[dict[str, Any]]:
     return [e for e in rig.requests(since) if e["method"] == "POST" and e["path"] == "/api/sandbox"]
 
@@ -121,13 +122,20 @@ def _table_rows(stdout: str) -> dict[str, str]:
     return {line.split()[0]: line for line in lines[1:] if line.split() and line.split()[0] in SIBLINGS}
 
 
+def _assert_every_sibling_interrupted(cli: Watched, code: int) -> None:
+    """The table: one row per sandbox, interrupted; exit code 130, no traceback."""
+    rows = _table_rows(cli.stdout)
+    assert sorted(rows) == SIBLINGS, cli.stdout
+    for name in SIBLINGS:
+        assert rows[name].split()[1].startswith("interrupted"), rows[name]
+    assert code == 130, f"exit {code}\n{cli.stderr}\n{cli.stdout}"
+    assert "Traceback" not in cli.stderr
+
+
 def test_ctrl_c_while_sandboxes_are_created_keeps_them_all_and_prints_the_table(rig: Rig) -> None:
-    latency = 3.0
     since = time.time()
     try:
-        rig.emulator.set_faults(latency_ms=int(latency * 1000))
-        cli = _fanout(rig)
-        _while_both_are_created(rig, cli)
+        cli = _fanout_while_slowly_created(rig, latency=3.0)
         sent = time.time()
         cli.proc.send_signal(signal.SIGINT)
         code = cli.finish(timeout=120)
@@ -140,14 +148,7 @@ def test_ctrl_c_while_sandboxes_are_created_keeps_them_all_and_prints_the_table(
         assert all(began < sent < ended for began, ended in spans), (sent, spans)
         assert max(b for b, _ in spans) < min(e for _, e in spans), f"created one after the other: {spans}"
 
-        # The table: one row per sandbox, interrupted.
-        rows = _table_rows(cli.stdout)
-        assert sorted(rows) == SIBLINGS, cli.stdout
-        for name in SIBLINGS:
-            assert rows[name].split()[1].startswith("interrupted"), rows[name]
-
-        assert code == 130, f"exit {code}\n{cli.stderr}\n{cli.stdout}"
-        assert "Traceback" not in cli.stderr
+        _assert_every_sibling_interrupted(cli, code)
         assert "Interrupted: every turn was stopped; the sandboxes are kept." in cli.stderr
 
         # Every sandbox the emulator created is in the state file: none orphaned.
@@ -165,12 +166,9 @@ def test_ctrl_c_while_sandboxes_are_created_keeps_them_all_and_prints_the_table(
 
 
 def test_a_second_ctrl_c_stops_waiting_for_the_sandboxes_being_created(rig: Rig) -> None:
-    latency = 5.0
     since = time.time()
     try:
-        rig.emulator.set_faults(latency_ms=int(latency * 1000))
-        cli = _fanout(rig)
-        _while_both_are_created(rig, cli)
+        cli = _fanout_while_slowly_created(rig, latency=5.0)
         cli.proc.send_signal(signal.SIGINT)
         cli.wait_for(r"Interrupting every turn", timeout=10)  # the first Ctrl-C: now waiting for them
         cli.proc.send_signal(signal.SIGINT)
@@ -181,12 +179,7 @@ def test_a_second_ctrl_c_stops_waiting_for_the_sandboxes_being_created(rig: Rig)
         creations = _creations(rig, since)
         assert cli.ended is not None and all(cli.ended < e["ts"] for e in creations), (cli.ended, creations)
 
-        rows = _table_rows(cli.stdout)
-        assert sorted(rows) == SIBLINGS, cli.stdout
-        for name in SIBLINGS:
-            assert rows[name].split()[1].startswith("interrupted"), rows[name]
-        assert code == 130, f"exit {code}\n{cli.stderr}\n{cli.stdout}"
-        assert "Traceback" not in cli.stderr
+        _assert_every_sibling_interrupted(cli, code)
     finally:
         rig.emulator.set_faults(latency_ms=0)
         # Not waiting has its price: sandboxes created after the CLI left are in no state file.

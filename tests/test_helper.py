@@ -76,6 +76,16 @@ def helper_env(directory: Path, trace: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def _up_with_the_helper(rig: Rig, helper_dir: Path) -> tuple[Path, dict[str, str]]:
+    """`up` with the helper on (it runs in process and starts the helper), once the helper
+    listens: the trace file and the environment for the commands that follow."""
+    trace = helper_dir / "trace"
+    env = helper_env(helper_dir, trace)
+    assert rig.cli("up", env=env).code == 0
+    _wait_for(lambda: sockets(helper_dir))
+    return trace, env
+
+
 def traced(trace: Path) -> list[str]:
     return trace.read_text().splitlines() if trace.exists() else []
 
@@ -130,15 +140,10 @@ def test_a_second_command_runs_in_the_helper_exactly_as_in_process(rig: Rig, hel
 
 @pytest.mark.e2e
 def test_ctrl_c_through_the_helper_interrupts_the_turn(rig: Rig, helper_dir: Path) -> None:
-    trace = helper_dir / "trace"
-    env = helper_env(helper_dir, trace)
-    assert rig.cli("up", env=env).code == 0
-    _wait_for(lambda: sockets(helper_dir))
+    trace, env = _up_with_the_helper(rig, helper_dir)
     sandbox_id = rig.record()["sandbox_id"]
     rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000)), turn(msg("unreachable")))
-    proc = rig.popen(
-        "ask", "sleep for a minute", env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = rig.popen_piped("ask", "sleep for a minute", env=env)
     _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 60")))
     proc.send_signal(signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=30)
@@ -152,10 +157,7 @@ def test_ctrl_c_through_the_helper_interrupts_the_turn(rig: Rig, helper_dir: Pat
 
 @pytest.mark.e2e
 def test_detach_and_timeout_through_the_helper(rig: Rig, helper_dir: Path) -> None:
-    trace = helper_dir / "trace"
-    env = helper_env(helper_dir, trace)
-    assert rig.cli("up", env=env).code == 0
-    _wait_for(lambda: sockets(helper_dir))
+    trace, env = _up_with_the_helper(rig, helper_dir)
     sandbox_id = rig.record()["sandbox_id"]
     rig.model.enqueue(turn(run("sleep 1; echo slow")), turn(msg("finished detached")))
     started = rig.cli("ask", "--detach", "-q", "work", env=env)
@@ -174,10 +176,7 @@ def test_detach_and_timeout_through_the_helper(rig: Rig, helper_dir: Path) -> No
 def test_wait_and_fanout_through_the_helper(rig: Rig, helper_dir: Path) -> None:
     """A queued ask (--wait) and a fan-out (threads in the forked command process) run
     through the helper as they do in process."""
-    trace = helper_dir / "trace"
-    env = helper_env(helper_dir, trace)
-    assert rig.cli("up", env=env).code == 0
-    _wait_for(lambda: sockets(helper_dir))
+    trace, env = _up_with_the_helper(rig, helper_dir)
     rig.model.enqueue(turn(run("sleep 2")), turn(msg("first done")))
     first = rig.cli("ask", "--detach", "-q", "first", env=env)
     assert first.code == 0, first

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -72,15 +71,7 @@ def test_prompt_from_a_pipe_and_a_new_thread(rig: Rig) -> None:
 def test_timeout_interrupts_the_turn_with_124(rig: Rig) -> None:
     sandbox_id = _ready(rig)
     rig.model.enqueue(turn(run("sleep 71", yield_time_ms=60000)), turn(msg("unreachable")))
-    proc = rig.popen(
-        "ask",
-        "--timeout",
-        "3",
-        "sleep a while",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = rig.popen_piped("ask", "--timeout", "3", "sleep a while")
     # The command really ran before the timeout: "it is gone" below then means something.
     _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 71")))
     _stdout, stderr = proc.communicate(timeout=60)
@@ -92,9 +83,7 @@ def test_timeout_interrupts_the_turn_with_124(rig: Rig) -> None:
 def test_ctrl_c_stops_the_turn_not_the_sandbox(rig: Rig) -> None:
     sandbox_id = _ready(rig)
     rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000)), turn(msg("unreachable")))
-    proc = rig.popen(
-        "ask", "sleep for a minute", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = rig.popen_piped("ask", "sleep for a minute")
     _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 60")))
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)

@@ -5,9 +5,10 @@ Usage::
     home = write_codex_home(tmp_path / "codex-home", model.base_url)
     env = codex_env(home)          # CODEX_HOME, FAKE_OPENAI_KEY, ... for the codex process
 
-The config keeps Codex offline and quick to fail: no plugins (they contact chatgpt.com
-and github.com), no update check, no analytics, bounded connection retries and no
-request/stream retries by default.
+The config keeps Codex offline and quick to fail: it behaves as the tool's Codex in the
+sandbox does (runtime.codex_behaviour: no plugins, which contact chatgpt.com and github.com,
+no update check, no analytics, bounded connection retries), with no request/stream retries
+by default.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+
+from codex_daytona import runtime
 
 FAKE_KEY_ENV = "FAKE_OPENAI_KEY"
 FAKE_KEY = "test-key"
@@ -37,12 +40,7 @@ def codex_config(
     config: dict[str, Any] = {
         "model": model,
         "model_provider": "custom",
-        "approval_policy": "never",
-        "sandbox_mode": "danger-full-access",
-        "check_for_update_on_startup": False,
-        "analytics": {"enabled": False},
-        "features": {"plugins": False, "unbounded_connection_retries": False},
-        "tools": {"update_plan": {"enabled": True}},
+        **runtime.codex_behaviour(),
         "model_providers": {
             "custom": {
                 "name": "custom",
