@@ -1098,7 +1098,7 @@ class Daemon:
             os.umask(old_umask)
         server.listen(8)
         self._replace_previous_daemon()
-        signal.signal(signal.SIGTERM, lambda *_: self._shutdown(server, path))
+        signal.signal(signal.SIGTERM, lambda *_: self._shutdown(path))
         while True:
             try:
                 conn, _ = server.accept()
@@ -1119,7 +1119,7 @@ class Daemon:
             pid_file.parent.mkdir(parents=True, exist_ok=True)
             pid_file.write_text(str(os.getpid()))
 
-    def _shutdown(self, server: Any, path: str) -> None:
+    def _shutdown(self, path: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(path)
         self.engine.close()
