@@ -753,13 +753,12 @@ def ssh(
     from codex_daytona import hands
 
     with _session(json_mode, quiet, debug, name) as (ctx, out):
-        sandbox_id, access = hands.ssh(ctx, expires)
-        data = {"sandbox_id": sandbox_id, "ssh_command": access.command, "expires_at": access.expires_at}
+        access = hands.ssh(ctx, expires)
         if connect:
             out.progress(f"Connecting (access expires at {access.expires_at})...")
             code = subprocess.call(shlex.split(access.command))
         else:
-            out.value(access.command, access.command, data)
+            out.result(access)
             out.progress(f"Expires at {access.expires_at}.")
             target = access.command.removeprefix("ssh ")
             out.progress(f"VS Code: Remote-SSH: Connect to Host..., then enter `{target}`.")
@@ -880,17 +879,9 @@ def _down_others(ctx: Context, out: Output, yes: bool) -> None:
     from codex_daytona.fleet import down_others, siblings
 
     names = siblings(ctx)
-    if ctx.record() is not None and not names:
-        out.value(f"{ctx.name} has no fan-out sandboxes; nothing to delete.", "", {"kept": ctx.name, "deleted": []})
-        return
     if names and not yes and sys.stdin.isatty() and sys.stdout.isatty():
         typer.confirm(f"Delete sandboxes {', '.join(names)} and everything in them?", abort=True, err=True)
-    deleted = down_others(ctx)
-    out.value(
-        "\n".join(f"Deleted {n} (sandbox {sid})" for n, sid in deleted) + f"\nKept {ctx.name}.",
-        "\n".join(n for n, _ in deleted),
-        {"kept": ctx.name, "deleted": [{"name": n, "sandbox_id": sid} for n, sid in deleted]},
-    )
+    out.result(down_others(ctx))
 
 
 def raise_usage(message: str, hint: str = "") -> NoReturn:

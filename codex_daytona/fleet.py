@@ -154,17 +154,34 @@ def siblings(app: Context) -> list[str]:
     return sorted(n for n in app.store.load().sandboxes if is_sibling(app.name, n))
 
 
-def down_others(app: Context) -> list[tuple[str, str]]:
-    """Deletes `app.name`'s fan-out siblings (`<name>-<n>`) and keeps it. Returns (name, id) pairs."""
+@dataclass(frozen=True)
+class DownOthersResult:
+    kept: str
+    deleted: list[tuple[str, str]]  # (name, sandbox id)
+
+    @property
+    def human(self) -> str:
+        if not self.deleted:
+            return f"{self.kept} has no fan-out sandboxes; nothing to delete."
+        return "\n".join(f"Deleted {n} (sandbox {sid})" for n, sid in self.deleted) + f"\nKept {self.kept}."
+
+    @property
+    def quiet(self) -> str:
+        return "\n".join(n for n, _ in self.deleted)
+
+    def to_json(self) -> dict[str, object]:
+        return {"kept": self.kept, "deleted": [{"name": n, "sandbox_id": sid} for n, sid in self.deleted]}
+
+
+def down_others(app: Context) -> DownOthersResult:
+    """Deletes `app.name`'s fan-out siblings (`<name>-<n>`) and keeps it."""
     if app.record() is None:
         raise NoSandboxError(
             f"No sandbox named {app.name} here, so there is nothing to keep.",
             "Choose the one to keep first: `codex-daytona keep NAME`.",
         )
-    deleted = []
-    for name in siblings(app):
-        deleted.append((name, lifecycle.down(app.named(name, app.emit)).sandbox_id))
-    return deleted
+    deleted = [(name, lifecycle.down(app.named(name, app.emit)).sandbox_id) for name in siblings(app)]
+    return DownOthersResult(app.name, deleted)
 
 
 # --- ask --fanout ----------------------------------------------------------------------------------

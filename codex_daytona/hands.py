@@ -8,12 +8,12 @@ import contextlib
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from codex_daytona import events as ev
 from codex_daytona import runtime
 from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context, OnEvent
-from codex_daytona.daytona_api import SshAccess
 from codex_daytona.errors import CodexDaytonaError, DaytonaError, InterruptedByUser, TurnTimeoutError
 
 
@@ -35,11 +35,30 @@ def exec_command(ctx: Context, command: str, *, timeout: float | None = None) ->
         stream.close()
 
 
-def ssh(ctx: Context, minutes: int) -> tuple[str, SshAccess]:
+@dataclass(frozen=True)
+class SshResult:
+    sandbox_id: str
+    command: str  # the ssh command line, token included
+    expires_at: str
+
+    @property
+    def human(self) -> str:
+        return self.command
+
+    @property
+    def quiet(self) -> str:
+        return self.command
+
+    def to_json(self) -> dict[str, object]:
+        return {"sandbox_id": self.sandbox_id, "ssh_command": self.command, "expires_at": self.expires_at}
+
+
+def ssh(ctx: Context, minutes: int) -> SshResult:
     """SSH access to the sandbox for `minutes` (Daytona revokes the earlier tokens); starts or
-    resumes the sandbox first. Returns the sandbox id and the access."""
+    resumes the sandbox first."""
     box = ctx.box()
-    return box.id, ctx.api.ssh_access(box.sandbox, minutes)
+    access = ctx.api.ssh_access(box.sandbox, minutes)
+    return SshResult(box.id, access.command, access.expires_at)
 
 
 def open_shell(ctx: Context, rows: int, cols: int) -> RemoteShell:
