@@ -342,7 +342,7 @@ def test_a_thread_resumed_by_a_new_daemon_raises_no_warning(rig: AgentRig) -> No
     code, events, stderr = rig.run("what did I say?", thread_id=thread_id)
     assert code == 0, stderr
     assert events[0]["pid"] != pid and events[-1]["thread_id"] == thread_id
-    assert "remember this" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    assert "remember this" in rig.model.last_input()
     warnings = [e["item"]["message"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "error"]
     assert not warnings
 

@@ -126,7 +126,7 @@ def test_a_second_command_runs_in_the_helper_exactly_as_in_process(rig: Rig, hel
     rig.model.enqueue(turn(msg("piped")))
     piped = rig.cli("ask", "-q", input="from the pipe\n", env=env)
     assert piped.code == 0 and piped.stdout == "piped\n", piped
-    assert "from the pipe" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    assert "from the pipe" in rig.model.last_input()
     # A failing command: the same error, hint and exit code.
     failing = [rig.cli("preview", "--json", "--name", "nope", env=which) for which in (env, in_process)]
     assert failing[0].code == failing[1].code == 5, failing

@@ -40,7 +40,7 @@ def test_the_key_stays_out_of_everything(rig: Rig) -> None:
     sandbox_id = rig.record()["sandbox_id"]
 
     # The agent's commands did not see it: what `env`/`printenv` printed reached the model.
-    tool_output = json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    tool_output = rig.model.last_input()
     assert "HOME=" in tool_output and "ps-follows" in tool_output
     assert OPENAI_KEY not in tool_output
     assert "CODEX_DAYTONA_OPENAI_API_KEY" not in tool_output
@@ -85,6 +85,6 @@ def test_daytona_secret_mode_puts_only_a_placeholder_in_the_sandbox(rig: Rig) ->
     assert auth.startswith("Bearer ") and "team-openai-key" in auth
     assert OPENAI_KEY not in json.dumps(sandbox)
     # The agent's commands do not even see the placeholder.
-    tool_output = json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    tool_output = rig.model.last_input()
     assert "HOME=" in tool_output
     assert "CODEX_DAYTONA_OPENAI_API_KEY" not in tool_output and "team-openai-key" not in tool_output

@@ -59,13 +59,13 @@ def test_prompt_from_a_pipe_and_a_new_thread(rig: Rig) -> None:
     rig.model.enqueue(turn(msg("one")))
     first = rig.cli("ask", input="from the pipe\n")
     assert first.code == 0, first
-    assert "from the pipe" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    assert "from the pipe" in rig.model.last_input()
     thread = rig.record()["thread_id"]
     rig.model.enqueue(turn(msg("two")))
     second = rig.cli("ask", "--new-thread", "fresh")
     assert second.code == 0, second
     assert rig.record()["thread_id"] != thread
-    assert "from the pipe" not in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    assert "from the pipe" not in rig.model.last_input()
 
 
 def test_timeout_interrupts_the_turn_with_124(rig: Rig) -> None:
@@ -103,7 +103,7 @@ def test_ctrl_c_stops_the_turn_not_the_sandbox(rig: Rig) -> None:
     again = rig.cli("ask", "are you there?")
     assert again.code == 0, again
     assert rig.record()["thread_id"] == thread
-    history = json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    history = rig.model.last_input()
     assert "sleep for a minute" in history
     assert "aborted" in history.lower(), "the model is told the last turn was aborted"
 
@@ -231,7 +231,7 @@ def test_a_stopped_sandbox_is_started(rig: Rig) -> None:
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
     assert rig.record()["thread_id"] == thread_before
     # The same conversation went on: the model saw the turn from before the stop.
-    assert "hello" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    assert "hello" in rig.model.last_input()
     starts = [e for e in rig.requests() if e["method"] == "POST" and e["path"] == f"/api/sandbox/{sandbox_id}/start"]
     assert len(starts) == 1, starts
 

@@ -80,7 +80,7 @@ def test_seed_workflow_build_serve_preview_resume_down(rig: Rig) -> None:
     third = rig.cli("ask", "what have we done so far?")
     assert third.code == 0, third
     assert rig.record()["thread_id"] == thread_id
-    history = json.dumps(rig.model.model_requests[-1]["body"]["input"])
+    history = rig.model.last_input()
     assert "create a 3d animated web-based lunar lander game" in history
     assert "start the server" in history
     assert "Built a self-contained 3D lunar lander game" in history

@@ -492,6 +492,10 @@ class ScriptedModel:
         with self._lock:
             return [r for r in self.requests if r["method"] == "POST" and r["path"].endswith("/responses")]
 
+    def last_input(self) -> str:
+        """The input of the last model request, as JSON text: what the model was shown."""
+        return json.dumps(self.model_requests[-1]["body"]["input"])
+
     def record(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
         # received_at: when the request reached the model (time.time()), for `make bench`.
         entry = {"method": method, "path": path, "headers": headers, "body": body, "received_at": time.time()}
