@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from codex_daytona import events as ev
 from codex_daytona import runtime
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from daytona import Sandbox
 
 OnEvent = Callable[[ev.Event], None]
+T = TypeVar("T")
 TOOL_LABEL = "codex-daytona"
 SESSION_ID = "codex-daytona"
 
@@ -187,18 +188,21 @@ class Box:
         return self.api.preview_link(self.sandbox, port)
 
     def create_session(self, session: str) -> None:
-        self.api.create_session(self.sandbox, session)
+        self._started_again_if_stopped(lambda: self.api.create_session(self.sandbox, session))
 
     def delete_session(self, session: str) -> None:
         self.api.delete_session(self.sandbox, session)
 
     def start_command(self, session: str, command: str) -> str:
-        """Starts a command in a session; returns its id. Daytona may have stopped the sandbox
-        (auto-stop) since we found it started: then it is started again and the command sent
-        once more (`start_command` makes the session again if the stop took it). Any other
-        failure stands."""
+        """Starts a command in a session; returns its id."""
+        return self._started_again_if_stopped(lambda: self.api.start_command(self.sandbox, session, command))
+
+    def _started_again_if_stopped(self, call: Callable[[], T]) -> T:
+        """Daytona may have stopped the sandbox (auto-stop) since we found it started: then it
+        is started again and `call` made once more (`start_command` makes its session again
+        if the stop took it). Any other failure stands."""
         try:
-            return self.api.start_command(self.sandbox, session, command)
+            return call()
         except SandboxGoneError:
             raise
         except DaytonaError:
@@ -206,7 +210,7 @@ class Box:
             if self.info().state == "started":
                 raise
             self.ensure_started()
-            return self.api.start_command(self.sandbox, session, command)
+            return call()
 
     def command_exit_code(self, session: str, command_id: str) -> int | None:
         return self.api.command_exit_code(self.sandbox, session, command_id)

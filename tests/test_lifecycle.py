@@ -270,15 +270,16 @@ def test_a_sandbox_stopped_between_look_up_and_command_is_started_and_the_turn_r
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
 
 
-def test_exec_in_a_sandbox_stopped_between_look_up_and_command_starts_it_and_runs(rig: Rig) -> None:
-    """The same window for `exec`: its command goes through the same restart-and-resend
-    (Box.start_command), where it used to fail with exit 7."""
+@pytest.mark.parametrize("fault", ["autostop_before_next_command", "autostop_before_next_session"])
+def test_exec_in_a_sandbox_stopped_between_look_up_and_command_starts_it_and_runs(rig: Rig, fault: str) -> None:
+    """The same window for `exec`, whether the stop lands on its session or on its command:
+    both go through the same restart-and-resend (Box), where exec used to fail with exit 7."""
     assert rig.cli("up").code == 0
     sandbox_id = rig.record()["sandbox_id"]
-    rig.emulator.set_faults(autostop_before_next_command=1)
+    rig.emulator.set_faults(**{fault: 1})
     result = rig.cli("exec", "--", "echo", "still here")
     assert (result.code, result.stdout) == (0, "still here\n"), result
-    assert rig.emulator.faults()["autostop_before_next_command"] == 0, "the fault never struck"
+    assert rig.emulator.faults()[fault] == 0, "the fault never struck"
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
 
 

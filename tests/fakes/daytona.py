@@ -762,11 +762,13 @@ class Faults:
     frame), and only when the log goes on past that point; a stream that ends first is left
     alone and the fault stays armed. ``*_done`` count the faults that really struck.
     ``autostop_before_next_command``: the next session command finds its sandbox just stopped,
-    as when auto-stop fires between a client's look-up and its command (409, not started).
+    as when auto-stop fires between a client's look-up and its command (409, not started);
+    ``autostop_before_next_session``: the same for the next session to be created.
     """
 
     fail_next: int = 0
     autostop_before_next_command: int = 0
+    autostop_before_next_session: int = 0
     drop_log_streams: int = 0
     drop_after_bytes: int = 0
     stall_log_streams: int = 0
@@ -1695,6 +1697,9 @@ class EmulatorServer:
         return {"sessionId": session.id, "commands": [c.to_json() for c in session.commands.values()]}
 
     async def _create_session(self, request: web.Request) -> web.Response:
+        if self.faults.autostop_before_next_session > 0:
+            self.faults.autostop_before_next_session -= 1
+            await self.stop_sandbox(self._sandbox(request))
         sb = self._running_sandbox(request)
         body = await self._json_body(request)
         sid = body.get("sessionId")
