@@ -87,7 +87,6 @@ class Output:
         self._running: dict[str, str] = {}
         self._writing = ""  # the last line of the text the model is writing, for the spinner
         self._turn = ev.TurnTally(started=time.time())
-        self.final_message: str | None = None
         # `ask --json` streams every event as a JSON line; other commands print one object.
         self.stream_events = False
         # `--exec-json`: only `codex exec --json`'s own lines, exactly as exec prints them.
@@ -188,8 +187,6 @@ class Output:
             self._preview(event)
             return
         if self.mode is Mode.QUIET:
-            if kind in (ev.ITEM_COMPLETED,) and (event.get("item") or {}).get("type") == ev.AGENT_MESSAGE:
-                self.final_message = (event.get("item") or {}).get("text", "")
             return
         self._human(event)
 
@@ -280,7 +277,6 @@ class Output:
         elif item_type == ev.AGENT_MESSAGE and kind == ev.ITEM_COMPLETED:
             self._flush_message()
             self._pending_message = str(item.get("text", ""))
-            self.final_message = self._pending_message
         elif item_type == ev.REASONING and kind == ev.ITEM_COMPLETED:
             text = str(item.get("text", "")).strip()
             if text:

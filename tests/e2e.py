@@ -184,3 +184,9 @@ def sandbox_processes(sandbox_id: str, needle: str = "") -> dict[int, str]:
         if f"DAYTONA_SANDBOX_ID={sandbox_id}".encode() in environ and needle in cmdline:
             found[int(proc.name)] = cmdline
     return found
+
+
+def last_answer(events: list[dict[str, Any]]) -> str:
+    """A turn's answer as the core takes it (TurnOutcome.final_message): its last agent message."""
+    items = [e.get("item") or {} for e in events if e.get("type") == "item.completed"]
+    return next((str(i.get("text", "")) for i in reversed(items) if i.get("type") == "agent_message"), "")

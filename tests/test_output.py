@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from codex_daytona.output import Mode, Output
+from tests.e2e import last_answer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "codex-exec-json"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -23,7 +24,7 @@ def _render(mode: Mode, events: list[dict], secrets: list[str] | None = None) ->
     out = Output(mode, secrets=secrets, stdout=stdout, stderr=stderr)
     for event in events:
         out.event(event)
-    out.final_answer(out.final_message)
+    out.final_answer(last_answer(events))
     return stdout.getvalue(), stderr.getvalue()
 
 
@@ -83,7 +84,7 @@ def test_secrets_are_masked_in_every_mode() -> None:
         out = Output(mode, secrets=[secret], stdout=stdout, stderr=stderr)
         out.stream_events = True
         out.event(event)
-        out.final_answer(out.final_message)
+        out.final_answer(last_answer([event]))
         out.error(f"failed with {secret}", f"hint {secret}")
         assert secret not in stdout.getvalue() + stderr.getvalue(), mode
         assert "***" in stdout.getvalue() + stderr.getvalue()

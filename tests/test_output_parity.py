@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from codex_daytona.output import Mode, Output
+from tests.e2e import last_answer
 
 THREAD = {"type": "thread.started", "thread_id": "t-1", "ts": 100.0}
 COMMAND = {"id": "item_1", "type": "command_execution", "command": "/bin/bash -lc 'make'", "aggregated_output": ""}
@@ -88,7 +89,7 @@ def _render(mode: Mode, events: list[dict[str, Any]], exec_only: bool = False) -
     for event in events:
         out.event(event)
     if mode is not Mode.JSON:
-        out.final_answer(out.final_message)
+        out.final_answer(last_answer(events))
     return stdout.getvalue(), stderr.getvalue()
 
 
