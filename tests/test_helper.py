@@ -155,6 +155,42 @@ def test_ctrl_c_through_the_helper_interrupts_the_turn(rig: Rig, helper_dir: Pat
     _wait_for(lambda: not sandbox_processes(sandbox_id, "sleep 60"), timeout=10)
 
 
+def _process_state(pid: int) -> str:
+    """R, S, T (stopped), Z, ... from /proc; "" once the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[0]
+
+
+@pytest.mark.e2e
+def test_ctrl_z_through_the_helper_stops_both_ends_and_fg_finishes_the_turn(rig: Rig, helper_dir: Path) -> None:
+    """Ctrl-Z (SIGTSTP to the launcher, as the terminal sends it) stops the launcher and the
+    command's process in the helper; SIGCONT (`fg`) resumes both and the turn ends as usual."""
+    trace, env = _up_with_the_helper(rig, helper_dir)
+    asked = len(rig.model.model_requests)
+    rig.model.enqueue(turn(msg("after the pause"), hold="answer"))
+    proc = rig.popen_piped("ask", "-q", "take your time", env=env)
+    try:
+        _wait_for(lambda: len(rig.model.model_requests) > asked)  # the model holds its answer
+        line = traced(trace)[-1]
+        assert line.startswith("helper "), traced(trace)
+        command = int(line.split()[1])
+        proc.send_signal(signal.SIGTSTP)
+        _wait_for(lambda: _process_state(proc.pid) == "T" and _process_state(command) == "T", timeout=10)
+        proc.send_signal(signal.SIGCONT)
+        _wait_for(lambda: _process_state(proc.pid) != "T" and _process_state(command) != "T", timeout=10)
+        rig.model.release("answer")
+        stdout, stderr = proc.communicate(timeout=60)
+        assert (proc.returncode, stdout) == (0, "after the pause\n"), stderr
+        assert "Traceback" not in stderr
+    finally:
+        rig.model.release("answer")
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.e2e
 def test_detach_and_timeout_through_the_helper(rig: Rig, helper_dir: Path) -> None:
     trace, env = _up_with_the_helper(rig, helper_dir)
