@@ -150,9 +150,15 @@ def test_ask_returns_at_the_closing_event_not_when_daytona_closes_the_stream(rig
     agent_commands = [c for c in rig.emulator.commands(sandbox_id) if "--run-id" in c["command"]]
     assert len(agent_commands) == 2
     assert [c["streamsEndedBy"] for c in agent_commands] == [["client"], ["client"]]
-    # Both turns ran in one session, one after the other, each command ending with its turn.
+    # Both turns ran in one session, one after the other, each command ending with its turn
+    # (the last one a moment after ask has left at its closing event).
     assert agent_commands[0]["sessionId"] == agent_commands[1]["sessionId"]
-    assert [c["exitCode"] for c in agent_commands] == [0, 0]
+
+    def exit_codes() -> list[object]:
+        return [c["exitCode"] for c in rig.emulator.commands(sandbox_id) if "--run-id" in c["command"]]
+
+    _wait_for(lambda: None not in exit_codes(), timeout=10, what="both agent commands ended")
+    assert exit_codes() == [0, 0]
 
 
 def test_logs_follow_of_an_earlier_run_reads_its_event_file_and_leaves_no_session(rig: Rig) -> None:
