@@ -145,6 +145,11 @@ class Rig:
         entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [e for e in entries if e["ts"] >= since]
 
+    def round_trips(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """The requests a command made, less the SDK's background Socket.IO channel: whether
+        its attempt is made before the process exits is a matter of timing (as in `make bench`)."""
+        return [e for e in self.requests(since) if e.get("kind") != "socketio"]
+
 
 def default_sigint() -> None:
     """In a child about to run the CLI: Ctrl-C is KeyboardInterrupt again. A shell starts its

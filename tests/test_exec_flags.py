@@ -127,7 +127,7 @@ def test_images_are_uploaded_and_reach_the_model(rig: Rig) -> None:
     since = time.time()
     plain = rig.cli("ask", "-q", "hello again")
     assert plain.code == 0, plain
-    plain_requests = rig.requests(since)
+    plain_requests = rig.round_trips(since)
     assert not [r for r in plain_requests if r["path"].endswith("/files/bulk-upload")]
     (rig.project / "red.png").write_bytes(png((255, 0, 0)))
     (rig.project / "shots").mkdir()
@@ -142,9 +142,8 @@ def test_images_are_uploaded_and_reach_the_model(rig: Rig) -> None:
     decoded = [base64.b64decode(u.split(",", 1)[1]) for u in urls]
     assert all(u.startswith("data:image/png;base64,") for u in urls)
     assert decoded[0] != decoded[1]  # both files arrived, neither overwrote the other
-    # The images travel in one upload, beside the usual requests of an ask.
     # The images travel in one upload request, beside the usual requests of an ask.
-    with_images = rig.requests(since)
+    with_images = rig.round_trips(since)
     uploads = [r for r in with_images if r["path"].endswith("/files/bulk-upload")]
     assert len(uploads) == 1, with_images
     assert len(with_images) == len(plain_requests) + 1, (plain_requests, with_images)
