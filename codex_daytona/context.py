@@ -144,6 +144,8 @@ class Box:
     sandbox: Sandbox
     record: SandboxRecord
     emit: OnEvent = _ignore
+    # False for a look that must start nothing (`status`): a stop found on the way stands.
+    restart_when_stopped: bool = True
 
     @classmethod
     def connect(cls, api: DaytonaApi, record: SandboxRecord, emit: OnEvent) -> Box:
@@ -173,7 +175,7 @@ class Box:
 
     def run(self, command: str, timeout: int = 120, env: dict[str, str] | None = None) -> CommandResult:
         """Runs a command and waits for it (Daytona's process API); `env` reaches only it."""
-        return self.api.exec(self.sandbox, command, timeout=timeout, env=env)
+        return self._started_again_if_stopped(lambda: self.api.exec(self.sandbox, command, timeout=timeout, env=env))
 
     def upload(self, files: dict[str, bytes]) -> None:
         self.api.upload(self.sandbox, files)
@@ -200,12 +202,15 @@ class Box:
     def _started_again_if_stopped(self, call: Callable[[], T]) -> T:
         """Daytona may have stopped the sandbox (auto-stop) since we found it started: then it
         is started again and `call` made once more (`start_command` makes its session again
-        if the stop took it). Any other failure stands."""
+        if the stop took it; the commands `run` is given may run again). Any other failure
+        stands."""
         try:
             return call()
         except SandboxGoneError:
             raise
         except DaytonaError:
+            if not self.restart_when_stopped:
+                raise
             self.sandbox = self.api.get(self.id)
             if self.info().state == "started":
                 raise

@@ -541,7 +541,7 @@ class Fanout:
         if record is None or attempt.run_id is None:
             return
         with contextlib.suppress(DaytonaError, SandboxGoneError):
-            box = Box(app.api, app.api.get(record.sandbox_id), record)
+            box = Box(app.api, app.api.get(record.sandbox_id), record, restart_when_stopped=False)
             while not attempt.done and not turns.interrupt(box, attempt.run_id):
                 time.sleep(INTERRUPT_RETRY_S)
 

@@ -286,7 +286,7 @@ def status(ctx: Context) -> StatusReport:
         last_turn=record.last_turn,
     )
     try:
-        box = Box(ctx.api, ctx.api.get(record.sandbox_id), record, ctx.emit)
+        box = Box(ctx.api, ctx.api.get(record.sandbox_id), record, ctx.emit, restart_when_stopped=False)
     except SandboxGoneError:
         report.state = "deleted"
         return report

@@ -283,6 +283,20 @@ def test_exec_in_a_sandbox_stopped_between_look_up_and_command_starts_it_and_run
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
 
 
+def test_a_process_command_in_a_sandbox_stopped_since_the_look_up_starts_it_and_runs(rig: Rig) -> None:
+    """Commands through Daytona's process API (here `logs`' read of the run's event file) take
+    the same restart-and-retry when auto-stop struck between the look-up and the command."""
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.model.enqueue(turn(msg("remembered")))
+    assert rig.cli("ask", "-q", "hello").stdout == "remembered\n"
+    rig.emulator.set_faults(autostop_before_next_exec=1)
+    result = rig.cli("logs", "-q")
+    assert (result.code, result.stdout) == (0, "remembered\n"), result
+    assert rig.emulator.faults()["autostop_before_next_exec"] == 0, "the fault never struck"
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
+
+
 def test_a_detached_turn_nobody_follows_is_not_stopped_mid_turn(rig: Rig) -> None:
     """Daytona never counts the processes in a sandbox as activity: a detached turn raises
     the auto-stop to CODEX_DAYTONA_DETACH_MINUTES, and the next command that finds the turn

@@ -763,12 +763,14 @@ class Faults:
     alone and the fault stays armed. ``*_done`` count the faults that really struck.
     ``autostop_before_next_command``: the next session command finds its sandbox just stopped,
     as when auto-stop fires between a client's look-up and its command (409, not started);
-    ``autostop_before_next_session``: the same for the next session to be created.
+    ``autostop_before_next_session``: the same for the next session to be created;
+    ``autostop_before_next_exec``: the same for the next process-API command.
     """
 
     fail_next: int = 0
     autostop_before_next_command: int = 0
     autostop_before_next_session: int = 0
+    autostop_before_next_exec: int = 0
     drop_log_streams: int = 0
     drop_after_bytes: int = 0
     stall_log_streams: int = 0
@@ -1640,6 +1642,9 @@ class EmulatorServer:
     async def _execute(self, request: web.Request) -> web.Response:
         """``process.exec``: the command is piped into a fresh shell (own process group); the
         answer waits for the shell to exit AND for every holder of its output pipe to close it."""
+        if self.faults.autostop_before_next_exec > 0:
+            self.faults.autostop_before_next_exec -= 1
+            await self.stop_sandbox(self._sandbox(request))
         sb = self._running_sandbox(request)
         body = await self._json_body(request)
         command = body.get("command")
