@@ -126,11 +126,14 @@ class Context:
         longer has it."""
         return Box.connect(self.api, record, self.emit)
 
-    def box(self) -> Box:
-        """This name's sandbox, started; forgotten here when Daytona no longer has it."""
-        record = self.require_record()
+    def box(self, record: SandboxRecord | None = None, *, start: bool = True) -> Box:
+        """This name's sandbox (its saved `record`), started, or with `start=False` as it is
+        (and never started by the Box); forgotten here when Daytona no longer has it."""
+        record = record or self.require_record()
         try:
-            return self.connect(record)
+            if start:
+                return self.connect(record)
+            return Box(self.api, self.api.get(record.sandbox_id), record, self.emit, restart_when_stopped=False)
         except SandboxGoneError:
             self.forget(record.sandbox_id)
             raise

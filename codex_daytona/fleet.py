@@ -420,7 +420,7 @@ class Fanout:
         self._update(attempt, "creating", "Forking the sandbox...")
         began = time.monotonic()
         try:
-            attempt.sandbox_id = lifecycle.fork_from(app, base.sandbox_id, base)
+            attempt.sandbox_id = lifecycle.fork_from(app, base)
         except RefusedError as exc:
             self._emit(ev.warning(f"{exc.message}; saving a snapshot to start the fan-out from instead."))
             self._update(attempt, "waiting", "")
@@ -465,7 +465,7 @@ class Fanout:
                 if not attempt.created:
                     assert base is not None
                     with self._fork_lock:
-                        attempt.sandbox_id = lifecycle.fork_from(app, base.sandbox_id, base)
+                        attempt.sandbox_id = lifecycle.fork_from(app, base)
                     attempt.created = True
                 assert base is not None
                 lifecycle.finish_fork(app, base)

@@ -17,7 +17,7 @@ from codex_daytona.errors import DaytonaError, SandboxGoneError, TransferError, 
 from codex_daytona.state import LastTurn, SandboxRecord, State
 
 if TYPE_CHECKING:
-    from daytona import Sandbox
+    pass
 
 
 @dataclass(frozen=True)
@@ -169,18 +169,18 @@ def mark_created_by(ctx: Context, command: str) -> None:
 # --- forks, for a fan-out -------------------------------------------------------------------
 
 
-def fork_from(ctx: Context, source_id: str, base: SandboxRecord) -> str:
-    """Creates this name's sandbox as a fork of sandbox `source_id` (whose record is `base`):
-    its files, the agent runtime and Codex's threads, continuing `base`'s thread. Saves the
-    record at once; `finish_fork` then starts the agent. RefusedError when Daytona cannot
-    fork it (`ask --fanout` then saves a snapshot instead)."""
+def fork_from(ctx: Context, base: SandboxRecord) -> str:
+    """Creates this name's sandbox as a fork of `base`'s sandbox: its files, the agent
+    runtime and Codex's threads, continuing `base`'s thread. Saves the record at once;
+    `finish_fork` then starts the agent. RefusedError when Daytona cannot fork it
+    (`ask --fanout` then saves a snapshot instead)."""
     if ctx.record() is not None:
         raise UsageError(f"There is already a sandbox named {ctx.name}.")
-    source = ctx.api.get(source_id)
+    source = ctx.api.get(base.sandbox_id)
     if ctx.api.info(source).state != "started":  # Daytona forks only a started sandbox
-        ctx.emit(ev.progress(f"Starting sandbox {source_id} to fork it..."))
+        ctx.emit(ev.progress(f"Starting sandbox {base.sandbox_id} to fork it..."))
         ctx.api.start(source)
-    ctx.emit(ev.progress(f"Forking sandbox {source_id}..."))
+    ctx.emit(ev.progress(f"Forking sandbox {base.sandbox_id}..."))
     sandbox = ctx.api.fork(source)
     # Saved before anything else can fail, so the fork is never orphaned. A fork has its
     # source's environment, and so its scope.
@@ -336,22 +336,13 @@ class SandboxDone:
         return {"sandbox_id": self.sandbox_id, self.did: True}
 
 
-def _existing(ctx: Context) -> tuple[SandboxRecord, Sandbox]:
-    """This name's sandbox as it is (not started); forgotten here when Daytona no longer has it."""
-    record = ctx.require_record()
-    try:
-        return record, ctx.api.get(record.sandbox_id)
-    except SandboxGoneError:
-        ctx.forget(record.sandbox_id)
-        raise
-
-
 def pause(ctx: Context, *, or_stop: bool = False) -> PauseResult:
     """Pauses the sandbox: its processes (the warm agent, dev servers) freeze with their
     memory, and the next command that needs the sandbox resumes it. Where Daytona cannot
     pause it, stops it instead when `or_stop`, else raises RefusedError."""
-    record, sandbox = _existing(ctx)
-    state = ctx.api.info(sandbox).state
+    box = ctx.box(start=False)
+    record, sandbox = box.record, box.sandbox
+    state = box.info().state
     if state in ("paused", "stopped", "archived"):
         ctx.emit(ev.warning(f"Sandbox {record.sandbox_id} is already {state}."))
         return PauseResult(record.sandbox_id, state)
@@ -375,24 +366,23 @@ def pause(ctx: Context, *, or_stop: bool = False) -> PauseResult:
 
 def stop(ctx: Context) -> SandboxDone:
     """Stops the sandbox, keeping its files and the thread; the next `up` or `ask` starts it."""
-    record, sandbox = _existing(ctx)
-    if ctx.api.info(sandbox).state != "stopped":
-        ctx.emit(ev.progress(f"Stopping sandbox {record.sandbox_id}..."))
-        ctx.api.stop(sandbox)
-    return SandboxDone(record.sandbox_id, "stopped")
+    box = ctx.box(start=False)
+    if box.info().state != "stopped":
+        ctx.emit(ev.progress(f"Stopping sandbox {box.id}..."))
+        ctx.api.stop(box.sandbox)
+    return SandboxDone(box.id, "stopped")
 
 
 def down(ctx: Context) -> SandboxDone:
     """Deletes the sandbox and forgets it."""
     record = ctx.require_record()
     try:
-        sandbox = ctx.api.get(record.sandbox_id)
+        box = ctx.box(record, start=False)
     except SandboxGoneError:
-        ctx.forget(record.sandbox_id)
         ctx.emit(ev.warning(f"Sandbox {record.sandbox_id} was already gone; forgot it."))
         return SandboxDone(record.sandbox_id, "deleted")
     ctx.emit(ev.progress(f"Deleting sandbox {record.sandbox_id}..."))
-    ctx.api.delete(sandbox)
+    ctx.api.delete(box.sandbox)
     ctx.forget(record.sandbox_id)
     return SandboxDone(record.sandbox_id, "deleted")
 

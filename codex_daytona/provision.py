@@ -16,7 +16,7 @@ from codex_daytona import events as ev
 from codex_daytona import runtime
 from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context
 from codex_daytona.errors import AgentSetupError, DaytonaError
-from codex_daytona.state import State
+from codex_daytona.state import SandboxRecord, State
 
 # Snapshot states (daytona SnapshotState) worth waiting for, and the ones that will not recover.
 SNAPSHOT_PENDING = frozenset({"pending", "building", "pulling", "snapshotting"})
@@ -220,8 +220,6 @@ def snapshot(ctx: Context) -> SnapshotResult:
 def _build_snapshot(ctx: Context, name: str) -> None:
     """Installs the runtime in a temporary sandbox of Daytona's default image, exactly as `up`
     would, captures its filesystem as `name`, and deletes the sandbox."""
-    from codex_daytona.state import SandboxRecord
-
     ctx.emit(ev.progress(f"Building snapshot {name}: creating a temporary sandbox..."))
     sandbox = ctx.api.create(
         labels={"app": TOOL_LABEL, f"{TOOL_LABEL}.role": "snapshot-builder"},
