@@ -358,6 +358,50 @@ def test_stop_kills_processes_and_keeps_files_then_start(emulator: DaytonaEmulat
     assert sandbox.process.exec("cat keep.txt").result == "keep me"
 
 
+def spawn_with_pid(pid: int, attempts: int = 50) -> subprocess.Popen[bytes]:
+    """A process (own group) given exactly ``pid``, through the kernel's ns_last_pid: the next
+    pid it hands out is that number plus one, unless another process forks first (retried)."""
+    for _ in range(attempts):
+        try:
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        except OSError as exc:
+            pytest.skip(f"needs a writable /proc/sys/kernel/ns_last_pid to reuse a pid: {exc}")
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"pid {pid} not obtained in {attempts} attempts")
+
+
+def test_a_group_id_the_kernel_hands_out_again_is_no_longer_the_sandboxs(
+    emulator: DaytonaEmulator, sandbox: Any
+) -> None:
+    """The kernel reuses a process-group id once the group is empty (pid_max is 32768 here):
+    pause and stop must not freeze or kill the stranger who gets it, be it another test's
+    process or the other worker's emulator's."""
+
+    def groups() -> list[int]:
+        (info,) = [sb for sb in emulator.sandboxes() if sb["id"] == sandbox.id]
+        return list(info["processGroups"])
+
+    gone = int(sandbox.process.exec("echo $$").result)  # the exec shell leads its own group
+    sandbox.process.create_session("s")  # a group that lives on
+    assert wait_for(lambda: gone not in groups()), groups()
+    stranger = spawn_with_pid(gone)
+    try:
+        sandbox.pause()
+        time.sleep(0.2)  # a SIGSTOP, were one sent, has landed by now
+        with open(f"/proc/{stranger.pid}/stat", "rb") as f:
+            assert f.read().rsplit(b")", 1)[1].split()[0] != b"T"
+        sandbox.start()
+        sandbox.stop()
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_delete_removes_dir_and_kills_daemons(emulator: DaytonaEmulator, daytona: Any, sandbox: Any) -> None:
     from daytona import DaytonaNotFoundError
 

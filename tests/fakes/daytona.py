@@ -139,6 +139,13 @@ INPUT_OPEN_TIMEOUT_SECONDS = 30.0
 ACTIVITY_REFRESH_MINUTES = 50 / 60  # the proxy refreshes activity every 50 s of an open connection
 # Sessions and exec shells get their own process group (setpgid, not setsid), as on the daemon.
 OWN_PROCESS_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+# A sandbox's processes are the members of its process groups. The kernel hands a group's id out
+# again once its last member is gone, and with pid_max at 32768 a long-lived sandbox's old ids
+# soon name other groups: another test's, or the other test worker's emulator's. Signalling them
+# (pause, stop, delete) froze or killed strangers. So the emulator forgets a group as soon as it
+# is seen empty, sweeping every PGID_SWEEP_SECONDS: far less than the full cycle of pids the
+# kernel allocates before it reaches a freed id again.
+PGID_SWEEP_SECONDS = 0.5
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOP_BY_HOP = frozenset(
     {
@@ -283,6 +290,18 @@ def _read_proc(pid: int, name: str) -> bytes | None:
             return f.read()
     except OSError:
         return None
+
+
+def live_process_groups() -> set[int]:
+    """Every process-group id in use; a zombie holds its group's id until it is reaped."""
+    groups: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            raw = _read_proc(int(entry), "stat")
+            fields = raw[raw.rfind(b")") + 2 :].split() if raw else []
+            if len(fields) > 2:
+                groups.add(int(fields[2]))
+    return groups
 
 
 def find_sandbox_pids(sandbox_id: str, pgids: set[int]) -> set[int]:
@@ -620,6 +639,7 @@ class Sandbox:
             "snapshot": self.snapshot,
             "previewToken": self.preview_token,
             "sessions": sorted(self.sessions),
+            "processGroups": sorted(self.pgids),
         }
 
 
@@ -853,6 +873,7 @@ class EmulatorServer:
         assert server is not None and server.sockets  # type: ignore[attr-defined]
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self._autostop_task = asyncio.create_task(self._autostop_loop())
+        self._spawn_task(self._pgid_sweep_loop())
         return self.port
 
     async def shutdown(self) -> None:
@@ -2355,6 +2376,18 @@ class EmulatorServer:
         return downstream
 
     # -- auto-stop -------------------------------------------------------------------------
+
+    async def _pgid_sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PGID_SWEEP_SECONDS)
+            self.forget_empty_process_groups()
+
+    def forget_empty_process_groups(self) -> None:
+        """Drop every sandbox's process groups that have no member left (PGID_SWEEP_SECONDS)."""
+        if any(sb.pgids for sb in self.sandboxes.values()):
+            live = live_process_groups()
+            for sb in self.sandboxes.values():
+                sb.pgids &= live
 
     async def _autostop_loop(self) -> None:
         while True:
