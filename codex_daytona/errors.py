@@ -30,6 +30,7 @@ class CodexDaytonaError(Exception):
 
     exit_code: ExitCode = ExitCode.ERROR
     default_hint: str = ""
+    status: str = "error"  # how a fan-out lists an attempt this error ended
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -40,24 +41,34 @@ class CodexDaytonaError(Exception):
 
 
 class ConfigError(CodexDaytonaError):
+    """A setting is missing or invalid: a key, a URL, a value in .env."""
+
     exit_code = ExitCode.CONFIG
     default_hint = "Set it in the environment or in a .env file here (see .env.example)."
 
 
 class StateError(CodexDaytonaError):
+    """The state file cannot be read or written; it is left as it is."""
+
     default_hint = "Fix or delete the file; `codex-daytona down` cannot find the sandbox without it."
 
 
 class NoSandboxError(CodexDaytonaError):
+    """The command needs a sandbox and this directory has none by that name."""
+
     exit_code = ExitCode.NO_SANDBOX
     default_hint = "Run `codex-daytona up` (or just `codex-daytona ask ...`) to create one."
 
 
 class SandboxGoneError(NoSandboxError):
+    """The state file named a sandbox Daytona no longer has."""
+
     default_hint = "It was forgotten here; `codex-daytona up` creates a new one."
 
 
 class DaytonaError(CodexDaytonaError):
+    """Daytona refused or failed a request, or could not be reached."""
+
     exit_code = ExitCode.DAYTONA
     default_hint = "Check DAYTONA_API_KEY, DAYTONA_API_URL and your network, then try again."
 
@@ -68,29 +79,44 @@ class CommandGoneError(DaytonaError):
 
 
 class AgentSetupError(CodexDaytonaError):
+    """Installing or starting the agent in the sandbox failed."""
+
     default_hint = "Run `codex-daytona up` again; if it keeps failing, `codex-daytona down` and retry."
 
 
 class TurnFailedError(CodexDaytonaError):
+    """The agent's turn ended in failure: the model's or Codex's error, as the agent reports it."""
+
     exit_code = ExitCode.TURN_FAILED
+    status = "failed"
     default_hint = "The sandbox and the thread are kept: fix the cause and ask again."
 
 
 class BusyError(CodexDaytonaError):
+    """Another turn is running on this sandbox; `--wait` queues behind it instead."""
+
     exit_code = ExitCode.BUSY
 
 
 class TurnTimeoutError(CodexDaytonaError):
+    """--timeout ran out and the turn was interrupted."""
+
     exit_code = ExitCode.TIMEOUT
+    status = "timeout"
     default_hint = "The turn was interrupted; the thread is kept. Raise --timeout or ask again."
 
 
 class InterruptedByUser(CodexDaytonaError):
+    """Ctrl-C: the turn was interrupted, or the command stopped before it began one."""
+
     exit_code = ExitCode.INTERRUPTED
+    status = "interrupted"
     default_hint = "The sandbox and the thread are kept; ask again to continue."
 
 
 class UsageError(CodexDaytonaError):
+    """Arguments or options that cannot go together, or a value out of range."""
+
     exit_code = ExitCode.USAGE
 
 

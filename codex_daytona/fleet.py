@@ -29,8 +29,6 @@ from codex_daytona.errors import (
     InterruptedByUser,
     NoSandboxError,
     SandboxGoneError,
-    TurnFailedError,
-    TurnTimeoutError,
     UsageError,
 )
 from codex_daytona.state import DEFAULT_NAME, SandboxRecord
@@ -498,7 +496,7 @@ class Fanout:
         except CodexDaytonaError as exc:
             attempt.error = exc.message
             attempt.exit_code = int(exc.exit_code)
-            status = _status_of(exc)
+            status = exc.status
             failed = turns.outcome_of(exc)
             if failed is not None:
                 self._record_outcome(attempt, failed)
@@ -544,13 +542,3 @@ class Fanout:
             box = Box(app.api, app.api.get(record.sandbox_id), record, restart_when_stopped=False)
             while not attempt.done and not turns.interrupt(box, attempt.run_id):
                 time.sleep(INTERRUPT_RETRY_S)
-
-
-def _status_of(exc: CodexDaytonaError) -> str:
-    if isinstance(exc, InterruptedByUser):
-        return "interrupted"
-    if isinstance(exc, TurnTimeoutError):
-        return "timeout"
-    if isinstance(exc, TurnFailedError):
-        return "failed"
-    return "error"
