@@ -40,7 +40,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    import socket
 
 # The contract with the CLI (the protocol version, the key's variable, the exit codes, the
 # request's fields and the codex_daytona.* event names) is the package's: this file is
@@ -1056,6 +1059,25 @@ def socket_path(home: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"codex-daytona-{digest}.sock")
 
 
+def listen_private(path: str, backlog: int) -> socket.socket:
+    """A unix socket listening at `path`, in place of any stale one, with mode 0600 from the
+    moment it exists (the umask at bind; a chmod after it would leave a window). The CLI's local
+    helper (codex_daytona/helper.py) listens through this too: the package may import this
+    file, while this file, alone in the sandbox, imports nothing of the package's."""
+    import socket  # here, not at the top: a relay run never listens
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        server.bind(path)
+    finally:
+        os.umask(old_umask)
+    server.listen(backlog)
+    return server
+
+
 class Daemon:
     """Runs turns one at a time for every client that connects."""
 
@@ -1086,17 +1108,7 @@ class Daemon:
             return self._key
 
     def serve(self, path: str) -> None:
-        import socket
-
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            server.bind(path)
-        finally:
-            os.umask(old_umask)
-        server.listen(8)
+        server = listen_private(path, 8)
         self._replace_previous_daemon()
         signal.signal(signal.SIGTERM, lambda *_: self._shutdown(path))
         while True:

@@ -32,6 +32,7 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
+from agent_bundle.agent import listen_private
 from codex_daytona import launcher
 
 # The CLI's modules and what its commands import lazily on the way to Daytona.
@@ -130,19 +131,10 @@ def serve(path: str, key: str, idle_seconds: float) -> int:
     prebuild_cli()
     learned = Learned(path + ".modules")
     learned.refresh()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a stale socket of a helper that died: ours holds the lock now
-    # Mode 0600 from the umask as it is bound, besides the private directory and the peer's uid
-    # checked on each connection. agent.py's Daemon.serve binds its socket the same way, in a
-    # copy of its own: that file runs alone in the sandbox and imports nothing of ours, and the
-    # package only reads it as the file to upload (runtime.agent_source), never imports it.
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        listener.bind(path)
-    finally:
-        os.umask(old_umask)
-    listener.listen(16)
+    # In place of the stale socket of a helper that died (ours holds the lock now), mode 0600
+    # as it is bound, besides the private directory and the peer's uid checked on each
+    # connection: the agent's daemon listens the same way, through the same function.
+    listener = listen_private(path, 16)
     listener.settimeout(ACCEPT_TICK_S)
     inode = os.stat(path).st_ino
     last_used = time.monotonic()
