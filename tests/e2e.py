@@ -122,6 +122,18 @@ class Rig:
         """`popen` as a script runs the CLI in the background: no stdin, stdout and stderr piped."""
         return self.popen(*args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
+    def ask_on_same_thread(self, prompt: str, answer: str) -> str:
+        """Asks again with the model answering `answer`; checks the ask completed on the
+        thread the state file had, and returns the input the model was sent (the history)."""
+        from tests.fakes.model import msg, turn
+
+        thread = self.record()["thread_id"]
+        self.model.enqueue(turn(msg(answer)))
+        again = self.cli("ask", prompt)
+        assert again.code == 0, again
+        assert self.record()["thread_id"] == thread
+        return self.model.last_input()
+
     def state(self) -> dict[str, Any]:
         if sys.version_info >= (3, 11):
             import tomllib
@@ -172,6 +184,18 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]
             return response.status, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
+
+
+def add_files_push_leaves_behind(root: Path) -> tuple[str, ...]:
+    """Writes what `push` must never send, and returns their paths: files a .gitignore
+    (`*.log`, `/build/`) ignores, and .env files holding secrets."""
+    (root / ".gitignore").write_text("*.log\n/build/\n")
+    (root / "debug.log").write_text("ignored\n")
+    (root / "build").mkdir()
+    (root / "build" / "out.o").write_bytes(b"\x7fELF")
+    (root / ".env").write_text("SANDBOX_OPENAI_API_KEY=sk-real-secret\n")
+    (root / ".env.local").write_text("TOKEN=also-secret\n")
+    return (".env", ".env.local", "debug.log", "build/out.o")
 
 
 def sandbox_processes(sandbox_id: str, needle: str = "") -> dict[int, str]:

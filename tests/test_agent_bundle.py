@@ -208,15 +208,7 @@ class AgentRig:
 
     def request(self, prompt: str, thread_id: str | None = None) -> str:
         """The turn's request as the session command feeds it: base64 on stdin."""
-        request = runtime.agent_request(
-            prompt=prompt,
-            api_key=KEY,
-            thread_id=thread_id,
-            new_thread=False,
-            model=None,
-            base_url=None,
-            layout=self.layout,
-        )
+        request = runtime.agent_request(prompt=prompt, api_key=KEY, thread_id=thread_id, layout=self.layout)
         return base64.b64encode(request.encode()).decode()
 
     def argv(self, *args: str) -> list[str]:

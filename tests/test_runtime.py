@@ -48,10 +48,6 @@ def test_agent_command_carries_the_request_in_a_here_document_and_never_execs() 
     request = runtime.agent_request(
         prompt=NASTY + "\nCODEX_DAYTONA_x\n" + "✓",
         api_key="sk-secret-key",
-        thread_id=None,
-        new_thread=False,
-        model=None,
-        base_url=None,
         layout=layout,
     )
     command = runtime.agent_command(layout, "20260101T000000-abc123", request)
@@ -70,15 +66,7 @@ def test_agent_command_carries_the_request_in_a_here_document_and_never_execs() 
 
 def test_agent_request_names_the_key_and_never_carries_it() -> None:
     prompt = NASTY + "✓" * 10 + "x" * 100_000
-    line = runtime.agent_request(
-        prompt=prompt,
-        api_key="sk-k",
-        thread_id=None,
-        new_thread=False,
-        model=None,
-        base_url=None,
-        layout=runtime.Layout("/h"),
-    )
+    line = runtime.agent_request(prompt=prompt, api_key="sk-k", layout=runtime.Layout("/h"))
     assert line.endswith("\n") and line.count("\n") == 1
     request = json.loads(line)
     assert request["prompt"] == prompt

@@ -12,6 +12,7 @@ import pytest
 
 from codex_daytona import runtime, transfer
 from codex_daytona.errors import PullConflictError
+from tests.e2e import add_files_push_leaves_behind
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> tarfile.TarFile:
@@ -117,12 +118,7 @@ def test_push_listing_respects_gitignore_and_never_sends_secrets(tmp_path: Path)
     root = tmp_path / "proj"
     (root / "src").mkdir(parents=True)
     (root / "src" / "app.py").write_text("print(1)\n")
-    (root / ".gitignore").write_text("*.log\nbuild/\n")
-    (root / "debug.log").write_text("noise")
-    (root / "build").mkdir()
-    (root / "build" / "out.bin").write_bytes(b"\0")
-    (root / ".env").write_text("SECRET=1")
-    (root / ".env.local").write_text("SECRET=2")
+    add_files_push_leaves_behind(root)
     (root / ".env.example").write_text("SECRET=")
     (root / ".codex-daytona").mkdir()
     (root / ".codex-daytona" / "state.toml").write_text("")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Rig
+from tests.e2e import Rig, add_files_push_leaves_behind
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,8 @@ def tree(root: Path) -> dict[str, tuple[str, bytes, bool]]:
     return found
 
 
-def make_project(root: Path) -> None:
+def make_project(root: Path) -> tuple[str, ...]:
+    """A project with every kind of file; returns the paths push must leave behind."""
     (root / "bin").mkdir()
     (root / "bin" / "run.sh").write_text("#!/bin/sh\necho hi\n")
     (root / "bin" / "run.sh").chmod(0o755)
@@ -47,27 +48,20 @@ def make_project(root: Path) -> None:
     (root / "empty.txt").write_bytes(b"")
     (root / "link-to-run").symlink_to("bin/run.sh")
     (root / "empty-dir").mkdir()
-    (root / ".gitignore").write_text("*.log\n/build/\n")
-    (root / "debug.log").write_text("ignored\n")
-    (root / "build").mkdir()
-    (root / "build" / "out.o").write_bytes(b"\x7fELF")
-    (root / ".env").write_text("SANDBOX_OPENAI_API_KEY=sk-real-secret\n")
-    (root / ".env.local").write_text("TOKEN=also-secret\n")
+    return add_files_push_leaves_behind(root)
 
 
 def test_push_then_pull_round_trips_byte_for_byte(rig: Rig, tmp_path: Path) -> None:
     assert rig.cli("up").code == 0
     home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
-    make_project(rig.project)
-    pushed = {k: v for k, v in tree(rig.project).items() if not k.endswith(".log")}
-    for excluded in (".env", ".env.local", "build/out.o"):
-        del pushed[excluded]
+    left_behind = make_project(rig.project)
+    pushed = {k: v for k, v in tree(rig.project).items() if k not in left_behind}
 
     result = rig.cli("push", "--json")
     assert result.code == 0, result
     summary = result.json_lines[0]
     assert summary["destination"] == str(home) and summary["files"] == len(pushed)
-    for name in (".env", ".env.local", "debug.log", "build/out.o"):
+    for name in left_behind:
         assert not (home / name).exists(), f"{name} must not be pushed"
     assert "Traceback" not in result.stderr
 

@@ -96,14 +96,9 @@ def test_ctrl_c_stops_the_turn_not_the_sandbox(rig: Rig) -> None:
     # not be known), and the command it was running is gone.
     assert rig.record()["last_turn"]["status"] == "interrupted"
     _wait_for(lambda: not sandbox_processes(sandbox_id, "sleep 60"), timeout=5)
-    thread = rig.record()["thread_id"]
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
     # The thread resumes, and the model is told the last turn was aborted.
-    rig.model.enqueue(turn(msg("resumed")))
-    again = rig.cli("ask", "are you there?")
-    assert again.code == 0, again
-    assert rig.record()["thread_id"] == thread
-    history = rig.model.last_input()
+    history = rig.ask_on_same_thread("are you there?", "resumed")
     assert "sleep for a minute" in history
     assert "aborted" in history.lower(), "the model is told the last turn was aborted"
 

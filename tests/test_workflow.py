@@ -76,11 +76,8 @@ def test_seed_workflow_build_serve_preview_resume_down(rig: Rig) -> None:
     assert [p["port"] for p in previews] == [port]
 
     # 3. Resume: the third ask continues the same thread, with the earlier turns in the input.
-    rig.model.enqueue(turn(msg("You asked for a lunar lander and a server.")))
-    third = rig.cli("ask", "what have we done so far?")
-    assert third.code == 0, third
+    history = rig.ask_on_same_thread("what have we done so far?", "You asked for a lunar lander and a server.")
     assert rig.record()["thread_id"] == thread_id
-    history = rig.model.last_input()
     assert "create a 3d animated web-based lunar lander game" in history
     assert "start the server" in history
     assert "Built a self-contained 3D lunar lander game" in history
