@@ -340,6 +340,8 @@ def test_preview_proxies_websockets_and_host_routing(emulator: DaytonaEmulator, 
 
 
 def test_stop_kills_processes_and_keeps_files_then_start(emulator: DaytonaEmulator, sandbox: Any) -> None:
+    from daytona import DaytonaError
+
     home = emulator.home_dir(sandbox.id)
     sandbox.fs.upload_file(b"keep me", "keep.txt")
     sandbox.process.create_session("bg")
@@ -352,21 +354,34 @@ def test_stop_kills_processes_and_keeps_files_then_start(emulator: DaytonaEmulat
     assert sandbox.state.value == "stopped"
     assert not any(pid_alive(p) for p in pids)
     assert (home / "keep.txt").read_bytes() == b"keep me"
+    # The toolbox of a stopped sandbox answers as Daytona's runner does (no container IP).
+    with pytest.raises(DaytonaError, match="Is the Sandbox started") as refused:
+        sandbox.process.exec("true")
+    assert refused.value.status_code == 400
 
     sandbox.start()
     assert sandbox.state.value == "started"
     assert sandbox.process.exec("cat keep.txt").result == "keep me"
 
 
-def spawn_with_pid(pid: int, attempts: int = 50) -> subprocess.Popen[bytes]:
+def spawn_with_pid(pid: int, attempts: int = 20) -> subprocess.Popen[bytes]:
     """A process (own group) given exactly ``pid``, through the kernel's ns_last_pid: the next
-    pid it hands out is that number plus one, unless another process forks first (retried)."""
+    pid it hands out is that number plus one, unless another process forks first (retried).
+
+    The counter is wound back only for the moment of the spawn and then set where it was: left
+    wound back, it would hand every process of the other test worker the pids of processes
+    that just died, and a test checking that one of those is dead would see it alive."""
+    last_pid = Path("/proc/sys/kernel/ns_last_pid")
     for _ in range(attempts):
         try:
-            Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+            was = last_pid.read_text().strip()
+            last_pid.write_text(str(pid - 1))
         except OSError as exc:
-            pytest.skip(f"needs a writable /proc/sys/kernel/ns_last_pid to reuse a pid: {exc}")
-        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+            pytest.skip(f"needs a writable {last_pid} to reuse a pid: {exc}")
+        try:
+            proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        finally:
+            last_pid.write_text(was)
         if proc.pid == pid:
             return proc
         proc.kill()

@@ -50,7 +50,9 @@ v0.190.0):
   resumes it (SIGCONT), as Daytona's start does; stop and delete work from ``paused``. Pausing is
   refused with 400 unless the sandbox is started, and with 422 "Pausing is not supported for this
   sandbox" under config ``refuse_pause`` (Daytona: sandbox classes other than VMs). While paused
-  the toolbox answers 409 and previews 502 (unverified: what Daytona's proxy answers then).
+  the toolbox answers 409 and previews 502 (unverified: pausing is for VM sandboxes, whose runner
+  is not in the public source). A stopped sandbox's toolbox and previews answer 400 "... Is the
+  Sandbox started?", as Daytona's runner does (``NOT_STARTED``).
 - ``fork`` makes a started sandbox with a copy of the home and the source's env, labels, public
   flag and intervals (forkSandbox copies these); processes are not copied. 400 unless the source
   is started; 422 under config ``refuse_fork``. Unverified: the ``forking`` state the source passes
@@ -146,6 +148,11 @@ OWN_PROCESS_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= 
 # is seen empty, sweeping every PGID_SWEEP_SECONDS: far less than the full cycle of pids the
 # kernel allocates before it reaches a freed id again.
 PGID_SWEEP_SECONDS = 0.5
+# Toolbox calls and preview links of a sandbox that is not started (stopped, starting...):
+# Daytona's runner (v0.190.0, apps/runner/pkg/api/controllers/proxy.go, getProxyTarget) finds
+# the container without an IP address, tries three times (100-500 ms apart) and answers 400
+# with this message; the proxy passes it on. A container that is gone is a 404.
+NOT_STARTED = "no IP address found. Is the Sandbox started?"
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOP_BY_HOP = frozenset(
     {
@@ -782,7 +789,7 @@ class Faults:
     frame), and only when the log goes on past that point; a stream that ends first is left
     alone and the fault stays armed. ``*_done`` count the faults that really struck.
     ``autostop_before_next_command``: the next session command finds its sandbox just stopped,
-    as when auto-stop fires between a client's look-up and its command (409, not started);
+    as when auto-stop fires between a client's look-up and its command (400, not started);
     ``autostop_before_next_session``: the same for the next session to be created;
     ``autostop_before_next_exec``: the same for the next process-API command.
     """
@@ -1087,8 +1094,10 @@ class EmulatorServer:
 
     def _running_sandbox(self, request: web.Request) -> Sandbox:
         sb = self._sandbox(request)
-        if sb.state != "started":
+        if sb.state == "paused":  # unverified: pausing is for VM sandboxes, whose runner is not public
             raise ApiError(409, f"Sandbox {sb.id} is not started (state: {sb.state})")
+        if sb.state != "started":
+            raise ApiError(400, NOT_STARTED)
         return sb
 
     def _sandbox_response(self, sb: Sandbox) -> web.Response:
@@ -2276,8 +2285,10 @@ class EmulatorServer:
         sb = self._find_sandbox(sandbox_id)
         if sb is None:
             return web.Response(status=404, text="Sandbox not found\n")
-        if sb.state != "started":
+        if sb.state == "paused":  # unverified, as for the toolbox
             return web.Response(status=502, text=f"Sandbox {sb.id} is not started (state: {sb.state})\n")
+        if sb.state != "started":
+            return json_error(400, NOT_STARTED)
         skip_activity = request.headers.get(SKIP_ACTIVITY_HEADER, "").lower() == "true"
         if not skip_activity:
             sb.touch()
