@@ -81,6 +81,14 @@ def setup(
     baseline_error = runtime.parse_baseline_failure(started.output)
     if baseline_error is not None:
         ctx.emit(ev.warning(f"Could not record the diff baseline: {baseline_error}"))
+    login_shell = runtime.parse_login_shell_unchanged(started.output)
+    if login_shell is not None:
+        ctx.emit(
+            ev.warning(
+                f"The sandbox user's login shell is {login_shell} and could not be made bash: Codex runs "
+                "commands with it, and a server a command starts in the background may not outlive it."
+            )
+        )
     if started.exit_code != 0:
         raise AgentSetupError(f"The agent could not start in the sandbox: {started.output.strip()[-300:]}")
     record.runtime = runtime.runtime_fingerprint()

@@ -527,12 +527,40 @@ def parse_setup_probe(output: str) -> tuple[str, tuple[int, int] | None, str, li
     return marker, python, status, dotfiles
 
 
+# Codex runs the agent's commands with the shell of the user's passwd entry, and only bash
+# and zsh read the start-up files that keep servers alive (agent.py, BASH_HOOK). Daytona's
+# image makes its user with a bare `useradd -m` (images/sandbox/Dockerfile, v0.190.0), whose
+# shell on Debian is /bin/sh; the user has passwordless sudo there.
+LOGIN_SHELL_UNCHANGED = "codex-daytona-login-shell:"
+
+
+def login_shell_step() -> str:
+    """Makes bash (else zsh) the sandbox user's login shell when it is neither, as root or
+    through `sudo -n`; prints LOGIN_SHELL_UNCHANGED and the shell when it cannot. Run before
+    the agent starts Codex, which reads the passwd entry once, as it starts."""
+    return (
+        'u=$(id -un); s=$(getent passwd "$u" | cut -d: -f7); case "${s##*/}" in bash|zsh) ;; *) '
+        'b=$(command -v bash || command -v zsh) && PATH="$PATH:/usr/sbin:/sbin" && '
+        'if [ "$(id -u)" = 0 ]; then usermod -s "$b" "$u"; else sudo -n usermod -s "$b" "$u"; fi '
+        f'>/dev/null 2>&1 || printf "%s %s\\n" {LOGIN_SHELL_UNCHANGED} "${{s:-unknown}}";; esac'
+    )
+
+
+def parse_login_shell_unchanged(output: str) -> str | None:
+    """The login shell setup could not replace, if it could not."""
+    for line in output.splitlines():
+        if line.startswith(LOGIN_SHELL_UNCHANGED):
+            return line[len(LOGIN_SHELL_UNCHANGED) :].strip()
+    return None
+
+
 def finish_setup_command(layout: Layout, baseline: bool, *, with_key: bool = False) -> str:
-    """Takes the diff baseline (when asked) and starts the agent daemon (handing it the key
-    from the command's environment when `with_key`), in one command. A failed baseline is
+    """Makes bash the login shell if it is not (login_shell_step), takes the diff baseline
+    (when asked) and starts the agent daemon (handing it the key from the command's
+    environment when `with_key`), in one command. A failed baseline or login shell is
     reported on a line of its own and does not stop the agent."""
     q = shlex.quote
-    steps = []
+    steps = [login_shell_step()]
     if baseline:
         steps.append(
             f"out=$({baseline_init_command(layout)} 2>&1) || "

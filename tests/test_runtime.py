@@ -5,13 +5,19 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+import os
 import shlex
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
+
+import pytest
 
 from codex_daytona import runtime
 from codex_daytona.settings import Settings
@@ -127,3 +133,38 @@ def test_ask_c_refuses_the_tools_own_settings_and_takes_the_rest() -> None:
         assert runtime.refused_config_key(pair, settings), pair
     for pair in ("model_reasoning_summary=detailed", "model_verbosity=low", "features.web_search_request=true"):
         assert runtime.refused_config_key(pair, settings) is None, pair
+
+
+def _setup_step_with_passwd_shell(tmp_path: Path, shell: str, *, read_only: bool = False) -> tuple[str, str]:
+    """Runs login_shell_step as root in a mount namespace whose /etc is a copy with root's
+    login shell set to `shell` (the machine's own /etc is untouched); returns the step's output
+    and root's login shell in the copy afterwards."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("usermod", path="/usr/sbin:/sbin"):
+        pytest.skip("needs root, unshare and usermod to give root another login shell in a mount namespace")
+    etc = tmp_path / "etc"
+    shutil.copytree("/etc", etc, symlinks=True)
+    passwd = etc / "passwd"
+    lines = passwd.read_text().splitlines()
+    root_with = {line: f"{line.rsplit(':', 1)[0]}:{shell}" for line in lines if line.startswith("root:")}
+    passwd.write_text("".join(root_with.get(line, line) + "\n" for line in lines))
+    remount = "mount -o remount,ro,bind /etc && " if read_only else ""
+    script = f"mount --bind {shlex.quote(str(etc))} /etc && {remount}{runtime.login_shell_step()}"
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    root = next(line for line in passwd.read_text().splitlines() if line.startswith("root:"))
+    return done.stdout, root.rsplit(":", 1)[1]
+
+
+def test_setup_makes_bash_the_login_shell_codex_runs_commands_with(tmp_path: Path) -> None:
+    """Daytona's image gives its user /bin/sh (a bare `useradd -m` on Debian): Codex would then
+    run commands with sh, which reads none of the start-up files that keep servers alive."""
+    output, shell = _setup_step_with_passwd_shell(tmp_path, "/bin/sh")
+    assert shell.endswith("/bash") and runtime.parse_login_shell_unchanged(output) is None, (output, shell)
+    output, shell = _setup_step_with_passwd_shell(tmp_path / "zsh", "/usr/bin/zsh")
+    assert (output, shell) == ("", "/usr/bin/zsh")  # bash or zsh is left as it is
+
+
+def test_setup_says_so_when_the_login_shell_cannot_be_changed(tmp_path: Path) -> None:
+    output, shell = _setup_step_with_passwd_shell(tmp_path, "/bin/sh", read_only=True)
+    assert shell == "/bin/sh"
+    assert runtime.parse_login_shell_unchanged(output) == "/bin/sh", output
