@@ -306,7 +306,9 @@ def test_a_detached_turn_nobody_follows_is_not_stopped_mid_turn(rig: Rig) -> Non
     record = rig.record()
     sandbox_id = record["sandbox_id"]
     events = Path(rig.emulator.home_dir(sandbox_id)) / ".codex-daytona" / "runs"
-    rig.emulator.set_config(autostop_seconds_per_minute=1)
+    # A scaled minute of 2 s: idle that long, the sandbox stops, and the turn takes over 5 s.
+    # (At 1 s, a loaded machine's CLI start-up alone, before its first call, looked idle.)
+    rig.emulator.set_config(autostop_seconds_per_minute=2)
     rig.model.enqueue(turn(run("sleep 5; echo survived", yield_time_ms=60000)), turn(msg("made it alone")))
     started = rig.cli("ask", "--detach", "-q", "work alone", env=env)
     assert started.code == 0, started

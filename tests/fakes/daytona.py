@@ -1155,9 +1155,12 @@ class EmulatorServer:
         async def pulse() -> None:
             last = time.monotonic()
             while True:
-                await asyncio.sleep(0.1)
                 factor = float(self.config.get("autostop_seconds_per_minute") or 0)
                 interval = (factor if factor > 0 else 60.0) * ACTIVITY_REFRESH_MINUTES
+                # Due within 2% of the interval: the proxy's refresh comes 10 s before the
+                # shortest auto-stop (1 minute), and a coarse tick would eat that margin when
+                # minutes are scaled down to a second.
+                await asyncio.sleep(min(0.1, interval / 50))
                 if time.monotonic() - last >= interval:
                     last = time.monotonic()
                     if sb.state == "started":
