@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.daytona import DaytonaEmulator
+from tests.fakes.daytona import DaytonaEmulator, process_alive, process_state
 
 API_KEY = "test-key"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +31,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+pid_alive = process_alive  # alive and not a zombie
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
@@ -407,8 +402,7 @@ def test_a_group_id_the_kernel_hands_out_again_is_no_longer_the_sandboxs(
     try:
         sandbox.pause()
         time.sleep(0.2)  # a SIGSTOP, were one sent, has landed by now
-        with open(f"/proc/{stranger.pid}/stat", "rb") as f:
-            assert f.read().rsplit(b")", 1)[1].split()[0] != b"T"
+        assert process_state(stranger.pid) != "T"
         sandbox.start()
         sandbox.stop()
         assert stranger.poll() is None

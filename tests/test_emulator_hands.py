@@ -13,19 +13,13 @@ import pytest
 
 from tests import test_emulator as base
 from tests.e2e import sandbox_processes
-from tests.fakes.daytona import DaytonaEmulator
+from tests.fakes.daytona import DaytonaEmulator, process_state
 from tests.test_emulator import API_KEY, http, pid_alive, read_pids, wait_for
 
 emulator = base.emulator
 daytona = base.daytona
 sandbox = base.sandbox
 _reset_faults = base._reset_faults
-
-
-def process_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        raw = f.read()
-    return raw[raw.rfind(b")") + 2 :].split()[0].decode()
 
 
 def start_counter(sb: Any, emulator: DaytonaEmulator) -> tuple[int, Any]:

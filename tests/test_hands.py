@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import DAYTONA_KEY, OPENAI_KEY, Rig, free_port, http_get, sandbox_processes
+from tests.fakes.daytona import process_state
 from tests.fakes.model import msg, run, turn
 from tests.test_lifecycle import _controlling_terminal
 from tests.test_turns import _wait_for
@@ -31,11 +32,6 @@ pytestmark = pytest.mark.e2e
 def _preview(rig: Rig, sandbox_id: str, port: int) -> tuple[int, str]:
     token = (rig.sandbox(sandbox_id) or {})["previewToken"]
     return http_get(f"{rig.emulator.base_url}/preview/{port}-{sandbox_id}/", {"X-Daytona-Preview-Token": token})
-
-
-def _process_state(pid: int) -> str:
-    raw = Path(f"/proc/{pid}/stat").read_bytes()
-    return raw[raw.rfind(b")") + 2 :].split()[0].decode()
 
 
 # --- pause -----------------------------------------------------------------------------------
@@ -59,7 +55,7 @@ def test_pause_keeps_the_dev_server_and_the_warm_agent(rig: Rig) -> None:
     assert paused.code == 0, paused
     assert paused.stdout.strip() == f"Paused sandbox {sandbox_id}"
     assert (rig.sandbox(sandbox_id) or {})["state"] == "paused"
-    assert all(_process_state(pid) == "T" for pid in [*server, *agent])
+    assert all(process_state(pid) == "T" for pid in [*server, *agent])
     assert rig.cli("status", "-q").stdout.strip() == "paused"
     listed = rig.cli("ls", "--json")
     assert listed.code == 0, listed

@@ -299,13 +299,25 @@ def _read_proc(pid: int, name: str) -> bytes | None:
         return None
 
 
+def proc_stat(pid: int) -> list[bytes]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...); none
+    for a process that is gone. The name, in parentheses, may hold spaces and parentheses."""
+    raw = _read_proc(pid, "stat")
+    return raw[raw.rfind(b")") + 2 :].split() if raw else []
+
+
+def process_state(pid: int) -> str | None:
+    """R, S, T (stopped), Z (zombie), ...; None for a process that is gone."""
+    fields = proc_stat(pid)
+    return fields[0].decode() if fields else None
+
+
 def live_process_groups() -> set[int]:
     """Every process-group id in use; a zombie holds its group's id until it is reaped."""
     groups: set[int] = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            raw = _read_proc(int(entry), "stat")
-            fields = raw[raw.rfind(b")") + 2 :].split() if raw else []
+            fields = proc_stat(int(entry))
             if len(fields) > 2:
                 groups.add(int(fields[2]))
     return groups
@@ -321,10 +333,7 @@ def find_sandbox_pids(sandbox_id: str, pgids: set[int]) -> set[int]:
         if not entry.isdigit() or int(entry) == me:
             continue
         pid = int(entry)
-        raw = _read_proc(pid, "stat")
-        if raw is None:
-            continue
-        fields = raw[raw.rfind(b")") + 2 :].split()
+        fields = proc_stat(pid)
         if not fields or fields[0] == b"Z":
             continue
         if int(fields[2]) in pgids:
@@ -383,8 +392,7 @@ def session_shell() -> str:
 
 
 def process_alive(pid: int) -> bool:
-    raw = _read_proc(pid, "stat")
-    return raw is not None and raw[raw.rfind(b")") + 2 :].split()[:1] != [b"Z"]
+    return process_state(pid) not in (None, "Z")
 
 
 def parent_map() -> dict[int, list[int]]:
@@ -393,10 +401,7 @@ def parent_map() -> dict[int, list[int]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        raw = _read_proc(int(entry), "stat")
-        if raw is None:
-            continue
-        fields = raw[raw.rfind(b")") + 2 :].split()
+        fields = proc_stat(int(entry))
         if len(fields) > 1 and fields[0] != b"Z":
             children.setdefault(int(fields[1]), []).append(int(entry))
     return children
