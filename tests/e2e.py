@@ -17,7 +17,7 @@ from typing import Any
 from codex_daytona import runtime
 from tests.fakes.daytona import DEFAULT_CONFIG as EMULATOR_DEFAULT_CONFIG
 from tests.fakes.daytona import DaytonaEmulator
-from tests.fakes.model import ScriptedModel
+from tests.fakes.model import ScriptedModel, msg, turn
 
 DAYTONA_KEY = "dtn-test-key-0123456789abcdef"
 OPENAI_KEY = "sk-test-openai-key-0123456789"
@@ -125,8 +125,6 @@ class Rig:
     def ask_on_same_thread(self, prompt: str, answer: str) -> str:
         """Asks again with the model answering `answer`; checks the ask completed on the
         thread the state file had, and returns the input the model was sent (the history)."""
-        from tests.fakes.model import msg, turn
-
         thread = self.record()["thread_id"]
         self.model.enqueue(turn(msg(answer)))
         again = self.cli("ask", prompt)
