@@ -53,6 +53,7 @@ KEY_ENV = "CODEX_DAYTONA_OPENAI_API_KEY"
 REQUEST_TIMEOUT_S = 120.0
 KEY_WAIT_S = 60.0  # how long a run waits for the CLI to deliver the key it names
 DELTA_INTERVAL_S = 0.15  # at most this often a codex_daytona.text with the text so far
+START_TIMEOUT_S = 60.0  # how long Codex may take to start a turn (its app-server, the thread, the turn)
 MODEL_TIMEOUT_S = 300.0  # silence from the model, while no command runs, that fails a turn
 # Ports the sandbox itself uses (Daytona's toolbox, terminal and SSH gateway).
 DAYTONA_PORTS = frozenset({2280, 22220, 22222, 33333})
@@ -492,6 +493,24 @@ def listening_ports(scope: str | None = None) -> list[int]:
 # --- The run --------------------------------------------------------------------------
 
 
+def invalid_text(value: Any, where: str = "") -> str | None:
+    """The first field of a request (e.g. "prompt") whose text cannot be UTF-8 (lone
+    surrogates, from bytes that were not UTF-8), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "text"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        bad = invalid_text(key, where) if isinstance(key, str) else None
+        bad = bad or invalid_text(item, f"{where}.{key}" if where else str(key))
+        if bad is not None:
+            return bad
+    return None
+
+
 def read_request(stream: TextIO, timeout: float) -> dict[str, Any]:
     """The request on stdin (base64 of one JSON object, up to EOF). Fails after `timeout`
     seconds without EOF: a session command's stdin is a FIFO that is never closed."""
@@ -888,17 +907,40 @@ class Engine:
         """Starts or resumes the thread, runs one turn, emits its events; returns the outcome."""
         from openai_codex import TransportClosedError
 
-        try:
-            codex = self._ensure(request)
-            thread = self._thread_for(codex, request, emit)
-        except TransportClosedError:
-            # The app-server died between turns: start a fresh one once.
+        # Codex may never answer a call that starts the turn (a request it cannot read): then
+        # the app-server is stopped, which fails the call, and the run ends instead of holding
+        # the sandbox's one turn forever.
+        abandoned = threading.Event()
+
+        def abandon() -> None:
+            abandoned.set()
             self.close()
-            codex = self._ensure(request)
-            thread = self._thread_for(codex, request, emit)
-        emit({"type": "thread.started", "thread_id": thread.id})
+
+        timer = threading.Timer(START_TIMEOUT_S, abandon)
+        timer.daemon = True
+        timer.start()
+        try:
+            try:
+                codex = self._ensure(request)
+                thread = self._thread_for(codex, request, emit)
+            except TransportClosedError:
+                if abandoned.is_set():
+                    raise
+                # The app-server died between turns: start a fresh one once.
+                self.close()
+                codex = self._ensure(request)
+                thread = self._thread_for(codex, request, emit)
+            emit({"type": "thread.started", "thread_id": thread.id})
+            handle = thread.turn(turn_input(request), **turn_options(request), **turn_settings(request))
+        except Exception:
+            if abandoned.is_set():
+                raise RuntimeError(f"Codex did not start the turn within {START_TIMEOUT_S:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+        if abandoned.is_set():
+            raise RuntimeError(f"Codex did not start the turn within {START_TIMEOUT_S:g} s")
         mapper = TurnMapper()
-        handle = thread.turn(turn_input(request), **turn_options(request), **turn_settings(request))
         interrupter.attach(handle)
         watchdog = Watchdog(mapper, interrupter, float(request.get("model_timeout") or MODEL_TIMEOUT_S))
         try:
@@ -1181,6 +1223,23 @@ class Daemon:
         emitter = Emitter(run_dir / "events.jsonl", writer, [self._key or ""])
         emit = emitter.emit
         emit({"type": "codex_daytona.run.started", "run_id": run_id, "pid": os.getpid(), "ts": time.time()})
+        bad = invalid_text(request)
+        if bad is not None:
+            # Codex's JSON reader refuses lone surrogates and never answers the turn: refuse
+            # the run here, before it takes the sandbox's one turn.
+            message = f"the request's {bad} is not valid UTF-8 text"
+            emit({"type": "error", "message": f"agent error: {message}"})
+            emit(
+                {
+                    "type": "codex_daytona.run.completed",
+                    "run_id": run_id,
+                    "status": "error",
+                    "exit_code": EXIT_ERROR,
+                    "error": message,
+                }
+            )
+            emitter.close()
+            return
         if not self._busy.acquire(blocking=bool(request.get("wait"))):
             emit({"type": "codex_daytona.busy", "run_id": self.current_run, "message": "another turn is running"})
             emit(

@@ -157,7 +157,8 @@ def _session(json_mode: bool, quiet: bool, debug: bool, name: str | None = None)
                 check_name(settings.codex_daytona_sandbox)
             except UsageError as exc:
                 raise ConfigError(f"CODEX_DAYTONA_SANDBOX: {exc.message}", exc.hint) from None
-        selected = check_name(name or settings.codex_daytona_sandbox or DEFAULT_NAME)
+        # An empty --name is a usage error, not the default.
+        selected = check_name(name if name is not None else settings.codex_daytona_sandbox or DEFAULT_NAME)
         store = StateStore(state_dir(settings.codex_daytona_state_dir))
         yield Context(settings, store, selected, emit=out.event), out
     except CodexDaytonaError as exc:
@@ -181,14 +182,20 @@ def _fail(out: Output, exc: CodexDaytonaError, debug: bool) -> NoReturn:
 
 
 def _read_prompt(prompt: str | None) -> str:
+    from codex_daytona.turns import check_prompt
+
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-        text = sys.stdin.read()
+        # As bytes: bytes that are not UTF-8 come through as the arguments' do (lone
+        # surrogates), and check_prompt refuses both the same way.
+        buffer = getattr(sys.stdin, "buffer", None)
+        text = buffer.read().decode("utf-8", "surrogateescape") if buffer is not None else sys.stdin.read()
     elif prompt is None:
         raise UsageError("No prompt given.", 'Pass it as an argument: codex-daytona ask "build a todo app"')
     else:
         text = prompt
     if not text.strip():
         raise UsageError("The prompt is empty.")
+    check_prompt(text)
     return text
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from codex_daytona import events as ev
 from codex_daytona import runtime
 from codex_daytona.context import SESSION_ID, Box, OnEvent
-from codex_daytona.errors import AgentSetupError, CommandGoneError, DaytonaError, TurnTimeoutError
+from codex_daytona.errors import AgentSetupError, CommandGoneError, DaytonaError, NoSandboxError, TurnTimeoutError
 from codex_daytona.state import LastTurn
 
 STREAM_RECONNECTS = 20
@@ -152,9 +152,11 @@ class RunFollower:
                     idle_timeout=self.idle_seconds,
                 )
             except CommandGoneError:
+                self._still_there()
                 self.command_id = None  # follow the run from its event file instead
                 continue
             except DaytonaError:
+                self._still_there()
                 self._count_reconnect()
                 self.emit({"type": ev.RETRY, "message": "The log stream dropped; reconnecting..."})
                 time.sleep(min(0.1 * self.reconnects, 1.0))
@@ -163,6 +165,11 @@ class RunFollower:
                 raise TurnTimeoutError(f"The turn did not finish within {timeout:g} s.")
             if not done():
                 self._command_ended()
+
+    def _still_there(self) -> None:
+        """Raises SandboxGoneError when the stream dropped because the sandbox was deleted
+        (one look-up): its run is over, and reconnecting would only meet 404s."""
+        self.box.api.get(self.box.id)
 
     def _count_reconnect(self) -> None:
         self.reconnects += 1
@@ -200,6 +207,8 @@ class RunFollower:
         if exit_code is None:
             self._count_reconnect()  # closed early: connect again
             return
+        if self.attached and self.offset == 0 and any(f"no run {self.run_id}" in c for c in self.stderr):
+            raise NoSandboxError(f"No run {self.run_id} in this sandbox.", "`codex-daytona status` shows the last run.")
         if self.attached:
             raise AgentSetupError(
                 f"Run {self.run_id} ended without a result: the agent stopped in the sandbox.",

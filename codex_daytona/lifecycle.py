@@ -44,6 +44,7 @@ def up(ctx: Context, *, repo: str | None = None, branch: str | None = None) -> U
     With `repo`, creates a new sandbox whose home is a clone of that repository."""
     if repo is not None:
         return _up_from_repo(ctx, repo, branch)
+    ctx.store.check_writable()  # before anything is made on Daytona: it must be recorded
     with ctx.store.lock():
         state = ctx.store.load()
         record = state.sandboxes.get(ctx.name)
@@ -78,6 +79,7 @@ def create(
     created at once (`ask --fanout`)."""
     if ctx.record() is not None:
         raise UsageError(f"There is already a sandbox named {ctx.name}.")
+    ctx.store.check_writable()
     forked = snapshot is not None
     if snapshot is None:
         snapshot = provision.base_snapshot(ctx)
@@ -322,17 +324,19 @@ class SandboxDone:
     """What `down` or `down --stop` did to a sandbox."""
 
     sandbox_id: str
-    did: str  # "deleted" or "stopped"
+    did: str  # "deleted", "stopped", or "forgotten" (it was already gone: a warning says so)
 
     @property
     def human(self) -> str:
-        return f"{self.did.capitalize()} sandbox {self.sandbox_id}"
+        return "" if self.did == "forgotten" else f"{self.did.capitalize()} sandbox {self.sandbox_id}"
 
     @property
     def quiet(self) -> str:
-        return self.sandbox_id
+        return "" if self.did == "forgotten" else self.sandbox_id
 
     def to_json(self) -> dict[str, object]:
+        if self.did == "forgotten":
+            return {"sandbox_id": self.sandbox_id, "deleted": False, "forgotten": True}
         return {"sandbox_id": self.sandbox_id, self.did: True}
 
 
@@ -374,13 +378,15 @@ def stop(ctx: Context) -> SandboxDone:
 
 
 def down(ctx: Context) -> SandboxDone:
-    """Deletes the sandbox and forgets it."""
+    """Deletes the sandbox and forgets it. Checks first that it can forget it: a sandbox
+    deleted and still named in the state file would be an error on every later command."""
     record = ctx.require_record()
+    ctx.store.check_writable()
     try:
         box = ctx.box(record, start=False)
     except SandboxGoneError:
-        ctx.emit(ev.warning(f"Sandbox {record.sandbox_id} was already gone; forgot it."))
-        return SandboxDone(record.sandbox_id, "deleted")
+        ctx.emit(ev.warning(f"Sandbox {record.sandbox_id} was already gone (nothing deleted); forgot it."))
+        return SandboxDone(record.sandbox_id, "forgotten")
     ctx.emit(ev.progress(f"Deleting sandbox {record.sandbox_id}..."))
     ctx.api.delete(box.sandbox)
     ctx.forget(record.sandbox_id)
@@ -394,6 +400,8 @@ def all_sandboxes(ctx: Context) -> list[SandboxInfo]:
 
 def down_all(ctx: Context, sandboxes: list[SandboxInfo]) -> list[str]:
     """Deletes the given sandboxes and forgets those this directory knew. Returns their ids."""
+    if sandboxes:
+        ctx.store.check_writable()
     deleted = []
     for info in sandboxes:
         ctx.emit(ev.progress(f"Deleting sandbox {info.id}..."))

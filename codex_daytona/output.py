@@ -512,7 +512,7 @@ class Output:
         elif self.mode is Mode.QUIET:
             if quiet:
                 self._out(quiet)
-        else:
+        elif human:
             self._out(human)
 
     def result(self, result: Result) -> None:

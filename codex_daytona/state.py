@@ -8,6 +8,7 @@ exclusive lock so that two invocations never interleave their writes. It never h
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -113,9 +114,11 @@ class StateStore:
         try:
             data = tomllib.loads(raw.decode("utf-8"))
             state = State.model_validate(data)
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError) as exc:
+        except ValidationError as exc:
+            raise StateError(f"The state file {self.path} is corrupt: {_field_problem(exc)}.", CORRUPT_HINT) from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             first = str(exc).splitlines()[0]
-            raise StateError(f"The state file {self.path} is corrupt ({first}).") from None
+            raise StateError(f"The state file {self.path} is corrupt ({first}).", CORRUPT_HINT) from None
         if state.version > STATE_VERSION:
             raise StateError(
                 f"The state file {self.path} was written by a newer codex-daytona (version {state.version}).",
@@ -127,7 +130,10 @@ class StateStore:
         return self.load().sandboxes.get(name)
 
     def _ensure_dir(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)
         # Keeps the state out of git without touching the project's own .gitignore.
@@ -139,7 +145,10 @@ class StateStore:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         self._ensure_dir()
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -155,9 +164,34 @@ class StateStore:
             yield state
             self.save(state)
 
+    def check_writable(self) -> None:
+        """Raises StateError unless the state file can be locked and written: a command checks
+        this before it changes anything on Daytona, so that it can always record what it did."""
+        with self.lock():
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.directory)
+                os.close(fd)
+                os.unlink(tmp)
+                if self.path.exists() and not os.access(self.path, os.W_OK):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.path))
+            except OSError as exc:
+                raise self._unwritable(exc) from None
+
+    def _unwritable(self, exc: OSError) -> StateError:
+        return StateError(
+            f"Cannot write the state file in {self.directory}: {exc.strerror or exc}.",
+            f"Make {self.directory} and its files writable by you (nothing was changed on Daytona), "
+            "or point CODEX_DAYTONA_STATE_DIR elsewhere.",
+        )
+
     def save(self, state: State) -> None:
         """Writes atomically. The caller holds the lock."""
-        data = _dump(state)
+        try:
+            self._write(_dump(state))
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+
+    def _write(self, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.directory)
         try:
             os.fchmod(fd, 0o600)
@@ -170,6 +204,20 @@ class StateStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+CORRUPT_HINT = (
+    "Fix the file, or delete it; the sandboxes it names keep running on Daytona, and only "
+    "`codex-daytona down --all` finds them then."
+)
+
+
+def _field_problem(exc: ValidationError) -> str:
+    """The first bad field of a state file, by its path in the file, and what is wrong with it."""
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"]) or "the file"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"
 
 
 def state_dir(override: Path | None) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from codex_daytona import events as ev
 from codex_daytona import lifecycle, links, runtime
+from codex_daytona.codex_facts import MAX_INPUT_CHARS
 from codex_daytona.context import SESSION_ID, Box, Context, tail
 from codex_daytona.errors import (
     AgentSetupError,
@@ -137,6 +138,7 @@ def ask(
     `output_schema` (see `read_output_schema`) is the JSON Schema the final message must
     follow.
     """
+    check_prompt(prompt)
     for pair in config or []:
         reason = runtime.refused_config_key(pair, ctx.settings)
         if reason:
@@ -146,36 +148,40 @@ def ask(
                 "(e.g. -c model_reasoning_summary=detailed); see README, `ask -c`.",
             )
     api_key = ctx.settings.openai_key_for_turn()
+    ctx.store.check_writable()  # the turn is claimed, and its outcome saved, in the state file
     box = _turn_box(ctx)
     run_id = new_run_id()
     box.record, session, previous = _claim_turn(ctx, box.record, run_id)
-    remote_images = runtime.image_paths(box.layout, run_id, [p.name for p in images or []])
-    if images:
-        try:
+    try:
+        remote_images = runtime.image_paths(box.layout, run_id, [p.name for p in images or []])
+        if images:
             box.upload_from({r: str(p) for r, p in zip(remote_images, images, strict=True)})
-        except CodexDaytonaError:
+        request = runtime.agent_request(
+            prompt=prompt,
+            api_key=api_key,
+            thread_id=None if new_thread else thread_id or box.record.thread_id,
+            new_thread=new_thread,
+            model=model or ctx.settings.codex_daytona_model,
+            base_url=ctx.settings.base_url,
+            layout=box.layout,
+            wait=wait,
+            model_timeout=ctx.settings.codex_daytona_model_timeout_seconds,
+            heartbeat_seconds=ctx.settings.codex_daytona_stream_idle_seconds / 3,
+            turn_model=model,
+            effort=effort,
+            protected=runtime.protected_config(ctx.settings),
+            config=config,
+            images=remote_images,
+            output_schema=output_schema,
+            must_resume=thread_id is not None and not new_thread,
+        )
+        command_id = box.start_command(session, runtime.agent_command(box.layout, run_id, request))
+    except BaseException:
+        # The turn never started (a failed upload or command, Ctrl-C): it must not stay
+        # "running" in the state file, which would send the next ask to a session of its own.
+        with contextlib.suppress(CodexDaytonaError):
             ctx.update_record(box.id, lambda r: _unclaim(r, run_id, previous))
-            raise
-    request = runtime.agent_request(
-        prompt=prompt,
-        api_key=api_key,
-        thread_id=None if new_thread else thread_id or box.record.thread_id,
-        new_thread=new_thread,
-        model=model or ctx.settings.codex_daytona_model,
-        base_url=ctx.settings.base_url,
-        layout=box.layout,
-        wait=wait,
-        model_timeout=ctx.settings.codex_daytona_model_timeout_seconds,
-        heartbeat_seconds=ctx.settings.codex_daytona_stream_idle_seconds / 3,
-        turn_model=model,
-        effort=effort,
-        protected=runtime.protected_config(ctx.settings),
-        config=config,
-        images=remote_images,
-        output_schema=output_schema,
-        must_resume=thread_id is not None and not new_thread,
-    )
-    command_id = box.start_command(session, runtime.agent_command(box.layout, run_id, request))
+        raise
     ctx.update_record(box.id, lambda r: _set_command(r, run_id, command_id))
     follower = _follower(ctx, box, run_id, api_key)
     follower.watch(session, command_id)
@@ -190,6 +196,26 @@ def ask(
     _follow_until_started(ctx, follower)
     _keep_up_while_detached(ctx, box)
     return TurnOutcome(run_id, "running", follower.thread_id or box.record.thread_id, "", sandbox_id=box.id)
+
+
+def check_prompt(prompt: str) -> None:
+    """A prompt Codex can take, or a usage error before anything is sent: text (valid
+    UTF-8: bytes that are not arrive here as lone surrogates, which no JSON reader accepts),
+    no longer than Codex's input limit."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ord(prompt[exc.start])
+        what = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"U+{bad:04X}"
+        raise UsageError(
+            f"The prompt is not valid UTF-8 ({what} at character {exc.start}).",
+            "Give the prompt as UTF-8 text (e.g. convert it with iconv -t UTF-8).",
+        ) from None
+    if len(prompt) > MAX_INPUT_CHARS:
+        raise UsageError(
+            f"The prompt is {len(prompt):,} characters; Codex takes at most {MAX_INPUT_CHARS:,} per turn.",
+            "Shorten it, or `codex-daytona push` the material into the sandbox and name the files in the prompt.",
+        )
 
 
 def _turn_box(ctx: Context) -> Box:
@@ -305,6 +331,8 @@ def _follow(ctx: Context, follower: RunFollower, timeout: float | None) -> TurnO
     except TurnTimeoutError as exc:
         _interrupt(ctx, follower)
         raise _finish(ctx, follower).fail(exc) from None
+    except SandboxGoneError:
+        raise _lost(ctx, follower) from None
     outcome = _finish(ctx, follower)
     outcome.previews = links.after_turn(follower.box, follower.ports_event)
     error: CodexDaytonaError | None = None
@@ -323,6 +351,29 @@ def _follow(ctx: Context, follower: RunFollower, timeout: float | None) -> TurnO
     if error is not None:
         raise outcome.fail(error)
     return outcome
+
+
+def _lost(ctx: Context, follower: RunFollower) -> SandboxGoneError:
+    """The sandbox was deleted while the run was followed (`down` elsewhere, the API, a
+    Daytona restart): the run is lost with it, and the sandbox forgotten here."""
+    box = follower.box
+    outcome = _outcome(follower)
+    outcome.status = "lost"
+
+    def lost(current: SandboxRecord) -> None:
+        if current.last_turn is not None and current.last_turn.run_id == follower.run_id:
+            current.last_turn.status = "lost"
+            current.last_turn.ended_at = now()
+            current.last_turn.error = "the sandbox was deleted during the turn"
+
+    ctx.update_record(box.id, lost)
+    ctx.forget(box.id)
+    return outcome.fail(  # type: ignore[return-value]
+        SandboxGoneError(
+            f"Sandbox {box.id} was deleted during the turn (run {follower.run_id}): the turn is lost.",
+            "It was forgotten here; `codex-daytona up` (or the next ask) creates a new one.",
+        )
+    )
 
 
 def _follow_until_started(ctx: Context, follower: RunFollower) -> None:

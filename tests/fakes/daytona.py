@@ -808,6 +808,8 @@ class Faults:
     stall_log_streams: int = 0
     half_close_log_streams: int = 0
     latency_ms: int = 0
+    freeze_api: int = 0  # API and toolbox requests are accepted and not answered while it is set
+    refuse_next_command: int = 0  # the next session command is refused (HTTP 400)
     drops_done: int = 0
     stalls_done: int = 0
     half_closes_done: int = 0
@@ -950,6 +952,11 @@ class EmulatorServer:
                 if self.faults.fail_next > 0:
                     self.faults.fail_next -= 1
                     raise ApiError(503, "Emulator fault: service unavailable")
+                while self.faults.freeze_api:
+                    await asyncio.sleep(0.05)
+                if self.faults.refuse_next_command > 0 and re.search(r"/process/session/[^/]+/exec$", request.path):
+                    self.faults.refuse_next_command -= 1
+                    raise ApiError(400, "Emulator fault: command refused")
                 self._record_activity(request.path, kind)
             return await handler(request)
         except ApiError as exc:

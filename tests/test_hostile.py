@@ -1,0 +1,239 @@
+"""What a hostile but realistic user, or the platform, can do to a command (issue #26): bad
+bytes and sizes in a prompt, an unwritable state directory, a state file of the wrong
+shape, a sandbox deleted mid-turn, Daytona freezing, Ctrl-C and SIGTERM at any moment. Each
+ends in one clear line and the right exit code, never a hang, a sandbox left "busy" or a
+sandbox nobody knows of."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from codex_daytona import runtime
+from codex_daytona.codex_facts import MAX_INPUT_CHARS
+from tests.e2e import DAYTONA_KEY, Rig, sandbox_processes
+from tests.fakes.model import msg, run, turn
+
+pytestmark = pytest.mark.e2e
+
+
+def _ready(rig: Rig) -> str:
+    result = rig.cli("up", "-q")
+    assert result.code == 0, result
+    return result.stdout.strip()
+
+
+def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def _one_error_line(stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    assert len([line for line in stderr.splitlines() if line.startswith("Error:")]) == 1, stderr
+
+
+def _delete_on_daytona(rig: Rig, sandbox_id: str) -> None:
+    request = urllib.request.Request(
+        f"{rig.emulator.api_url}/sandbox/{sandbox_id}",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {DAYTONA_KEY}"},
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+def _state_dir(rig: Rig) -> Path:
+    return Path(rig.env["CODEX_DAYTONA_STATE_DIR"])
+
+
+# --- 1 and 6: the prompt -----------------------------------------------------------------------
+
+
+def test_a_prompt_that_is_not_utf8_is_refused_before_anything_is_sent(rig: Rig) -> None:
+    """Refused with exit 2 and one line, as an argument or on stdin; no sandbox made, no model
+    request; and the sandbox is not left busy: the next ask runs."""
+    before = len(rig.requests())
+    for args, stdin in ((("ask", "x \udcff\udcfe"), None), (("ask", "-"), "x \udcff\udcfe")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "codex_daytona", *args],
+            input=None if stdin is None else stdin.encode("utf-8", "surrogateescape"),
+            capture_output=True,
+            cwd=rig.project,
+            env=rig.env,
+            timeout=60,
+        )
+        stderr = proc.stderr.decode()
+        assert proc.returncode == 2, stderr
+        assert "not valid UTF-8 (byte 0xff" in stderr
+        _one_error_line(stderr)
+    assert rig.record() == {}
+    assert [r for r in rig.round_trips() if r["path"].startswith("/api/sandbox")][before:] == []
+    assert rig.model.requests == []
+    rig.model.enqueue(turn(msg("fine")))
+    again = rig.cli("ask", "-q", "x \u00ff\u00fe, as UTF-8")
+    assert again.code == 0, again
+    assert again.stdout == "fine\n"
+
+
+def test_the_agent_refuses_a_request_that_is_not_utf8_and_stays_free(rig: Rig) -> None:
+    """A client that sends lone surrogates anyway (not this CLI): the run ends at once with an
+    error, and the next turn is not told another one runs."""
+    _ready(rig)
+    layout = runtime.Layout(rig.record()["home_dir"])
+    request = runtime.agent_request(prompt="x \udcff", api_key=None, layout=layout)
+    started = time.monotonic()
+    result = rig.cli("exec", "--", runtime.agent_command(layout, "bad-bytes", request), timeout=90)
+    assert time.monotonic() - started < 30, "the run ended in bounded time"
+    assert '"status":"error"' in result.stdout and "prompt is not valid UTF-8" in result.stdout, result
+    rig.model.enqueue(turn(msg("free")))
+    after = rig.cli("ask", "-q", "are you free?")
+    assert after.code == 0, after
+    assert after.stdout == "free\n"
+
+
+def test_a_prompt_over_codexs_limit_is_a_usage_error_before_anything_is_sent(rig: Rig) -> None:
+    """Codex 0.163 takes 1,048,576 characters per turn; one more is exit 2, checked locally."""
+    result = rig.cli("ask", "-", input="a" * (MAX_INPUT_CHARS + 1))
+    assert result.code == 2, result
+    assert "1,048,577 characters" in result.stderr and "1,048,576" in result.stderr
+    assert "down" not in result.stderr  # no advice to destroy the sandbox
+    _one_error_line(result.stderr)
+    assert rig.record() == {}
+    assert rig.model.requests == []
+
+
+def test_a_turn_that_fails_to_start_leaves_the_sandbox_free(rig: Rig) -> None:
+    """Daytona refuses the turn's command after the CLI claimed the turn: the claim is put
+    back (the state file shows no running turn), and the next ask runs in the usual session."""
+    _ready(rig)
+    rig.emulator.set_faults(refuse_next_command=1)
+    failed = rig.cli("ask", "hi")
+    assert failed.code == 7, failed
+    _one_error_line(failed.stderr)
+    assert "last_turn" not in rig.record(), rig.record()
+    rig.model.enqueue(turn(msg("started")))
+    again = rig.cli("ask", "-q", "now")
+    assert again.code == 0, again
+    assert rig.record()["last_turn"]["session_id"] == "codex-daytona"
+
+
+# --- 3: the state directory ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _immutable(path: Path) -> Iterator[None]:
+    """`chattr +i`: not even root can create or replace files in it."""
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {done.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_an_unwritable_state_dir_changes_nothing_on_daytona(rig: Rig) -> None:
+    sandbox_id = _ready(rig)
+    with _immutable(_state_dir(rig)):
+        for args in (("down", "--yes"), ("ask", "hi")):
+            result = rig.cli(*args)
+            assert result.code == 1, result
+            assert "Cannot write the state file" in result.stderr and "nothing was changed" in result.stderr
+            _one_error_line(result.stderr)
+            assert (rig.sandbox(sandbox_id) or {}).get("state") == "started", "nothing changed on Daytona"
+    assert rig.model.requests == []
+    assert rig.record()["sandbox_id"] == sandbox_id
+
+
+def test_an_unwritable_state_dir_makes_no_sandbox(rig: Rig) -> None:
+    _state_dir(rig).mkdir(parents=True)
+    before = {s["id"] for s in rig.emulator.sandboxes()}
+    with _immutable(_state_dir(rig)):
+        for args in (("up",), ("ask", "hi")):
+            result = rig.cli(*args)
+            assert result.code == 1, result
+            _one_error_line(result.stderr)
+    assert {s["id"] for s in rig.emulator.sandboxes()} == before
+
+
+# --- 7, 8, 9, 10: small ones ------------------------------------------------------------------
+
+
+def test_logs_follow_of_an_unknown_run_is_no_run(rig: Rig) -> None:
+    _ready(rig)
+    for args in (("logs", "no-such-run"), ("logs", "-f", "no-such-run")):
+        result = rig.cli(*args)
+        assert result.code == 5, result
+        assert "No run no-such-run" in result.stderr
+        _one_error_line(result.stderr)
+
+
+def test_an_empty_name_is_a_usage_error(rig: Rig) -> None:
+    for args in (("status", "--name", ""), ("up", "--name", "")):
+        result = rig.cli(*args)
+        assert result.code == 2, result
+        assert "Invalid sandbox name ''" in result.stderr
+    assert rig.record() == {}
+
+
+def test_down_of_a_sandbox_already_gone_claims_no_deletion(rig: Rig) -> None:
+    sandbox_id = _ready(rig)
+    _delete_on_daytona(rig, sandbox_id)
+    result = rig.cli("down", "--yes")
+    assert result.code == 0, result
+    assert result.stdout == ""
+    assert "already gone" in result.stderr
+    assert rig.record() == {}
+
+
+def test_down_json_of_a_sandbox_already_gone_says_it_deleted_nothing(rig: Rig) -> None:
+    sandbox_id = _ready(rig)
+    _delete_on_daytona(rig, sandbox_id)
+    result = rig.cli("down", "--yes", "--json")
+    assert result.code == 0, result
+    assert result.json_lines == [{"sandbox_id": sandbox_id, "deleted": False, "forgotten": True}]
+
+
+def test_a_state_file_of_the_wrong_shape_names_the_field_and_the_file(rig: Rig) -> None:
+    state = _state_dir(rig) / "state.toml"
+    state.parent.mkdir(parents=True)
+    state.write_text('version = 1\n[sandboxes.default]\nsandbox_id = "abc"\nhome_dir = "/h"\nports = "x"\n')
+    result = rig.cli("status")
+    assert result.code == 1, result
+    assert str(state) in result.stderr
+    assert "sandboxes.default.ports" in result.stderr
+    assert "down --all" in result.stderr and "keep running" in result.stderr
+    _one_error_line(result.stderr)
+
+
+# --- 4: the sandbox deleted mid-turn ------------------------------------------------------------
+
+
+def test_a_sandbox_deleted_mid_turn_is_reported_and_forgotten_within_seconds(rig: Rig) -> None:
+    sandbox_id = _ready(rig)
+    rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000)), turn(msg("unreachable")))
+    proc = rig.popen_piped("ask", "--json", "sleep for a minute")
+    _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 60")))
+    _delete_on_daytona(rig, sandbox_id)
+    deleted = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    took = time.monotonic() - deleted
+    assert proc.returncode == 5, stderr
+    assert took < 10, f"took {took:.1f} s"
+    assert "was deleted during the turn" in stderr
+    _one_error_line(stderr)
+    result = json.loads(stdout.splitlines()[-1])
+    assert result["status"] == "lost" and result["exit_code"] == 5
+    assert rig.record() == {}, "the deleted sandbox is forgotten"
