@@ -104,6 +104,7 @@ class DaytonaApi:
                         target=self._settings.daytona_target,
                     )
                 )
+                _bound_requests(self._client, self._settings.codex_daytona_request_timeout_seconds)
         return self._client
 
     @contextmanager
@@ -543,6 +544,40 @@ class DaytonaApi:
             return PreviewLink(port=port, url=link.url, token=None)
 
         return self._retrying(f"sign a preview link for port {port}", call, sandbox.id)
+
+
+def _bound_requests(client: Daytona, seconds: float) -> None:
+    """Every REST request the client makes (control plane and toolbox) gets a timeout: the
+    SDK sends most with none, and one to a Daytona that accepts the connection and never
+    answers would wait forever. A request the SDK gives a timeout of its own (a command's
+    run time) keeps it. urllib3 retries no read that timed out (that would multiply the
+    wait); it still retries connections refused or dropped before an answer."""
+    import urllib3
+
+    for api_client in (client._api_client, client._toolbox_api_client):
+        rest = api_client.rest_client
+        pool_kw = rest.pool_manager.connection_pool_kw
+        retries = pool_kw.get("retries")
+        pool_kw["retries"] = (retries if isinstance(retries, urllib3.Retry) else urllib3.Retry()).new(read=0)
+        request = rest.request
+
+        def bounded(*args: Any, _request: Any = request, _request_timeout: Any = None, **kwargs: Any) -> Any:
+            try:
+                return _request(*args, _request_timeout=_request_timeout or seconds, **kwargs)
+            except (urllib3.exceptions.MaxRetryError, urllib3.exceptions.TimeoutError) as exc:
+                reason = getattr(exc, "reason", exc)
+                if not isinstance(reason, urllib3.exceptions.TimeoutError) or isinstance(
+                    reason, urllib3.exceptions.NewConnectionError
+                ):
+                    raise
+                waited = _request_timeout or seconds
+                raise DaytonaError(
+                    f"Daytona did not answer within {waited:g} s",
+                    "Daytona may be down or overloaded: try again later "
+                    "(CODEX_DAYTONA_REQUEST_TIMEOUT_SECONDS sets how long to wait).",
+                ) from None
+
+        rest.request = bounded
 
 
 class _DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # the agent sends an empty line after a third of it without an event.
     codex_daytona_stream_idle_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
 
+    # How long one request to Daytona may go unanswered before the command gives up (exit 7);
+    # requests that carry their own (a command's run time, a transfer) keep theirs.
+    codex_daytona_request_timeout_seconds: Annotated[float, Field(ge=1, le=3600)] = 30.0
+
     # A turn fails when the model endpoint stays silent this long while no command runs
     # (Codex itself never times out a server that accepts a request and does not answer).
     codex_daytona_model_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0

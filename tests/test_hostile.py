@@ -237,3 +237,27 @@ def test_a_sandbox_deleted_mid_turn_is_reported_and_forgotten_within_seconds(rig
     result = json.loads(stdout.splitlines()[-1])
     assert result["status"] == "lost" and result["exit_code"] == 5
     assert rig.record() == {}, "the deleted sandbox is forgotten"
+
+
+# --- 5: a Daytona that accepts and never answers ----------------------------------------------
+
+
+def test_a_frozen_daytona_is_exit_7_within_the_request_timeout(rig: Rig) -> None:
+    """Every request has a timeout (CODEX_DAYTONA_REQUEST_TIMEOUT_SECONDS, here 2 s): a look-up
+    against a Daytona that accepts connections and never answers ends in one line naming
+    Daytona, exit 7, in a bounded time (the timeout, plus start-up and the SDK's own few
+    seconds of trying its event channel)."""
+    _ready(rig)
+    rig.emulator.set_faults(freeze_api=1)
+    try:
+        for args in (("status",), ("ask", "hi")):
+            started = time.monotonic()
+            result = rig.cli(*args, env={"CODEX_DAYTONA_REQUEST_TIMEOUT_SECONDS": "2"}, timeout=90)
+            took = time.monotonic() - started
+            assert result.code == 7, result
+            assert "Daytona did not answer within 2 s" in result.stderr
+            _one_error_line(result.stderr)
+            assert took < 20, f"{args}: {took:.1f} s"
+    finally:
+        rig.emulator.set_faults(freeze_api=0)
+    assert rig.model.requests == []
