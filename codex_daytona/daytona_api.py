@@ -577,7 +577,7 @@ def _bound_requests(client: Daytona, seconds: float) -> None:
                     "(CODEX_DAYTONA_REQUEST_TIMEOUT_SECONDS sets how long to wait).",
                 ) from None
 
-        rest.request = bounded
+        rest.request = bounded  # type: ignore[method-assign]
 
 
 class _DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
