@@ -5,7 +5,10 @@ pause, stop and down.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -102,17 +105,6 @@ def _new_sandbox(
     caller's lock), or under the lock taken here."""
     scope = uuid.uuid4().hex
     ctx.emit(ev.progress("Creating sandbox..."))
-    sandbox = ctx.api.create(
-        labels=project_labels(ctx.project_dir, ctx.name),
-        env={"CODEX_DAYTONA_SCOPE": scope},
-        auto_stop_minutes=ctx.settings.codex_daytona_auto_stop_minutes,
-        auto_delete_minutes=ctx.settings.codex_daytona_auto_delete_minutes,
-        snapshot=snapshot,
-        secrets=_secrets(ctx),
-    )
-    record = SandboxRecord(sandbox_id=sandbox.id, home_dir="", scope=scope, thread_id=thread_id)
-    if created_by is not None:
-        record.created_by = created_by
 
     def save() -> None:
         if state is None:
@@ -121,11 +113,49 @@ def _new_sandbox(
             state.sandboxes[ctx.name] = record
             ctx.store.save(state)
 
-    save()  # before anything else can fail, so the sandbox is never orphaned
+    # Ctrl-C or SIGTERM while Daytona makes it waits until it is recorded, so the sandbox is
+    # never orphaned; the command then stops (exit 130, or the signal's own end).
+    with signals_deferred():
+        sandbox = ctx.api.create(
+            labels=project_labels(ctx.project_dir, ctx.name),
+            env={"CODEX_DAYTONA_SCOPE": scope},
+            auto_stop_minutes=ctx.settings.codex_daytona_auto_stop_minutes,
+            auto_delete_minutes=ctx.settings.codex_daytona_auto_delete_minutes,
+            snapshot=snapshot,
+            secrets=_secrets(ctx),
+        )
+        record = SandboxRecord(sandbox_id=sandbox.id, home_dir="", scope=scope, thread_id=thread_id)
+        if created_by is not None:
+            record.created_by = created_by
+        save()  # before anything else can fail, so the sandbox is never orphaned
     record.home_dir = ctx.api.home_dir(sandbox)
     save()
     ctx.emit(ev.progress(f"Created sandbox {sandbox.id}"))
     return Box(ctx.api, sandbox, record, ctx.emit)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Holds SIGINT and SIGTERM back until the block is over, then delivers them (in the main
+    thread; elsewhere Python delivers no signal anyway). For a block that makes something on
+    Daytona and records it: stopped between the two, it would leave a sandbox nobody knows."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        pending.append(signum)
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, hold) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 def _secrets(ctx: Context) -> dict[str, str] | None:
@@ -183,13 +213,14 @@ def fork_from(ctx: Context, base: SandboxRecord) -> str:
         ctx.emit(ev.progress(f"Starting sandbox {base.sandbox_id} to fork it..."))
         ctx.api.start(source)
     ctx.emit(ev.progress(f"Forking sandbox {base.sandbox_id}..."))
-    sandbox = ctx.api.fork(source)
-    # Saved before anything else can fail, so the fork is never orphaned. A fork has its
-    # source's environment, and so its scope.
-    record = SandboxRecord(
-        sandbox_id=sandbox.id, home_dir="", scope=base.scope, created_by="fanout", thread_id=base.thread_id
-    )
-    ctx.save(record)
+    with signals_deferred():
+        sandbox = ctx.api.fork(source)
+        # Saved before anything else can fail, so the fork is never orphaned. A fork has its
+        # source's environment, and so its scope.
+        record = SandboxRecord(
+            sandbox_id=sandbox.id, home_dir="", scope=base.scope, created_by="fanout", thread_id=base.thread_id
+        )
+        ctx.save(record)
     return str(sandbox.id)
 
 

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +24,7 @@ import pytest
 
 from codex_daytona import runtime
 from codex_daytona.codex_facts import MAX_INPUT_CHARS
+from codex_daytona.context import project_labels
 from tests.e2e import DAYTONA_KEY, Rig, sandbox_processes
 from tests.fakes.model import msg, run, turn
 
@@ -261,3 +267,93 @@ def test_a_frozen_daytona_is_exit_7_within_the_request_timeout(rig: Rig) -> None
     finally:
         rig.emulator.set_faults(freeze_api=0)
     assert rig.model.requests == []
+
+
+# --- 2: no orphan from a signal ------------------------------------------------------------------
+
+
+def test_no_signal_in_the_first_two_seconds_of_up_or_ask_orphans_a_sandbox(rig: Rig, tmp_path: Path) -> None:
+    """SIGINT and SIGTERM to the command's process group at 20 points over the first two
+    seconds of `up` and of `ask` (each in a project of its own, five at a time): every
+    sandbox Daytona has for those projects, listed through the SDK, is named in a state
+    file."""
+    rig.model.default_step = turn(msg("ok"))
+    # With the helper, as users run it: the command reaches Daytona within the two seconds
+    # (in process, importing the SDK alone can take them on a loaded machine).
+    helper_dir = Path(tempfile.mkdtemp(prefix="cdh-"))
+    helper = {"CODEX_DAYTONA_HELPER": "1", "CODEX_DAYTONA_HELPER_DIR": str(helper_dir)}
+    assert rig.cli("status", env=helper).code == 0
+    _wait_for(lambda: bool(list(helper_dir.glob("helper-*.sock"))))
+    try:
+        _sweep(rig, tmp_path, helper)
+    finally:
+        shutil.rmtree(helper_dir, ignore_errors=True)  # a helper whose socket is gone exits
+
+
+def _sweep(rig: Rig, tmp_path: Path, helper: dict[str, str]) -> None:
+    from daytona import Daytona, DaytonaConfig, ListSandboxesQuery
+
+    from codex_daytona.context import TOOL_LABEL
+
+    # The window: two seconds, or longer if this machine takes longer to reach the create.
+    calibrate = tmp_path / "calibrate"
+    calibrate.mkdir()
+    env = {**rig.env, **helper, "CODEX_DAYTONA_STATE_DIR": str(calibrate / ".codex-daytona")}
+    started = time.time()
+    assert subprocess.run([sys.executable, "-m", "codex_daytona", "up"], cwd=calibrate, env=env).returncode == 0
+    creates = [r for r in rig.requests(started) if r["method"] == "POST" and r["path"] == "/api/sandbox"]
+    window = max(2.0, 1.5 * (creates[0]["ts"] - started))
+    _delete_on_daytona(
+        rig, re.findall(r'sandbox_id = "([^"]+)"', (calibrate / ".codex-daytona/state.toml").read_text())[0]
+    )
+    runs: list[tuple[Path, float, signal.Signals]] = []
+    for command in ("up", "ask"):
+        for i in range(20):
+            runs.append((tmp_path / f"{command}-{i}", window * (i + 0.5) / 20, (signal.SIGINT, signal.SIGTERM)[i % 2]))
+    codes = []
+    for batch in (runs[i : i + 5] for i in range(0, len(runs), 5)):
+        procs = []
+        for project, delay, sig in batch:
+            project.mkdir()
+            argv = ["up"] if project.name.startswith("up") else ["ask", "hi"]
+            env = {**rig.env, **helper, "CODEX_DAYTONA_STATE_DIR": str(project / ".codex-daytona")}
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "codex_daytona", *argv],
+                cwd=project,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            procs.append((proc, time.monotonic() + delay, sig))
+        for proc, at, sig in sorted(procs, key=lambda p: p[1]):
+            time.sleep(max(0.0, at - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+        for proc, _at, _sig in procs:
+            codes.append(proc.wait(timeout=120))
+    assert any(code in (130, -signal.SIGTERM) for code in codes), codes  # the signals struck
+
+    recorded = set()
+    for project, _delay, _sig in runs:
+        state = project / ".codex-daytona" / "state.toml"
+        if state.exists():
+            recorded |= set(re.findall(r'sandbox_id = "([^"]+)"', state.read_text()))
+    client = Daytona(DaytonaConfig(api_key=DAYTONA_KEY, api_url=rig.emulator.api_url))
+    ours = {f"{TOOL_LABEL}.project": ""}
+    found = set()
+    for project, _delay, _sig in runs:
+        ours[f"{TOOL_LABEL}.project"] = project_labels(project.absolute(), "default")[f"{TOOL_LABEL}.project"]
+        for sandbox in client.list(ListSandboxesQuery(labels=dict(ours))):
+            if str(getattr(sandbox.state, "value", sandbox.state)) not in ("destroyed", "destroying"):
+                found.add(sandbox.id)
+    try:
+        assert found, "no sandbox was made: the sweep missed the window"
+        assert found - recorded == set(), (
+            f"{len(found - recorded)} of {len(found)} sandboxes unrecorded (window {window:.2f} s, exit codes {codes})"
+        )
+    finally:
+        for sandbox_id in found:
+            with contextlib.suppress(Exception):
+                _delete_on_daytona(rig, sandbox_id)
