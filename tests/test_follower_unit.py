@@ -33,6 +33,9 @@ class DroppingApi:
         self.cut = cut
         self.connections = 0
 
+    def get(self, _sandbox_id: str) -> None:
+        """The follower looks the sandbox up when its stream drops: it is still there."""
+
     def stream_logs(
         self,
         _sandbox: Any,
