@@ -374,28 +374,34 @@ class DaytonaApi:
         with self._translate("create a session in the sandbox", sandbox.id):
             sandbox.process.create_session(session_id)
 
-    def start_command(self, sandbox: Sandbox, session_id: str, command: str) -> str:
+    def start_command(self, sandbox: Sandbox, session_id: str, command: str, *, new_session: bool = False) -> str:
         """Starts `command` asynchronously in the session and returns its id.
 
         A Daytona session is one shell that runs its commands one after another: the command
-        starts once every earlier command of the session has ended. The session is created
-        when it does not exist (sessions do not survive a restart of the sandbox), and made
-        anew when its shell has died (Daytona then refuses to write to it)."""
-        from daytona import DaytonaNotFoundError, SessionExecuteRequest
+        starts once every earlier command of the session has ended. With `new_session` (the
+        caller knows the session cannot exist yet: a fresh sandbox, one just started, a
+        session name of its own) the session is created first, so no request fails. Else
+        the command is tried, and the session made when Daytona says it is missing (sessions
+        do not survive a restart): 404, or the 500 "failed to execute command: session not
+        found" of Daytona's daemon, whose handler wraps the error. A session whose shell has
+        died ("failed to write command") is made anew."""
+        from daytona import SessionExecuteRequest
 
         # Input sent to the command is not echoed into its log (our commands take none).
         request = SessionExecuteRequest(command=command, run_async=True, suppress_input_echo=True)
         with self._translate("start a command in the sandbox", sandbox.id):
+            if new_session:
+                _create_session_once(sandbox, session_id)
             try:
                 response = sandbox.process.execute_session_command(session_id, request)
-            except DaytonaNotFoundError:
-                sandbox.process.create_session(session_id)
-                response = sandbox.process.execute_session_command(session_id, request)
-            except Exception as exc:  # the session's shell is gone: "failed to write command"
-                if "failed to write command" not in str(exc):
+            except Exception as exc:
+                if _session_missing(exc):
+                    sandbox.process.create_session(session_id)
+                elif "failed to write command" in str(exc):
+                    sandbox.process.delete_session(session_id)
+                    sandbox.process.create_session(session_id)
+                else:
                     raise
-                sandbox.process.delete_session(session_id)
-                sandbox.process.create_session(session_id)
                 response = sandbox.process.execute_session_command(session_id, request)
         if not response.cmd_id:
             raise DaytonaError("Daytona did not return a command id for the agent.")
@@ -608,6 +614,21 @@ def _unreachable(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _session_missing(exc: BaseException) -> bool:
+    """Daytona's answer to a command sent to a session it does not have: 404 by the SDK's
+    contract, 500 "failed to execute command: session not found" from the daemon's source."""
+    return _status(exc) == 404 or "session not found" in str(exc)
+
+
+def _create_session_once(sandbox: Any, session_id: str) -> None:
+    """Creates the session; one that already exists (409) is fine."""
+    try:
+        sandbox.process.create_session(session_id)
+    except Exception as exc:
+        if _status(exc) != 409:
+            raise
 
 
 def _status(exc: BaseException | None) -> int | None:

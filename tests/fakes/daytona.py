@@ -26,10 +26,12 @@ Like Daytona's daemon (source v0.190.0, read for behaviour, not copied):
   output line by line into ``output.log`` behind ``\x01\x01\x01`` / ``\x02\x02\x02``, sources
   ``cmd.sh`` in the session shell, and writes ``exit_code`` once both copy loops saw EOF. So
   commands of a session run one after another, ``cd``/``export`` carry over, ``exit``/``exec``/
-  ``set -e`` end the session shell (no exit code ever; the next command gets HTTP 400 "failed to
-  write command: broken pipe"), and a background child holding the command's stdout keeps it
-  running. The wrapper leaves the same shell variables set as the daemon's (``dir log sp ep ip
-  r1 r2 ip_pid _ec``, function ``cleanup``, a trap on EXIT HUP INT TERM).
+  ``set -e`` end the session shell (no exit code ever; the next command gets HTTP 500 "failed to
+  execute command: failed to write command: broken pipe"), a command for a session that does not
+  exist gets 500 "failed to execute command: session not found" (the daemon's exec handler wraps
+  the error, so its middleware's 404 does not apply; every session is gone after a stop), and a
+  background child holding the command's stdout keeps it running. The wrapper leaves the same
+  shell variables set as the daemon's (``dir log sp ep ip r1 r2 ip_pid _ec``, function ``cleanup``, a trap on EXIT HUP INT TERM).
 - Follow-logs WebSockets replay ``output.log`` from byte 0 in frames of at most 1024 bytes,
   poll every 20 ms and close 1000 after 50 empty reads once ``exit_code`` exists; no pings.
 - ``process.exec`` pipes the command into a fresh shell and answers when it exited AND its
@@ -153,6 +155,7 @@ PGID_SWEEP_SECONDS = 0.5
 # the container without an IP address, tries three times (100-500 ms apart) and answers 400
 # with this message; the proxy passes it on. A container that is gone is a 404.
 NOT_STARTED = "no IP address found. Is the Sandbox started?"
+EXEC_FAILED = "failed to execute command: "  # the prefix the daemon's exec handler wraps errors in
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOP_BY_HOP = frozenset(
     {
@@ -222,21 +225,28 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.code = code or {
-            400: "BAD_REQUEST",
-            401: "UNAUTHORIZED",
-            404: "NOT_FOUND",
-            408: "REQUEST_TIMEOUT",
-            409: "CONFLICT",
-            410: "GONE",
-            503: "SERVICE_UNAVAILABLE",
-        }.get(status, "ERROR")
+        # "" for the daemon's default handler, which sets no code (`code,omitempty`).
+        self.code = (
+            code
+            if code is not None
+            else {
+                400: "BAD_REQUEST",
+                401: "UNAUTHORIZED",
+                404: "NOT_FOUND",
+                408: "REQUEST_TIMEOUT",
+                409: "CONFLICT",
+                410: "GONE",
+                503: "SERVICE_UNAVAILABLE",
+            }.get(status, "ERROR")
+        )
 
 
 def json_error(status: int, message: str, code: str | None = None, source: str | None = None) -> web.Response:
     """Daytona's error body; ``source`` (DAYTONA_API / DAYTONA_DAEMON) picks the SDK's precise error class."""
     err = ApiError(status, message, code)
-    body: dict[str, Any] = {"message": err.message, "code": err.code, "statusCode": status}
+    body: dict[str, Any] = {"message": err.message, "statusCode": status}
+    if err.code:
+        body["code"] = err.code
     if source:
         body["source"] = source
     return web.json_response(body, status=status)
@@ -1258,14 +1268,17 @@ class EmulatorServer:
         return self._sandbox_response(self._sandbox(request))
 
     async def _start_sandbox(self, request: web.Request) -> web.Response:
-        """Starts a stopped sandbox, or resumes a paused one (SIGCONT: its processes go on)."""
         sb = self._sandbox(request)
+        await self.start_sandbox(sb)
+        return self._sandbox_response(sb)
+
+    async def start_sandbox(self, sb: Sandbox) -> None:
+        """Starts a stopped sandbox, or resumes a paused one (SIGCONT: its processes go on)."""
         if sb.state == "paused":
             signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGCONT)
         sb.state = "started"
         sb.updated_at = iso_now()
         sb.touch()
-        return self._sandbox_response(sb)
 
     async def stop_sandbox(self, sb: Sandbox) -> None:
         """Stop like Daytona: processes die, files stay."""
@@ -1800,11 +1813,16 @@ class EmulatorServer:
             self.faults.autostop_before_next_command -= 1
             await self.stop_sandbox(self._sandbox(request))
         sb = self._running_sandbox(request)
-        session = self._session(request, sb)
         body = await self._json_body(request)
         command = body.get("command")
         if not isinstance(command, str) or not command.strip():
             raise ApiError(400, "command cannot be empty")
+        # The daemon's handler wraps the service's errors (fmt.Errorf "failed to execute
+        # command: %w"), and its error middleware does not unwrap: 500, not 404 or 400
+        # (toolbox/process/session/execute.go, libs/common-go/pkg/errors/middleware.go).
+        session = sb.sessions.get(request.match_info["session"])
+        if session is None:
+            raise ApiError(500, f"{EXEC_FAILED}session not found", "")
         run_async = bool(body.get("runAsync") or body.get("async"))
         cid = str(uuid.uuid4())
         cmd = Command(
@@ -1855,7 +1873,7 @@ class EmulatorServer:
     async def _write_to_shell(session: Session, data: bytes) -> None:
         """Write to the session shell's stdin; a shell that has exited answers "broken pipe"."""
         stdin = session.shell.stdin
-        broken = ApiError(400, "failed to write command: broken pipe")
+        broken = ApiError(500, f"{EXEC_FAILED}failed to write command: broken pipe", "")
         if stdin is None or stdin.is_closing() or not process_alive(session.shell.pid):
             raise broken
         try:
@@ -2548,6 +2566,14 @@ class DaytonaEmulator:
     @property
     def port(self) -> int:
         return self.server.port
+
+    def start_sandbox(self, sandbox_id: str) -> None:
+        """Starts a stopped sandbox, as another client would."""
+        self._call(self.server.start_sandbox(self.server.sandboxes[sandbox_id]))
+
+    def stop_sandbox(self, sandbox_id: str) -> None:
+        """Stops the sandbox at once, as auto-stop does (processes die, sessions are gone)."""
+        self._call(self.server.stop_sandbox(self.server.sandboxes[sandbox_id]))
 
     @property
     def base_url(self) -> str:
