@@ -31,7 +31,8 @@ Like Daytona's daemon (source v0.190.0, read for behaviour, not copied):
   exist gets 500 "failed to execute command: session not found" (the daemon's exec handler wraps
   the error, so its middleware's 404 does not apply; every session is gone after a stop), and a
   background child holding the command's stdout keeps it running. The wrapper leaves the same
-  shell variables set as the daemon's (``dir log sp ep ip r1 r2 ip_pid _ec``, function ``cleanup``, a trap on EXIT HUP INT TERM).
+  shell variables set as the daemon's (``dir log sp ep ip r1 r2 ip_pid _ec``, function
+  ``cleanup``, a trap on EXIT HUP INT TERM).
 - Follow-logs WebSockets replay ``output.log`` from byte 0 in frames of at most 1024 bytes,
   poll every 20 ms and close 1000 after 50 empty reads once ``exit_code`` exists; no pings.
 - ``process.exec`` pipes the command into a fresh shell and answers when it exited AND its
