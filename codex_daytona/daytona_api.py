@@ -30,6 +30,15 @@ T = TypeVar("T")
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 SDK_PREFIX = re.compile(r"^Failed to (pause sandbox|fork sandbox|create SSH access):? ?")
 TRANSFER_TIMEOUT_S = 3600
+# How long a start, stop or delete waits out a change of the sandbox's state that is under way
+# (Daytona answers 409 "Sandbox state change in progress" meanwhile: auto-stop stopping it,
+# another shell starting it).
+STATE_CHANGE_WAIT_S = 180.0
+CREATE_TIMEOUT_S = 300
+STATE_POLL_S = 0.5
+TRANSITIONAL_STATES = frozenset(
+    {"starting", "stopping", "pausing", "resuming", "forking", "snapshotting", "archiving", "restoring", "creating"}
+)
 
 
 @dataclass(frozen=True)
@@ -113,12 +122,31 @@ class DaytonaApi:
             DaytonaConnectionError,
             DaytonaForbiddenError,
             DaytonaNotFoundError,
+            DaytonaQueueTimeoutError,
+            DaytonaRateLimitError,
+            DaytonaSpotEvictedError,
             DaytonaTimeoutError,
         )
         from daytona import DaytonaError as SdkError
 
         try:
             yield
+        except DaytonaRateLimitError as exc:
+            raise DaytonaError(
+                f"Daytona is rate-limiting this API key (HTTP 429) while trying to {action}.",
+                "Wait a minute and try again; fewer sandboxes at once (a smaller --fanout) helps.",
+            ) from exc
+        except DaytonaQueueTimeoutError as exc:
+            raise DaytonaError(
+                f"No Daytona runner was free in time to {action}: Daytona gave up and deleted the sandbox.",
+                "Try again in a few minutes, or in another region (DAYTONA_TARGET).",
+            ) from exc
+        except DaytonaSpotEvictedError as exc:
+            which = f"sandbox {sandbox_id}" if sandbox_id else "the sandbox"
+            raise SandboxGoneError(
+                f"Daytona preempted {which} (spot eviction) while trying to {action}; it no longer exists.",
+                "Run the command again: `codex-daytona up` makes a new sandbox (its files are lost).",
+            ) from exc
         except DaytonaNotFoundError as exc:
             if sandbox_id is not None:
                 raise SandboxGoneError(f"Sandbox {sandbox_id} no longer exists on Daytona.") from exc
@@ -188,16 +216,79 @@ class DaytonaApi:
             params["snapshot"] = snapshot
         if secrets:
             params["secrets"] = secrets
-        with self._translate("create a sandbox"):
-            return self.client.create(CreateSandboxFromSnapshotParams(**params), timeout=300)
+        from daytona import DaytonaQueueTimeoutError, DaytonaTimeoutError
+
+        try:
+            with self._translate("create a sandbox"):
+                return self.client.create(CreateSandboxFromSnapshotParams(**params), timeout=CREATE_TIMEOUT_S)
+        except DaytonaError as exc:
+            cause = exc.__cause__
+            made = getattr(cause, "sandbox_id", None)
+            if not isinstance(cause, DaytonaTimeoutError) or isinstance(cause, DaytonaQueueTimeoutError) or not made:
+                raise
+            # Daytona made the sandbox but it did not start in time (SDK 0.226): delete it
+            # rather than leave an orphan nobody's state file names.
+            try:
+                with self._translate("delete the sandbox that did not start", made):
+                    self.client.get(made).delete(timeout=60)
+            except DaytonaError:
+                raise DaytonaError(
+                    f"Daytona did not start the new sandbox {made} within {CREATE_TIMEOUT_S} s, "
+                    "and deleting it failed.",
+                    f"Delete sandbox {made} in the Daytona dashboard, then try again.",
+                ) from exc
+            raise DaytonaError(
+                f"Daytona did not start the new sandbox within {CREATE_TIMEOUT_S} s; it was deleted.",
+                "Try again; if it keeps happening, Daytona may be short of runners (see its status page).",
+            ) from exc
 
     def start(self, sandbox: Sandbox) -> None:
-        with self._translate("start the sandbox", sandbox.id):
-            sandbox.start(timeout=300)
+        """Starts (or resumes) the sandbox and waits until it is started. A change of state
+        under way (409: stopping after auto-stop, another shell starting it) is waited out."""
+
+        def start() -> None:
+            if _state_name(sandbox) != "started":
+                sandbox.start(timeout=300)
+
+        self._outwaiting("start the sandbox", sandbox, start, done=("started",))
 
     def stop(self, sandbox: Sandbox) -> None:
-        with self._translate("stop the sandbox", sandbox.id):
-            sandbox.stop(timeout=300)
+        """Stops the sandbox and waits until it is stopped; one already stopped (Daytona's 400
+        "not in a stoppable state") or stopped meanwhile is fine."""
+        self._outwaiting("stop the sandbox", sandbox, lambda: sandbox.stop(timeout=300), done=("stopped", "archived"))
+
+    def _outwaiting(self, action: str, sandbox: Sandbox, call: Callable[[], None], done: tuple[str, ...]) -> None:
+        """Makes a lifecycle call; while Daytona answers that a change of state is under way
+        (409), or the sandbox is in a passing state, waits (up to STATE_CHANGE_WAIT_S) and
+        tries again. Returns early once the sandbox is in one of the `done` states."""
+        deadline = time.monotonic() + STATE_CHANGE_WAIT_S
+        while True:
+            try:
+                with self._translate(action, sandbox.id):
+                    if _state_name(sandbox) not in TRANSITIONAL_STATES:
+                        call()
+                        return
+            except DaytonaError as exc:
+                status = _status(exc.__cause__)
+                if status not in (400, 409):
+                    raise
+                with self._translate("look up the sandbox", sandbox.id):
+                    sandbox.refresh_data()
+                if _state_name(sandbox) in done:
+                    return
+                if status == 400 and _state_name(sandbox) not in TRANSITIONAL_STATES:
+                    raise
+            if time.monotonic() > deadline:
+                raise DaytonaError(
+                    f"Could not {action}: sandbox {sandbox.id} is still {_state_name(sandbox)} "
+                    f"after {STATE_CHANGE_WAIT_S:g} s.",
+                    "Daytona is still changing its state; try again in a minute.",
+                )
+            time.sleep(STATE_POLL_S)
+            with self._translate("look up the sandbox", sandbox.id):
+                sandbox.refresh_data()
+            if _state_name(sandbox) in done:
+                return
 
     def pause(self, sandbox: Sandbox) -> None:
         """Freezes the sandbox's processes (state `paused`); `start` resumes them.
@@ -279,8 +370,8 @@ class DaytonaApi:
         return True
 
     def delete(self, sandbox: Sandbox) -> None:
-        with self._translate("delete the sandbox", sandbox.id):
-            sandbox.delete(timeout=300)
+        """Deletes the sandbox; a change of state under way (409) is waited out first."""
+        self._outwaiting("delete the sandbox", sandbox, lambda: sandbox.delete(timeout=300), done=())
 
     def list(self, labels: dict[str, str]) -> list[SandboxInfo]:
         from daytona import ListSandboxesQuery
@@ -643,11 +734,15 @@ def _transient(exc: BaseException | None) -> bool:
         DaytonaBadGatewayError,
         DaytonaConnectionError,
         DaytonaInternalServerError,
+        DaytonaRateLimitError,
         DaytonaServiceUnavailableError,
     )
 
-    if isinstance(exc, DaytonaServiceUnavailableError | DaytonaBadGatewayError | DaytonaInternalServerError):
-        return True
+    if isinstance(
+        exc,
+        DaytonaServiceUnavailableError | DaytonaBadGatewayError | DaytonaInternalServerError | DaytonaRateLimitError,
+    ):
+        return True  # 429 too: the calls _retrying makes are safe to repeat, and it backs off
     if isinstance(exc, DaytonaConnectionError | ConnectionError) or _unreachable(exc):
         return True
     status = getattr(exc, "status_code", None)

@@ -353,10 +353,11 @@ def pause(ctx: Context, *, or_stop: bool = False) -> PauseResult:
         ctx.api.pause(sandbox)
     except RefusedError as exc:
         if not or_stop:
+            kind = getattr(sandbox, "sandbox_class", None)
+            why = f" (it is a {kind}: Daytona pauses only VM-class sandboxes)" if kind == "container" else ""
             raise RefusedError(
-                exc.message,
-                "`codex-daytona pause --or-stop` stops it instead (dev servers and the warm agent "
-                "do not survive a stop); `codex-daytona down --stop` always stops.",
+                f"{exc.message}{why}.",
+                "`codex-daytona pause --or-stop` stops it instead; its files stay, running processes end.",
             ) from exc
         ctx.emit(ev.warning(f"{exc.message}; stopping it instead."))
         ctx.api.stop(sandbox)

@@ -69,3 +69,76 @@ def test_ask_after_someone_else_restarted_the_sandbox_makes_the_lost_session(rig
     assert (result.code, result.stdout) == (0, "two\n"), result
     misses = _failed(rig.round_trips(since))
     assert [(r["status"], r["path"].rsplit("/", 1)[-1]) for r in misses] == [(500, "exec")], misses
+
+
+# --- changes of state under way: Daytona's starting/stopping, and 409 meanwhile ---------------
+
+
+def _state(rig: Rig, sandbox_id: str) -> str:
+    return str((rig.sandbox(sandbox_id) or {}).get("state"))
+
+
+@pytest.mark.parametrize("command", ["ask", "exec", "logs", "preview"])
+def test_a_command_waits_out_a_sandbox_that_auto_stop_is_stopping(rig: Rig, command: str) -> None:
+    """Auto-stop has begun stopping the sandbox (`stopping`, during which Daytona answers a
+    start with 409) when a command needs it: the command waits for `stopped`, starts it and
+    runs, instead of failing."""
+    rig.model.enqueue(turn(msg("before")))
+    assert rig.cli("ask", "-q", "before").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.set_config(transition_seconds=15.0)  # far longer than the CLI takes to start up, loaded
+    rig.emulator.begin_stop(sandbox_id)
+    assert _state(rig, sandbox_id) == "stopping"
+    args = {
+        "ask": ("ask", "after"),
+        "exec": ("exec", "--", "echo", "after"),
+        "logs": ("logs", "-q"),
+        "preview": ("preview", "--port", "8080", "-q"),
+    }[command]
+    if command == "ask":
+        rig.model.enqueue(turn(msg("after")))
+    result = rig.cli(*args)
+    assert result.code == 0, result
+    if command in ("ask", "exec"):  # the others' -q shows no progress
+        assert "(it was stopping)" in result.stderr, result
+    expected = {"ask": "after\n", "exec": "after\n", "logs": "before\n"}.get(command)
+    if expected is not None:
+        assert result.stdout == expected, result
+    assert _state(rig, sandbox_id) == "started"
+
+
+def test_ask_waits_out_a_start_answered_409(rig: Rig) -> None:
+    """The sandbox is still `stopping` when the tool sends its start: Daytona answers 409
+    "Sandbox state change in progress", and the ask waits and starts it once it is stopped."""
+    rig.model.enqueue(turn(msg("one")), turn(msg("two")))
+    assert rig.cli("ask", "-q", "one").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.set_config(transition_seconds=2.0)
+    # The tool looks at the sandbox (started), then auto-stop begins, then its command: the
+    # command finds it not started, and the start that follows meets `stopping`.
+    rig.emulator.set_faults(autostop_before_next_command=1)
+    since = time.time()
+    result = rig.cli("ask", "-q", "two")
+    trips = [(r["method"], r["path"].rsplit("/", 2)[-2:], r["status"]) for r in rig.round_trips(since)]
+    assert (result.code, result.stdout) == (0, "two\n"), (result, trips)
+    assert rig.emulator.faults()["autostop_before_next_command"] == 0, "the fault never struck"
+    assert _state(rig, sandbox_id) == "started"
+    starts = [r["status"] for r in rig.round_trips(since) if r["path"] == f"/api/sandbox/{sandbox_id}/start"]
+    assert starts and starts[-1] == 200, starts
+
+
+def test_two_commands_starting_one_stopped_sandbox_at_once_both_run(rig: Rig) -> None:
+    """Two shells start the same stopped sandbox at the same moment: one start is accepted,
+    the other meets `starting` (or a 409) and waits; both commands run."""
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.stop_sandbox(sandbox_id)
+    rig.emulator.set_config(transition_seconds=1.5)
+    since = time.time()
+    procs = [rig.popen_piped("exec", "--", "echo", f"shell-{n}") for n in (1, 2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [o[0] for o in outputs] == ["shell-1\n", "shell-2\n"], outputs
+    starts = [r["status"] for r in rig.round_trips(since) if r["path"] == f"/api/sandbox/{sandbox_id}/start"]
+    assert starts.count(200) >= 1 and set(starts) <= {200, 409}, starts
+    assert _state(rig, sandbox_id) == "started"

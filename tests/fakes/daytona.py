@@ -49,17 +49,20 @@ Like Daytona's daemon (source v0.190.0, read for behaviour, not copied):
 Newer calls (SDK 0.226.1; Daytona's api ``sandbox.service.ts`` and daemon ``pkg/toolbox/process/pty``,
 v0.190.0):
 
+- Sandbox classes (``sandboxClass``): ``container`` by default (config ``sandbox_class``), as on
+  Daytona, where only ``linux-vm``/``windows`` sandboxes fork or pause: a container gets 422
+  "Forking is not supported for this sandbox" / "Pausing is not supported for this sandbox".
+  Tests that need fork or pause ask for ``sandbox_class="linux-vm"``.
 - ``pause`` SIGSTOPs every process of the sandbox (state ``paused``); ``start`` on a paused sandbox
-  resumes it (SIGCONT), as Daytona's start does; stop and delete work from ``paused``. Pausing is
-  refused with 400 unless the sandbox is started, and with 422 "Pausing is not supported for this
-  sandbox" under config ``refuse_pause`` (Daytona: sandbox classes other than VMs). While paused
-  the toolbox answers 409 and previews 502 (unverified: pausing is for VM sandboxes, whose runner
-  is not in the public source). A stopped sandbox's toolbox and previews answer 400 "... Is the
-  Sandbox started?", as Daytona's runner does (``NOT_STARTED``).
+  resumes it (SIGCONT), as Daytona's start does; stop and delete work from ``paused``. Pause checks
+  the state (400 unless started) before the class (422). While paused the toolbox answers 409 and
+  previews 502 (unverified: pausing is for VM sandboxes, whose runner is not in the public
+  source). A stopped sandbox's toolbox and previews answer 400 "... Is the Sandbox started?", as
+  Daytona's runner does (``NOT_STARTED``).
 - ``fork`` makes a started sandbox with a copy of the home and the source's env, labels, public
-  flag and intervals (forkSandbox copies these); processes are not copied. 400 unless the source
-  is started; 422 under config ``refuse_fork``. Unverified: the ``forking`` state the source passes
-  through (here it stays ``started``) and how long a fork takes.
+  flag, class and intervals (forkSandbox copies these); processes are not copied. Fork checks the
+  class (422) before the state (400 unless started). Unverified: the ``forking`` state the source
+  passes through (here it stays ``started``) and how long a fork takes.
 - SSH access: create (``expiresInMinutes``, default 60, revoking the sandbox's earlier tokens as
   Daytona does), revoke (one token or all), validate (``{"valid", "sandboxId"}``, null for a bad
   token, as the source does, which the SDK's model rejects). ``sshCommand`` names config
@@ -74,7 +77,8 @@ v0.190.0):
   than the public source: built from the SDK's side only.
 
 Chosen where Daytona's source and notes are silent (unverified): the session shell and exec
-start in the sandbox home; ``delete_session`` waits 1 s (Daytona: 5 s) before SIGKILL; opening a
+start in the sandbox home (Daytona, SDK >= 0.27: the image's WORKDIR, home only without one;
+the tool never depends on either); ``delete_session`` waits 5 s before SIGKILL, as Daytona; opening a
 command's stdin FIFO for input is retried non-blocking every 10 ms for up to 30 s instead of one
 blocking open; a sandbox stop drops open log streams without a close frame; a session command's
 exit code is omitted from JSON while unknown (the daemon's ``omitempty``).
@@ -136,7 +140,7 @@ DEFAULT_AUTO_STOP_MINUTES = 15
 STDOUT_MARK = b"\x01\x01\x01"
 STDERR_MARK = b"\x02\x02\x02"
 MARKER_SPLIT = re.compile(b"(\x01\x01\x01|\x02\x02\x02)")
-KILL_GRACE_SECONDS = 1.0
+KILL_GRACE_SECONDS = 5.0  # delete_session: SIGTERM, then SIGKILL after 5 s (daemon session/delete.go)
 LOG_FRAME_BYTES = 1024  # the daemon reads the log in 1024-byte pieces, one frame each
 LOG_POLL_SECONDS = 0.02  # ... polls every 20 ms at EOF ...
 LOG_EOF_READS = 50  # ... and looks for the exit code after 50 empty reads in a row
@@ -174,19 +178,28 @@ HOP_BY_HOP = frozenset(
         "x-daytona-preview-token",
     }
 )
-# refuse_fork / refuse_pause: answer 422 as Daytona does for a sandbox class that cannot fork or
-# pause (only VM sandboxes can); ssh_gateway: the host:port the SSH command names; sandbox_uv:
+# sandbox_class: the class of sandboxes created from here on (a snapshot's own class wins):
+# "container", Daytona's default (sandbox.entity.ts), which refuses fork and pause with 422, or
+# "linux-vm" / "windows", which can; ssh_gateway: the host:port the SSH command names; sandbox_uv:
 # the default image has `uv` on its PATH (see uv_bin_dir), False takes it away.
 DEFAULT_CONFIG: dict[str, Any] = {
     "autostop_seconds_per_minute": 0,
     "sandbox_uv": True,
-    "refuse_fork": False,
-    "refuse_pause": False,
+    "sandbox_class": "container",
+    "transition_seconds": 0.2,
     "ssh_gateway": "ssh.emulator.localhost:2222",
 }
 PTY_EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
 PTY_ENVS_PROTOCOL = "X-Daytona-Pty-Envs~"
 PTY_MAX_SIZE = 1000
+# Daytona v0.190.0 apps/api/src/sandbox/services/sandbox.service.ts: only these classes fork,
+# pause or resume; the others get 422 with these messages.
+VM_CLASSES = frozenset({"linux-vm", "windows"})
+FORK_REFUSED = "Forking is not supported for this sandbox"
+# ... and a start or stop while a change is under way gets 409 (StateChangeInProgressError).
+STATE_CHANGE_IN_PROGRESS = "Sandbox state change in progress"
+TRANSITIONAL_STATES = frozenset({"starting", "stopping", "pausing", "forking", "snapshotting", "archiving"})
+PAUSE_REFUSED = "Pausing is not supported for this sandbox"
 
 
 def uv_bin_dir(root: Path) -> Path | None:
@@ -588,6 +601,7 @@ class Sandbox:
     memory: int = 1
     disk: int = 3
     state: str = "started"
+    sandbox_class: str = "container"
     auto_stop_interval: int = DEFAULT_AUTO_STOP_MINUTES
     auto_archive_interval: int = 10080
     auto_delete_interval: int = -1
@@ -631,6 +645,7 @@ class Sandbox:
             "memory": self.memory,
             "disk": self.disk,
             "state": self.state,
+            "sandboxClass": self.sandbox_class,
             "errorReason": None,
             "autoStopInterval": self.auto_stop_interval,
             "autoArchiveInterval": self.auto_archive_interval,
@@ -650,6 +665,7 @@ class Sandbox:
             "id": self.id,
             "name": self.name,
             "state": self.state,
+            "sandboxClass": self.sandbox_class,
             "dir": str(self.dir),
             "home": str(self.home),
             "labels": dict(self.labels),
@@ -808,9 +824,20 @@ class Faults:
     as when auto-stop fires between a client's look-up and its command (400, not started);
     ``autostop_before_next_session``: the same for the next session to be created;
     ``autostop_before_next_exec``: the same for the next process-API command.
+    SDK 0.226's newer failures: ``rate_limit_next``: the next API or toolbox requests answer 429
+    (Nest's throttler); ``queue_timeout_next_create``: the next create answers a sandbox Daytona
+    destroyed for waiting too long for a runner (``queueTimedOutAt``: the SDK raises
+    DaytonaQueueTimeoutError); ``spot_evict_next_start``: the next start answers a sandbox
+    destroyed by spot preemption (``spotEvictedAt``: DaytonaSpotEvictedError);
+    ``stall_next_create``: the next created sandbox stays ``creating`` and never starts (the
+    SDK's create times out with the sandbox's id).
     """
 
     fail_next: int = 0
+    rate_limit_next: int = 0
+    queue_timeout_next_create: int = 0
+    spot_evict_next_start: int = 0
+    stall_next_create: int = 0
     autostop_before_next_command: int = 0
     autostop_before_next_session: int = 0
     autostop_before_next_exec: int = 0
@@ -961,6 +988,9 @@ class EmulatorServer:
                 if self.faults.fail_next > 0:
                     self.faults.fail_next -= 1
                     raise ApiError(503, "Emulator fault: service unavailable")
+                if self.faults.rate_limit_next > 0:
+                    self.faults.rate_limit_next -= 1
+                    raise ApiError(429, "ThrottlerException: Too Many Requests", "TOO_MANY_REQUESTS")
                 self._record_activity(request.path, kind)
             return await handler(request)
         except ApiError as exc:
@@ -1151,11 +1181,12 @@ class EmulatorServer:
         env["DAYTONA_SANDBOX_USER"] = SANDBOX_USER
         return env
 
-    async def _stop_processes(self, sb: Sandbox) -> None:
-        """Kill every process of the sandbox and forget its sessions (their files stay)."""
+    async def _stop_processes(self, sb: Sandbox, paused: bool | None = None) -> None:
+        """Kill every process of the sandbox and forget its sessions (their files stay).
+        `paused`: its processes are frozen (default: the sandbox's state says so)."""
         for session in sb.sessions.values():
             session.close("stopped")
-        if sb.state == "paused":  # frozen processes take a SIGTERM only once thawed
+        if sb.state == "paused" if paused is None else paused:  # frozen processes take a SIGTERM only once thawed
             signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGCONT)
         await kill_sandbox_processes(sb.id, sb.pgids)
         for pty_session in list(sb.ptys.values()):
@@ -1214,6 +1245,7 @@ class EmulatorServer:
             target=body.get("target") or "us",
             snapshot=snapshot.name if snapshot else None,
             preview_token=secrets.token_urlsafe(24),
+            sandbox_class=str(self.config.get("sandbox_class") or "container"),
             cpu=int(body.get("cpu") or 1),
             gpu=int(body.get("gpu") or 0),
             memory=int(body.get("memory") or 1),
@@ -1238,6 +1270,15 @@ class EmulatorServer:
                 "snapshotRef": f"emulator/{sid}",
             }
         sb.extra = {k: v for k, v in body.items() if k not in ("env", "labels")}
+        if self.faults.queue_timeout_next_create > 0:
+            self.faults.queue_timeout_next_create -= 1
+            sb.state = "destroyed"
+            self.sandboxes[sid] = sb
+            gone = sb.to_json(self.toolbox_url) | {"queueTimedOutAt": iso_now(), "queueTimeout": 5}
+            return web.json_response(gone)
+        if self.faults.stall_next_create > 0:
+            self.faults.stall_next_create -= 1
+            sb.state = "creating"
         if snapshot is not None:
             binaries_from = LINK_BINARIES_FROM if snapshot.source_sandbox_id else 0
             await asyncio.to_thread(link_copy_tree, snapshot.dir, sb.home, True, binaries_from)
@@ -1270,37 +1311,126 @@ class EmulatorServer:
 
     async def _start_sandbox(self, request: web.Request) -> web.Response:
         sb = self._sandbox(request)
-        await self.start_sandbox(sb)
+        if self.faults.spot_evict_next_start > 0:
+            self.faults.spot_evict_next_start -= 1
+            await self._stop_processes(sb)
+            sb.state = "destroyed"
+            return web.json_response(sb.to_json(self.toolbox_url) | {"spotEvictedAt": iso_now()})
+        self.begin_start(sb)
         return self._sandbox_response(sb)
 
-    async def start_sandbox(self, sb: Sandbox) -> None:
-        """Starts a stopped sandbox, or resumes a paused one (SIGCONT: its processes go on)."""
-        if sb.state == "paused":
-            signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGCONT)
-        sb.state = "started"
+    def _transition_seconds(self) -> float:
+        return max(0.0, float(self.config.get("transition_seconds") or 0))
+
+    def begin_start(self, sb: Sandbox) -> asyncio.Task[None] | None:
+        """Daytona's start, in its order of checks (sandbox.service.ts start): a started
+        sandbox is answered as it is; a change under way is 409; only stopped (or archived)
+        and paused sandboxes start (400). It passes through ``starting`` for config
+        ``transition_seconds`` (the task that ends it is returned; None when it was instant).
+        A paused sandbox resumes (SIGCONT: its processes go on); any other start issues a new
+        preview token, so links and tokens printed before it stop working."""
+        if sb.state == "started":
+            return None
+        if sb.state in TRANSITIONAL_STATES:
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
+        if sb.state not in ("stopped", "archived", "paused"):
+            raise ApiError(400, "Sandbox is not in valid state")
+        resume = sb.state == "paused"
+        if resume and sb.sandbox_class not in VM_CLASSES:
+            raise ApiError(422, "Resuming is not supported for this sandbox", "UNPROCESSABLE_ENTITY")
+        if not resume:
+            sb.preview_token = secrets.token_urlsafe(24)
+
+        def finish() -> None:
+            if sb.state != "starting" and sb.state != ("paused" if resume else "stopped"):
+                return  # deleted meanwhile
+            if resume:
+                signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGCONT)
+            sb.state = "started"
+            sb.updated_at = iso_now()
+            sb.touch()
+
+        return self._transition(sb, "starting", finish)
+
+    def _transition(self, sb: Sandbox, passing: str, finish: Callable[[], Any]) -> asyncio.Task[None] | None:
+        """Runs `finish` (a function, or one returning an awaitable) now, or after config
+        ``transition_seconds`` in state `passing`."""
+        delay = self._transition_seconds()
+
+        async def later() -> None:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            result = finish()
+            if asyncio.iscoroutine(result):
+                await result
+
+        if delay <= 0:
+            result = finish()
+            if asyncio.iscoroutine(result):
+                return self._spawn_task(result)
+            return None
+        sb.state = passing
         sb.updated_at = iso_now()
         sb.touch()
+        return self._spawn_task(later())
+
+    def begin_stop(self, sb: Sandbox) -> asyncio.Task[None] | None:
+        """Daytona's stop (sandbox.service.ts stop): a change under way is 409; only started or
+        paused sandboxes stop (400 "Sandbox is not in a stoppable state", e.g. a stopped one).
+        It passes through ``stopping`` for config ``transition_seconds``; processes die at
+        the end, files stay."""
+        if sb.state in TRANSITIONAL_STATES:
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
+        if sb.state not in ("started", "paused"):
+            raise ApiError(400, "Sandbox is not in a stoppable state")
+        was = sb.state
+
+        async def finish() -> None:
+            if sb.state not in ("stopping", was):
+                return  # deleted meanwhile
+            await self._stop_processes(sb, paused=was == "paused")
+            sb.state = "stopped"
+            sb.updated_at = iso_now()
+
+        return self._transition(sb, "stopping", finish)
+
+    async def autostop(self, sb: Sandbox) -> None:
+        """What Daytona's auto-stop does: a stop, passing through ``stopping`` (an instant one
+        is over when this returns)."""
+        with contextlib.suppress(ApiError):  # not stoppable now: auto-stop leaves it
+            task = self.begin_stop(sb)
+            if task is not None and self._transition_seconds() <= 0:
+                await task
 
     async def stop_sandbox(self, sb: Sandbox) -> None:
-        """Stop like Daytona: processes die, files stay."""
-        await self._stop_processes(sb)
-        sb.state = "stopped"
-        sb.updated_at = iso_now()
+        """Stops the sandbox at once (processes die, files stay), whatever its state."""
+        if sb.state != "stopped":
+            await self._stop_processes(sb)
+            sb.state = "stopped"
+            sb.updated_at = iso_now()
+
+    async def start_sandbox(self, sb: Sandbox) -> None:
+        """Starts (or resumes) the sandbox and waits until it is started."""
+        task = self.begin_start(sb)
+        if task is not None:
+            await task
 
     async def _stop_sandbox(self, request: web.Request) -> web.Response:
         sb = self._sandbox(request)
-        await self.stop_sandbox(sb)
+        task = self.begin_stop(sb)
+        if task is not None and self._transition_seconds() <= 0:
+            await task
         return self._sandbox_response(sb)
 
     async def _pause_sandbox(self, request: web.Request) -> web.Response:
         """Freeze every process of the sandbox (SIGSTOP), keeping their memory; ``start`` thaws
-        them. Daytona refuses unless the sandbox is started (400) and for sandbox classes that
-        cannot pause (422: config ``refuse_pause``)."""
+        them. Daytona checks, in this order: started (400), no change in progress (409), a
+        class that can pause (422: containers, the default, cannot)."""
         sb = self._sandbox(request)
-        if self.config.get("refuse_pause"):
-            raise ApiError(422, "Pausing is not supported for this sandbox", "UNPROCESSABLE_ENTITY")
         if sb.state != "started":
             raise ApiError(400, "Sandbox must be in started state to pause")
+        if sb.sandbox_class not in VM_CLASSES:
+            raise ApiError(422, PAUSE_REFUSED, "UNPROCESSABLE_ENTITY")
         signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGSTOP)
         sb.state = "paused"
         sb.updated_at = iso_now()
@@ -1308,11 +1438,12 @@ class EmulatorServer:
 
     async def _fork_sandbox(self, request: web.Request) -> web.Response:
         """A new, started sandbox with a copy of this one's files, env, labels and settings (as
-        Daytona's forkSandbox copies them); processes are not copied. Refused like Daytona:
-        400 unless started, 422 for a class that cannot fork (config ``refuse_fork``)."""
+        Daytona's forkSandbox copies them); processes are not copied. Refused like Daytona, in
+        its order: a class that cannot fork first (422: containers, the default), then 400
+        unless started."""
         source = self._sandbox(request)
-        if self.config.get("refuse_fork"):
-            raise ApiError(422, "Forking is not supported for this sandbox", "UNPROCESSABLE_ENTITY")
+        if source.sandbox_class not in VM_CLASSES:
+            raise ApiError(422, FORK_REFUSED, "UNPROCESSABLE_ENTITY")
         if source.state != "started":
             raise ApiError(400, "Sandbox must be in started state to fork")
         body = await self._json_body(request)
@@ -1330,6 +1461,7 @@ class EmulatorServer:
             target=source.target,
             snapshot=source.snapshot,
             preview_token=secrets.token_urlsafe(24),
+            sandbox_class=source.sandbox_class,
             cpu=source.cpu,
             gpu=source.gpu,
             memory=source.memory,
@@ -1386,6 +1518,8 @@ class EmulatorServer:
 
     async def _delete_sandbox(self, request: web.Request) -> web.Response:
         sb = self._sandbox(request)
+        if sb.state in TRANSITIONAL_STATES:  # sandbox.service.ts destroy: pending -> 409
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         await self._stop_processes(sb)
         await asyncio.to_thread(shutil.rmtree, sb.dir, True)
         sb.state = "destroyed"
@@ -1696,7 +1830,7 @@ class EmulatorServer:
         answer waits for the shell to exit AND for every holder of its output pipe to close it."""
         if self.faults.autostop_before_next_exec > 0:
             self.faults.autostop_before_next_exec -= 1
-            await self.stop_sandbox(self._sandbox(request))
+            await self.autostop(self._sandbox(request))
         sb = self._running_sandbox(request)
         body = await self._json_body(request)
         command = body.get("command")
@@ -1732,7 +1866,8 @@ class EmulatorServer:
             record.exit_code = -1
             raise ApiError(408, "command execution timeout", "REQUEST_TIMEOUT") from None
         assert proc.returncode is not None
-        record.exit_code = exit_status(proc.returncode)
+        # The daemon reports -1 for a shell killed by a signal (ProcessState.ExitCode()).
+        record.exit_code = -1 if proc.returncode < 0 else proc.returncode
         return web.json_response({"exitCode": record.exit_code, "result": output.decode("utf-8", "replace")})
 
     def _session(self, request: web.Request, sb: Sandbox) -> Session:
@@ -1756,7 +1891,7 @@ class EmulatorServer:
     async def _create_session(self, request: web.Request) -> web.Response:
         if self.faults.autostop_before_next_session > 0:
             self.faults.autostop_before_next_session -= 1
-            await self.stop_sandbox(self._sandbox(request))
+            await self.autostop(self._sandbox(request))
         sb = self._running_sandbox(request)
         body = await self._json_body(request)
         sid = body.get("sessionId")
@@ -1812,7 +1947,7 @@ class EmulatorServer:
     async def _session_exec(self, request: web.Request) -> web.Response:
         if self.faults.autostop_before_next_command > 0:
             self.faults.autostop_before_next_command -= 1
-            await self.stop_sandbox(self._sandbox(request))
+            await self.autostop(self._sandbox(request))
         sb = self._running_sandbox(request)
         body = await self._json_body(request)
         command = body.get("command")
@@ -2013,7 +2148,7 @@ class EmulatorServer:
             size = int(value)
         except (TypeError, ValueError) as exc:
             raise ApiError(400, f"invalid value for {name}") from exc
-        if not 1 <= size <= PTY_MAX_SIZE:
+        if not 0 <= size <= PTY_MAX_SIZE:  # the daemon refuses only > 1000; 0 is accepted
             raise ApiError(400, f"invalid value for {name} - must be less than {PTY_MAX_SIZE}")
         return size
 
@@ -2437,7 +2572,7 @@ class EmulatorServer:
             for sb in list(self.sandboxes.values()):
                 idle_limit = sb.auto_stop_interval * factor
                 if sb.state == "started" and sb.auto_stop_interval > 0 and now - sb.last_activity > idle_limit:
-                    await self.stop_sandbox(sb)
+                    await self.autostop(sb)
 
     # -- /_emulator ------------------------------------------------------------------------
 
@@ -2568,9 +2703,20 @@ class DaytonaEmulator:
     def port(self) -> int:
         return self.server.port
 
+    def set_sandbox_class(self, sandbox_id: str, sandbox_class: str) -> None:
+        """Makes an existing sandbox one of this class (``container``, ``linux-vm``, ``windows``)."""
+        sb = self.server.sandboxes[sandbox_id]
+        self._sync(lambda: setattr(sb, "sandbox_class", sandbox_class))
+
     def start_sandbox(self, sandbox_id: str) -> None:
-        """Starts a stopped sandbox, as another client would."""
+        """Starts a stopped sandbox, as another client would, and waits until it is started."""
         self._call(self.server.start_sandbox(self.server.sandboxes[sandbox_id]))
+
+    def begin_stop(self, sandbox_id: str) -> None:
+        """Starts stopping the sandbox as auto-stop does: ``stopping`` for config
+        ``transition_seconds``, then ``stopped``; returns at once."""
+        sb = self.server.sandboxes[sandbox_id]
+        self._sync(lambda: self.server.begin_stop(sb))
 
     def stop_sandbox(self, sandbox_id: str) -> None:
         """Stops the sandbox at once, as auto-stop does (processes die, sessions are gone)."""
