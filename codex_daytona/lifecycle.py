@@ -389,8 +389,17 @@ def down(ctx: Context) -> SandboxDone:
 
 
 def all_sandboxes(ctx: Context) -> list[SandboxInfo]:
-    """Every sandbox this tool made, in every project of this Daytona account."""
-    return [s for s in ctx.api.list({"app": TOOL_LABEL}) if s.state not in ("destroyed", "destroying")]
+    """Every sandbox this tool made, in every project of this Daytona account, and every one
+    this directory's state file names: Daytona's list is eventually consistent, so a sandbox
+    just created or forked can be missing from it (state "unlisted" here)."""
+    found = [s for s in ctx.api.list({"app": TOOL_LABEL}) if s.state not in ("destroyed", "destroying")]
+    seen = {s.id for s in found}
+    for name, record in sorted(ctx.store.load().sandboxes.items()):
+        if record.sandbox_id not in seen:
+            seen.add(record.sandbox_id)
+            labels = project_labels(ctx.project_dir, name)
+            found.append(SandboxInfo(id=record.sandbox_id, state="unlisted", labels=labels, public=False))
+    return found
 
 
 def down_all(ctx: Context, sandboxes: list[SandboxInfo]) -> list[str]:

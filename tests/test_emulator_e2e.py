@@ -142,3 +142,16 @@ def test_two_commands_starting_one_stopped_sandbox_at_once_both_run(rig: Rig) ->
     starts = [r["status"] for r in rig.round_trips(since) if r["path"] == f"/api/sandbox/{sandbox_id}/start"]
     assert starts.count(200) >= 1 and set(starts) <= {200, 409}, starts
     assert _state(rig, sandbox_id) == "started"
+
+
+def test_down_all_deletes_a_sandbox_the_lagging_list_does_not_show_yet(rig: Rig) -> None:
+    """Daytona's list is eventually consistent: a sandbox just made can be missing from it.
+    `down --all` also deletes the sandboxes this directory's state file names."""
+    rig.emulator.set_config(list_lag_seconds=600)
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    result = rig.cli("down", "--all", "--yes", "--json")
+    assert result.code == 0, result
+    assert sandbox_id in result.stdout, result
+    assert _state(rig, sandbox_id) == "destroyed"
+    assert rig.record() == {}

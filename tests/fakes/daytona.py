@@ -187,6 +187,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "sandbox_uv": True,
     "sandbox_class": "container",
     "transition_seconds": 0.2,
+    "list_lag_seconds": 0,
     "ssh_gateway": "ssh.emulator.localhost:2222",
 }
 PTY_EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
@@ -618,6 +619,7 @@ class Sandbox:
     extra: dict[str, Any] = field(default_factory=dict)
     ssh_accesses: list[SshAccess] = field(default_factory=list)
     ptys: dict[str, PtySession] = field(default_factory=dict)
+    listed_from: float = 0.0  # time.monotonic() from which `list` shows it (config list_lag_seconds)
 
     @property
     def home(self) -> Path:
@@ -1284,6 +1286,7 @@ class EmulatorServer:
             await asyncio.to_thread(link_copy_tree, snapshot.dir, sb.home, True, binaries_from)
         else:
             sb.home.mkdir(parents=True)
+        sb.listed_from = time.monotonic() + float(self.config.get("list_lag_seconds") or 0)
         self.sandboxes[sid] = sb
         return self._sandbox_response(sb)
 
@@ -1303,6 +1306,7 @@ class EmulatorServer:
             and all(sb.labels.get(k) == str(v) for k, v in labels.items())
             and (not states or sb.state in states)
             and (not name or name in sb.name)
+            and time.monotonic() >= sb.listed_from  # Daytona's list is eventually consistent
         ]
         return web.json_response({"items": items, "nextCursor": None})
 
@@ -1474,6 +1478,7 @@ class EmulatorServer:
         )
         # Copy-on-write on Daytona; here private copies of all but big binaries (see the docstring).
         await asyncio.to_thread(link_copy_tree, source.home, sb.home, True, LINK_BINARIES_FROM)
+        sb.listed_from = time.monotonic() + float(self.config.get("list_lag_seconds") or 0)
         self.sandboxes[sid] = sb
         source.touch()
         return self._sandbox_response(sb)
