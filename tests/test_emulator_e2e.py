@@ -86,9 +86,8 @@ def test_a_command_waits_out_a_sandbox_that_auto_stop_is_stopping(rig: Rig, comm
     rig.model.enqueue(turn(msg("before")))
     assert rig.cli("ask", "-q", "before").code == 0
     sandbox_id = rig.record()["sandbox_id"]
-    rig.emulator.set_config(transition_seconds=15.0)  # far longer than the CLI takes to start up, loaded
-    rig.emulator.begin_stop(sandbox_id)
-    assert _state(rig, sandbox_id) == "stopping"
+    rig.emulator.set_config(transition_seconds=3.0)
+    rig.emulator.set_faults(stopping_on_next_get=1)  # the command's look-up finds it `stopping`
     args = {
         "ask": ("ask", "after"),
         "exec": ("exec", "--", "echo", "after"),
@@ -99,6 +98,7 @@ def test_a_command_waits_out_a_sandbox_that_auto_stop_is_stopping(rig: Rig, comm
         rig.model.enqueue(turn(msg("after")))
     result = rig.cli(*args)
     assert result.code == 0, result
+    assert rig.emulator.faults()["stopping_on_next_get"] == 0, "the fault never struck"
     if command in ("ask", "exec"):  # the others' -q shows no progress
         assert "(it was stopping)" in result.stderr, result
     expected = {"ask": "after\n", "exec": "after\n", "logs": "before\n"}.get(command)

@@ -826,6 +826,8 @@ class Faults:
     as when auto-stop fires between a client's look-up and its command (400, not started);
     ``autostop_before_next_session``: the same for the next session to be created;
     ``autostop_before_next_exec``: the same for the next process-API command.
+    ``stopping_on_next_get``: auto-stop begins stopping the sandbox as a client looks it up
+    (``GET /api/sandbox/{id}``), which then finds it ``stopping`` (config ``transition_seconds``).
     SDK 0.226's newer failures: ``rate_limit_next``: the next API or toolbox requests answer 429
     (Nest's throttler); ``queue_timeout_next_create``: the next create answers a sandbox Daytona
     destroyed for waiting too long for a runner (``queueTimedOutAt``: the SDK raises
@@ -836,6 +838,7 @@ class Faults:
     """
 
     fail_next: int = 0
+    stopping_on_next_get: int = 0
     rate_limit_next: int = 0
     queue_timeout_next_create: int = 0
     spot_evict_next_start: int = 0
@@ -1311,7 +1314,11 @@ class EmulatorServer:
         return web.json_response({"items": items, "nextCursor": None})
 
     async def _get_sandbox(self, request: web.Request) -> web.Response:
-        return self._sandbox_response(self._sandbox(request))
+        sb = self._sandbox(request)
+        if self.faults.stopping_on_next_get > 0 and sb.state == "started":
+            self.faults.stopping_on_next_get -= 1
+            self.begin_stop(sb)
+        return self._sandbox_response(sb)
 
     async def _start_sandbox(self, request: web.Request) -> web.Response:
         sb = self._sandbox(request)
