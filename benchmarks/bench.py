@@ -293,7 +293,10 @@ def measure_fanout(bench: Bench, project: Path, env: dict[str, str], runs: int, 
     (its first request), with the siblings made by Daytona's fork, or (fork refused, as for a
     sandbox class that cannot fork) from a snapshot of the sandbox. Siblings are deleted
     after each run, untimed."""
-    bench.emulator.set_config(refuse_fork=not fork)
+    # Only VM-class sandboxes fork on Daytona; its default class, a container, cannot.
+    bases = [sb["id"] for sb in bench.emulator.sandboxes() if sb["state"] != "destroyed"]
+    for sandbox_id in bases:
+        bench.emulator.set_sandbox_class(sandbox_id, "linux-vm" if fork else "container")
     times = []
     try:
         for i in range(runs):
@@ -311,7 +314,13 @@ def measure_fanout(bench: Bench, project: Path, env: dict[str, str], runs: int, 
             _, stderr = proc.communicate(timeout=900)
             if proc.returncode != 0 or reached is None:
                 raise SystemExit(f"`ask --fanout {FANOUT}` failed ({proc.returncode}):\n{stderr}")
-            if fork == ("saving a snapshot" in stderr):
+            siblings = [
+                sb
+                for sb in bench.emulator.sandboxes()
+                if sb["state"] != "destroyed" and sb["labels"].get("codex-daytona.name", "").startswith("default-")
+            ]
+            from_snapshot = any(str(sb.get("snapshot") or "").startswith("codex-daytona-fork-") for sb in siblings)
+            if fork == from_snapshot:
                 raise SystemExit(
                     f"`ask --fanout {FANOUT}` did not take the {'fork' if fork else 'snapshot'} path:\n{stderr}"
                 )
@@ -319,7 +328,8 @@ def measure_fanout(bench: Bench, project: Path, env: dict[str, str], runs: int, 
             for n in range(1, FANOUT + 1):
                 bench.cli(project, env, "down", "--yes", "--name", f"default-{n}")
     finally:
-        bench.emulator.set_config(refuse_fork=False)
+        for sandbox_id in bases:
+            bench.emulator.set_sandbox_class(sandbox_id, "container")
     return median(times)
 
 

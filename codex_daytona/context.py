@@ -149,6 +149,11 @@ class Box:
     emit: OnEvent = _ignore
     # False for a look that must start nothing (`status`): a stop found on the way stands.
     restart_when_stopped: bool = True
+    # True once this Box started the sandbox from a stop: Daytona's sessions did not survive
+    # it, so a session command makes its session first instead of failing once (see
+    # `start_command`); the sessions made since are in `_sessions_made`.
+    sessions_lost: bool = False
+    _sessions_made: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def connect(cls, api: DaytonaApi, record: SandboxRecord, emit: OnEvent) -> Box:
@@ -164,6 +169,8 @@ class Box:
         elif current != "started":
             self.emit(ev.progress(f"Starting sandbox {self.id} (it was {current})..."))
             self.api.start(self.sandbox)
+            self.sessions_lost = True
+            self._sessions_made.clear()
 
     @property
     def id(self) -> str:
@@ -194,13 +201,23 @@ class Box:
 
     def create_session(self, session: str) -> None:
         self._started_again_if_stopped(lambda: self.api.create_session(self.sandbox, session))
+        self._sessions_made.add(session)
 
     def delete_session(self, session: str) -> None:
         self.api.delete_session(self.sandbox, session)
 
-    def start_command(self, session: str, command: str) -> str:
-        """Starts a command in a session; returns its id."""
-        return self._started_again_if_stopped(lambda: self.api.start_command(self.sandbox, session, command))
+    def start_command(self, session: str, command: str, *, new_session: bool = False) -> str:
+        """Starts a command in a session; returns its id. `new_session`: the caller knows the
+        session does not exist yet (it is then made first, no request fails); so does the Box
+        once it started the sandbox from a stop."""
+
+        def call() -> str:
+            new = session not in self._sessions_made and (new_session or self.sessions_lost)
+            command_id = self.api.start_command(self.sandbox, session, command, new_session=new)
+            self._sessions_made.add(session)
+            return command_id
+
+        return self._started_again_if_stopped(call)
 
     def _started_again_if_stopped(self, call: Callable[[], T]) -> T:
         """Daytona may have stopped the sandbox (auto-stop) since we found it started: then it

@@ -30,6 +30,15 @@ T = TypeVar("T")
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 SDK_PREFIX = re.compile(r"^Failed to (pause sandbox|fork sandbox|create SSH access):? ?")
 TRANSFER_TIMEOUT_S = 3600
+# How long a start, stop or delete waits out a change of the sandbox's state that is under way
+# (Daytona answers 409 "Sandbox state change in progress" meanwhile: auto-stop stopping it,
+# another shell starting it).
+STATE_CHANGE_WAIT_S = 180.0
+CREATE_TIMEOUT_S = 300
+STATE_POLL_S = 0.5
+TRANSITIONAL_STATES = frozenset(
+    {"starting", "stopping", "pausing", "resuming", "forking", "snapshotting", "archiving", "restoring", "creating"}
+)
 
 
 @dataclass(frozen=True)
@@ -114,12 +123,31 @@ class DaytonaApi:
             DaytonaConnectionError,
             DaytonaForbiddenError,
             DaytonaNotFoundError,
+            DaytonaQueueTimeoutError,
+            DaytonaRateLimitError,
+            DaytonaSpotEvictedError,
             DaytonaTimeoutError,
         )
         from daytona import DaytonaError as SdkError
 
         try:
             yield
+        except DaytonaRateLimitError as exc:
+            raise DaytonaError(
+                f"Daytona is rate-limiting this API key (HTTP 429) while trying to {action}.",
+                "Wait a minute and try again; fewer sandboxes at once (a smaller --fanout) helps.",
+            ) from exc
+        except DaytonaQueueTimeoutError as exc:
+            raise DaytonaError(
+                f"No Daytona runner was free in time to {action}: Daytona gave up and deleted the sandbox.",
+                "Try again in a few minutes, or in another region (DAYTONA_TARGET).",
+            ) from exc
+        except DaytonaSpotEvictedError as exc:
+            which = f"sandbox {sandbox_id}" if sandbox_id else "the sandbox"
+            raise SandboxGoneError(
+                f"Daytona preempted {which} (spot eviction) while trying to {action}; it no longer exists.",
+                "Run the command again: `codex-daytona up` makes a new sandbox (its files are lost).",
+            ) from exc
         except DaytonaNotFoundError as exc:
             if sandbox_id is not None:
                 raise SandboxGoneError(f"Sandbox {sandbox_id} no longer exists on Daytona.") from exc
@@ -189,16 +217,79 @@ class DaytonaApi:
             params["snapshot"] = snapshot
         if secrets:
             params["secrets"] = secrets
-        with self._translate("create a sandbox"):
-            return self.client.create(CreateSandboxFromSnapshotParams(**params), timeout=300)
+        from daytona import DaytonaQueueTimeoutError, DaytonaTimeoutError
+
+        try:
+            with self._translate("create a sandbox"):
+                return self.client.create(CreateSandboxFromSnapshotParams(**params), timeout=CREATE_TIMEOUT_S)
+        except DaytonaError as exc:
+            cause = exc.__cause__
+            made = getattr(cause, "sandbox_id", None)
+            if not isinstance(cause, DaytonaTimeoutError) or isinstance(cause, DaytonaQueueTimeoutError) or not made:
+                raise
+            # Daytona made the sandbox but it did not start in time (SDK 0.226): delete it
+            # rather than leave an orphan nobody's state file names.
+            try:
+                with self._translate("delete the sandbox that did not start", made):
+                    self.client.get(made).delete(timeout=60)
+            except DaytonaError:
+                raise DaytonaError(
+                    f"Daytona did not start the new sandbox {made} within {CREATE_TIMEOUT_S} s, "
+                    "and deleting it failed.",
+                    f"Delete sandbox {made} in the Daytona dashboard, then try again.",
+                ) from exc
+            raise DaytonaError(
+                f"Daytona did not start the new sandbox within {CREATE_TIMEOUT_S} s; it was deleted.",
+                "Try again; if it keeps happening, Daytona may be short of runners (see its status page).",
+            ) from exc
 
     def start(self, sandbox: Sandbox) -> None:
-        with self._translate("start the sandbox", sandbox.id):
-            sandbox.start(timeout=300)
+        """Starts (or resumes) the sandbox and waits until it is started. A change of state
+        under way (409: stopping after auto-stop, another shell starting it) is waited out."""
+
+        def start() -> None:
+            if _state_name(sandbox) != "started":
+                sandbox.start(timeout=300)
+
+        self._outwaiting("start the sandbox", sandbox, start, done=("started",))
 
     def stop(self, sandbox: Sandbox) -> None:
-        with self._translate("stop the sandbox", sandbox.id):
-            sandbox.stop(timeout=300)
+        """Stops the sandbox and waits until it is stopped; one already stopped (Daytona's 400
+        "not in a stoppable state") or stopped meanwhile is fine."""
+        self._outwaiting("stop the sandbox", sandbox, lambda: sandbox.stop(timeout=300), done=("stopped", "archived"))
+
+    def _outwaiting(self, action: str, sandbox: Sandbox, call: Callable[[], None], done: tuple[str, ...]) -> None:
+        """Makes a lifecycle call; while Daytona answers that a change of state is under way
+        (409), or the sandbox is in a passing state, waits (up to STATE_CHANGE_WAIT_S) and
+        tries again. Returns early once the sandbox is in one of the `done` states."""
+        deadline = time.monotonic() + STATE_CHANGE_WAIT_S
+        while True:
+            try:
+                with self._translate(action, sandbox.id):
+                    if _state_name(sandbox) not in TRANSITIONAL_STATES:
+                        call()
+                        return
+            except DaytonaError as exc:
+                status = _status(exc.__cause__)
+                if status not in (400, 409):
+                    raise
+                with self._translate("look up the sandbox", sandbox.id):
+                    sandbox.refresh_data()
+                if _state_name(sandbox) in done:
+                    return
+                if status == 400 and _state_name(sandbox) not in TRANSITIONAL_STATES:
+                    raise
+            if time.monotonic() > deadline:
+                raise DaytonaError(
+                    f"Could not {action}: sandbox {sandbox.id} is still {_state_name(sandbox)} "
+                    f"after {STATE_CHANGE_WAIT_S:g} s.",
+                    "Daytona is still changing its state; try again in a minute.",
+                )
+            time.sleep(STATE_POLL_S)
+            with self._translate("look up the sandbox", sandbox.id):
+                sandbox.refresh_data()
+            if _state_name(sandbox) in done:
+                return
 
     def pause(self, sandbox: Sandbox) -> None:
         """Freezes the sandbox's processes (state `paused`); `start` resumes them.
@@ -280,8 +371,8 @@ class DaytonaApi:
         return True
 
     def delete(self, sandbox: Sandbox) -> None:
-        with self._translate("delete the sandbox", sandbox.id):
-            sandbox.delete(timeout=300)
+        """Deletes the sandbox; a change of state under way (409) is waited out first."""
+        self._outwaiting("delete the sandbox", sandbox, lambda: sandbox.delete(timeout=300), done=())
 
     def list(self, labels: dict[str, str]) -> list[SandboxInfo]:
         from daytona import ListSandboxesQuery
@@ -375,28 +466,34 @@ class DaytonaApi:
         with self._translate("create a session in the sandbox", sandbox.id):
             sandbox.process.create_session(session_id)
 
-    def start_command(self, sandbox: Sandbox, session_id: str, command: str) -> str:
+    def start_command(self, sandbox: Sandbox, session_id: str, command: str, *, new_session: bool = False) -> str:
         """Starts `command` asynchronously in the session and returns its id.
 
         A Daytona session is one shell that runs its commands one after another: the command
-        starts once every earlier command of the session has ended. The session is created
-        when it does not exist (sessions do not survive a restart of the sandbox), and made
-        anew when its shell has died (Daytona then refuses to write to it)."""
-        from daytona import DaytonaNotFoundError, SessionExecuteRequest
+        starts once every earlier command of the session has ended. With `new_session` (the
+        caller knows the session cannot exist yet: a fresh sandbox, one just started, a
+        session name of its own) the session is created first, so no request fails. Else
+        the command is tried, and the session made when Daytona says it is missing (sessions
+        do not survive a restart): 404, or the 500 "failed to execute command: session not
+        found" of Daytona's daemon, whose handler wraps the error. A session whose shell has
+        died ("failed to write command") is made anew."""
+        from daytona import SessionExecuteRequest
 
         # Input sent to the command is not echoed into its log (our commands take none).
         request = SessionExecuteRequest(command=command, run_async=True, suppress_input_echo=True)
         with self._translate("start a command in the sandbox", sandbox.id):
+            if new_session:
+                _create_session_once(sandbox, session_id)
             try:
                 response = sandbox.process.execute_session_command(session_id, request)
-            except DaytonaNotFoundError:
-                sandbox.process.create_session(session_id)
-                response = sandbox.process.execute_session_command(session_id, request)
-            except Exception as exc:  # the session's shell is gone: "failed to write command"
-                if "failed to write command" not in str(exc):
+            except Exception as exc:
+                if _session_missing(exc):
+                    sandbox.process.create_session(session_id)
+                elif "failed to write command" in str(exc):
+                    sandbox.process.delete_session(session_id)
+                    sandbox.process.create_session(session_id)
+                else:
                     raise
-                sandbox.process.delete_session(session_id)
-                sandbox.process.create_session(session_id)
                 response = sandbox.process.execute_session_command(session_id, request)
         if not response.cmd_id:
             raise DaytonaError("Daytona did not return a command id for the agent.")
@@ -645,6 +742,21 @@ def _unreachable(exc: BaseException) -> bool:
     return False
 
 
+def _session_missing(exc: BaseException) -> bool:
+    """Daytona's answer to a command sent to a session it does not have: 404 by the SDK's
+    contract, 500 "failed to execute command: session not found" from the daemon's source."""
+    return _status(exc) == 404 or "session not found" in str(exc)
+
+
+def _create_session_once(sandbox: Any, session_id: str) -> None:
+    """Creates the session; one that already exists (409) is fine."""
+    try:
+        sandbox.process.create_session(session_id)
+    except Exception as exc:
+        if _status(exc) != 409:
+            raise
+
+
 def _status(exc: BaseException | None) -> int | None:
     status = getattr(exc, "status_code", None)
     return status if isinstance(status, int) else None
@@ -657,11 +769,15 @@ def _transient(exc: BaseException | None) -> bool:
         DaytonaBadGatewayError,
         DaytonaConnectionError,
         DaytonaInternalServerError,
+        DaytonaRateLimitError,
         DaytonaServiceUnavailableError,
     )
 
-    if isinstance(exc, DaytonaServiceUnavailableError | DaytonaBadGatewayError | DaytonaInternalServerError):
-        return True
+    if isinstance(
+        exc,
+        DaytonaServiceUnavailableError | DaytonaBadGatewayError | DaytonaInternalServerError | DaytonaRateLimitError,
+    ):
+        return True  # 429 too: the calls _retrying makes are safe to repeat, and it backs off
     if isinstance(exc, DaytonaConnectionError | ConnectionError) or _unreachable(exc):
         return True
     status = getattr(exc, "status_code", None)

@@ -420,7 +420,12 @@ class Fanout:
         try:
             attempt.sandbox_id = lifecycle.fork_from(app, base)
         except RefusedError as exc:
-            self._emit(ev.warning(f"{exc.message}; saving a snapshot to start the fan-out from instead."))
+            # Not a warning: containers, Daytona's default class, never fork, and the snapshot
+            # path is the ordinary one for them (only VM-class sandboxes fork).
+            detail = exc.message.split(": ", 1)[-1]
+            self._emit(
+                ev.progress(f"Saving a snapshot to start the fan-out from (this sandbox cannot fork: {detail}).")
+            )
             self._update(attempt, "waiting", "")
             return False
         attempt.setup_s = time.monotonic() - began

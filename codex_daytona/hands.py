@@ -63,7 +63,9 @@ def ssh(ctx: Context, minutes: int) -> SshResult:
 
 def open_shell(ctx: Context, rows: int, cols: int) -> RemoteShell:
     """An interactive shell on a terminal of rows x cols in the sandbox's home (Daytona's PTY
-    sessions); starts or resumes the sandbox first."""
+    sessions); starts or resumes the sandbox first. A terminal that reports no size (0 x 0: a
+    fresh `docker exec -t`, some CI ptys) gets 24 x 80."""
+    rows, cols = _size(rows, cols)
     box = ctx.box()
     pty_id = f"{TOOL_LABEL}-shell-{secrets.token_hex(4)}"
     handle = ctx.api.open_pty(box.sandbox, pty_id, box.record.home_dir or None, rows, cols)
@@ -85,7 +87,7 @@ class RemoteShell:
             raise DaytonaError(f"The terminal connection dropped: {exc}") from exc
 
     def resize(self, rows: int, cols: int) -> None:
-        self._box.api.resize_pty(self._box.sandbox, self.pty_id, rows, cols)
+        self._box.api.resize_pty(self._box.sandbox, self.pty_id, *_size(rows, cols))
 
     def output(self) -> Iterator[bytes]:
         """What the shell writes, until it exits (or the connection drops)."""
@@ -179,3 +181,8 @@ class CommandStream:
         """Deletes the session, which stops the command if it still runs."""
         with contextlib.suppress(DaytonaError):
             self.box.delete_session(self.session)
+
+
+def _size(rows: int, cols: int) -> tuple[int, int]:
+    """A terminal size Daytona's PTY takes: 0 (unknown) becomes 24 rows or 80 columns."""
+    return (rows if rows > 0 else 24), (cols if cols > 0 else 80)

@@ -388,10 +388,11 @@ def pause(ctx: Context, *, or_stop: bool = False) -> PauseResult:
         ctx.api.pause(sandbox)
     except RefusedError as exc:
         if not or_stop:
+            kind = getattr(sandbox, "sandbox_class", None)
+            why = f" (it is a {kind}: Daytona pauses only VM-class sandboxes)" if kind == "container" else ""
             raise RefusedError(
-                exc.message,
-                "`codex-daytona pause --or-stop` stops it instead (dev servers and the warm agent "
-                "do not survive a stop); `codex-daytona down --stop` always stops.",
+                f"{exc.message}{why}.",
+                "`codex-daytona pause --or-stop` stops it instead; its files stay, running processes end.",
             ) from exc
         ctx.emit(ev.warning(f"{exc.message}; stopping it instead."))
         ctx.api.stop(sandbox)
@@ -425,8 +426,17 @@ def down(ctx: Context) -> SandboxDone:
 
 
 def all_sandboxes(ctx: Context) -> list[SandboxInfo]:
-    """Every sandbox this tool made, in every project of this Daytona account."""
-    return [s for s in ctx.api.list({"app": TOOL_LABEL}) if s.state not in ("destroyed", "destroying")]
+    """Every sandbox this tool made, in every project of this Daytona account, and every one
+    this directory's state file names: Daytona's list is eventually consistent, so a sandbox
+    just created or forked can be missing from it (state "unlisted" here)."""
+    found = [s for s in ctx.api.list({"app": TOOL_LABEL}) if s.state not in ("destroyed", "destroying")]
+    seen = {s.id for s in found}
+    for name, record in sorted(ctx.store.load().sandboxes.items()):
+        if record.sandbox_id not in seen:
+            seen.add(record.sandbox_id)
+            labels = project_labels(ctx.project_dir, name)
+            found.append(SandboxInfo(id=record.sandbox_id, state="unlisted", labels=labels, public=False))
+    return found
 
 
 def down_all(ctx: Context, sandboxes: list[SandboxInfo]) -> list[str]:

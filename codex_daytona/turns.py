@@ -175,7 +175,10 @@ def ask(
             output_schema=output_schema,
             must_resume=thread_id is not None and not new_thread,
         )
-        command_id = box.start_command(session, runtime.agent_command(box.layout, run_id, request))
+        # No turn ran here yet, or the session is this run's own: it does not exist, so it is
+        # made first (no failed request); else it is tried, and made when Daytona has lost it.
+        fresh = previous is None or session.endswith(run_id)
+        command_id = box.start_command(session, runtime.agent_command(box.layout, run_id, request), new_session=fresh)
     except BaseException:
         # The turn never started (a failed upload or command, Ctrl-C): it must not stay
         # "running" in the state file, which would send the next ask to a session of its own.

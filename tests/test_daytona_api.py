@@ -85,3 +85,70 @@ def test_ctrl_c_while_a_chunk_is_handled_hands_no_chunk_over_twice(emulator: Day
     expected = "".join(f"line-{i}\n" for i in range(1, 51))
     assert expected.startswith(received), received
     api.delete_session(sb, "lines")
+
+
+# --- SDK 0.226's newer failures, injected by the emulator --------------------------------------
+
+
+def test_a_429_is_retried_on_a_call_safe_to_repeat_and_explained_on_one_that_is_not(
+    emulator: DaytonaEmulator, sandbox: Any
+) -> None:
+    import pytest
+
+    from codex_daytona.errors import DaytonaError
+
+    api = _api(emulator)
+    emulator.set_faults(rate_limit_next=2)
+    assert [s.id for s in api.list({"suite": "emulator"})] == [sandbox.id]  # two 429s, then the answer
+    assert emulator.faults()["rate_limit_next"] == 0
+    sb = api.get(sandbox.id)
+    emulator.set_faults(rate_limit_next=1)
+    with pytest.raises(DaytonaError) as err:
+        api.set_labels(sb, {"suite": "emulator"})  # not retried: one line says why
+    assert err.value.message.startswith("Daytona is rate-limiting this API key (HTTP 429)"), err.value.message
+    assert "Wait a minute" in (err.value.hint or "")
+
+
+def test_a_queue_timeout_on_create_says_what_happened(emulator: DaytonaEmulator) -> None:
+    import pytest
+
+    from codex_daytona.errors import DaytonaError
+
+    emulator.set_faults(queue_timeout_next_create=1)
+    with pytest.raises(DaytonaError) as err:
+        _api(emulator).create(labels={"suite": "queue"}, env={}, auto_stop_minutes=15, auto_delete_minutes=0)
+    assert err.value.message.startswith("No Daytona runner was free in time"), err.value.message
+    assert "DAYTONA_TARGET" in (err.value.hint or "")
+
+
+def test_a_spot_eviction_on_start_reads_as_a_gone_sandbox(emulator: DaytonaEmulator, daytona: Any) -> None:
+    import pytest
+    from daytona import CreateSandboxFromSnapshotParams
+
+    from codex_daytona.errors import SandboxGoneError
+
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(labels={"suite": "spot"}))
+    sandbox.stop()
+    api = _api(emulator)
+    sb = api.get(sandbox.id)
+    emulator.set_faults(spot_evict_next_start=1)
+    with pytest.raises(SandboxGoneError) as err:
+        api.start(sb)
+    assert f"Daytona preempted sandbox {sandbox.id} (spot eviction)" in err.value.message, err.value.message
+
+
+def test_a_create_that_times_out_after_the_sandbox_exists_leaves_no_orphan(
+    emulator: DaytonaEmulator, monkeypatch: Any
+) -> None:
+    import pytest
+
+    from codex_daytona import daytona_api
+    from codex_daytona.errors import DaytonaError
+
+    monkeypatch.setattr(daytona_api, "CREATE_TIMEOUT_S", 2)
+    emulator.set_faults(stall_next_create=1)
+    with pytest.raises(DaytonaError) as err:
+        _api(emulator).create(labels={"suite": "stalled"}, env={}, auto_stop_minutes=15, auto_delete_minutes=0)
+    assert "it was deleted" in err.value.message, err.value.message
+    stalled = [s for s in emulator.sandboxes() if s["labels"].get("suite") == "stalled"]
+    assert stalled and all(s["state"] == "destroyed" for s in stalled), stalled

@@ -92,6 +92,20 @@ def sandbox(daytona: Any) -> Iterator[Any]:
         daytona.delete(sb)
 
 
+@pytest.fixture
+def vm_sandbox(daytona: Any, emulator: DaytonaEmulator) -> Iterator[Any]:
+    """A sandbox of Daytona's VM class (`linux-vm`), which can fork and pause; the default
+    class, a container, cannot."""
+    from daytona import CreateSandboxFromSnapshotParams
+
+    emulator.set_config(sandbox_class="linux-vm")
+    sb = daytona.create(CreateSandboxFromSnapshotParams(labels={"suite": "emulator"}))
+    emulator.set_config(sandbox_class="container")
+    yield sb
+    if sb.state.value != "destroyed":
+        daytona.delete(sb)
+
+
 def run_async(sb: Any, session: str, command: str) -> str:
     from daytona import SessionExecuteRequest
 
@@ -385,26 +399,26 @@ def spawn_with_pid(pid: int, attempts: int = 20) -> subprocess.Popen[bytes]:
 
 
 def test_a_group_id_the_kernel_hands_out_again_is_no_longer_the_sandboxs(
-    emulator: DaytonaEmulator, sandbox: Any
+    emulator: DaytonaEmulator, vm_sandbox: Any
 ) -> None:
     """The kernel reuses a process-group id once the group is empty (pid_max is 32768 here):
     pause and stop must not freeze or kill the stranger who gets it, be it another test's
     process or the other worker's emulator's."""
 
     def groups() -> list[int]:
-        (info,) = [sb for sb in emulator.sandboxes() if sb["id"] == sandbox.id]
+        (info,) = [sb for sb in emulator.sandboxes() if sb["id"] == vm_sandbox.id]
         return list(info["processGroups"])
 
-    gone = int(sandbox.process.exec("echo $$").result)  # the exec shell leads its own group
-    sandbox.process.create_session("s")  # a group that lives on
+    gone = int(vm_sandbox.process.exec("echo $$").result)  # the exec shell leads its own group
+    vm_sandbox.process.create_session("s")  # a group that lives on
     assert wait_for(lambda: gone not in groups()), groups()
     stranger = spawn_with_pid(gone)
     try:
-        sandbox.pause()
+        vm_sandbox.pause()
         time.sleep(0.2)  # a SIGSTOP, were one sent, has landed by now
         assert process_state(stranger.pid) != "T"
-        sandbox.start()
-        sandbox.stop()
+        vm_sandbox.start()
+        vm_sandbox.stop()
         assert stranger.poll() is None
     finally:
         stranger.kill()

@@ -143,8 +143,20 @@ def test_exit_or_exec_in_a_command_ends_the_session_shell(sandbox: Any, killer: 
     assert sandbox.process.get_session_command("doomed", cid).exit_code is None, "no exit code, ever"
     with pytest.raises(DaytonaError) as err:
         run_async(sandbox, "doomed", "echo never")
-    assert err.value.status_code == 400
-    assert "failed to write command: broken pipe" in str(err.value)
+    # Daytona's exec handler wraps the error and its middleware does not unwrap: 500.
+    assert err.value.status_code == 500
+    assert "failed to execute command: failed to write command: broken pipe" in str(err.value)
+
+
+def test_a_command_for_a_missing_session_is_500_session_not_found(sandbox: Any) -> None:
+    """Daytona v0.190.0 toolbox/process/session/execute.go: `fmt.Errorf("failed to execute
+    command: %w", NotFoundError)` falls to the daemon's default handler: 500, not 404."""
+    from daytona import DaytonaError
+
+    with pytest.raises(DaytonaError) as err:
+        run_async(sandbox, "never-made", "echo never")
+    assert err.value.status_code == 500
+    assert "failed to execute command: session not found" in str(err.value)
 
 
 def test_background_child_holding_stdout_keeps_the_command_running(sandbox: Any) -> None:

@@ -19,6 +19,7 @@ from tests.test_emulator import API_KEY, http, pid_alive, read_pids, wait_for
 emulator = base.emulator
 daytona = base.daytona
 sandbox = base.sandbox
+vm_sandbox = base.vm_sandbox
 _reset_faults = base._reset_faults
 
 
@@ -36,31 +37,32 @@ def start_counter(sb: Any, emulator: DaytonaEmulator) -> tuple[int, Any]:
 # --- pause and resume ------------------------------------------------------------------------
 
 
-def test_pause_freezes_processes_and_start_resumes_them(sandbox: Any, emulator: DaytonaEmulator) -> None:
+def test_pause_freezes_processes_and_start_resumes_them(vm_sandbox: Any, emulator: DaytonaEmulator) -> None:
     from daytona import DaytonaError
 
-    pid, count = start_counter(sandbox, emulator)
-    sandbox.pause()
-    assert sandbox.state.value == "paused"
+    pid, count = start_counter(vm_sandbox, emulator)
+    vm_sandbox.pause()
+    assert vm_sandbox.state.value == "paused"
     assert wait_for(lambda: process_state(pid) == "T"), process_state(pid)
     frozen = count.read_text()
     time.sleep(0.3)
     assert count.read_text() == frozen  # no CPU while paused
-    # The toolbox does not answer for a paused sandbox.
+    # The toolbox does not answer for a paused vm_sandbox.
     with pytest.raises(DaytonaError):
-        sandbox.process.exec("true")
+        vm_sandbox.process.exec("true")
     with pytest.raises(DaytonaError, match="started state to pause"):
-        sandbox.pause()
-    sandbox.start()  # Daytona's start resumes a paused sandbox
-    assert sandbox.state.value == "started"
+        vm_sandbox.pause()
+    vm_sandbox.start()  # Daytona's start resumes a paused vm_sandbox
+    assert vm_sandbox.state.value == "started"
     assert pid_alive(pid) and process_state(pid) != "T"
     assert wait_for(lambda: count.read_text() != frozen)
-    assert sandbox.process.exec("echo back").result.strip() == "back"
+    assert vm_sandbox.process.exec("echo back").result.strip() == "back"
 
 
 def test_a_paused_sandbox_stops_and_deletes(daytona: Any, emulator: DaytonaEmulator) -> None:
     from daytona import CreateSandboxFromSnapshotParams
 
+    emulator.set_config(sandbox_class="linux-vm")
     sb = daytona.create(CreateSandboxFromSnapshotParams(labels={"suite": "emulator"}))
     pid, _ = start_counter(sb, emulator)
     sb.pause()
@@ -70,13 +72,20 @@ def test_a_paused_sandbox_stops_and_deletes(daytona: Any, emulator: DaytonaEmula
     daytona.delete(sb)
 
 
-def test_pause_refused_for_a_sandbox_class_that_cannot(sandbox: Any, emulator: DaytonaEmulator) -> None:
+def test_pause_refused_for_a_container_state_first(sandbox: Any, vm_sandbox: Any, emulator: DaytonaEmulator) -> None:
+    """Daytona's pause checks the state (400) before the class (422); containers, the default
+    class, never pause."""
     from daytona import DaytonaError
 
-    emulator.set_config(refuse_pause=True)
-    with pytest.raises(DaytonaError, match="Pausing is not supported"):
+    assert sandbox.sandbox_class == "container" and vm_sandbox.sandbox_class == "linux-vm"
+    with pytest.raises(DaytonaError, match="Pausing is not supported for this sandbox") as refused:
         sandbox.pause()
+    assert refused.value.status_code == 422
     assert daytona_state(emulator, sandbox.id) == "started"
+    sandbox.stop()
+    with pytest.raises(DaytonaError, match="Sandbox must be in started state to pause") as stopped:
+        sandbox.pause()
+    assert stopped.value.status_code == 400
 
 
 def daytona_state(emulator: DaytonaEmulator, sandbox_id: str) -> str:
@@ -89,6 +98,7 @@ def daytona_state(emulator: DaytonaEmulator, sandbox_id: str) -> str:
 def test_fork_copies_files_env_and_labels_not_processes(daytona: Any, emulator: DaytonaEmulator) -> None:
     from daytona import CreateSandboxFromSnapshotParams
 
+    emulator.set_config(sandbox_class="linux-vm")
     source = daytona.create(
         CreateSandboxFromSnapshotParams(labels={"suite": "emulator", "k": "v"}, env_vars={"E": "1"})
     )
@@ -114,16 +124,20 @@ def test_fork_copies_files_env_and_labels_not_processes(daytona: Any, emulator: 
         daytona.delete(source)
 
 
-def test_fork_refused(sandbox: Any, emulator: DaytonaEmulator) -> None:
+def test_fork_refused_for_a_container_class_first(sandbox: Any, vm_sandbox: Any) -> None:
+    """Daytona's fork checks the class (422) before the state (400)."""
     from daytona import DaytonaError
 
-    emulator.set_config(refuse_fork=True)
-    with pytest.raises(DaytonaError, match="Forking is not supported"):
+    with pytest.raises(DaytonaError, match="Forking is not supported for this sandbox") as refused:
         sandbox.fork()
-    emulator.set_config(refuse_fork=False)
+    assert refused.value.status_code == 422
     sandbox.stop()
-    with pytest.raises(DaytonaError, match="started state to fork"):
-        sandbox.fork()
+    with pytest.raises(DaytonaError, match="Forking is not supported for this sandbox"):
+        sandbox.fork()  # stopped, but the class is checked first
+    vm_sandbox.stop()
+    with pytest.raises(DaytonaError, match="started state to fork") as stopped:
+        vm_sandbox.fork()
+    assert stopped.value.status_code == 400
 
 
 # --- SSH access ------------------------------------------------------------------------------
@@ -229,12 +243,12 @@ def test_pty_kill_ends_the_session_with_137_and_unknown_sessions_are_404(sandbox
         sandbox.process.connect_pty_session("doomed")
 
 
-def test_pty_survives_pause(sandbox: Any) -> None:
-    handle = sandbox.process.create_pty_session("paused")
+def test_pty_survives_pause(vm_sandbox: Any) -> None:
+    handle = vm_sandbox.process.create_pty_session("paused")
     try:
         handle.send_input("X=kept\n")
-        sandbox.pause()
-        sandbox.start()
+        vm_sandbox.pause()
+        vm_sandbox.start()
         handle.send_input("echo value-$X\n")
         read_until(handle, b"value-kept")
         handle.send_input("exit\n")

@@ -65,6 +65,7 @@ def test_fanout_runs_in_parallel_compares_and_keep_down_leave_one(rig: Rig) -> N
 
 
 def _fanout_compare_keep_down(rig: Rig) -> None:
+    rig.emulator.set_config(sandbox_class="linux-vm")  # only VM-class sandboxes fork
     base = rig.cli("up", "-q")
     assert base.code == 0, base
     base_id = base.stdout.strip()

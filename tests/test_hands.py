@@ -38,6 +38,7 @@ def _preview(rig: Rig, sandbox_id: str, port: int) -> tuple[int, str]:
 
 
 def test_pause_keeps_the_dev_server_and_the_warm_agent(rig: Rig) -> None:
+    rig.emulator.set_config(sandbox_class="linux-vm")  # only VM-class sandboxes pause
     port = free_port()
     rig.model.enqueue(
         turn(run(f"echo alive > page.txt; nohup python3 -m http.server {port} > server.log 2>&1 & sleep 1")),
@@ -84,11 +85,13 @@ def test_pause_where_daytona_cannot_says_so_and_stops_only_when_asked(rig: Rig) 
     up = rig.cli("up", "-q")
     assert up.code == 0, up
     sandbox_id = up.stdout.strip()
-    rig.emulator.set_config(refuse_pause=True)
-    refused = rig.cli("pause")
+    refused = rig.cli("pause")  # the default class, a container, cannot pause
     assert refused.code == 7, refused
-    assert "Daytona cannot pause the sandbox: Pausing is not supported for this sandbox" in refused.stderr, refused
-    assert "--or-stop" in refused.stderr
+    assert (
+        "Daytona cannot pause the sandbox: Pausing is not supported for this sandbox (it is a container: "
+        "Daytona pauses only VM-class sandboxes)." in refused.stderr
+    ), refused
+    assert "Hint: `codex-daytona pause --or-stop` stops it instead" in refused.stderr
     assert "Traceback" not in refused.stderr and refused.stdout == ""
     assert (rig.sandbox(sandbox_id) or {})["state"] == "started"
     stopped = rig.cli("pause", "--or-stop", "--json")
@@ -332,13 +335,12 @@ def test_fanout_falls_back_to_a_snapshot_where_daytona_cannot_fork(rig: Rig) -> 
     base = rig.cli("up", "-q")
     assert base.code == 0, base
     base_id = base.stdout.strip()
-    rig.emulator.set_config(refuse_fork=True)
-    rig.model.enqueue(*[turn(msg("ready")) for _ in range(2)])
+    rig.model.enqueue(*[turn(msg("ready")) for _ in range(2)])  # the default class, a container, cannot fork
     since = time.time()
     try:
         result = rig.cli("ask", "--fanout", "2", "--new-thread", "--json", "get ready", timeout=300)
         assert result.code == 0, result
-        assert "saving a snapshot" in result.stderr, result
+        assert "Warning" not in result.stderr, result  # the ordinary path for a container, not a fault
         summary = json.loads(result.stdout)
         assert summary["forked"] is False and summary["snapshot"].startswith("codex-daytona-fork-")
         ids = {n: r["sandbox_id"] for n, r in rig.state()["sandboxes"].items()}

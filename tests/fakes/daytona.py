@@ -26,10 +26,13 @@ Like Daytona's daemon (source v0.190.0, read for behaviour, not copied):
   output line by line into ``output.log`` behind ``\x01\x01\x01`` / ``\x02\x02\x02``, sources
   ``cmd.sh`` in the session shell, and writes ``exit_code`` once both copy loops saw EOF. So
   commands of a session run one after another, ``cd``/``export`` carry over, ``exit``/``exec``/
-  ``set -e`` end the session shell (no exit code ever; the next command gets HTTP 400 "failed to
-  write command: broken pipe"), and a background child holding the command's stdout keeps it
-  running. The wrapper leaves the same shell variables set as the daemon's (``dir log sp ep ip
-  r1 r2 ip_pid _ec``, function ``cleanup``, a trap on EXIT HUP INT TERM).
+  ``set -e`` end the session shell (no exit code ever; the next command gets HTTP 500 "failed to
+  execute command: failed to write command: broken pipe"), a command for a session that does not
+  exist gets 500 "failed to execute command: session not found" (the daemon's exec handler wraps
+  the error, so its middleware's 404 does not apply; every session is gone after a stop), and a
+  background child holding the command's stdout keeps it running. The wrapper leaves the same
+  shell variables set as the daemon's (``dir log sp ep ip r1 r2 ip_pid _ec``, function
+  ``cleanup``, a trap on EXIT HUP INT TERM).
 - Follow-logs WebSockets replay ``output.log`` from byte 0 in frames of at most 1024 bytes,
   poll every 20 ms and close 1000 after 50 empty reads once ``exit_code`` exists; no pings.
 - ``process.exec`` pipes the command into a fresh shell and answers when it exited AND its
@@ -46,17 +49,20 @@ Like Daytona's daemon (source v0.190.0, read for behaviour, not copied):
 Newer calls (SDK 0.226.1; Daytona's api ``sandbox.service.ts`` and daemon ``pkg/toolbox/process/pty``,
 v0.190.0):
 
+- Sandbox classes (``sandboxClass``): ``container`` by default (config ``sandbox_class``), as on
+  Daytona, where only ``linux-vm``/``windows`` sandboxes fork or pause: a container gets 422
+  "Forking is not supported for this sandbox" / "Pausing is not supported for this sandbox".
+  Tests that need fork or pause ask for ``sandbox_class="linux-vm"``.
 - ``pause`` SIGSTOPs every process of the sandbox (state ``paused``); ``start`` on a paused sandbox
-  resumes it (SIGCONT), as Daytona's start does; stop and delete work from ``paused``. Pausing is
-  refused with 400 unless the sandbox is started, and with 422 "Pausing is not supported for this
-  sandbox" under config ``refuse_pause`` (Daytona: sandbox classes other than VMs). While paused
-  the toolbox answers 409 and previews 502 (unverified: pausing is for VM sandboxes, whose runner
-  is not in the public source). A stopped sandbox's toolbox and previews answer 400 "... Is the
-  Sandbox started?", as Daytona's runner does (``NOT_STARTED``).
+  resumes it (SIGCONT), as Daytona's start does; stop and delete work from ``paused``. Pause checks
+  the state (400 unless started) before the class (422). While paused the toolbox answers 409 and
+  previews 502 (unverified: pausing is for VM sandboxes, whose runner is not in the public
+  source). A stopped sandbox's toolbox and previews answer 400 "... Is the Sandbox started?", as
+  Daytona's runner does (``NOT_STARTED``).
 - ``fork`` makes a started sandbox with a copy of the home and the source's env, labels, public
-  flag and intervals (forkSandbox copies these); processes are not copied. 400 unless the source
-  is started; 422 under config ``refuse_fork``. Unverified: the ``forking`` state the source passes
-  through (here it stays ``started``) and how long a fork takes.
+  flag, class and intervals (forkSandbox copies these); processes are not copied. Fork checks the
+  class (422) before the state (400 unless started). Unverified: the ``forking`` state the source
+  passes through (here it stays ``started``) and how long a fork takes.
 - SSH access: create (``expiresInMinutes``, default 60, revoking the sandbox's earlier tokens as
   Daytona does), revoke (one token or all), validate (``{"valid", "sandboxId"}``, null for a bad
   token, as the source does, which the SDK's model rejects). ``sshCommand`` names config
@@ -71,7 +77,8 @@ v0.190.0):
   than the public source: built from the SDK's side only.
 
 Chosen where Daytona's source and notes are silent (unverified): the session shell and exec
-start in the sandbox home; ``delete_session`` waits 1 s (Daytona: 5 s) before SIGKILL; opening a
+start in the sandbox home (Daytona, SDK >= 0.27: the image's WORKDIR, home only without one;
+the tool never depends on either); ``delete_session`` waits 5 s before SIGKILL, as Daytona; opening a
 command's stdin FIFO for input is retried non-blocking every 10 ms for up to 30 s instead of one
 blocking open; a sandbox stop drops open log streams without a close frame; a session command's
 exit code is omitted from JSON while unknown (the daemon's ``omitempty``).
@@ -133,7 +140,7 @@ DEFAULT_AUTO_STOP_MINUTES = 15
 STDOUT_MARK = b"\x01\x01\x01"
 STDERR_MARK = b"\x02\x02\x02"
 MARKER_SPLIT = re.compile(b"(\x01\x01\x01|\x02\x02\x02)")
-KILL_GRACE_SECONDS = 1.0
+KILL_GRACE_SECONDS = 5.0  # delete_session: SIGTERM, then SIGKILL after 5 s (daemon session/delete.go)
 LOG_FRAME_BYTES = 1024  # the daemon reads the log in 1024-byte pieces, one frame each
 LOG_POLL_SECONDS = 0.02  # ... polls every 20 ms at EOF ...
 LOG_EOF_READS = 50  # ... and looks for the exit code after 50 empty reads in a row
@@ -153,6 +160,7 @@ PGID_SWEEP_SECONDS = 0.5
 # the container without an IP address, tries three times (100-500 ms apart) and answers 400
 # with this message; the proxy passes it on. A container that is gone is a 404.
 NOT_STARTED = "no IP address found. Is the Sandbox started?"
+EXEC_FAILED = "failed to execute command: "  # the prefix the daemon's exec handler wraps errors in
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOP_BY_HOP = frozenset(
     {
@@ -170,19 +178,29 @@ HOP_BY_HOP = frozenset(
         "x-daytona-preview-token",
     }
 )
-# refuse_fork / refuse_pause: answer 422 as Daytona does for a sandbox class that cannot fork or
-# pause (only VM sandboxes can); ssh_gateway: the host:port the SSH command names; sandbox_uv:
+# sandbox_class: the class of sandboxes created from here on (a snapshot's own class wins):
+# "container", Daytona's default (sandbox.entity.ts), which refuses fork and pause with 422, or
+# "linux-vm" / "windows", which can; ssh_gateway: the host:port the SSH command names; sandbox_uv:
 # the default image has `uv` on its PATH (see uv_bin_dir), False takes it away.
 DEFAULT_CONFIG: dict[str, Any] = {
     "autostop_seconds_per_minute": 0,
     "sandbox_uv": True,
-    "refuse_fork": False,
-    "refuse_pause": False,
+    "sandbox_class": "container",
+    "transition_seconds": 0.2,
+    "list_lag_seconds": 0,
     "ssh_gateway": "ssh.emulator.localhost:2222",
 }
 PTY_EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
 PTY_ENVS_PROTOCOL = "X-Daytona-Pty-Envs~"
 PTY_MAX_SIZE = 1000
+# Daytona v0.190.0 apps/api/src/sandbox/services/sandbox.service.ts: only these classes fork,
+# pause or resume; the others get 422 with these messages.
+VM_CLASSES = frozenset({"linux-vm", "windows"})
+FORK_REFUSED = "Forking is not supported for this sandbox"
+# ... and a start or stop while a change is under way gets 409 (StateChangeInProgressError).
+STATE_CHANGE_IN_PROGRESS = "Sandbox state change in progress"
+TRANSITIONAL_STATES = frozenset({"starting", "stopping", "pausing", "forking", "snapshotting", "archiving"})
+PAUSE_REFUSED = "Pausing is not supported for this sandbox"
 
 
 def uv_bin_dir(root: Path) -> Path | None:
@@ -222,21 +240,28 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.code = code or {
-            400: "BAD_REQUEST",
-            401: "UNAUTHORIZED",
-            404: "NOT_FOUND",
-            408: "REQUEST_TIMEOUT",
-            409: "CONFLICT",
-            410: "GONE",
-            503: "SERVICE_UNAVAILABLE",
-        }.get(status, "ERROR")
+        # "" for the daemon's default handler, which sets no code (`code,omitempty`).
+        self.code = (
+            code
+            if code is not None
+            else {
+                400: "BAD_REQUEST",
+                401: "UNAUTHORIZED",
+                404: "NOT_FOUND",
+                408: "REQUEST_TIMEOUT",
+                409: "CONFLICT",
+                410: "GONE",
+                503: "SERVICE_UNAVAILABLE",
+            }.get(status, "ERROR")
+        )
 
 
 def json_error(status: int, message: str, code: str | None = None, source: str | None = None) -> web.Response:
     """Daytona's error body; ``source`` (DAYTONA_API / DAYTONA_DAEMON) picks the SDK's precise error class."""
     err = ApiError(status, message, code)
-    body: dict[str, Any] = {"message": err.message, "code": err.code, "statusCode": status}
+    body: dict[str, Any] = {"message": err.message, "statusCode": status}
+    if err.code:
+        body["code"] = err.code
     if source:
         body["source"] = source
     return web.json_response(body, status=status)
@@ -577,6 +602,7 @@ class Sandbox:
     memory: int = 1
     disk: int = 3
     state: str = "started"
+    sandbox_class: str = "container"
     auto_stop_interval: int = DEFAULT_AUTO_STOP_MINUTES
     auto_archive_interval: int = 10080
     auto_delete_interval: int = -1
@@ -593,6 +619,7 @@ class Sandbox:
     extra: dict[str, Any] = field(default_factory=dict)
     ssh_accesses: list[SshAccess] = field(default_factory=list)
     ptys: dict[str, PtySession] = field(default_factory=dict)
+    listed_from: float = 0.0  # time.monotonic() from which `list` shows it (config list_lag_seconds)
 
     @property
     def home(self) -> Path:
@@ -620,6 +647,7 @@ class Sandbox:
             "memory": self.memory,
             "disk": self.disk,
             "state": self.state,
+            "sandboxClass": self.sandbox_class,
             "errorReason": None,
             "autoStopInterval": self.auto_stop_interval,
             "autoArchiveInterval": self.auto_archive_interval,
@@ -639,6 +667,7 @@ class Sandbox:
             "id": self.id,
             "name": self.name,
             "state": self.state,
+            "sandboxClass": self.sandbox_class,
             "dir": str(self.dir),
             "home": str(self.home),
             "labels": dict(self.labels),
@@ -797,9 +826,23 @@ class Faults:
     as when auto-stop fires between a client's look-up and its command (400, not started);
     ``autostop_before_next_session``: the same for the next session to be created;
     ``autostop_before_next_exec``: the same for the next process-API command.
+    ``stopping_on_next_get``: auto-stop begins stopping the sandbox as a client looks it up
+    (``GET /api/sandbox/{id}``), which then finds it ``stopping`` (config ``transition_seconds``).
+    SDK 0.226's newer failures: ``rate_limit_next``: the next API or toolbox requests answer 429
+    (Nest's throttler); ``queue_timeout_next_create``: the next create answers a sandbox Daytona
+    destroyed for waiting too long for a runner (``queueTimedOutAt``: the SDK raises
+    DaytonaQueueTimeoutError); ``spot_evict_next_start``: the next start answers a sandbox
+    destroyed by spot preemption (``spotEvictedAt``: DaytonaSpotEvictedError);
+    ``stall_next_create``: the next created sandbox stays ``creating`` and never starts (the
+    SDK's create times out with the sandbox's id).
     """
 
     fail_next: int = 0
+    stopping_on_next_get: int = 0
+    rate_limit_next: int = 0
+    queue_timeout_next_create: int = 0
+    spot_evict_next_start: int = 0
+    stall_next_create: int = 0
     autostop_before_next_command: int = 0
     autostop_before_next_session: int = 0
     autostop_before_next_exec: int = 0
@@ -957,6 +1000,9 @@ class EmulatorServer:
                 if self.faults.refuse_next_command > 0 and re.search(r"/process/session/[^/]+/exec$", request.path):
                     self.faults.refuse_next_command -= 1
                     raise ApiError(400, "Emulator fault: command refused")
+                if self.faults.rate_limit_next > 0:
+                    self.faults.rate_limit_next -= 1
+                    raise ApiError(429, "ThrottlerException: Too Many Requests", "TOO_MANY_REQUESTS")
                 self._record_activity(request.path, kind)
             return await handler(request)
         except ApiError as exc:
@@ -1147,11 +1193,12 @@ class EmulatorServer:
         env["DAYTONA_SANDBOX_USER"] = SANDBOX_USER
         return env
 
-    async def _stop_processes(self, sb: Sandbox) -> None:
-        """Kill every process of the sandbox and forget its sessions (their files stay)."""
+    async def _stop_processes(self, sb: Sandbox, paused: bool | None = None) -> None:
+        """Kill every process of the sandbox and forget its sessions (their files stay).
+        `paused`: its processes are frozen (default: the sandbox's state says so)."""
         for session in sb.sessions.values():
             session.close("stopped")
-        if sb.state == "paused":  # frozen processes take a SIGTERM only once thawed
+        if sb.state == "paused" if paused is None else paused:  # frozen processes take a SIGTERM only once thawed
             signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGCONT)
         await kill_sandbox_processes(sb.id, sb.pgids)
         for pty_session in list(sb.ptys.values()):
@@ -1210,6 +1257,7 @@ class EmulatorServer:
             target=body.get("target") or "us",
             snapshot=snapshot.name if snapshot else None,
             preview_token=secrets.token_urlsafe(24),
+            sandbox_class=str(self.config.get("sandbox_class") or "container"),
             cpu=int(body.get("cpu") or 1),
             gpu=int(body.get("gpu") or 0),
             memory=int(body.get("memory") or 1),
@@ -1234,11 +1282,21 @@ class EmulatorServer:
                 "snapshotRef": f"emulator/{sid}",
             }
         sb.extra = {k: v for k, v in body.items() if k not in ("env", "labels")}
+        if self.faults.queue_timeout_next_create > 0:
+            self.faults.queue_timeout_next_create -= 1
+            sb.state = "destroyed"
+            self.sandboxes[sid] = sb
+            gone = sb.to_json(self.toolbox_url) | {"queueTimedOutAt": iso_now(), "queueTimeout": 5}
+            return web.json_response(gone)
+        if self.faults.stall_next_create > 0:
+            self.faults.stall_next_create -= 1
+            sb.state = "creating"
         if snapshot is not None:
             binaries_from = LINK_BINARIES_FROM if snapshot.source_sandbox_id else 0
             await asyncio.to_thread(link_copy_tree, snapshot.dir, sb.home, True, binaries_from)
         else:
             sb.home.mkdir(parents=True)
+        sb.listed_from = time.monotonic() + float(self.config.get("list_lag_seconds") or 0)
         self.sandboxes[sid] = sb
         return self._sandbox_response(sb)
 
@@ -1258,42 +1316,139 @@ class EmulatorServer:
             and all(sb.labels.get(k) == str(v) for k, v in labels.items())
             and (not states or sb.state in states)
             and (not name or name in sb.name)
+            and time.monotonic() >= sb.listed_from  # Daytona's list is eventually consistent
         ]
         return web.json_response({"items": items, "nextCursor": None})
 
     async def _get_sandbox(self, request: web.Request) -> web.Response:
-        return self._sandbox_response(self._sandbox(request))
-
-    async def _start_sandbox(self, request: web.Request) -> web.Response:
-        """Starts a stopped sandbox, or resumes a paused one (SIGCONT: its processes go on)."""
         sb = self._sandbox(request)
-        if sb.state == "paused":
-            signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGCONT)
-        sb.state = "started"
-        sb.updated_at = iso_now()
-        sb.touch()
+        if self.faults.stopping_on_next_get > 0 and sb.state == "started":
+            self.faults.stopping_on_next_get -= 1
+            self.begin_stop(sb)
         return self._sandbox_response(sb)
 
-    async def stop_sandbox(self, sb: Sandbox) -> None:
-        """Stop like Daytona: processes die, files stay."""
-        await self._stop_processes(sb)
-        sb.state = "stopped"
+    async def _start_sandbox(self, request: web.Request) -> web.Response:
+        sb = self._sandbox(request)
+        if self.faults.spot_evict_next_start > 0:
+            self.faults.spot_evict_next_start -= 1
+            await self._stop_processes(sb)
+            sb.state = "destroyed"
+            return web.json_response(sb.to_json(self.toolbox_url) | {"spotEvictedAt": iso_now()})
+        self.begin_start(sb)
+        return self._sandbox_response(sb)
+
+    def _transition_seconds(self) -> float:
+        return max(0.0, float(self.config.get("transition_seconds") or 0))
+
+    def begin_start(self, sb: Sandbox) -> asyncio.Task[None] | None:
+        """Daytona's start, in its order of checks (sandbox.service.ts start): a started
+        sandbox is answered as it is; a change under way is 409; only stopped (or archived)
+        and paused sandboxes start (400). It passes through ``starting`` for config
+        ``transition_seconds`` (the task that ends it is returned; None when it was instant).
+        A paused sandbox resumes (SIGCONT: its processes go on); any other start issues a new
+        preview token, so links and tokens printed before it stop working."""
+        if sb.state == "started":
+            return None
+        if sb.state in TRANSITIONAL_STATES:
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
+        if sb.state not in ("stopped", "archived", "paused"):
+            raise ApiError(400, "Sandbox is not in valid state")
+        resume = sb.state == "paused"
+        if resume and sb.sandbox_class not in VM_CLASSES:
+            raise ApiError(422, "Resuming is not supported for this sandbox", "UNPROCESSABLE_ENTITY")
+        if not resume:
+            sb.preview_token = secrets.token_urlsafe(24)
+
+        def finish() -> None:
+            if sb.state != "starting" and sb.state != ("paused" if resume else "stopped"):
+                return  # deleted meanwhile
+            if resume:
+                signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGCONT)
+            sb.state = "started"
+            sb.updated_at = iso_now()
+            sb.touch()
+
+        return self._transition(sb, "starting", finish)
+
+    def _transition(self, sb: Sandbox, passing: str, finish: Callable[[], Any]) -> asyncio.Task[None] | None:
+        """Runs `finish` (a function, or one returning an awaitable) now, or after config
+        ``transition_seconds`` in state `passing`."""
+        delay = self._transition_seconds()
+
+        async def later() -> None:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            result = finish()
+            if asyncio.iscoroutine(result):
+                await result
+
+        if delay <= 0:
+            result = finish()
+            if asyncio.iscoroutine(result):
+                return self._spawn_task(result)
+            return None
+        sb.state = passing
         sb.updated_at = iso_now()
+        sb.touch()
+        return self._spawn_task(later())
+
+    def begin_stop(self, sb: Sandbox) -> asyncio.Task[None] | None:
+        """Daytona's stop (sandbox.service.ts stop): a change under way is 409; only started or
+        paused sandboxes stop (400 "Sandbox is not in a stoppable state", e.g. a stopped one).
+        It passes through ``stopping`` for config ``transition_seconds``; processes die at
+        the end, files stay."""
+        if sb.state in TRANSITIONAL_STATES:
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
+        if sb.state not in ("started", "paused"):
+            raise ApiError(400, "Sandbox is not in a stoppable state")
+        was = sb.state
+
+        async def finish() -> None:
+            if sb.state not in ("stopping", was):
+                return  # deleted meanwhile
+            await self._stop_processes(sb, paused=was == "paused")
+            sb.state = "stopped"
+            sb.updated_at = iso_now()
+
+        return self._transition(sb, "stopping", finish)
+
+    async def autostop(self, sb: Sandbox) -> None:
+        """What Daytona's auto-stop does: a stop, passing through ``stopping`` (an instant one
+        is over when this returns)."""
+        with contextlib.suppress(ApiError):  # not stoppable now: auto-stop leaves it
+            task = self.begin_stop(sb)
+            if task is not None and self._transition_seconds() <= 0:
+                await task
+
+    async def stop_sandbox(self, sb: Sandbox) -> None:
+        """Stops the sandbox at once (processes die, files stay), whatever its state."""
+        if sb.state != "stopped":
+            await self._stop_processes(sb)
+            sb.state = "stopped"
+            sb.updated_at = iso_now()
+
+    async def start_sandbox(self, sb: Sandbox) -> None:
+        """Starts (or resumes) the sandbox and waits until it is started."""
+        task = self.begin_start(sb)
+        if task is not None:
+            await task
 
     async def _stop_sandbox(self, request: web.Request) -> web.Response:
         sb = self._sandbox(request)
-        await self.stop_sandbox(sb)
+        task = self.begin_stop(sb)
+        if task is not None and self._transition_seconds() <= 0:
+            await task
         return self._sandbox_response(sb)
 
     async def _pause_sandbox(self, request: web.Request) -> web.Response:
         """Freeze every process of the sandbox (SIGSTOP), keeping their memory; ``start`` thaws
-        them. Daytona refuses unless the sandbox is started (400) and for sandbox classes that
-        cannot pause (422: config ``refuse_pause``)."""
+        them. Daytona checks, in this order: started (400), no change in progress (409), a
+        class that can pause (422: containers, the default, cannot)."""
         sb = self._sandbox(request)
-        if self.config.get("refuse_pause"):
-            raise ApiError(422, "Pausing is not supported for this sandbox", "UNPROCESSABLE_ENTITY")
         if sb.state != "started":
             raise ApiError(400, "Sandbox must be in started state to pause")
+        if sb.sandbox_class not in VM_CLASSES:
+            raise ApiError(422, PAUSE_REFUSED, "UNPROCESSABLE_ENTITY")
         signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGSTOP)
         sb.state = "paused"
         sb.updated_at = iso_now()
@@ -1301,11 +1456,12 @@ class EmulatorServer:
 
     async def _fork_sandbox(self, request: web.Request) -> web.Response:
         """A new, started sandbox with a copy of this one's files, env, labels and settings (as
-        Daytona's forkSandbox copies them); processes are not copied. Refused like Daytona:
-        400 unless started, 422 for a class that cannot fork (config ``refuse_fork``)."""
+        Daytona's forkSandbox copies them); processes are not copied. Refused like Daytona, in
+        its order: a class that cannot fork first (422: containers, the default), then 400
+        unless started."""
         source = self._sandbox(request)
-        if self.config.get("refuse_fork"):
-            raise ApiError(422, "Forking is not supported for this sandbox", "UNPROCESSABLE_ENTITY")
+        if source.sandbox_class not in VM_CLASSES:
+            raise ApiError(422, FORK_REFUSED, "UNPROCESSABLE_ENTITY")
         if source.state != "started":
             raise ApiError(400, "Sandbox must be in started state to fork")
         body = await self._json_body(request)
@@ -1323,6 +1479,7 @@ class EmulatorServer:
             target=source.target,
             snapshot=source.snapshot,
             preview_token=secrets.token_urlsafe(24),
+            sandbox_class=source.sandbox_class,
             cpu=source.cpu,
             gpu=source.gpu,
             memory=source.memory,
@@ -1335,6 +1492,7 @@ class EmulatorServer:
         )
         # Copy-on-write on Daytona; here private copies of all but big binaries (see the docstring).
         await asyncio.to_thread(link_copy_tree, source.home, sb.home, True, LINK_BINARIES_FROM)
+        sb.listed_from = time.monotonic() + float(self.config.get("list_lag_seconds") or 0)
         self.sandboxes[sid] = sb
         source.touch()
         return self._sandbox_response(sb)
@@ -1379,6 +1537,8 @@ class EmulatorServer:
 
     async def _delete_sandbox(self, request: web.Request) -> web.Response:
         sb = self._sandbox(request)
+        if sb.state in TRANSITIONAL_STATES:  # sandbox.service.ts destroy: pending -> 409
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         await self._stop_processes(sb)
         await asyncio.to_thread(shutil.rmtree, sb.dir, True)
         sb.state = "destroyed"
@@ -1689,7 +1849,7 @@ class EmulatorServer:
         answer waits for the shell to exit AND for every holder of its output pipe to close it."""
         if self.faults.autostop_before_next_exec > 0:
             self.faults.autostop_before_next_exec -= 1
-            await self.stop_sandbox(self._sandbox(request))
+            await self.autostop(self._sandbox(request))
         sb = self._running_sandbox(request)
         body = await self._json_body(request)
         command = body.get("command")
@@ -1725,7 +1885,8 @@ class EmulatorServer:
             record.exit_code = -1
             raise ApiError(408, "command execution timeout", "REQUEST_TIMEOUT") from None
         assert proc.returncode is not None
-        record.exit_code = exit_status(proc.returncode)
+        # The daemon reports -1 for a shell killed by a signal (ProcessState.ExitCode()).
+        record.exit_code = -1 if proc.returncode < 0 else proc.returncode
         return web.json_response({"exitCode": record.exit_code, "result": output.decode("utf-8", "replace")})
 
     def _session(self, request: web.Request, sb: Sandbox) -> Session:
@@ -1749,7 +1910,7 @@ class EmulatorServer:
     async def _create_session(self, request: web.Request) -> web.Response:
         if self.faults.autostop_before_next_session > 0:
             self.faults.autostop_before_next_session -= 1
-            await self.stop_sandbox(self._sandbox(request))
+            await self.autostop(self._sandbox(request))
         sb = self._running_sandbox(request)
         body = await self._json_body(request)
         sid = body.get("sessionId")
@@ -1805,13 +1966,18 @@ class EmulatorServer:
     async def _session_exec(self, request: web.Request) -> web.Response:
         if self.faults.autostop_before_next_command > 0:
             self.faults.autostop_before_next_command -= 1
-            await self.stop_sandbox(self._sandbox(request))
+            await self.autostop(self._sandbox(request))
         sb = self._running_sandbox(request)
-        session = self._session(request, sb)
         body = await self._json_body(request)
         command = body.get("command")
         if not isinstance(command, str) or not command.strip():
             raise ApiError(400, "command cannot be empty")
+        # The daemon's handler wraps the service's errors (fmt.Errorf "failed to execute
+        # command: %w"), and its error middleware does not unwrap: 500, not 404 or 400
+        # (toolbox/process/session/execute.go, libs/common-go/pkg/errors/middleware.go).
+        session = sb.sessions.get(request.match_info["session"])
+        if session is None:
+            raise ApiError(500, f"{EXEC_FAILED}session not found", "")
         run_async = bool(body.get("runAsync") or body.get("async"))
         cid = str(uuid.uuid4())
         cmd = Command(
@@ -1862,7 +2028,7 @@ class EmulatorServer:
     async def _write_to_shell(session: Session, data: bytes) -> None:
         """Write to the session shell's stdin; a shell that has exited answers "broken pipe"."""
         stdin = session.shell.stdin
-        broken = ApiError(400, "failed to write command: broken pipe")
+        broken = ApiError(500, f"{EXEC_FAILED}failed to write command: broken pipe", "")
         if stdin is None or stdin.is_closing() or not process_alive(session.shell.pid):
             raise broken
         try:
@@ -2001,7 +2167,7 @@ class EmulatorServer:
             size = int(value)
         except (TypeError, ValueError) as exc:
             raise ApiError(400, f"invalid value for {name}") from exc
-        if not 1 <= size <= PTY_MAX_SIZE:
+        if not 0 <= size <= PTY_MAX_SIZE:  # the daemon refuses only > 1000; 0 is accepted
             raise ApiError(400, f"invalid value for {name} - must be less than {PTY_MAX_SIZE}")
         return size
 
@@ -2425,7 +2591,7 @@ class EmulatorServer:
             for sb in list(self.sandboxes.values()):
                 idle_limit = sb.auto_stop_interval * factor
                 if sb.state == "started" and sb.auto_stop_interval > 0 and now - sb.last_activity > idle_limit:
-                    await self.stop_sandbox(sb)
+                    await self.autostop(sb)
 
     # -- /_emulator ------------------------------------------------------------------------
 
@@ -2555,6 +2721,25 @@ class DaytonaEmulator:
     @property
     def port(self) -> int:
         return self.server.port
+
+    def set_sandbox_class(self, sandbox_id: str, sandbox_class: str) -> None:
+        """Makes an existing sandbox one of this class (``container``, ``linux-vm``, ``windows``)."""
+        sb = self.server.sandboxes[sandbox_id]
+        self._sync(lambda: setattr(sb, "sandbox_class", sandbox_class))
+
+    def start_sandbox(self, sandbox_id: str) -> None:
+        """Starts a stopped sandbox, as another client would, and waits until it is started."""
+        self._call(self.server.start_sandbox(self.server.sandboxes[sandbox_id]))
+
+    def begin_stop(self, sandbox_id: str) -> None:
+        """Starts stopping the sandbox as auto-stop does: ``stopping`` for config
+        ``transition_seconds``, then ``stopped``; returns at once."""
+        sb = self.server.sandboxes[sandbox_id]
+        self._sync(lambda: self.server.begin_stop(sb))
+
+    def stop_sandbox(self, sandbox_id: str) -> None:
+        """Stops the sandbox at once, as auto-stop does (processes die, sessions are gone)."""
+        self._call(self.server.stop_sandbox(self.server.sandboxes[sandbox_id]))
 
     @property
     def base_url(self) -> str:

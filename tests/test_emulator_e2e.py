@@ -1,0 +1,157 @@
+"""The tool against the emulator's Daytona-as-its-source-answers paths, end to end: the errors
+and states of tests/fakes/DAYTONA.md that a user's command meets."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e import Rig
+from tests.fakes.model import msg, turn
+
+pytestmark = pytest.mark.e2e
+
+
+def _failed(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in requests if r["status"] >= 400]
+
+
+def _session_execs(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in requests if r["path"].endswith("/exec") and "/process/session/" in r["path"]]
+
+
+def test_first_ask_and_ask_after_a_restart_make_their_session_first(rig: Rig) -> None:
+    """Daytona answers a command for a missing session with 500 (not 404): a fresh sandbox's
+    first ask and the ask that starts a stopped sandbox make the session first, and no
+    request fails."""
+    assert rig.cli("up").code == 0
+    rig.model.enqueue(turn(msg("first")), turn(msg("after restart")), turn(msg("warm")))
+    since = time.time()
+    first = rig.cli("ask", "-q", "hello")
+    assert (first.code, first.stdout) == (0, "first\n"), first
+    first_requests = rig.round_trips(since)
+    assert _failed(first_requests) == [], first_requests
+    assert len(_session_execs(first_requests)) == 1, first_requests
+
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.stop_sandbox(sandbox_id)
+    since = time.time()
+    again = rig.cli("ask", "-q", "again")
+    assert (again.code, again.stdout) == (0, "after restart\n"), again
+    restart_requests = rig.round_trips(since)
+    assert _failed(restart_requests) == [], restart_requests
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
+
+    since = time.time()
+    warm = rig.cli("ask", "-q", "warm")
+    assert (warm.code, warm.stdout) == (0, "warm\n"), warm
+    warm_requests = rig.round_trips(since)
+    assert _failed(warm_requests) == [], warm_requests
+    # The first ask costs one request more than a warm one: creating its session, nothing else.
+    created = [r for r in first_requests if r["path"].endswith("/process/session") and r["method"] == "POST"]
+    assert len(created) == 1 and len(first_requests) == len(warm_requests) + 1, (first_requests, warm_requests)
+
+
+def test_ask_after_someone_else_restarted_the_sandbox_makes_the_lost_session(rig: Rig) -> None:
+    """The sandbox was stopped and started behind the tool's back: its session is gone, and
+    Daytona's 500 "failed to execute command: session not found" makes the tool create it."""
+    assert rig.cli("up").code == 0
+    rig.model.enqueue(turn(msg("one")), turn(msg("two")))
+    assert rig.cli("ask", "-q", "one").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.stop_sandbox(sandbox_id)
+    assert rig.cli("status").code == 0  # looks, starts nothing
+    rig.emulator.start_sandbox(sandbox_id)
+    since = time.time()
+    result = rig.cli("ask", "-q", "two")
+    assert (result.code, result.stdout) == (0, "two\n"), result
+    misses = _failed(rig.round_trips(since))
+    assert [(r["status"], r["path"].rsplit("/", 1)[-1]) for r in misses] == [(500, "exec")], misses
+
+
+# --- changes of state under way: Daytona's starting/stopping, and 409 meanwhile ---------------
+
+
+def _state(rig: Rig, sandbox_id: str) -> str:
+    return str((rig.sandbox(sandbox_id) or {}).get("state"))
+
+
+@pytest.mark.parametrize("command", ["ask", "exec", "logs", "preview"])
+def test_a_command_waits_out_a_sandbox_that_auto_stop_is_stopping(rig: Rig, command: str) -> None:
+    """Auto-stop has begun stopping the sandbox (`stopping`, during which Daytona answers a
+    start with 409) when a command needs it: the command waits for `stopped`, starts it and
+    runs, instead of failing."""
+    rig.model.enqueue(turn(msg("before")))
+    assert rig.cli("ask", "-q", "before").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.set_config(transition_seconds=3.0)
+    rig.emulator.set_faults(stopping_on_next_get=1)  # the command's look-up finds it `stopping`
+    args = {
+        "ask": ("ask", "after"),
+        "exec": ("exec", "--", "echo", "after"),
+        "logs": ("logs", "-q"),
+        "preview": ("preview", "--port", "8080", "-q"),
+    }[command]
+    if command == "ask":
+        rig.model.enqueue(turn(msg("after")))
+    result = rig.cli(*args)
+    assert result.code == 0, result
+    assert rig.emulator.faults()["stopping_on_next_get"] == 0, "the fault never struck"
+    if command in ("ask", "exec"):  # the others' -q shows no progress
+        assert "(it was stopping)" in result.stderr, result
+    expected = {"ask": "after\n", "exec": "after\n", "logs": "before\n"}.get(command)
+    if expected is not None:
+        assert result.stdout == expected, result
+    assert _state(rig, sandbox_id) == "started"
+
+
+def test_ask_waits_out_a_start_answered_409(rig: Rig) -> None:
+    """The sandbox is still `stopping` when the tool sends its start: Daytona answers 409
+    "Sandbox state change in progress", and the ask waits and starts it once it is stopped."""
+    rig.model.enqueue(turn(msg("one")), turn(msg("two")))
+    assert rig.cli("ask", "-q", "one").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.set_config(transition_seconds=2.0)
+    # The tool looks at the sandbox (started), then auto-stop begins, then its command: the
+    # command finds it not started, and the start that follows meets `stopping`.
+    rig.emulator.set_faults(autostop_before_next_command=1)
+    since = time.time()
+    result = rig.cli("ask", "-q", "two")
+    trips = [(r["method"], r["path"].rsplit("/", 2)[-2:], r["status"]) for r in rig.round_trips(since)]
+    assert (result.code, result.stdout) == (0, "two\n"), (result, trips)
+    assert rig.emulator.faults()["autostop_before_next_command"] == 0, "the fault never struck"
+    assert _state(rig, sandbox_id) == "started"
+    starts = [r["status"] for r in rig.round_trips(since) if r["path"] == f"/api/sandbox/{sandbox_id}/start"]
+    assert starts and starts[-1] == 200, starts
+
+
+def test_two_commands_starting_one_stopped_sandbox_at_once_both_run(rig: Rig) -> None:
+    """Two shells start the same stopped sandbox at the same moment: one start is accepted,
+    the other meets `starting` (or a 409) and waits; both commands run."""
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.stop_sandbox(sandbox_id)
+    rig.emulator.set_config(transition_seconds=1.5)
+    since = time.time()
+    procs = [rig.popen_piped("exec", "--", "echo", f"shell-{n}") for n in (1, 2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [o[0] for o in outputs] == ["shell-1\n", "shell-2\n"], outputs
+    starts = [r["status"] for r in rig.round_trips(since) if r["path"] == f"/api/sandbox/{sandbox_id}/start"]
+    assert starts.count(200) >= 1 and set(starts) <= {200, 409}, starts
+    assert _state(rig, sandbox_id) == "started"
+
+
+def test_down_all_deletes_a_sandbox_the_lagging_list_does_not_show_yet(rig: Rig) -> None:
+    """Daytona's list is eventually consistent: a sandbox just made can be missing from it.
+    `down --all` also deletes the sandboxes this directory's state file names."""
+    rig.emulator.set_config(list_lag_seconds=600)
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    result = rig.cli("down", "--all", "--yes", "--json")
+    assert result.code == 0, result
+    assert sandbox_id in result.stdout, result
+    assert _state(rig, sandbox_id) == "destroyed"
+    assert rig.record() == {}
