@@ -158,6 +158,63 @@ def test_dropped_log_streams_lose_and_repeat_nothing(rig: Rig) -> None:
     assert sum(e["type"] == "codex_daytona.retry" for e in result.json_lines) == 3
 
 
+def test_a_run_whose_own_command_vanishes_mid_run_is_followed_from_where_it_was(rig: Rig) -> None:
+    """The run's own agent command goes away while the turn runs (its session deleted): the
+    follower picks the run up from its event file at the byte it had reached, so every event
+    is shown once, none twice and none lost."""
+    sandbox_id = _ready(rig)
+    home = Path(rig.emulator.home_dir(sandbox_id))
+    runs = home / ".codex-daytona" / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    rig.model.enqueue(
+        turn(run("echo step-a")),
+        turn(run("echo step-b; sleep 3; echo step-c", yield_time_ms=60000)),
+        turn(run("echo step-d")),
+        turn(msg("all there once")),
+    )
+    ask = rig.popen_piped("ask", "--json", "four steps")
+    try:
+
+        def events_file() -> Path | None:
+            new = [d for d in runs.iterdir() if d not in before] if runs.exists() else []
+            return new[0] / "events.jsonl" if new else None
+
+        def command_under_way() -> bool:
+            path = events_file()
+            return path is not None and path.exists() and "step-b; sleep 3" in path.read_text()
+
+        _wait_for(command_under_way)
+        # The CLI has taken in the events so far (the stream is live) when the session goes.
+        time.sleep(0.5)
+        own = [
+            c
+            for c in rig.emulator.commands(sandbox_id)
+            if "--run-id" in c["command"] and c["exitCode"] is None and c["sessionId"]
+        ]
+        assert len(own) == 1, own
+        from daytona import Daytona, DaytonaConfig
+
+        daytona = Daytona(DaytonaConfig(api_key=DAYTONA_KEY, api_url=rig.emulator.api_url))
+        daytona.get(sandbox_id).process.delete_session(own[0]["sessionId"])
+        out, err = ask.communicate(timeout=120)
+    finally:
+        if ask.poll() is None:
+            ask.kill()
+            ask.communicate()
+    assert ask.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    attaches = [c for c in rig.emulator.commands(sandbox_id) if "--attach" in c["command"]]
+    assert attaches, "the run was followed from its event file after its command went"
+    path = events_file()
+    assert path is not None
+    saved = [e for e in map(json.loads, path.read_text().splitlines()) if not e["type"].startswith("codex_daytona.")]
+    shown = [e for e in lines if not e["type"].startswith("codex_daytona.")]
+    repeated = [e for i, e in enumerate(shown) if e in shown[:i]]
+    assert not repeated, f"events shown twice: {repeated}"
+    assert shown == saved
+    assert lines[-1]["final_message"] == "all there once"
+
+
 @pytest.mark.parametrize(("fault", "counter"), [("stall", "stalls_done"), ("half_close", "half_closes_done")])
 def test_a_stalled_or_half_closed_stream_is_picked_up_again(rig: Rig, fault: str, counter: str) -> None:
     """A stream that goes silent while open (the agent's heartbeat then misses) or whose

@@ -1,0 +1,21 @@
+"""Prerequisites a test needs: on a developer's machine a missing one skips the test and says
+what to install; in CI (the `CI` variable set, as CI services and `.ci/run` do) it fails it,
+so that a claim nobody checked never passes for a checked one."""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import pytest
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_unless_ci(why: str) -> NoReturn:
+    """Skips with `why`, or fails with it in CI."""
+    if in_ci():
+        pytest.fail(f"{why} (CI is set, so this test may not be skipped)", pytrace=False)
+    pytest.skip(why)
