@@ -200,6 +200,58 @@ BREAKS: tuple[Break, ...] = (
         "        if False:\n",
         (T + "test_follower_unit.py::test_a_stream_cut_at_any_byte_loses_and_repeats_nothing",),
     ),
+    # --- Round two (#25): the checks that could not fail, made to -------------------------
+    Break(
+        "short_flag_o_dropped",
+        "codex_daytona/cli.py",
+        '            "--output-last-message",\n            "-o",\n',
+        '            "--output-last-message",\n',
+        (T + "test_exec_flags.py::test_help_shows_the_flags",),
+    ),
+    Break(
+        "auto_stop_interval_not_sent",
+        "codex_daytona/daytona_api.py",
+        '            "auto_stop_interval": auto_stop_minutes,\n',
+        "",
+        (T + "test_workflow.py::test_up_is_idempotent_and_prints_the_id",),
+    ),
+    Break(
+        "no_color_ignored",
+        "codex_daytona/output.py",
+        '        no_color = bool(os.environ.get("NO_COLOR"))\n',
+        "        no_color = False\n",
+        (T + "test_output.py::test_colour_only_on_a_terminal_and_never_with_no_color",),
+    ),
+    Break(
+        "colour_on_pipes",
+        "codex_daytona/output.py",
+        "            force_terminal=None,\n",
+        "            force_terminal=True,\n",
+        (T + "test_output.py::test_colour_only_on_a_terminal_and_never_with_no_color",),
+    ),
+    Break(
+        "key_written_under_the_runtime_venv",
+        "agent_bundle/agent.py",
+        '        env[KEY_ENV] = request["api_key"]\n',
+        '        env[KEY_ENV] = request["api_key"]; '
+        'open(os.path.join(sys.prefix, "key-cache"), "w").write(request["api_key"])\n',
+        (T + "test_secrets.py::test_the_key_stays_out_of_everything",),
+    ),
+    Break(
+        "a_failed_turn_forgets_its_thread",
+        "codex_daytona/turns.py",
+        "        if outcome.thread_id:\n            current.thread_id = outcome.thread_id\n",
+        '        if outcome.thread_id and outcome.status == "completed":\n'
+        "            current.thread_id = outcome.thread_id\n",
+        (T + "test_model_failures.py::test_server_error",),
+    ),
+    Break(
+        "the_helper_never_takes_a_command",
+        "codex_daytona/launcher.py",
+        "                status = run_via_helper(path)\n",
+        "                raise NotHandedOver\n",
+        (T + "test_helper.py::test_help_usage_errors_and_exit_codes_are_the_same_through_the_helper",),
+    ),
     # --- Earlier rounds' closing notes (stops 20-22) ----------------------------------------
     Break(
         "detached_turn_not_kept_up",
@@ -402,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             with lock:
                 outcomes.append(outcome)
                 sys.stdout.write(f"{outcome.status:8} {outcome.seconds:6.1f} s  {brk.name}\n")
-                if outcome.status != "caught" or outcome.detail.startswith("ERROR"):
-                    sys.stdout.write(f"{'':18}{outcome.detail}\n")
+                if outcome.detail:
+                    sys.stdout.write(f"{'':18}{outcome.detail[:300]}\n")
                 sys.stdout.flush()
             return outcome
 
