@@ -44,10 +44,11 @@ bench: install
 	$(BIN)/python benchmarks/bench.py
 
 # Named one-line breaks of the code, one at a time, each of which the tests named for it must
-# catch (tests/mutants.py; MUTANTS_ARGS="-k NAME -j 2" picks some or runs two at once).
+# catch (tests/mutants.py), MUTANTS_JOBS at once; MUTANTS_ARGS="-k NAME" picks some.
+MUTANTS_JOBS ?= 2
 MUTANTS_ARGS ?=
 mutants: install
-	$(BIN)/python -m tests.mutants $(MUTANTS_ARGS)
+	$(BIN)/python -m tests.mutants -j $(MUTANTS_JOBS) $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
