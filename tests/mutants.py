@@ -464,7 +464,8 @@ def run_break(tree: Path, brk: Break, timeout: float, python: str) -> Outcome:
         return Outcome(brk, "missed", seconds, tail[-1] if tail else "")
     if done.returncode == 1:
         failed = next((line for line in tail if line.startswith(("FAILED", "ERROR"))), tail[-1] if tail else "")
-        return Outcome(brk, "caught", seconds, failed)
+        why = next((line[1:].strip() for line in tail if line.startswith("E ")), "")
+        return Outcome(brk, "caught", seconds, f"{failed.split(' - ')[0]}: {why}" if why else failed)
     return Outcome(brk, "error", seconds, f"pytest exit {done.returncode}: " + " | ".join(tail[-5:]))
 
 
