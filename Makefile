@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
-.PHONY: install test test-fast test-live lint typecheck fmt check bench clean
+.PHONY: install test test-fast test-live lint typecheck fmt check bench mutants clean
 
 install: $(BIN)/codex-daytona
 
@@ -42,6 +42,13 @@ check: lint typecheck test
 
 bench: install
 	$(BIN)/python benchmarks/bench.py
+
+# Named one-line breaks of the code, one at a time, each of which the tests named for it must
+# catch (tests/mutants.py), MUTANTS_JOBS at once; MUTANTS_ARGS="-k NAME" picks some.
+MUTANTS_JOBS ?= 2
+MUTANTS_ARGS ?=
+mutants: install
+	$(BIN)/python -m tests.mutants -j $(MUTANTS_JOBS) $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

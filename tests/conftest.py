@@ -4,8 +4,10 @@ fixed width, state under tmp_path, and the current directory in tmp_path."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import inspect
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +53,21 @@ def runtime_snapshot(emulator: object, tmp_path_factory: pytest.TempPathFactory)
     and each offers it to its own emulator."""
     from tests.e2e import SNAPSHOT, build_runtime_snapshot
 
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    cache = os.environ.get("CODEX_DAYTONA_TEST_RUNTIME_CACHE")
+    if cache:  # kept between runs (tests/mutants.py), one per install command
+        from codex_daytona import runtime
+
+        key = hashlib.sha256(runtime.install_command(runtime.Layout("/home")).encode()).hexdigest()[:16]
+        shared = Path(cache)
+        shared.mkdir(parents=True, exist_ok=True)
+        home = shared / f"runtime-{key}"
+        with open(shared / f"runtime-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (shared / f"runtime-{key}.built").exists():
+                shutil.rmtree(home, ignore_errors=True)
+                build_runtime_snapshot(home)
+                (shared / f"runtime-{key}.built").touch()
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
         shared = tmp_path_factory.getbasetemp().parent  # the run's directory, above each worker's
         home = shared / "runtime-snapshot"
         with open(shared / "runtime-snapshot.lock", "w") as lock:

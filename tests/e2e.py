@@ -217,3 +217,19 @@ def last_answer(events: list[dict[str, Any]]) -> str:
     """A turn's answer as the core takes it (TurnOutcome.final_message): its last agent message."""
     items = [e.get("item") or {} for e in events if e.get("type") == "item.completed"]
     return next((str(i.get("text", "")) for i in reversed(items) if i.get("type") == "agent_message"), "")
+
+
+def files_holding(root: Path, secret: str) -> tuple[list[Path], int]:
+    """Every regular file under `root` (symlinks not followed, the runtime's venv included)
+    whose bytes hold `secret`, and how many files were read."""
+    needle = secret.encode()
+    found, scanned = [], 0
+    for directory, _dirs, names in os.walk(root):
+        for name in names:
+            path = Path(directory, name)
+            if path.is_symlink() or not path.is_file():
+                continue
+            scanned += 1
+            if needle in path.read_bytes():
+                found.append(path)
+    return found, scanned

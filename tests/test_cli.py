@@ -4,6 +4,7 @@ every command, the version, usage errors, and the help text kept as a snapshot."
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ def test_version(runner: CliRunner) -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(runner: CliRunner, command: str) -> None:
     text = _help(runner, command)
-    assert "Example:" in text and "codex-daytona" in text
+    # The example runs this very command (the usage line names the program anyway).
+    assert re.search(rf"^\s*Example:.*codex-daytona {re.escape(command)}( |\)|$)", text, re.MULTILINE), text
 
 
 # Each exit code with its meaning, as the main help prints them (and the README's table says).
@@ -85,7 +87,12 @@ def test_missing_key_is_one_line_on_stderr(runner: CliRunner) -> None:
     result = runner.invoke(app, ["up"])
     assert result.exit_code == ExitCode.CONFIG
     assert result.stdout == ""
-    assert "DAYTONA_API_KEY" in result.stderr and "Traceback" not in result.stderr
+    # One line saying what is wrong, then the hint (where to get each missing setting).
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Error: DAYTONA_API_KEY is not set.", result.stderr
+    assert lines[1].startswith("Hint: DAYTONA_API_KEY: create one at "), result.stderr
+    assert not any(line.startswith("Error") for line in lines[1:]), result.stderr
+    assert len(lines) <= 3 and "Traceback" not in result.stderr, result.stderr
 
 
 def test_empty_prompt_from_stdin(runner: CliRunner) -> None:

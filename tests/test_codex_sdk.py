@@ -17,6 +17,7 @@ import pytest
 
 from codex_daytona import codex_exec
 from codex_daytona.errors import UsageError
+from tests.ci import skip_unless_ci
 from tests.e2e import OPENAI_KEY, Rig
 from tests.fakes.model import fail, msg, run, turn
 
@@ -30,7 +31,7 @@ def codex_sdk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Without the platform binary (optional dependency): codexPathOverride replaces it."""
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
-        pytest.skip("node and npm are not installed")
+        skip_unless_ci("node and npm are not installed (.ci/run installs them: apt-get install -y nodejs npm)")
     root = tmp_path_factory.mktemp("codex-sdk")
     (root / "package.json").write_text('{"name": "codex-sdk-test", "private": true, "type": "module"}')
     proc = subprocess.run(
@@ -43,7 +44,7 @@ def codex_sdk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if proc.returncode != 0:
         ping = subprocess.run([npm, "ping"], cwd=root, capture_output=True, text=True, timeout=120)
         if ping.returncode != 0:
-            pytest.skip(f"npm cannot reach its registry: {ping.stderr.strip()[-300:]}")
+            skip_unless_ci(f"npm cannot reach its registry: {ping.stderr.strip()[-300:]}")
         raise AssertionError(f"npm install failed:\n{proc.stderr}")
     return root / "node_modules"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import time
 import zlib
@@ -159,5 +160,7 @@ def test_a_missing_image_is_a_usage_error(rig: Rig) -> None:
 def test_help_shows_the_flags(rig: Rig) -> None:
     result = rig.cli("ask", "--help")
     assert result.code == 0, result
-    for flag in ("--output-last-message", "-o", "--output-schema", "--image", "-i"):
-        assert flag in result.stdout
+    # Each flag on its option line, the short form beside the long one (a bare "-o" or "-i"
+    # would be found inside "--output-schema" or "--image").
+    for line in (r"-o, --output-last-message FILE", r"--output-schema FILE", r"-i, --image FILE"):
+        assert re.search(rf"^\s*{line}\s", result.stdout, re.MULTILINE), (line, result.stdout)

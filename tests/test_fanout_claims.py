@@ -8,14 +8,11 @@ what shows the creations overlapping and still in flight when Ctrl-C came."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,39 +72,22 @@ def _fanout(rig: Rig) -> Watched:
     return Watched(proc)
 
 
-def _connections(pid: int, port: int) -> int:
-    """How many TCP connections process `pid` has open to 127.0.0.1:`port` (requests in flight:
-    the SDK opens one when it sends its first request)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    remote = f"0100007F:{port:04X}"
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[2] == remote and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
-            count += 1
-    return count
-
-
-def _while_both_are_created(rig: Rig, cli: Watched) -> None:
-    """Returns once both siblings are being created: each thread has sent its request to create
-    its sandbox, which the emulator holds for `latency_ms`."""
+def _while_both_are_created(rig: Rig, cli: Watched, before: int) -> None:
+    """Returns once both siblings are being created: each thread's request to create its
+    sandbox has reached the emulator (after the first `before` requests), which holds it for
+    `latency_ms`."""
     for name in SIBLINGS:
         cli.wait_for(rf"^{name}\s+creating\s+Creating sandbox\.\.\.")
-    _wait_for(lambda: _connections(cli.proc.pid, rig.emulator.port) >= len(SIBLINGS), timeout=30)
-    time.sleep(0.5)  # connected; now surely received too (the emulator holds each request for seconds)
+    _wait_for(lambda: rig.emulator.arrived()[before:].count(("POST", "/api/sandbox")) == len(SIBLINGS), timeout=30)
 
 
 def _fanout_while_slowly_created(rig: Rig, latency: float) -> Watched:
     """`ask --fanout`, every Daytona request taking `latency` seconds, once both siblings are
     being created."""
     rig.emulator.set_faults(latency_ms=int(latency * 1000))
+    before = len(rig.emulator.arrived())
     cli = _fanout(rig)
-    _while_both_are_created(rig, cli)
+    _while_both_are_created(rig, cli, before)
     return cli
 
 

@@ -303,7 +303,10 @@ def test_help_usage_errors_and_exit_codes_are_the_same_through_the_helper(helper
     assert _cli(env, "--version").returncode == 0
     _wait_for(lambda: sockets(helper_dir))
     for args in (["--help"], ["ask", "--help"], ["ask", "--timeout", "0", "x"], ["bogus"], ["status", "-q"]):
+        before = len(traced(trace))
         helped = _cli(env, *args)
         local = _cli({**env, "CODEX_DAYTONA_HELPER": "0"}, *args)
-        assert traced(trace)[-2:] == [traced(trace)[-2], "in-process"] and traced(trace)[-2].startswith("helper ")
+        # One line each: the first command went through the helper, the second ran in process.
+        through, in_process = traced(trace)[before:]
+        assert re.fullmatch(r"helper \d+", through) and in_process == "in-process", (args, through, in_process)
         assert (helped.returncode, helped.stdout, helped.stderr) == (local.returncode, local.stdout, local.stderr), args

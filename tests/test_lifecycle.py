@@ -192,7 +192,11 @@ def test_down_stop_keeps_files_and_thread(rig: Rig) -> None:
     assert "kept" in str(rig.model.model_requests[-1]["body"]["input"])
 
 
-def test_down_all_deletes_every_sandbox_of_this_tool(rig: Rig, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_down_all_deletes_every_sandbox_of_this_tool_and_no_other(rig: Rig, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`down --all` deletes exactly the sandboxes labelled as this tool's, in every project,
+    and leaves alone a sandbox of the same Daytona account that the tool did not make."""
+    from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
+
     assert rig.cli("up").code == 0
     other = tmp_path / "other-project"
     other.mkdir()
@@ -205,17 +209,29 @@ def test_down_all_deletes_every_sandbox_of_this_tool(rig: Rig, tmp_path) -> None
         timeout=120,
     )
     assert elsewhere.returncode == 0, elsewhere.stderr
-    refused = rig.cli("down", "--all")
-    assert refused.code == 2, refused  # not a terminal and no --yes: nothing deleted
-    ids = {rig.record()["sandbox_id"], elsewhere.stdout.strip()}
-    result = rig.cli("down", "--all", "--yes", "--json")
-    assert result.code == 0, result
-    import json
-
-    assert ids <= set(json.loads(result.stdout)["deleted"])
-    for sandbox_id in ids:
-        assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"
-    assert rig.record() == {}
+    # Someone else's sandbox in the same account: labels of its own, one of them named "app".
+    daytona = Daytona(DaytonaConfig(api_key=rig.env["DAYTONA_API_KEY"], api_url=rig.env["DAYTONA_API_URL"]))
+    foreign = daytona.create(CreateSandboxFromSnapshotParams(labels={"app": "someone-else", "team": "data"}))
+    try:
+        refused = rig.cli("down", "--all")
+        assert refused.code == 2, refused  # not a terminal and no --yes: nothing deleted
+        ours = {
+            s["id"]
+            for s in rig.emulator.sandboxes()
+            if s["labels"].get("app") == "codex-daytona" and s["state"] not in ("destroyed", "destroying")
+        }
+        assert {rig.record()["sandbox_id"], elsewhere.stdout.strip()} <= ours
+        assert foreign.id not in ours
+        result = rig.cli("down", "--all", "--yes", "--json")
+        assert result.code == 0, result
+        deleted = json.loads(result.stdout)["deleted"]
+        assert sorted(deleted) == sorted(ours), "exactly the tool's sandboxes, each once"
+        for sandbox_id in ours:
+            assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"
+        assert (rig.sandbox(foreign.id) or {}).get("state") == "started", "a sandbox the tool did not make survives"
+        assert rig.record() == {}
+    finally:
+        daytona.delete(daytona.get(foreign.id))
 
 
 def _states_while(rig: Rig, sandbox_id: str, busy: Callable[[], bool], limit: float = 60) -> set[str]:

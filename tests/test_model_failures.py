@@ -28,11 +28,20 @@ def ready(rig: Rig) -> Rig:
     return rig
 
 
+def _next_ask_works(rig: Rig, failed_prompt: str = "hello") -> None:
+    """The sandbox and the thread are fine after the failure: the next ask completes on the
+    same thread, and the model is sent the failed turn's prompt with the history."""
+    rig.model.clear()  # the failure's unused answers
+    history = rig.ask_on_same_thread("are you back?", "back")
+    assert failed_prompt in history and "are you back?" in history
+
+
 def test_rate_limited(ready: Rig) -> None:
     ready.model.enqueue(*[error(429, "Rate limit reached for requests") for _ in range(20)])
     code, stderr, took = _ask(ready)
     assert code == 3 and "429" in stderr, stderr
     assert took < 90
+    _next_ask_works(ready)
 
 
 def test_server_error(ready: Rig) -> None:
@@ -41,12 +50,14 @@ def test_server_error(ready: Rig) -> None:
     assert code == 3, stderr
     assert "turn failed" in stderr.lower()
     assert took < 90
+    _next_ask_works(ready)
 
 
 def test_stream_failed(ready: Rig) -> None:
     ready.model.enqueue(*[fail("scripted response.failed") for _ in range(5)])
     code, stderr, _ = _ask(ready)
     assert code == 3 and "scripted response.failed" in stderr, stderr
+    _next_ask_works(ready)
 
 
 def test_unreachable_endpoint(ready: Rig) -> None:
@@ -54,6 +65,7 @@ def test_unreachable_endpoint(ready: Rig) -> None:
     code, stderr, took = _ask(ready, {"SANDBOX_OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"})
     assert code == 3, stderr
     assert took < 90
+    _next_ask_works(ready)  # back on the endpoint that answers
 
 
 @pytest.mark.parametrize("before_headers", [True, False], ids=["no-headers", "stalled-stream"])

@@ -90,14 +90,44 @@ def test_secrets_are_masked_in_every_mode() -> None:
         assert "***" in stdout.getvalue() + stderr.getvalue()
 
 
-def test_no_color_and_plain_pipes(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("NO_COLOR", "1")
-    stdout, stderr = io.StringIO(), io.StringIO()
-    out = Output(Mode.HUMAN, stdout=stdout, stderr=stderr)
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, as a person's stderr does."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _colours(text: str) -> list[str]:
+    """The SGR escape sequences in `text` that set a colour (bold or dim are no colour)."""
+
+    def colour(code: str) -> bool:
+        n = int(code or 0)
+        return 30 <= n <= 49 or 90 <= n <= 107
+
+    return [m.group(0) for m in re.finditer(r"\x1b\[([0-9;]*)m", text) if any(map(colour, m.group(1).split(";")))]
+
+
+def _warned(stderr: io.StringIO) -> str:
+    out = Output(Mode.HUMAN, stdout=io.StringIO(), stderr=stderr)
     out.warning("careful")
     out.error("broken", "fix it")
-    assert not ANSI.search(stderr.getvalue())
-    assert "Error: broken" in stderr.getvalue() and "Hint: fix it" in stderr.getvalue()
+    return stderr.getvalue()
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)  # conftest sets it for every test
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    coloured = _warned(_Terminal())
+    assert _colours(coloured), coloured  # a terminal gets colour: the checks below can fail
+    piped = _warned(io.StringIO())
+    assert not ANSI.search(piped), piped  # a pipe gets no escape code at all
+    assert "Error: broken" in piped and "Hint: fix it" in piped
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = _warned(_Terminal())
+    assert not _colours(plain), plain  # NO_COLOR: bold and dim may stay, colour goes
+    assert "Error: broken" in ANSI.sub("", plain) and "Hint: fix it" in ANSI.sub("", plain)
 
 
 def test_text_being_written_is_not_printed_twice_off_a_terminal() -> None:

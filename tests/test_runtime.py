@@ -17,10 +17,10 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-import pytest
 
 from codex_daytona import runtime
 from codex_daytona.settings import Settings
+from tests.ci import skip_unless_ci
 
 NASTY = 'He said "hi" \'there\' $HOME `id` \\ \n[table]\nkey = "x"'
 
@@ -135,12 +135,26 @@ def test_ask_c_refuses_the_tools_own_settings_and_takes_the_rest() -> None:
         assert runtime.refused_config_key(pair, settings) is None, pair
 
 
-def _setup_step_with_passwd_shell(tmp_path: Path, shell: str, *, read_only: bool = False) -> tuple[str, str]:
-    """Runs login_shell_step as root in a mount namespace whose /etc is a copy with root's
-    login shell set to `shell` (the machine's own /etc is untouched); returns the step's output
+def _as_root_with_passwd_shell(
+    tmp_path: Path, shell: str, command: str, *, read_only: bool = False, check: bool = True
+) -> tuple[str, str]:
+    """Runs `command` as root in a mount namespace whose /etc is a copy with root's login
+    shell set to `shell` (the machine's own /etc is untouched); returns the command's output
     and root's login shell in the copy afterwards."""
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("usermod", path="/usr/sbin:/sbin"):
-        pytest.skip("needs root, unshare and usermod to give root another login shell in a mount namespace")
+    missing = [
+        what
+        for what, there in (
+            ("root", os.geteuid() == 0),
+            ("unshare", shutil.which("unshare")),
+            ("usermod", shutil.which("usermod", path="/usr/sbin:/sbin")),
+        )
+        if not there
+    ]
+    if missing:
+        skip_unless_ci(
+            f"needs {', '.join(missing)} to give root another login shell in a mount namespace "
+            "(run the suite as root on Linux, with util-linux and passwd installed)"
+        )
     etc = tmp_path / "etc"
     shutil.copytree("/etc", etc, symlinks=True)
     passwd = etc / "passwd"
@@ -148,11 +162,15 @@ def _setup_step_with_passwd_shell(tmp_path: Path, shell: str, *, read_only: bool
     root_with = {line: f"{line.rsplit(':', 1)[0]}:{shell}" for line in lines if line.startswith("root:")}
     passwd.write_text("".join(root_with.get(line, line) + "\n" for line in lines))
     remount = "mount -o remount,ro,bind /etc && " if read_only else ""
-    script = f"mount --bind {shlex.quote(str(etc))} /etc && {remount}{runtime.login_shell_step()}"
-    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
+    script = f"mount --bind {shlex.quote(str(etc))} /etc && {remount}{command}"
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 or not check, done.stderr
     root = next(line for line in passwd.read_text().splitlines() if line.startswith("root:"))
     return done.stdout, root.rsplit(":", 1)[1]
+
+
+def _setup_step_with_passwd_shell(tmp_path: Path, shell: str, *, read_only: bool = False) -> tuple[str, str]:
+    return _as_root_with_passwd_shell(tmp_path, shell, runtime.login_shell_step(), read_only=read_only)
 
 
 def test_setup_makes_bash_the_login_shell_codex_runs_commands_with(tmp_path: Path) -> None:
@@ -168,3 +186,17 @@ def test_setup_says_so_when_the_login_shell_cannot_be_changed(tmp_path: Path) ->
     output, shell = _setup_step_with_passwd_shell(tmp_path, "/bin/sh", read_only=True)
     assert shell == "/bin/sh"
     assert runtime.parse_login_shell_unchanged(output) == "/bin/sh", output
+
+
+def test_the_setup_command_up_runs_makes_bash_the_login_shell(tmp_path: Path) -> None:
+    """The whole command `up` sends to finish setup (as provision.py builds it, with and without
+    the baseline), not the step alone: a user whose shell is /bin/sh has bash afterwards. There
+    is no agent in this home, so its start fails, and setup goes on past it as it does past a
+    failed baseline."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for baseline in (False, True):
+        command = runtime.finish_setup_command(runtime.Layout(str(home)), baseline)
+        output, shell = _as_root_with_passwd_shell(tmp_path / f"baseline-{baseline}", "/bin/sh", command, check=False)
+        assert shell.endswith("/bash"), (baseline, output)
+        assert runtime.parse_login_shell_unchanged(output) is None, output

@@ -121,7 +121,13 @@ def test_every_way_of_starting_a_server_survives_the_turn_and_the_next(rig: Rig)
 # --- the hooks, as Codex uses them, for each shell ----------------------------------------
 
 
-def codex_like(shell: list[str], command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+class Ran(subprocess.CompletedProcess[bytes]):
+    """A command run as Codex runs it; `pid` is its shell's, the leader of its session and group."""
+
+    pid: int
+
+
+def codex_like(shell: list[str], command: str, env: dict[str, str], cwd: Path) -> Ran:
     """What Codex does with a command: `shell -c command` as a process group (and session) of
     its own, output to pipes, and SIGKILL for the whole group once the shell has exited."""
     proc = subprocess.Popen(
@@ -136,7 +142,9 @@ def codex_like(shell: list[str], command: str, env: dict[str, str], cwd: Path) -
     out, err = proc.communicate(timeout=30)
     with contextlib.suppress(ProcessLookupError):  # nothing left in the group
         os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    ran = Ran(proc.args, proc.returncode, out, err)
+    ran.pid = proc.pid
+    return ran
 
 
 def cmdline_of(pid: int) -> str:
@@ -178,6 +186,8 @@ def test_the_shell_hooks_detach_each_command_in_bash_and_zsh(tmp_path: Path, she
         while marker not in cmdline_of(pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # the fork that becomes the server execs it
         assert marker in cmdline_of(pid), "the pid $! gave is the server's, and it is alive after the group kill"
+        # Out of the session (and so the group) Codex made for the command and kills.
+        assert os.getsid(pid) != done.pid and os.getpgid(pid) != done.pid, (os.getsid(pid), done.pid)
         assert os.getsid(pid) != os.getsid(0) and os.getpgid(pid) != os.getpgid(0)
         if shell[0] == "zsh":
             # The user's own zsh start-up files are still read.

@@ -107,3 +107,58 @@ def test_concurrent_updates_do_not_lose_writes(tmp_path: Path) -> None:
 def test_state_dir_default_and_override(tmp_path: Path) -> None:
     assert state_dir(None) == Path.cwd() / ".codex-daytona"
     assert state_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_the_state_file_is_whole_to_a_reader_and_after_a_kill_mid_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file is replaced, never rewritten in place: a reader that loops while a
+    writer saves (large states, so that each write takes a while) only ever sees one whole
+    state or the other, and a writer SIGKILLed at any moment leaves one of them behind, whole."""
+    import random
+    import signal
+    import time
+
+    from codex_daytona import state as st
+
+    def big(thread: str) -> st.State:
+        return st.State(
+            sandboxes={
+                f"box-{i}": SandboxRecord(sandbox_id=f"sb-{i}", home_dir="/home/daytona", thread_id=thread)
+                for i in range(3000)
+            }
+        )
+
+    a, b = big("thread-a"), big("thread-b")
+    # Serialising is done once (it is not what is tested), so that nearly all of the writer's
+    # time goes to the file, where a kill or a reader would find a torn one.
+    dumps = {id(a): st._dump(a), id(b): st._dump(b)}
+    monkeypatch.setattr(st, "_dump", lambda state: dumps[id(state)])
+    whole = set(dumps.values())
+    store = StateStore(tmp_path / "state")
+    with store.lock():
+        store.save(a)
+    rng = random.Random(25)
+    reads = torn_reads = 0
+    for kills in range(1, 21):
+        writer = os.fork()
+        if writer == 0:  # the child: saves by turns until it is killed
+            try:
+                while True:
+                    store.save(b)
+                    store.save(a)
+            finally:
+                os._exit(1)
+        deadline = time.monotonic() + rng.uniform(0.05, 0.15)
+        try:
+            while time.monotonic() < deadline:
+                reads += 1
+                torn_reads += store.path.read_bytes() not in whole
+        finally:
+            os.kill(writer, signal.SIGKILL)
+            os.waitpid(writer, 0)
+        after = store.path.read_bytes()
+        assert after in whole, f"a kill mid-write left a torn state file ({len(after)} bytes) after {kills} kills"
+    assert store.load().sandboxes["box-0"].thread_id in ("thread-a", "thread-b")
+    assert reads > 100, "the reader really read while the writer wrote"
+    assert torn_reads == 0, f"{torn_reads} of {reads} reads saw a torn state file"

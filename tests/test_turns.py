@@ -4,7 +4,10 @@ Ctrl-C, detached runs, one turn at a time, dropped streams and Daytona faults.""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -156,6 +159,66 @@ def test_dropped_log_streams_lose_and_repeat_nothing(rig: Rig) -> None:
     # was one reconnect: a stream that ended at the closing event is not reconnected.
     assert rig.emulator.faults()["drops_done"] == 3, "the faults were really injected"
     assert sum(e["type"] == "codex_daytona.retry" for e in result.json_lines) == 3
+
+
+def test_a_run_whose_own_command_vanishes_mid_run_is_followed_from_where_it_was(rig: Rig, tmp_path: Path) -> None:
+    """The run's own agent command goes away while the turn runs (killed): the follower picks
+    the run up from its event file at the byte it had reached, so every event is shown once,
+    none twice and none lost."""
+    sandbox_id = _ready(rig)
+    home = Path(rig.emulator.home_dir(sandbox_id))
+    runs = home / ".codex-daytona" / "runs"
+    rig.model.enqueue(
+        turn(run("echo step-a")),
+        turn(run("echo step-b; sleep 3; echo step-c", yield_time_ms=60000)),
+        turn(run("echo step-d")),
+        turn(msg("all there once")),
+    )
+    # stdout is read through one buffered reader only (communicate() would skip what it holds).
+    with (tmp_path / "stderr").open("w") as stderr:
+        ask = rig.popen("ask", "--json", "four steps", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+    assert ask.stdout is not None
+    rest: list[str] = []
+    try:
+        # Read until the CLI has shown the second command start: it has taken in that many
+        # bytes of the run, so a follower starting over would show them again.
+        shown_first: list[str] = []
+        for line in ask.stdout:
+            shown_first.append(line)
+            if "step-b; sleep 3" in line and '"item.started"' in line:
+                break
+        assert shown_first and "step-b; sleep 3" in shown_first[-1], shown_first
+        # The run's own agent command dies (as in a sandbox restart); the agent's daemon, which
+        # runs the turn and writes its event file, goes on.
+        clients = sandbox_processes(sandbox_id, "--run-id")
+        assert len(clients) == 1, clients
+        os.kill(next(iter(clients)), signal.SIGKILL)
+        reader = threading.Thread(target=lambda: rest.append(ask.stdout.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(120)
+        ask.wait(timeout=10)
+    finally:
+        if ask.poll() is None:
+            ask.kill()
+            ask.wait()
+    err = (tmp_path / "stderr").read_text()
+    out = "".join(shown_first + rest)
+    assert ask.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    attaches = [c for c in rig.emulator.commands(sandbox_id) if "--attach" in c["command"]]
+    assert attaches, (
+        "the run was followed from its event file after its command went",
+        err,
+        [(c["sessionId"], c["command"][-90:], c["exitCode"]) for c in rig.emulator.commands(sandbox_id)],
+    )
+    run_id = lines[-1]["run_id"]
+    path = runs / run_id / "events.jsonl"
+    saved = [e for e in map(json.loads, path.read_text().splitlines()) if not e["type"].startswith("codex_daytona.")]
+    shown = [e for e in lines if not e["type"].startswith("codex_daytona.")]
+    repeated = [e for i, e in enumerate(shown) if e in shown[:i]]
+    assert not repeated, f"events shown twice: {repeated}"
+    assert shown == saved
+    assert lines[-1]["final_message"] == "all there once"
 
 
 @pytest.mark.parametrize(("fault", "counter"), [("stall", "stalls_done"), ("half_close", "half_closes_done")])

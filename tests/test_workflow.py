@@ -94,6 +94,7 @@ def test_seed_workflow_build_serve_preview_resume_down(rig: Rig) -> None:
 
 
 def test_up_is_idempotent_and_prints_the_id(rig: Rig) -> None:
+    before = {s["id"] for s in rig.emulator.sandboxes()}
     first = rig.cli("up")
     assert first.code == 0, first
     sandbox_id = rig.record()["sandbox_id"]
@@ -101,11 +102,14 @@ def test_up_is_idempotent_and_prints_the_id(rig: Rig) -> None:
     again = rig.cli("up", "-q")
     assert again.code == 0, again
     assert again.stdout.strip() == sandbox_id
-    assert len([s for s in rig.emulator.sandboxes() if s["state"] != "destroyed"]) >= 1
+    # The emulator outlives the test: of all the sandboxes it ever had, the two `up`s made one.
+    assert {s["id"] for s in rig.emulator.sandboxes()} - before == {sandbox_id}
     sandbox = rig.sandbox(sandbox_id)
     assert sandbox is not None
+    assert sandbox["state"] == "started"
     assert sandbox["labels"]["app"] == "codex-daytona"
-    assert int(sandbox.get("autoStopInterval") or 0) > 0
+    # The tool's setting (30 minutes by default), not Daytona's default of 15.
+    assert sandbox.get("autoStopInterval") == 30
     # Codex's config in the sandbox is valid TOML written by a serialiser, and holds no key.
     if sys.version_info >= (3, 11):
         import tomllib

@@ -889,6 +889,9 @@ class EmulatorServer:
         self.snapshots: dict[str, Snapshot] = {}
         self.signed_urls: dict[str, SignedUrl] = {}
         self.faults = Faults()
+        # Every request as it arrives (method, path), before latency or a fault: for tests that
+        # must know a request reached Daytona while it is still held (the log has it once answered).
+        self.arrived: list[tuple[str, str]] = []
         self.config: dict[str, Any] = dict(DEFAULT_CONFIG)
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -974,6 +977,7 @@ class EmulatorServer:
         if host_match:
             return await self._preview(request, int(host_match[1]), host_match[2], request.path.lstrip("/"))
         kind = self._kind(request.path)
+        self.arrived.append((request.method, request.path))
         started = time.monotonic()
         status = 500
         try:
@@ -2763,6 +2767,10 @@ class DaytonaEmulator:
 
     def faults(self) -> dict[str, int]:
         return self._sync(lambda: self.server.faults.to_json())
+
+    def arrived(self) -> list[tuple[str, str]]:
+        """Every request so far, (method, path), in order of arrival (answered or not)."""
+        return self._sync(lambda: list(self.server.arrived))
 
     def reset(self) -> dict[str, Any]:
         """Zero all faults and restore the default config (``POST /_emulator/reset``); call it
