@@ -22,6 +22,10 @@ from tests.test_helper import REPO, _wait_for, helper_dir, helper_env, helper_pi
 
 __all__ = ["helper_dir"]  # the fixture, used by name
 
+# The helper's processes are found through /proc (tests/test_helper.py's helper_pids), and
+# what is taken away here is Linux's; tests/test_platforms.py is the macOS-shaped run.
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
 
 def cli(
     env: dict[str, str], *args: str, prelude: str = "", shim: Path | None = None, prefix: tuple[str, ...] = ()
