@@ -88,6 +88,9 @@ class Bench:
             # This checkout's code, whatever the virtualenv's editable install points at.
             PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
             CODEX_DAYTONA_HELPER_DIR=str(self.work / "helper"),
+            # As at a terminal: the bench's commands have none (and CI may be set), where the
+            # helper is otherwise off.
+            CODEX_DAYTONA_HELPER="1",
         )
         env.update(extra)
         return env

@@ -4,7 +4,9 @@ checkout with the CLI's heavy modules imported, which forks a process per comman
 `python -m codex_daytona.helper SOCKET KEY IDLE_SECONDS`, started by the launcher, detached.
 It takes a lock next to its socket first (a second helper for the same key exits at once),
 imports the CLI, and listens. For each connection from the same uid it forks a waiter,
-which receives the command (argv, environment, stdin/stdout/stderr and working directory
+which checks that the caller may do all the helper may (same uid, groups, capabilities,
+limits and namespaces where /proc tells them; else it refuses, and the client runs the
+command in process), receives the command (argv, environment, stdin/stdout/stderr and working directory
 as file descriptors) and forks the process that runs it; the waiter tells the client that
 process's pid (for signals) and, when it ends, its exit code or the signal that killed it.
 The command's process only starts once its pid has reached the client, so a command is
@@ -12,8 +14,9 @@ never half handed over; if the client goes away meanwhile, it is killed, as it w
 with the client's process if it ran there.
 
 The helper exits after IDLE_SECONDS without a command, when its socket is removed or
-taken over, and as soon as the package's files change on disk (it refuses the command
-then, and the client runs it in process). No thread runs in it, so forking is safe.
+taken over, and as soon as its key changes (the package's files, an installed distribution:
+it refuses the command then, and the client runs it in process). No thread runs in it, so
+forking is safe.
 """
 
 from __future__ import annotations
@@ -58,7 +61,10 @@ ACCEPT_TICK_S = 1.0
 
 def prebuild_cli() -> None:
     """Builds the CLI's Click command once, here, instead of in every command (Typer builds it
-    from the command functions' signatures on each call: some 30 ms)."""
+    from the command functions' signatures on each call: some 30 ms).
+
+    This relies on Typer.__call__ looking `get_command` up in typer.main when it is called:
+    tests/test_helper.py pins that behaviour, for the Typer range in pyproject.toml."""
     import typer.main
 
     from codex_daytona import cli
@@ -124,7 +130,6 @@ def serve(path: str, key: str, idle_seconds: float) -> int:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return 0  # another helper for this key is starting or running
-    signature = launcher.files_signature()
     if launcher.fingerprint() != key:
         return 0  # the files changed since the client looked: its successor starts another
     preload()
@@ -141,7 +146,7 @@ def serve(path: str, key: str, idle_seconds: float) -> int:
     try:
         while True:
             _reap()
-            if launcher.files_signature() != signature or not _still_ours(path, inode):
+            if launcher.fingerprint() != key or not _still_ours(path, inode):
                 return 0
             if time.monotonic() - last_used > idle_seconds:
                 return 0
@@ -156,16 +161,20 @@ def serve(path: str, key: str, idle_seconds: float) -> int:
             last_used = time.monotonic()
             learned.refresh()  # what the last command imported: this one need not import it
             with conn:
-                if launcher.peer_uid(conn) != os.getuid():
+                try:
+                    creds = launcher.peer_credentials(conn)  # None: the private directory is the guard
+                except Exception:
                     continue
-                if launcher.files_signature() != signature:
+                if creds is not None and creds[1] != os.getuid():
+                    continue
+                if launcher.fingerprint() != key:
                     with contextlib.suppress(OSError):
                         launcher.send_message(conn, {"refused": "codex-daytona's files changed; restarting"})
                     return 0
                 if os.fork() == 0:
                     listener.close()
                     lock_file.close()  # the lock is the helper's, not its commands'
-                    _waiter(conn, learned.path)  # never returns
+                    _waiter(conn, learned.path, creds[0] if creds else None)  # never returns
     finally:
         if _still_ours(path, inode):
             with contextlib.suppress(OSError):
@@ -186,12 +195,35 @@ def _reap() -> None:
             pass
 
 
-def _waiter(conn: socket.socket, learned_path: str) -> None:
+def refusal(peer_pid: int | None) -> str | None:
+    """Why the process `peer_pid` may not have its command run here, or None: a caller that
+    may do less than the helper (fewer capabilities, other namespaces, lower limits, another
+    group) would do more through it, so it runs its command itself."""
+    if peer_pid is None:
+        return None
+    try:
+        mine = launcher.privileges("self")
+        if mine is None:
+            return None
+        theirs = launcher.privileges(peer_pid)
+    except OSError as exc:
+        return f"cannot compare the caller's privileges with the helper's ({exc.strerror})"
+    differ = sorted(k for k in {*mine, *(theirs or {})} if mine.get(k) != (theirs or {}).get(k))
+    return f"the caller's privileges differ from the helper's: {', '.join(differ)}" if differ else None
+
+
+def _waiter(conn: socket.socket, learned_path: str, peer_pid: int | None = None) -> None:
     """In the forked waiter: takes the command, starts its process, reports how it ended."""
     code = 0
     try:
         request, fds = launcher.recv_message(conn, max_fds=4)
         if request is None:
+            return
+        refused = refusal(peer_pid)
+        if refused:
+            for fd in fds:
+                os.close(fd)
+            launcher.send_message(conn, {"refused": refused})
             return
         go_read, go_write = os.pipe()
         pid = os.fork()
@@ -224,6 +256,16 @@ def _waiter(conn: socket.socket, learned_path: str) -> None:
 def _wait_or_kill(conn: socket.socket, pid: int) -> int:
     """Waits for the command's process; kills it if the client goes away first (the client
     forwards the signals it can catch; this covers the ones it cannot)."""
+    if not hasattr(os, "pidfd_open"):  # macOS, the BSDs: look every 50 ms
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            ready, _, _ = select.select([conn.fileno()], [], [], 0.05)
+            if ready and not conn.recv(1, socket.MSG_PEEK):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                return os.waitpid(pid, 0)[1]
     pidfd = os.pidfd_open(pid)
     try:
         while True:

@@ -10,16 +10,24 @@ themselves), its argv, environment, working directory and umask, and runs the no
 in it. This process forwards the signals it gets (Ctrl-C, SIGTERM, SIGHUP, SIGWINCH,
 Ctrl-Z) to that one and exits with its exit code, so the command behaves as if it ran here.
 
-The helper is never required. CODEX_DAYTONA_HELPER=0 turns it off; any failure before the
-command has been handed over falls back to running it here, silently; once it has been
-handed over it is never run a second time. Everything travels over a unix socket in a
-directory only this user can open (0700), and the helper checks the peer's uid: the
-environment, keys included, never touches the disk.
+The helper is never required. CODEX_DAYTONA_HELPER=0 turns it off; it is off by default
+when CI is set or when none of stdin, stdout and stderr is a terminal (a script, a CI job,
+a container build: no process left behind), and on a platform it does not know. Any failure
+before the command has been handed over (a missing socket option, any exception) falls
+back to running it here, silently; once it has been handed over it is never run a second
+time. Everything travels over a unix socket in a directory only this user can open (0700);
+each side checks the other's uid where the platform tells it (SO_PEERCRED on Linux,
+getpeereid on macOS and the BSDs; elsewhere the directory is the guard, as for ssh-agent),
+and the helper takes a command only from a process with its own uid, groups, capabilities,
+limits and namespaces (read from /proc where there is one), so that it never lets a caller
+do more than it could itself. The environment, keys included, never touches the disk.
 
 A helper serves one version only: its socket's name is a hash of the interpreter, the
-package's location and its files' sizes and modification times (and of the variables
-that decide how Python sets up stdio), so a changed checkout or another virtualenv talks
-to a helper of its own; a helper whose files change on disk refuses and exits.
+package's location, every file of the package (sizes and modification times, subpackages
+included), the installed distributions next to it (their names carry their versions) and
+the variables that decide how Python sets up stdio; so an upgrade, of the tool or of a
+dependency, a changed checkout or another virtualenv talks to a helper of its own, and a
+helper whose key changes under it refuses and exits.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import struct
 import sys
 from typing import Any
 
-HELPER_ENV = "CODEX_DAYTONA_HELPER"  # 0/false/no/off: never use or start the helper
+HELPER_ENV = "CODEX_DAYTONA_HELPER"  # 0/false/no/off: never; 1/true/yes/on: also in CI and without a terminal
 DIR_ENV = "CODEX_DAYTONA_HELPER_DIR"  # where its socket lives (default: $XDG_RUNTIME_DIR/codex-daytona)
 IDLE_ENV = "CODEX_DAYTONA_HELPER_IDLE_SECONDS"  # it exits after this long without a command
 TRACE_ENV = "CODEX_DAYTONA_HELPER_TRACE"  # a file: one line per command, "helper PID" or "in-process"
@@ -49,6 +57,16 @@ FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGUSR1", "S
 IN_PROCESS_COMMANDS = frozenset({"chat", "shell", "ssh"})
 MAX_MESSAGE = 16 * 1024 * 1024
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT_DIR = os.path.dirname(PACKAGE_DIR)
+OFF = ("0", "false", "no", "off")
+ON = ("1", "true", "yes", "on")
+# Where the helper knows how to run: a fork, unix sockets that pass descriptors, and a way to
+# ask the peer's uid or a private directory. Elsewhere every command runs in process.
+HELPER_PLATFORMS = ("linux", "darwin", "freebsd", "openbsd", "netbsd", "dragonfly")
+# What a process may do, from /proc/PID/status: the helper serves only its equals.
+PRIVILEGE_FIELDS = (
+    "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
+)  # fmt: skip
 
 
 class NotHandedOver(Exception):
@@ -66,24 +84,52 @@ def fingerprint(environ: dict[str, str] | os._Environ[str] | None = None) -> str
     for var in STDIO_VARS:
         digest.update(f"{var}={environ.get(var, '')}\0".encode())
     digest.update(files_signature().encode())
+    digest.update(installed_signature(environ).encode())
     return digest.hexdigest()[:20]
 
 
 def files_signature() -> str:
-    """Sizes and modification times of the package's and the agent bundle's source files."""
+    """Sizes and modification times of every file of the package and of the agent bundle,
+    subpackages included (compiled caches left out)."""
     parts = []
-    for directory in (PACKAGE_DIR, os.path.join(os.path.dirname(PACKAGE_DIR), "agent_bundle")):
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            continue
-        for name in names:
-            if name.endswith((".py", ".typed")):
+    for top in (PACKAGE_DIR, os.path.join(ROOT_DIR, "agent_bundle")):
+        for directory, subdirs, names in os.walk(top):
+            subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
+            for name in sorted(names):
                 try:
                     st = os.stat(os.path.join(directory, name))
                 except OSError:
                     continue
                 parts.append(f"{directory}/{name}:{st.st_size}:{st.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+def installed_signature(environ: dict[str, str] | os._Environ[str] | None = None) -> str:
+    """The distributions installed where this interpreter imports from (the site directories,
+    PYTHONPATH and this package's own directory): each one's metadata directory, whose name
+    carries its version, and when it was written (a reinstall writes it again). This covers
+    the installed codex-daytona and every dependency the helper imports (and more: any
+    install there replaces the helper, which costs one command's start-up)."""
+    environ = os.environ if environ is None else environ
+    directories = {ROOT_DIR, *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))}
+    with contextlib.suppress(Exception):
+        import site
+
+        directories.update(site.getsitepackages())
+        directories.add(site.getusersitepackages())
+    parts = []
+    for directory in sorted(directories):
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith((".dist-info", ".egg-info", ".pth", ".egg-link")):
+                try:
+                    mtime = os.stat(os.path.join(directory, name)).st_mtime_ns
+                except OSError:
+                    continue
+                parts.append(f"{directory}/{name}:{mtime}")
     return "\n".join(parts)
 
 
@@ -118,9 +164,55 @@ def socket_path(directory: str, key: str) -> str:
     return os.path.join(directory, f"helper-{key}.sock")
 
 
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+def peer_credentials(sock: socket.socket) -> tuple[int | None, int, int] | None:
+    """The peer's (pid when known, uid, gid), or None where the platform has no way to ask:
+    SO_PEERCRED on Linux, getpeereid on macOS and the BSDs (libc's, through ctypes)."""
+    so_peercred = getattr(socket, "SO_PEERCRED", None)
+    if so_peercred is not None and sys.platform.startswith("linux"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, so_peercred, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", creds)
+        return pid, uid, gid
+    getpeereid = _getpeereid()
+    if getpeereid is None:
+        return None
+    import ctypes
+
+    uid, gid = ctypes.c_uint32(), ctypes.c_uint32()
+    if getpeereid(sock.fileno(), ctypes.byref(uid), ctypes.byref(gid)) != 0:
+        raise OSError(ctypes.get_errno(), "getpeereid failed")
+    return None, uid.value, gid.value
+
+
+def _getpeereid() -> Any:
+    """libc's getpeereid(2), or None (glibc has none: Linux has SO_PEERCRED)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).getpeereid
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def privileges(pid: int | str) -> dict[str, object] | None:
+    """What process `pid` may do, as /proc tells it: uid, gids, capabilities, no_new_privs,
+    seccomp, resource limits, security label and namespaces. None when there is no /proc
+    (macOS, the BSDs): then only the uid is compared. Raises OSError when it cannot be read."""
+    if not os.path.isdir("/proc/self/ns"):
+        return None
+    base = f"/proc/{pid}"
+    found: dict[str, object] = {}
+    with open(f"{base}/status", encoding="utf-8") as fh:
+        for line in fh:
+            name, _, value = line.partition(":")
+            if name in PRIVILEGE_FIELDS:
+                found[name] = sorted(value.split()) if name == "Groups" else value.split()
+    with open(f"{base}/limits", encoding="utf-8") as fh:
+        found["limits"] = fh.read()
+    with contextlib.suppress(OSError), open(f"{base}/attr/current", encoding="utf-8") as fh:
+        found["label"] = fh.read()
+    for name in sorted(os.listdir(f"{base}/ns")):
+        found[f"ns/{name}"] = os.readlink(f"{base}/ns/{name}")
+    return found
 
 
 def send_message(sock: socket.socket, payload: dict[str, object], fds: list[int] | None = None) -> None:
@@ -172,8 +264,34 @@ def recv_message(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any] 
 
 
 def enabled(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """Whether to use (and start) the helper: CODEX_DAYTONA_HELPER decides when set; else not
+    in CI, nor when none of stdin, stdout and stderr is a terminal (nobody waits at a prompt
+    there for start-up to be quick, and a helper would outlive the job or container)."""
     environ = os.environ if environ is None else environ
-    return environ.get(HELPER_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    asked = environ.get(HELPER_ENV, "").strip().lower()
+    if asked in OFF or not platform_supported():
+        return False
+    if asked in ON:
+        return True
+    if environ.get("CI", "").strip().lower() not in ("", *OFF):
+        return False
+    return any(_isatty(fd) for fd in (0, 1, 2))
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def platform_supported() -> bool:
+    return (
+        sys.platform.startswith(HELPER_PLATFORMS)
+        and hasattr(os, "fork")
+        and hasattr(socket, "AF_UNIX")
+        and hasattr(socket, "SCM_RIGHTS")
+    )
 
 
 def _command(argv: list[str]) -> str | None:
@@ -235,28 +353,41 @@ def run_via_helper(path: str) -> int:
     try:
         try:
             sock.connect(path)
-            if peer_uid(sock) != os.getuid():
+            creds = peer_credentials(sock)  # None: the private directory is the guard
+            if creds is not None and creds[1] != os.getuid():
                 raise NotHandedOver("the helper runs as another user")
             request, fds = _request()
             cwd_fd = fds[-1]
             send_message(sock, request, fds)
             reply, _ = recv_message(sock)
-        except (OSError, ValueError) as exc:
-            raise NotHandedOver(str(exc)) from None
+        except NotHandedOver:
+            raise
+        except Exception as exc:  # nothing was handed over: whatever it is, run it here
+            raise NotHandedOver(repr(exc)) from None
         finally:
             if cwd_fd >= 0:
                 os.close(cwd_fd)
         if not reply or "pid" not in reply:
             raise NotHandedOver(str((reply or {}).get("refused", "the helper did not answer")))
         pid = int(reply["pid"])
-        _trace(f"helper {pid}")
-        return _wait(sock, pid, pending)
     except NotHandedOver:
         for sig, handler in held.items():
             signal.signal(sig, handler)
         for sig in pending:
             os.kill(os.getpid(), sig)
+        sock.close()
         raise
+    except BaseException:
+        sock.close()
+        raise
+    # Handed over: from here on the command is the helper's, and must not run again here.
+    try:
+        _trace(f"helper {pid}")
+        return _wait(sock, pid, pending)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"codex-daytona: lost track of the command in the helper ({exc!r}).\n".encode())
+        return 1
     finally:
         sock.close()
 
@@ -302,13 +433,12 @@ def start_helper(path: str, key: str) -> None:
 
     keep = ("PATH", "HOME", "TMPDIR", "PYTHONPATH", "PYTHONHOME", *STDIO_VARS)
     env = {k: os.environ[k] for k in keep if k in os.environ}
-    root = os.path.dirname(PACKAGE_DIR)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([ROOT_DIR, *filter(None, [env.get("PYTHONPATH")])])
     try:
         idle = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_SECONDS)
     except ValueError:
         idle = DEFAULT_IDLE_SECONDS
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(Exception):
         subprocess.Popen(
             [sys.executable, "-m", "codex_daytona.helper", path, key, str(idle)],
             env=env,
@@ -332,18 +462,15 @@ def _exit_with(status: int) -> None:
 
 def main() -> None:
     """Console-script entry point: the helper when there is one, else this process."""
-    if enabled() and _command(sys.argv) not in IN_PROCESS_COMMANDS:
-        key = fingerprint()
-        directory = helper_dir()
-        if private_dir(directory):
-            path = socket_path(directory, key)
-            try:
-                status = run_via_helper(path)
-            except NotHandedOver:
-                start_helper(path, key)
-            else:
-                _exit_with(status)
-                return
+    if sys.platform.startswith("win"):
+        # fcntl, termios and pty, unix sockets and fork: nothing below would import or run.
+        sys.stderr.write("codex-daytona needs macOS, Linux or WSL: on Windows, run it inside WSL.\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
+    status = _try_helper()
+    if status is not None:
+        _exit_with(status)
+        return
     _trace("in-process")
     from codex_daytona.cli import main as cli_main
 
@@ -357,6 +484,26 @@ def main() -> None:
     # some 1,500 modules) takes a few hundred milliseconds after the last line is printed.
     flush_stdio()
     os._exit(status)
+
+
+def _try_helper() -> int | None:
+    """The command's exit status when the helper ran it; None when it is to run here (no
+    helper, or anything at all went wrong before it took the command)."""
+    try:
+        if not enabled() or _command(sys.argv) in IN_PROCESS_COMMANDS:
+            return None
+        key = fingerprint()
+        directory = helper_dir()
+        if not private_dir(directory):
+            return None
+        path = socket_path(directory, key)
+        try:
+            return run_via_helper(path)
+        except NotHandedOver:
+            start_helper(path, key)
+            return None
+    except Exception:
+        return None
 
 
 def exit_status(exc: SystemExit) -> int:
