@@ -468,15 +468,17 @@ def _last_turn_text(record: SandboxRecord) -> str:
 
 @app.command()
 def keep(
-    chosen: Annotated[str, typer.Argument(help="The sandbox to keep, e.g. default-2.", show_default=False)],
+    chosen: Annotated[
+        str, typer.Argument(metavar="NAME", help="The sandbox to keep, e.g. default-2.", show_default=False)
+    ],
     name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Make sandbox CHOSEN the default (or --name's), e.g. the best of a fan-out.
+    """Keep sandbox NAME: it becomes the default (or --name's), e.g. the best of a fan-out.
 
-    The two swap names: the previous default takes CHOSEN's name, so nothing is lost, and
+    The two swap names: the previous default takes NAME's name, so nothing is lost, and
     `down --others` then deletes it with the other fan-out sandboxes. -q prints the sandbox id.
 
     Example: codex-daytona keep default-2 && codex-daytona down --others --yes
@@ -811,7 +813,7 @@ def chat(
     name: NameOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Talk to the agent turn after turn, like the seed's REPL, on the same thread as `ask`.
+    """Talk to the agent turn after turn at a `User:` prompt, on the same thread as `ask`.
 
     Ctrl-C interrupts the running turn and returns to the prompt; Ctrl-C at the prompt, a
     second Ctrl-C, Ctrl-D or `exit` ends the chat. A sandbox the chat created is deleted when
