@@ -422,10 +422,11 @@ def _fanout(
 
 @app.command("ls")
 def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """List this directory's sandboxes: state, thread, last turn and ports; * marks the one
-    commands use (the default, or --name's).
+    """List this directory's sandboxes: state, sandbox and thread ids (short: their first and
+    last 8 characters), last turn and ports; * marks the one commands use (the default, or
+    --name's).
 
-    -q prints the names, one per line.
+    -q prints the names, one per line; --json the full ids, the times and the tokens.
 
     Example: codex-daytona ls
     """
@@ -448,22 +449,40 @@ def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False
                         "*" if row.current else "",
                         row.name,
                         row.state,
-                        row.record.sandbox_id,
-                        row.record.thread_id or "-",
+                        short_id(row.record.sandbox_id),
+                        short_id(row.record.thread_id, tail=True) if row.record.thread_id else "-",
                         _last_turn_text(row.record),
                         " ".join(str(p) for p in row.record.ports) or "-",
                     ]
                     for row in rows
                 ],
+                whole=("", "state", "sandbox", "thread"),
             )
 
 
+def short_id(value: str, *, tail: bool = False) -> str:
+    """An id in 8 characters, as `docker ps` and `gh` show them: a sandbox id's first 8 (its
+    start is random), a thread id's last 8 (Codex's thread ids are UUIDv7, whose first
+    digits are the time it started, the same for threads started in the same minute)."""
+    return value[-8:] if tail else value[:8]
+
+
 def _last_turn_text(record: SandboxRecord) -> str:
+    """The last turn's outcome and how long ago it ended (or started): `completed 5m ago`."""
+    from datetime import datetime, timezone
+
     turn = record.last_turn
     if turn is None:
         return "-"
-    tokens = f", {turn.usage.input_tokens:,}/{turn.usage.output_tokens:,} tokens" if turn.usage else ""
-    return f"{turn.ended_at or turn.started_at} {turn.status}{tokens}"
+    try:
+        when = datetime.fromisoformat(turn.ended_at or turn.started_at)
+        seconds = max(0, int((datetime.now(timezone.utc) - when).total_seconds()))
+    except ValueError:
+        return turn.status
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{turn.status} {seconds // size}{unit} ago"
+    return f"{turn.status} {seconds}s ago"
 
 
 @app.command()

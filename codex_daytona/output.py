@@ -476,13 +476,18 @@ class Output:
     def _table(self, table: Table) -> None:
         buffer = io.StringIO()
         Console(file=buffer, width=self.err.width, no_color=True, highlight=False).print(table)
-        self._out(buffer.getvalue().rstrip("\n"))
+        self._out("\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines()))
 
-    def table(self, columns: list[str], rows: list[list[str]]) -> None:
-        """A plain table on stdout (human mode)."""
+    def table(self, columns: list[str], rows: list[list[str]], *, whole: tuple[str, ...] = ()) -> None:
+        """A plain table on stdout (human mode), as wide as the terminal. The `whole` columns
+        (ids) never wrap, so that each can be copied; the others fold when the table is too wide."""
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in columns:
-            table.add_column(column, overflow="fold")
+            if column in whole:
+                width = max([len(column), *(len(r[columns.index(column)]) for r in rows)])
+                table.add_column(column, no_wrap=True, min_width=width)
+            else:
+                table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*row)
         self._table(table)
