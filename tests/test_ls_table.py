@@ -55,6 +55,7 @@ def test_ls_shows_short_ids_that_never_wrap_and_fits_the_terminal(
     lines = text.splitlines()
     assert all(len(line) <= columns and line == line.rstrip() for line in lines), "\n" + text
     for name, sandbox_id, thread_id, ports in SANDBOXES:
+        assert name[:19] in text
         # Each sandbox id (its first 8) and thread id (its last 8) whole, on the sandbox's line.
         [line] = [line for line in lines if f" {sandbox_id[:8]} " in f" {line} "]
         if thread_id:
