@@ -357,6 +357,14 @@ def ask(
         out.stream_events = json_mode or exec_json
         out.exec_only = exec_json
         text = _read_prompt(prompt)
+        answered: list[str] = []
+
+        def answer_first(done: turns.TurnOutcome) -> None:
+            # The answer before the links, which may wait for a server still starting.
+            if not json_mode and not exec_json:
+                out.final_answer(done.final_message)
+                answered.append(done.final_message)
+
         try:
             outcome = turns.ask(
                 ctx,
@@ -370,6 +378,9 @@ def ask(
                 config=config,
                 images=images,
                 output_schema=schema,
+                # -q is the answer alone and --exec-json exec's stream: neither waits for links.
+                links=not quiet and not exec_json,
+                on_answer=answer_first,
             )
         except CodexDaytonaError as exc:
             if json_mode and not exec_json:
@@ -383,7 +394,7 @@ def ask(
             pass  # exec's stream ends with its last event
         elif json_mode:
             out.json_line(outcome.to_json())
-        else:
+        elif not answered:
             out.final_answer(outcome.final_message)
 
 
@@ -531,7 +542,7 @@ def logs(
         out.stream_events = json_mode or exec_json
         out.exec_only = exec_json
         try:
-            outcome = turns.logs(ctx, run_id, follow=follow)
+            outcome = turns.logs(ctx, run_id, follow=follow, links=not quiet and not exec_json)
         except CodexDaytonaError as exc:
             if json_mode and not exec_json:
                 out.json_line(turns.result_line(exc))
@@ -562,6 +573,13 @@ def preview(
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open the links in the local browser (signed when the sandbox is private).")
     ] = False,
+    token: Annotated[
+        bool,
+        typer.Option(
+            "--token",
+            help="Show each private link unsigned, with the token and the header to send it in (as curl would).",
+        ),
+    ] = False,
     name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -570,12 +588,18 @@ def preview(
     """Print preview links for the servers listening in the sandbox, each checked through
     Daytona's preview proxy (its HTTP status, and why it fails when it does).
 
+    One line per port, that opens in a browser as printed: on a private sandbox a signed URL
+    (valid --ttl seconds), on a public one the plain URL. --token shows the unsigned link
+    with its token instead; -q prints the unsigned URLs (signed with --signed); --json has
+    both, and the token.
+
     Example: URL=$(codex-daytona preview -q --signed --port 8080)
     """
     from codex_daytona.links import preview as preview_links
 
     with _session(json_mode, quiet, debug, name) as (ctx, out):
-        links = preview_links(ctx, port, signed=signed, ttl=ttl, for_browser=open_browser)
+        browser = not quiet and not token  # a signed URL beside each private link, for people
+        links = preview_links(ctx, port, signed=signed, ttl=ttl, for_browser=open_browser, browser_links=browser)
         if not links:
             out.warning("Nothing is listening in the sandbox yet. Ask the agent to start a server.")
         if open_browser:
@@ -872,6 +896,12 @@ def chat(
 def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None = None) -> None:
     from codex_daytona import turns
 
+    answered: list[str] = []
+
+    def answer_first(done: turns.TurnOutcome) -> None:
+        out.final_answer(done.final_message)  # before the links, which may wait for a server
+        answered.append(done.final_message)
+
     while True:
         try:
             prompt = out.ask_line("User: ")
@@ -883,7 +913,8 @@ def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None 
         if not prompt.strip():
             continue
         try:
-            outcome = turns.ask(ctx, prompt, model=model, effort=effort)
+            answered.clear()
+            outcome = turns.ask(ctx, prompt, model=model, effort=effort, on_answer=answer_first)
         except InterruptedByUser as exc:
             interrupted = turns.outcome_of(exc)
             if interrupted is not None and interrupted.forced_interrupt:
@@ -893,7 +924,8 @@ def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None 
         except (TurnFailedError, BusyError, AgentSetupError) as exc:
             out.error(exc.message, exc.hint)
             continue
-        out.final_answer(outcome.final_message)
+        if not answered:
+            out.final_answer(outcome.final_message)
 
 
 def _down_others(ctx: Context, out: Output, yes: bool) -> None:
