@@ -457,7 +457,8 @@ class Output:
         self._table(table)
         for row in rows:
             for preview in row.get("previews") or []:
-                self._out(f"{row['name']}  port {preview['port']}: {preview['url']}")
+                url = preview.get("browser_url") or preview["url"]  # the one that opens in a browser
+                self._out(f"{row['name']}  port {preview['port']}: {url}")
 
     # --- results -------------------------------------------------------------------------
 
