@@ -512,9 +512,11 @@ class PortWatch:
     """The ports one turn started: what listened before it, what listens after, and the late
     ones that bind while processes it left in the background settle."""
 
-    def __init__(self, scope: str | None, started_ticks: int) -> None:
+    def __init__(self, scope: str | None, started_ticks: int, home: str | None = None) -> None:
         self.scope = scope
         self.started_ticks = started_ticks
+        # The processes of this home's Codex carry its shell hook (write_shell_hooks) in BASH_ENV.
+        self.hook_mark = f"BASH_ENV={os.path.join(home, '.codex-daytona', 'shell', 'bash-env.sh')}" if home else None
         self.before = listening_inodes(scope)
         self.reported: set[int] = set()
 
@@ -534,16 +536,17 @@ class PortWatch:
                 with contextlib.suppress(OSError, IndexError, ValueError):
                     fields = _stat_fields(int(entry))
                     stats[int(entry)] = (fields[0], int(fields[1]), int(fields[19]))
-        scope_mark = f"CODEX_DAYTONA_SCOPE={self.scope}".encode() if self.scope else None
+        marks = [f"{DETACHED_ENV}=1".encode()]
+        marks += [
+            m.encode() for m in (f"CODEX_DAYTONA_SCOPE={self.scope}" if self.scope else None, self.hook_mark) if m
+        ]
         turn: list[int] = []
         for pid, (state, _, start) in stats.items():
             if start < self.started_ticks or state in "ZX" or pid == os.getpid():
                 continue
             with contextlib.suppress(OSError):
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                if f"{DETACHED_ENV}=1".encode() not in environ or (
-                    scope_mark is not None and scope_mark not in environ
-                ):
+                if not all(mark in environ for mark in marks):
                     continue
                 if _DRAINER_MARK not in Path(f"/proc/{pid}/cmdline").read_bytes():
                     turn.append(pid)
@@ -1127,7 +1130,7 @@ def execute_run(
     emit = emitter.emit
     run_id = str(request.get("run_id"))
     started = time.time()
-    watch = PortWatch(os.environ.get("CODEX_DAYTONA_SCOPE"), interrupter.started_ticks)
+    watch = PortWatch(os.environ.get("CODEX_DAYTONA_SCOPE"), interrupter.started_ticks, engine.home)
     try:
         outcome = engine.run_turn(request, emit, interrupter)
     except Exception as exc:

@@ -93,7 +93,23 @@ def test_a_process_the_turn_left_is_pending_until_it_or_its_child_binds() -> Non
         parent.kill()
 
 
-def test_only_the_turns_own_processes_count() -> None:
+def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
+    watch = agent.PortWatch(None, agent._boot_ticks(), str(tmp_path / "another-home"))
+    elsewhere = _spawn("import time; time.sleep(60)")  # marked, but by the hooks of no home of ours
+    try:
+        assert not watch.pending(), "another agent's commands (another home's hooks) are not waited for"
+        mine = agent.PortWatch(None, watch.started_ticks, str(tmp_path / "home"))
+        hook = f"{tmp_path / 'home'}/.codex-daytona/shell/bash-env.sh"
+        own = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            env={**os.environ, agent.DETACHED_ENV: "1", "BASH_ENV": hook},
+        )
+        try:
+            assert mine.pending(), "this home's own command is"
+        finally:
+            own.kill()
+    finally:
+        elsewhere.kill()
     unmarked = _spawn("import time; time.sleep(60)", marked=False)
     try:
         before = _spawn("import time; time.sleep(60)")
