@@ -512,12 +512,9 @@ class PortWatch:
     """The ports one turn started: what listened before it, what listens after, and the late
     ones that bind while processes it left in the background settle."""
 
-    def __init__(self, scope: str | None, started_ticks: int, home: str | None = None, agent: int = 0) -> None:
+    def __init__(self, scope: str | None, started_ticks: int, home: str | None = None) -> None:
         self.scope = scope
         self.started_ticks = started_ticks
-        # Processes still under the agent (`agent`: its pid) are Codex's own (its shell
-        # snapshot, a command it still runs), not ones the turn left in the background.
-        self.agent = agent
         # The processes of this home's Codex carry its shell hook (write_shell_hooks) in BASH_ENV.
         self.hook_mark = f"BASH_ENV={os.path.join(home, '.codex-daytona', 'shell', 'bash-env.sh')}" if home else None
         self.before = listening_inodes(scope)
@@ -545,7 +542,7 @@ class PortWatch:
         ]
         turn: list[int] = []
         for pid, (state, _, start) in stats.items():
-            if start < self.started_ticks or state in "ZX" or pid == os.getpid() or self._under_agent(pid, stats):
+            if start < self.started_ticks or state in "ZX" or pid == os.getpid():
                 continue
             with contextlib.suppress(OSError):
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -582,15 +579,6 @@ class PortWatch:
             return False
 
         return not all(settled(pid) for pid in turn)
-
-    def _under_agent(self, pid: int, stats: dict[int, tuple[str, int, int]]) -> bool:
-        seen: set[int] = set()
-        while self.agent and pid > 1 and pid in stats and pid not in seen:
-            if pid == self.agent:
-                return True
-            seen.add(pid)
-            pid = stats[pid][1]
-        return False
 
     def settle(self, emit: Callable[[dict[str, Any]], None], stop: Callable[[], bool], limit: float = SETTLE_S) -> None:
         """Reports each late port as it appears, until nothing the turn started is pending,
@@ -1142,7 +1130,7 @@ def execute_run(
     emit = emitter.emit
     run_id = str(request.get("run_id"))
     started = time.time()
-    watch = PortWatch(os.environ.get("CODEX_DAYTONA_SCOPE"), interrupter.started_ticks, engine.home, os.getpid())
+    watch = PortWatch(os.environ.get("CODEX_DAYTONA_SCOPE"), interrupter.started_ticks, engine.home)
     try:
         outcome = engine.run_turn(request, emit, interrupter)
     except Exception as exc:

@@ -93,16 +93,6 @@ def test_a_process_the_turn_left_is_pending_until_it_or_its_child_binds() -> Non
         parent.kill()
 
 
-def test_what_still_runs_under_the_agent_is_codexs_own_not_the_turns() -> None:
-    child = _spawn("import time; time.sleep(60)")  # a child of this process, standing in for the agent
-    try:
-        started = agent._start_ticks(child.pid)
-        assert agent.PortWatch(None, started).pending()
-        assert not agent.PortWatch(None, started, agent=os.getpid()).pending()
-    finally:
-        child.kill()
-
-
 def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
     watch = agent.PortWatch(None, agent._boot_ticks(), str(tmp_path / "another-home"))
     elsewhere = _spawn("import time; time.sleep(60)")  # marked, but by the hooks of no home of ours
