@@ -480,14 +480,132 @@ def _listening_sockets() -> list[tuple[str, int, str]]:
 
 def listening_ports(scope: str | None = None) -> list[int]:
     """TCP ports listening on any address in this sandbox, less Daytona's own."""
+    return sorted(listening_inodes(scope))
+
+
+def listening_inodes(scope: str | None = None) -> dict[int, set[str]]:
+    """port -> the inodes of its listening sockets, in this sandbox, less Daytona's ports. A
+    server restarted on a port listens on a new socket, so a new inode."""
     owners = _socket_owners(scope)
-    return sorted(
-        {
-            port
-            for _, port, inode in _listening_sockets()
-            if port not in DAYTONA_PORTS and (owners is None or inode in owners)
-        }
-    )
+    found: dict[int, set[str]] = {}
+    for _, port, inode in _listening_sockets():
+        if port not in DAYTONA_PORTS and (owners is None or inode in owners):
+            found.setdefault(port, set()).add(inode)
+    return found
+
+
+# After a turn, the ports are watched for up to SETTLE_S seconds more while a process the turn
+# left running in the background has not bound a port yet: the model often ends its turn right
+# after `npm run dev &`, and a dev server takes a moment to listen (Vite and uvicorn well under
+# a second, Next.js and Rails a few seconds). Past 5 s a person waiting at the prompt would
+# rather run `preview` themselves; a turn that started nothing, or whose servers already
+# listen, waits not at all. Only processes the turn started count (started after it began,
+# carrying the mark the shell hooks export, DETACHED_ENV); a process "has bound" when it, an
+# ancestor or a descendant holds a listening socket (npm's child is the server; a server's
+# children are its workers or its esbuild).
+SETTLE_S = 5.0
+SETTLE_POLL_S = 0.2
+PORTS_SETTLED = "codex_daytona.ports.settled"  # the last event of a run: no more late ports
+_DRAINER_MARK = b"/.codex-daytona/shell/detach.py"  # the hand-over's drainer, never a server
+
+
+class PortWatch:
+    """The ports one turn started: what listened before it, what listens after, and the late
+    ones that bind while processes it left in the background settle."""
+
+    def __init__(self, scope: str | None, started_ticks: int, home: str | None = None) -> None:
+        self.scope = scope
+        self.started_ticks = started_ticks
+        # The processes of this home's Codex carry its shell hook (write_shell_hooks) in BASH_ENV.
+        self.hook_mark = f"BASH_ENV={os.path.join(home, '.codex-daytona', 'shell', 'bash-env.sh')}" if home else None
+        self.before = listening_inodes(scope)
+        self.reported: set[int] = set()
+
+    def scan(self) -> tuple[list[int], list[int]]:
+        """(every listening port, those not yet reported that the turn started): a port is
+        the turn's when one of its sockets did not exist before it (a restart makes a new one)."""
+        now = listening_inodes(self.scope)
+        new = [p for p in sorted(now) if p not in self.reported and now[p] - self.before.get(p, set())]
+        self.reported.update(new)
+        return sorted(now), new
+
+    def pending(self) -> bool:
+        """Whether a process the turn started is still alive and has not bound a port yet."""
+        stats: dict[int, tuple[str, int, int]] = {}  # pid -> (state, parent, start ticks)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    fields = _stat_fields(int(entry))
+                    stats[int(entry)] = (fields[0], int(fields[1]), int(fields[19]))
+        marks = [f"{DETACHED_ENV}=1".encode()]
+        marks += [
+            m.encode() for m in (f"CODEX_DAYTONA_SCOPE={self.scope}" if self.scope else None, self.hook_mark) if m
+        ]
+        turn: list[int] = []
+        for pid, (state, _, start) in stats.items():
+            if start < self.started_ticks or state in "ZX" or pid == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if not all(mark in environ for mark in marks):
+                    continue
+                if _DRAINER_MARK not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    turn.append(pid)
+        if not turn:
+            return False
+        listening = {i for inodes in listening_inodes().values() for i in inodes}
+        children: dict[int, list[int]] = {}
+        for pid, (_, parent, _) in stats.items():
+            children.setdefault(parent, []).append(pid)
+        bound: dict[int, bool] = {}
+
+        def holds(pid: int) -> bool:
+            if pid not in bound:
+                bound[pid] = bool(_socket_inodes(pid) & listening)
+            return bound[pid]
+
+        def settled(pid: int) -> bool:
+            up, seen = pid, set()
+            while up > 1 and up in stats and up not in seen:  # the process and its ancestors
+                seen.add(up)
+                if holds(up):
+                    return True
+                up = stats[up][1]
+            todo = list(children.get(pid, []))
+            while todo:  # its descendants
+                child = todo.pop()
+                if holds(child):
+                    return True
+                todo += children.get(child, [])
+            return False
+
+        return not all(settled(pid) for pid in turn)
+
+    def settle(self, emit: Callable[[dict[str, Any]], None], stop: Callable[[], bool], limit: float = SETTLE_S) -> None:
+        """Reports each late port as it appears, until nothing the turn started is pending,
+        `limit` seconds have passed or `stop()` (a new turn began); then PORTS_SETTLED."""
+        started = time.monotonic()
+        late: list[int] = []
+        while True:
+            listening, new = self.scan()
+            if new:
+                late += new
+                emit({"type": "codex_daytona.ports", "listening": listening, "new": new, "late": True})
+            if stop() or time.monotonic() - started >= limit or not self.pending():
+                break
+            time.sleep(SETTLE_POLL_S)
+        emit({"type": PORTS_SETTLED, "new": late, "waited_ms": int((time.monotonic() - started) * 1000)})
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
 
 
 # --- The run --------------------------------------------------------------------------
@@ -1047,27 +1165,23 @@ def execute_run(
     request: dict[str, Any],
     emitter: Emitter,
     interrupter: Interrupter,
-) -> int:
-    """One whole run: ports before, the turn, ports after, and the closing event."""
+) -> tuple[int, PortWatch | None]:
+    """One whole run: ports before, the turn, ports after, and the closing event. Returns
+    the exit code, and the watch to settle after the closing event when a process the turn
+    left in the background has not bound a port yet (its ports event says `settling`)."""
     emit = emitter.emit
     run_id = str(request.get("run_id"))
     started = time.time()
-    scope = os.environ.get("CODEX_DAYTONA_SCOPE")
-    before = set(listening_ports(scope))
+    watch = PortWatch(os.environ.get("CODEX_DAYTONA_SCOPE"), interrupter.started_ticks, engine.home)
     try:
         outcome = engine.run_turn(request, emit, interrupter)
     except Exception as exc:
         emit({"type": "error", "message": f"agent error: {type(exc).__name__}: {exc}"})
         outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
         engine.close()
-    ports = listening_ports(scope)
-    emit(
-        {
-            "type": "codex_daytona.ports",
-            "listening": ports,
-            "new": [p for p in ports if p not in before],
-        }
-    )
+    ports, new = watch.scan()
+    settle = outcome.get("status") == "completed" and watch.pending()
+    emit({"type": "codex_daytona.ports", "listening": ports, "new": new, "settling": SETTLE_S if settle else 0})
     exit_code = {"completed": EXIT_OK, "interrupted": EXIT_INTERRUPTED, "failed": EXIT_TURN_FAILED}.get(
         outcome.get("status") or "", EXIT_ERROR
     )
@@ -1084,7 +1198,7 @@ def execute_run(
             "duration_ms": int((time.time() - started) * 1000),
         }
     )
-    return exit_code
+    return exit_code, watch if settle else None
 
 
 # --- The daemon: serves turns over a unix socket ---------------------------------------------
@@ -1254,6 +1368,7 @@ class Daemon:
             )
             emitter.close()
             return
+        watch: PortWatch | None = None
         try:
             self.current_run = run_id
             self.interrupter = Interrupter()
@@ -1276,11 +1391,16 @@ class Daemon:
                     return
                 emitter.add_secret(key)
                 request["api_key"] = key
-            execute_run(self.engine, request, emitter, self.interrupter)
+            _, watch = execute_run(self.engine, request, emitter, self.interrupter)
         finally:
             self.current_run = None
             self.interrupter = None
             self._busy.release()
+            # After the closing event, with the next turn free to start (which ends the watch):
+            # the late ports of servers still starting, on the same stream.
+            if watch is not None:
+                with contextlib.suppress(Exception):
+                    watch.settle(emitter.emit, stop=lambda: self.current_run is not None)
             emitter.close()
 
 
@@ -1437,6 +1557,9 @@ def attach(home: str, runs_dir: str, run_id: str, offset: int, follow: bool, hea
     idle_checks = 0
     last_pass = False
     out = Heartbeat(heartbeat if follow else None)
+    settling = 0.0  # the run's ports event said late ports may follow its closing event
+    exit_code: int | None = None
+    settle_deadline = 0.0
     with path.open("rb") as fh:
         fh.seek(offset)
         pending = b""
@@ -1449,17 +1572,30 @@ def attach(home: str, runs_dir: str, run_id: str, offset: int, follow: bool, hea
                     out.write(line + b"\n")
                     with contextlib.suppress(ValueError):
                         event = json.loads(line)
-                        if event.get("type") == "codex_daytona.run.completed":
+                        kind = event.get("type")
+                        if kind == "codex_daytona.ports" and not event.get("late"):
+                            settling = float(event.get("settling") or 0)
+                        if kind == "codex_daytona.run.completed":
+                            exit_code = int(event.get("exit_code", EXIT_ERROR))
+                            settle_deadline = time.monotonic() + settling + 2.0
+                        if exit_code is not None and (not settling or kind == PORTS_SETTLED):
                             out.stop()
-                            return int(event.get("exit_code", EXIT_ERROR))
+                            return exit_code
                 continue
+            if exit_code is not None and (not follow or time.monotonic() > settle_deadline):
+                out.stop()
+                return exit_code
             if not follow:
                 return EXIT_OK
             if last_pass:
                 return EXIT_ERROR
             time.sleep(0.05)
             idle_checks += 1
-            if idle_checks % 40 == 0 and daemon_call(home, {"op": "ping"}).get("run_id") != run_id:
+            if (
+                exit_code is None
+                and idle_checks % 40 == 0
+                and daemon_call(home, {"op": "ping"}).get("run_id") != run_id
+            ):
                 # Not running, yet no closing event: it died with its daemon. Read what is left, stop.
                 last_pass = True
 

@@ -364,6 +364,14 @@ def ask(
         out.stream_events = json_mode or exec_json
         out.exec_only = exec_json
         text = _read_prompt(prompt)
+        answered: list[str] = []
+
+        def answer_first(done: turns.TurnOutcome) -> None:
+            # The answer before the links, which may wait for a server still starting.
+            if not json_mode and not exec_json:
+                out.final_answer(done.final_message)
+                answered.append(done.final_message)
+
         try:
             outcome = turns.ask(
                 ctx,
@@ -377,6 +385,9 @@ def ask(
                 config=config,
                 images=images,
                 output_schema=schema,
+                # -q is the answer alone and --exec-json exec's stream: neither waits for links.
+                links=not quiet and not exec_json,
+                on_answer=answer_first,
             )
         except CodexDaytonaError as exc:
             if json_mode and not exec_json:
@@ -390,7 +401,7 @@ def ask(
             pass  # exec's stream ends with its last event
         elif json_mode:
             out.json_line(outcome.to_json())
-        else:
+        elif not answered:
             out.final_answer(outcome.final_message)
 
 
@@ -429,10 +440,11 @@ def _fanout(
 
 @app.command("ls")
 def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """List this directory's sandboxes: state, thread, last turn and ports; * marks the one
-    commands use (the default, or --name's).
+    """List this directory's sandboxes: state, sandbox and thread ids (short: their first and
+    last 8 characters), last turn and ports; * marks the one commands use (the default, or
+    --name's).
 
-    -q prints the names, one per line.
+    -q prints the names, one per line; --json the full ids, the times and the tokens.
 
     Example: codex-daytona ls
     """
@@ -455,35 +467,55 @@ def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False
                         "*" if row.current else "",
                         row.name,
                         row.state,
-                        row.record.sandbox_id,
-                        row.record.thread_id or "-",
+                        short_id(row.record.sandbox_id),
+                        short_id(row.record.thread_id, tail=True) if row.record.thread_id else "-",
                         _last_turn_text(row.record),
                         " ".join(str(p) for p in row.record.ports) or "-",
                     ]
                     for row in rows
                 ],
+                whole=("", "state", "sandbox", "thread"),
             )
 
 
+def short_id(value: str, *, tail: bool = False) -> str:
+    """An id in 8 characters, as `docker ps` and `gh` show them: a sandbox id's first 8 (its
+    start is random), a thread id's last 8 (Codex's thread ids are UUIDv7, whose first
+    digits are the time it started, the same for threads started in the same minute)."""
+    return value[-8:] if tail else value[:8]
+
+
 def _last_turn_text(record: SandboxRecord) -> str:
+    """The last turn's outcome and how long ago it ended (or started): `completed 5m ago`."""
+    from datetime import datetime, timezone
+
     turn = record.last_turn
     if turn is None:
         return "-"
-    tokens = f", {turn.usage.input_tokens:,}/{turn.usage.output_tokens:,} tokens" if turn.usage else ""
-    return f"{turn.ended_at or turn.started_at} {turn.status}{tokens}"
+    try:
+        when = datetime.fromisoformat(turn.ended_at or turn.started_at)
+        seconds = max(0, int((datetime.now(timezone.utc) - when).total_seconds()))
+    except ValueError:
+        return turn.status
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{turn.status} {seconds // size}{unit} ago"
+    return f"{turn.status} {seconds}s ago"
 
 
 @app.command()
 def keep(
-    chosen: Annotated[str, typer.Argument(help="The sandbox to keep, e.g. default-2.", show_default=False)],
+    chosen: Annotated[
+        str, typer.Argument(metavar="NAME", help="The sandbox to keep, e.g. default-2.", show_default=False)
+    ],
     name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Make sandbox CHOSEN the default (or --name's), e.g. the best of a fan-out.
+    """Keep sandbox NAME: it becomes the default (or --name's), e.g. the best of a fan-out.
 
-    The two swap names: the previous default takes CHOSEN's name, so nothing is lost, and
+    The two swap names: the previous default takes NAME's name, so nothing is lost, and
     `down --others` then deletes it with the other fan-out sandboxes. -q prints the sandbox id.
 
     Example: codex-daytona keep default-2 && codex-daytona down --others --yes
@@ -517,7 +549,7 @@ def logs(
         out.stream_events = json_mode or exec_json
         out.exec_only = exec_json
         try:
-            outcome = turns.logs(ctx, run_id, follow=follow)
+            outcome = turns.logs(ctx, run_id, follow=follow, links=not quiet and not exec_json)
         except CodexDaytonaError as exc:
             if json_mode and not exec_json:
                 out.json_line(turns.result_line(exc))
@@ -548,6 +580,13 @@ def preview(
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open the links in the local browser (signed when the sandbox is private).")
     ] = False,
+    token: Annotated[
+        bool,
+        typer.Option(
+            "--token",
+            help="Show each private link unsigned, with the token and the header to send it in (as curl would).",
+        ),
+    ] = False,
     name: NameOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -556,12 +595,18 @@ def preview(
     """Print preview links for the servers listening in the sandbox, each checked through
     Daytona's preview proxy (its HTTP status, and why it fails when it does).
 
+    One line per port, that opens in a browser as printed: on a private sandbox a signed URL
+    (valid --ttl seconds), on a public one the plain URL. --token shows the unsigned link
+    with its token instead; -q prints the unsigned URLs (signed with --signed); --json has
+    both, and the token.
+
     Example: URL=$(codex-daytona preview -q --signed --port 8080)
     """
     from codex_daytona.links import preview as preview_links
 
     with _session(json_mode, quiet, debug, name) as (ctx, out):
-        links = preview_links(ctx, port, signed=signed, ttl=ttl, for_browser=open_browser)
+        browser = not quiet and not token  # a signed URL beside each private link, for people
+        links = preview_links(ctx, port, signed=signed, ttl=ttl, for_browser=open_browser, browser_links=browser)
         if not links:
             out.warning("Nothing is listening in the sandbox yet. Ask the agent to start a server.")
         if open_browser:
@@ -818,7 +863,7 @@ def chat(
     name: NameOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Talk to the agent turn after turn, like the seed's REPL, on the same thread as `ask`.
+    """Talk to the agent turn after turn at a `User:` prompt, on the same thread as `ask`.
 
     Ctrl-C interrupts the running turn and returns to the prompt; Ctrl-C at the prompt, a
     second Ctrl-C, Ctrl-D or `exit` ends the chat. A sandbox the chat created is deleted when
@@ -858,6 +903,12 @@ def chat(
 def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None = None) -> None:
     from codex_daytona import turns
 
+    answered: list[str] = []
+
+    def answer_first(done: turns.TurnOutcome) -> None:
+        out.final_answer(done.final_message)  # before the links, which may wait for a server
+        answered.append(done.final_message)
+
     while True:
         try:
             prompt = out.ask_line("User: ")
@@ -869,7 +920,8 @@ def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None 
         if not prompt.strip():
             continue
         try:
-            outcome = turns.ask(ctx, prompt, model=model, effort=effort)
+            answered.clear()
+            outcome = turns.ask(ctx, prompt, model=model, effort=effort, on_answer=answer_first)
         except InterruptedByUser as exc:
             interrupted = turns.outcome_of(exc)
             if interrupted is not None and interrupted.forced_interrupt:
@@ -879,7 +931,8 @@ def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None 
         except (TurnFailedError, BusyError, AgentSetupError) as exc:
             out.error(exc.message, exc.hint)
             continue
-        out.final_answer(outcome.final_message)
+        if not answered:
+            out.final_answer(outcome.final_message)
 
 
 def _down_others(ctx: Context, out: Output, yes: bool) -> None:

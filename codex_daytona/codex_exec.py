@@ -291,6 +291,7 @@ def run(argv: list[str]) -> int:
                 thread_id=inv.resume,
                 model=inv.model,
                 wait=True,  # turns of one sandbox take their turn, as threads of one SDK program may overlap
+                links=False,  # exec prints no links: return at the run's closing event
                 images=images,
                 output_schema=schema,
                 effort=effort,

@@ -41,7 +41,12 @@ ERROR_ITEM = "error"  # a warning that does not end the turn ("Model metadata fo
 # events; the CLI adds the rest.
 RUN_STARTED = "codex_daytona.run.started"
 RUN_COMPLETED = "codex_daytona.run.completed"
+# The ports listening after the turn ({listening, new, settling}): `settling` > 0 when a process
+# the turn left in the background has not bound a port yet, and the agent then watches that
+# many seconds more, after the closing event, for its late ports ({listening, new, late: true}),
+# and ends with PORTS_SETTLED ({new, waited_ms}), the run's very last event.
 PORTS = "codex_daytona.ports"
+PORTS_SETTLED = "codex_daytona.ports.settled"
 # The text of a message or reasoning so far, while the model writes it ({item_type, text}).
 TEXT = "codex_daytona.text"
 # What exec leaves out of an item, just before its item.completed ({item_id, duration_ms} for

@@ -52,7 +52,11 @@ class RunFollower:
         self._temp_sessions: list[str] = []
         self.stderr: list[str] = []
         self.completed: ev.Event | None = None
-        self.ports_event: ev.Event | None = None
+        self.ports_event: ev.Event | None = None  # the ports right after the turn
+        # After the closing event: the late ports events, and the agent's last word on them.
+        self.late_ports: list[ev.Event] = []
+        self.settled: ev.Event | None = None
+        self.on_late_ports: Callable[[ev.Event], None] | None = None
         self.thread_id: str | None = None
         self.last_message = ""  # the text of the last agent message: the answer, if the run ends here
         self.started = False  # the turn is under way (thread.started)
@@ -87,6 +91,8 @@ class RunFollower:
             event = ev.parse_line(line.decode("utf-8", "replace"))
             if event is not None and self.completed is None:
                 self._handle(event)
+            elif event is not None and event.get("type") in (ev.PORTS, ev.PORTS_SETTLED):
+                self._handle_late(event)
 
     def _on_stderr(self, chunk: str) -> None:
         self.stderr.append(chunk)
@@ -98,7 +104,6 @@ class RunFollower:
             return
         if kind == ev.PORTS:
             self.ports_event = event
-            return
         if kind == ev.KEY_NEEDED:
             self.key_needed = self.on_key_needed is not None
             return
@@ -110,22 +115,43 @@ class RunFollower:
             self.last_message = str(item.get("text") or "")
         self.emit(event)
 
+    def _handle_late(self, event: ev.Event) -> None:
+        """What comes after the closing event: the ports of servers that bound late."""
+        if event.get("type") == ev.PORTS_SETTLED:
+            self.settled = event
+        else:
+            self.late_ports.append(event)
+        self.emit(event)
+        if event.get("type") == ev.PORTS and self.on_late_ports is not None:
+            self.on_late_ports(event)
+
+    @property
+    def settling(self) -> float:
+        """How long after its closing event the agent watches for late ports (0: not at all)."""
+        return float((self.ports_event or {}).get("settling") or 0)
+
     # --- streaming --------------------------------------------------------------------
 
-    def follow(self, timeout: float | None, *, until_started: bool = False) -> None:
+    def follow(self, timeout: float | None, *, until_started: bool = False, until_settled: bool = False) -> None:
         """Streams until the run completes (or, with `until_started`, until the turn is under
-        way); raises TurnTimeoutError after `timeout` seconds."""
+        way; with `until_settled`, past its closing event until the agent has reported the
+        ports that bound late); raises TurnTimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
 
+        def reached() -> bool:
+            if until_settled:
+                return self.completed is not None and (self.settled is not None or not self.settling)
+            return self.completed is not None or (until_started and self.started)
+
         def done() -> bool:
-            return self.completed is not None or self.key_needed or (until_started and self.started)
+            return reached() or self.key_needed
 
         while True:
             if self.key_needed:
                 assert self.on_key_needed is not None
                 self.key_needed = False
                 self.on_key_needed()
-            if self.completed is not None or (until_started and self.started):
+            if reached():
                 return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:

@@ -13,6 +13,10 @@ from codex_daytona.context import Box, Context, OnEvent
 from codex_daytona.daytona_api import PreviewLink
 from codex_daytona.errors import AgentSetupError
 
+# A turn's links on a private sandbox are signed URLs valid this long, so that each opens in
+# a browser as printed (a browser cannot send the token header); `preview --ttl` for others.
+BROWSER_TTL_S = 3600
+
 
 @dataclass
 class Preview:
@@ -22,6 +26,9 @@ class Preview:
     public: bool
     signed: bool = False
     check: previews.LinkCheck | None = None
+    # On a private sandbox: a signed URL of the same port that opens in a browser as it is.
+    browser: PreviewLink | None = None
+    ttl: int | None = None  # the lifetime of the signed URL (`browser`, or `link` when signed)
 
     @property
     def port(self) -> int:
@@ -43,32 +50,53 @@ class Preview:
             "public": self.public,
             "signed": self.signed,
         }
+        if self.browser is not None:
+            data["browser_url"] = self.browser.url
+        if self.ttl is not None and (self.signed or self.browser is not None):
+            data["expires_in"] = self.ttl
         if self.check is not None:
             data.update(self.check.as_dict())
         return data
 
 
 def preview(
-    ctx: Context, port: int | None = None, *, signed: bool = False, ttl: int = 3600, for_browser: bool = False
+    ctx: Context,
+    port: int | None = None,
+    *,
+    signed: bool = False,
+    ttl: int = BROWSER_TTL_S,
+    for_browser: bool = False,
+    browser_links: bool = False,
 ) -> list[Preview]:
     """Preview links for `port`, or for every port listening in the sandbox, each checked
     through the preview proxy. `for_browser` signs the links of a private sandbox, since a
-    browser cannot send the token header."""
+    browser cannot send the token header; `browser_links` adds a signed URL beside each plain
+    link of a private sandbox (`Preview.browser`)."""
     box = ctx.box()
     ports = [port] if port is not None else listening_ports(box)
     public = box.info().public
     signed = signed or (for_browser and not public)
     found = [box.api.signed_preview_link(box.sandbox, p, ttl) if signed else box.preview_link(p) for p in ports]
-    return check_and_report(ctx.emit, found, public, signed=signed)
+    browser = _browser_links(box, found, public or signed or not browser_links, ttl)
+    return check_and_report(ctx.emit, found, public, signed=signed, browser=browser, ttl=ttl)
 
 
-def after_turn(box: Box, ports: ev.Event | None) -> list[Preview]:
-    """The links of the ports a turn started listening on (the agent's ports event), checked."""
+def after_turn(box: Box, ports: ev.Event | None, *, public: bool | None = None) -> list[Preview]:
+    """The links of the ports a turn started listening on (the agent's ports event), checked,
+    each with a signed URL for a browser on a private sandbox."""
     new_ports = [int(p) for p in (ports or {}).get("new") or []]
     if not new_ports:
         return []
-    public = box.info().public
-    return check_and_report(box.emit, [box.preview_link(port) for port in new_ports], public)
+    if public is None:
+        public = box.info().public
+    found = [box.preview_link(port) for port in new_ports]
+    browser = _browser_links(box, found, public, BROWSER_TTL_S)
+    return check_and_report(box.emit, found, public, browser=browser, ttl=BROWSER_TTL_S)
+
+
+def _browser_links(box: Box, found: list[PreviewLink], skip: bool, ttl: int) -> list[PreviewLink | None]:
+    """A signed URL for each link (unless `skip`: public, already signed, or not wanted)."""
+    return [None if skip else box.api.signed_preview_link(box.sandbox, link.port, ttl) for link in found]
 
 
 def listening_ports(box: Box) -> list[int]:
@@ -83,27 +111,34 @@ def listening_ports(box: Box) -> list[int]:
         raise AgentSetupError(f"Could not list the sandbox's ports: {result.output.strip()[:200]}") from None
 
 
-def check_and_report(emit: OnEvent, found: list[PreviewLink], public: bool, *, signed: bool = False) -> list[Preview]:
+def check_and_report(
+    emit: OnEvent,
+    found: list[PreviewLink],
+    public: bool,
+    *,
+    signed: bool = False,
+    browser: list[PreviewLink | None] | None = None,
+    ttl: int | None = None,
+) -> list[Preview]:
     """Checks each link through the preview proxy, then reports it and any problem."""
     checks = previews.check_links([(link.port, link.url, None if public else link.token) for link in found])
+    browser = browser or [None] * len(found)
     result = []
-    for link, check in zip(found, checks, strict=True):
-        result.append(Preview(link, public, signed, check))
-        emit(preview_event(link, public, check, signed=signed))
+    for link, check, signed_url in zip(found, checks, browser, strict=True):
+        preview = Preview(link, public, signed, check, signed_url, ttl if signed or signed_url else None)
+        result.append(preview)
+        emit(preview_event(preview))
         if not check.ok:
             emit(ev.warning(check.message()))
     return result
 
 
-def preview_event(
-    link: PreviewLink, public: bool, check: previews.LinkCheck | None = None, *, signed: bool = False
-) -> ev.Event:
-    event: ev.Event = {"type": ev.PREVIEW, "port": link.port, "url": link.url, "public": public}
-    if signed:
-        event["signed"] = True
-    if link.token and not public:
-        event["token"] = link.token
+def preview_event(preview: Preview) -> ev.Event:
+    event: ev.Event = {"type": ev.PREVIEW, **preview.to_json()}
+    if event.get("token"):
         event["header"] = previews.TOKEN_HEADER
-    if check is not None:
-        event.update(check.as_dict())
+    else:
+        event.pop("token", None)
+    if not preview.signed:
+        event.pop("signed", None)
     return event

@@ -93,7 +93,6 @@ class Output:
         self.exec_only = False
         self._details: dict[str, dict[str, Any]] = {}  # item id -> what exec leaves out of it
         self._turn_usage: dict[str, Any] | None = None  # this turn's own tokens, when the agent said
-        self._browser_hint_shown = False
         # `ask --fanout`: one row per sandbox (status, detail, started, ended), in order of arrival.
         self._fanout: dict[str, tuple[str, str, float | None, float | None]] = {}
 
@@ -368,33 +367,22 @@ class Output:
         )
 
     def _preview(self, event: ev.Event) -> None:
+        """One line per link, that opens in a browser as printed (the signed URL of a private
+        sandbox, the plain one of a public sandbox), with the check's outcome in a word. The
+        token and its header only when asked for (`preview --token`: no signed URL then)."""
         if self.mode is Mode.QUIET:
             return
-        url = str(event.get("url"))
-        port = event.get("port")
-        self._err(f"🔗 Port {port}: [bold]{escape(url)}[/bold]")
+        url = str(event.get("browser_url") or event.get("url"))
+        line = f"🔗 Port {event.get('port')}: [bold]{escape(url)}[/bold]"
         if "ok" in event:
-            status = event.get("status")
-            got = f"HTTP {status}" if status is not None else "no answer"
-            if event.get("ok"):
-                self._err(f"   [green]✓[/green] [dim]answers through the preview proxy ({got})[/dim]")
-            else:
-                self._err(f"   [red]✗[/red] [dim]through the preview proxy: {got}, see the warning below[/dim]")
-        if event.get("token"):
-            token = escape(str(event.get("token")))
-            header = escape(str(event.get("header")))
-            self._err(
-                f"[dim]   Private sandbox: send the header {header}: {token}, "
-                f"e.g. curl -H '{header}: {token}' {escape(url)}[/dim]"
-            )
-            if not self._browser_hint_shown:
-                self._browser_hint_shown = True
-                self._err(
-                    f"[dim]   A browser cannot send it: `codex-daytona preview --open --port {port}` opens a signed "
-                    f"URL, `codex-daytona preview --signed --port {port}` prints one (valid 1 h; --ttl SECONDS).[/dim]"
-                )
-        elif event.get("signed"):
-            self._err("[dim]   Signed URL: opens in any browser, no header needed, until it expires.[/dim]")
+            word = escape(str(event.get("outcome") or ("answers" if event.get("ok") else "fails")))
+            line += f"  [green]✓ {word}[/green]" if event.get("ok") else f"  [red]✗ {word}[/red]"
+        if event.get("expires_in"):
+            line += f" [dim]· link valid {escape(duration(int(event['expires_in'])))}[/dim]"
+        self._err(line)
+        if event.get("token") and not event.get("browser_url"):
+            token, header = escape(str(event.get("token"))), escape(str(event.get("header")))
+            self._err(f"[dim]   {header}: {token}   e.g. curl -H '{header}: {token}' {escape(url)}[/dim]")
 
     def ask_line(self, prompt: str) -> str:
         """Reads one line of input after showing `prompt` on stderr (the chat's `User:`)."""
@@ -469,20 +457,26 @@ class Output:
         self._table(table)
         for row in rows:
             for preview in row.get("previews") or []:
-                self._out(f"{row['name']}  port {preview['port']}: {preview['url']}")
+                url = preview.get("browser_url") or preview["url"]  # the one that opens in a browser
+                self._out(f"{row['name']}  port {preview['port']}: {url}")
 
     # --- results -------------------------------------------------------------------------
 
     def _table(self, table: Table) -> None:
         buffer = io.StringIO()
         Console(file=buffer, width=self.err.width, no_color=True, highlight=False).print(table)
-        self._out(buffer.getvalue().rstrip("\n"))
+        self._out("\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines()))
 
-    def table(self, columns: list[str], rows: list[list[str]]) -> None:
-        """A plain table on stdout (human mode)."""
+    def table(self, columns: list[str], rows: list[list[str]], *, whole: tuple[str, ...] = ()) -> None:
+        """A plain table on stdout (human mode), as wide as the terminal. The `whole` columns
+        (ids) never wrap, so that each can be copied; the others fold when the table is too wide."""
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in columns:
-            table.add_column(column, overflow="fold")
+            if column in whole:
+                width = max([len(column), *(len(r[columns.index(column)]) for r in rows)])
+                table.add_column(column, no_wrap=True, min_width=width)
+            else:
+                table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*row)
         self._table(table)
@@ -530,6 +524,15 @@ class Output:
         else:
             buffer.write(data)
             buffer.flush()
+
+
+def duration(seconds: int) -> str:
+    """A lifetime for people: 1 h, 90 min, 45 s."""
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
 
 
 def _elapsed(row: tuple[str, str, float | None, float | None]) -> str:

@@ -59,6 +59,13 @@ class LinkCheck:
     ok: bool
     problem: str | None = None
     hint: str | None = None
+    # The outcome in a word, for the link's line: answers, down, blocked, failing, sign-in,
+    # timeout, unreachable.
+    outcome: str = ""
+
+    @property
+    def word(self) -> str:
+        return self.outcome or ("answers" if self.ok else f"HTTP {self.status}")
 
     def message(self) -> str:
         """One line for a warning: what is wrong and how to fix it."""
@@ -66,7 +73,7 @@ class LinkCheck:
         return f"{text} Fix: {self.hint}" if self.hint else text
 
     def as_dict(self) -> dict[str, object]:
-        data: dict[str, object] = {"status": self.status, "ok": self.ok}
+        data: dict[str, object] = {"status": self.status, "ok": self.ok, "outcome": self.word}
         if self.problem:
             data["problem"] = self.problem
         if self.hint:
@@ -127,8 +134,11 @@ def diagnose(
                 False,
                 f"Port {port} did not answer through the preview proxy ({error}).",
                 "the server may still be starting or be busy; try `codex-daytona preview` again in a moment.",
+                "timeout",
             )
-        return LinkCheck(None, False, f"Could not reach the preview proxy for port {port}: {error}.", None)
+        return LinkCheck(
+            None, False, f"Could not reach the preview proxy for port {port}: {error}.", None, "unreachable"
+        )
     if _sign_in_redirect(url, status, location):
         return LinkCheck(
             status,
@@ -136,10 +146,11 @@ def diagnose(
             f"Daytona sent the check of port {port} to its sign-in page (HTTP {status}): it did not accept the token.",
             "a member of your Daytona organisation can open the link after signing in; "
             "`codex-daytona preview --signed` makes a link that works for anyone.",
+            "sign-in",
         )
     if status in (400, 403) and VITE_BLOCKED.search(body):
         return LinkCheck(
-            status, False, f"Port {port} answered HTTP {status}: Vite blocked the preview host.", VITE_HINT
+            status, False, f"Port {port} answered HTTP {status}: Vite blocked the preview host.", VITE_HINT, "blocked"
         )
     if status in (400, 403) and INVALID_HOST.search(body):
         return LinkCheck(
@@ -147,6 +158,7 @@ def diagnose(
             False,
             f'Port {port} answered HTTP {status} "Invalid Host header": the dev server rejects the preview host.',
             WEBPACK_HINT,
+            "blocked",
         )
     if status in GATEWAY_ERRORS:
         return LinkCheck(
@@ -154,10 +166,15 @@ def diagnose(
             False,
             f"Port {port} answered HTTP {status} through the preview proxy: nothing answers on it in the sandbox.",
             "the server may have stopped or still be starting; check its log.",
+            "down",
         )
     if status >= 500:
         return LinkCheck(
-            status, False, f"Port {port} answered HTTP {status}: the app itself failed.", "check the server's log."
+            status,
+            False,
+            f"Port {port} answered HTTP {status}: the app itself failed.",
+            "check the server's log.",
+            "failing",
         )
     return LinkCheck(status, True)
 

@@ -64,6 +64,8 @@ class LastTurn(BaseModel):
     error: str | None = None
     session_id: str | None = None  # the Daytona session the run's agent command ran in
     command_id: str | None = None  # that command: its log replays the run's events
+    # Until when that command may still watch for late ports after the turn (see `ask -q`).
+    settling_until: str | None = None
 
 
 class SandboxRecord(BaseModel):

@@ -16,8 +16,9 @@ import contextlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from codex_daytona import events as ev
@@ -41,6 +42,8 @@ from codex_daytona.state import LastTurn, SandboxRecord, Usage, now
 
 INTERRUPT_GRACE_S = 10.0
 DETACH_START_S = 60.0  # how long `ask --detach` waits for its turn to get under way
+# Beyond the agent's own watch for late ports: the stream's delay and the links' checks.
+LATE_PORTS_MARGIN_S = 10.0
 # A run in one of these states has ended, and with it the agent command that ran it.
 TURN_ENDED = frozenset({"completed", "failed", "interrupted", "error"})
 
@@ -128,8 +131,15 @@ def ask(
     thread_id: str | None = None,
     images: list[Path] | None = None,
     output_schema: dict[str, object] | None = None,
+    links: bool = True,
+    on_answer: Callable[[TurnOutcome], None] | None = None,
 ) -> TurnOutcome:
     """Runs one turn of the agent on `prompt` and streams its events.
+
+    With `links`, once the turn has completed and `on_answer` has had its outcome (to show
+    the answer first), the preview links of the ports it started are made, checked and
+    reported, each as its port appears (a server may bind a few seconds after the turn);
+    without, `ask` returns at the run's closing event.
 
     With `detach`, starts the turn and returns at once (status "running"); `logs` follows it.
     `thread_id` resumes that thread instead of the sandbox's current one, and fails the
@@ -192,7 +202,7 @@ def ask(
     if session != (box.record.session_id or SESSION_ID):
         follower.disposable_session = session  # deleted once the run is over, not left idle
     if not detach:
-        return _follow(ctx, follower, timeout)
+        return _follow(ctx, follower, timeout, links=links, on_answer=on_answer)
     # Detached: follow only until the turn is under way (or refused: busy, no key); its
     # events are for `logs`.
     follower.emit = lambda _event: None
@@ -254,7 +264,7 @@ def _claim_turn(ctx: Context, record: SandboxRecord, run_id: str) -> tuple[Sandb
 
     def claim(current: SandboxRecord) -> None:
         previous = current.last_turn
-        if previous is not None and previous.status not in TURN_ENDED:
+        if previous is not None and (previous.status not in TURN_ENDED or _still_settling(previous)):
             session = f"{SESSION_ID}-{run_id}"
         else:
             session = current.session_id or SESSION_ID
@@ -267,7 +277,24 @@ def _claim_turn(ctx: Context, record: SandboxRecord, run_id: str) -> tuple[Sandb
     return claimed[0]
 
 
-def logs(ctx: Context, run_id: str | None = None, *, follow: bool = False) -> TurnOutcome:
+def _still_settling(turn: LastTurn) -> bool:
+    """Whether the agent command of this ended turn may still be watching for late ports
+    (its follower left at the closing event): Daytona would run our command only after it."""
+    if not turn.settling_until:
+        return False
+    with contextlib.suppress(ValueError):
+        return datetime.fromisoformat(turn.settling_until) > datetime.now(timezone.utc)
+    return False
+
+
+def logs(
+    ctx: Context,
+    run_id: str | None = None,
+    *,
+    follow: bool = False,
+    links: bool = True,
+    on_answer: Callable[[TurnOutcome], None] | None = None,
+) -> TurnOutcome:
     """Shows a run's events (the last run by default); with `follow`, until it ends."""
     record = ctx.require_record()
     run_id = run_id or (record.last_turn.run_id if record.last_turn else None)
@@ -285,7 +312,7 @@ def logs(ctx: Context, run_id: str | None = None, *, follow: bool = False) -> Tu
     if last is not None and last.run_id == run_id and last.session_id and last.command_id:
         # The turn's own command: its log replays the run from the start, live.
         follower.watch(last.session_id, last.command_id)
-    return _follow(ctx, follower, None)
+    return _follow(ctx, follower, None, links=links, on_answer=on_answer)
 
 
 def _follower(ctx: Context, box: Box, run_id: str, api_key: str | None) -> RunFollower:
@@ -321,9 +348,16 @@ def _outcome(follower: RunFollower) -> TurnOutcome:
 # --- following to the end ------------------------------------------------------------------------
 
 
-def _follow(ctx: Context, follower: RunFollower, timeout: float | None) -> TurnOutcome:
+def _follow(
+    ctx: Context,
+    follower: RunFollower,
+    timeout: float | None,
+    *,
+    links: bool = True,
+    on_answer: Callable[[TurnOutcome], None] | None = None,
+) -> TurnOutcome:
     """Follows the run to its end; returns its outcome, or raises the error that says why
-    it did not complete (with the outcome attached)."""
+    it did not complete (with the outcome attached). See `ask` for `links` and `on_answer`."""
     try:
         follower.follow(timeout)
     except KeyboardInterrupt:
@@ -336,8 +370,55 @@ def _follow(ctx: Context, follower: RunFollower, timeout: float | None) -> TurnO
         raise _finish(ctx, follower).fail(exc) from None
     except SandboxGoneError:
         raise _lost(ctx, follower) from None
-    outcome = _finish(ctx, follower)
-    outcome.previews = links.after_turn(follower.box, follower.ports_event)
+    outcome = _finish(ctx, follower, keep_session=links)
+    error = _error_of(outcome, follower)
+    if error is None and on_answer is not None:
+        on_answer(outcome)
+    if links:
+        outcome.previews = _previews(ctx, follower)
+    elif follower.settling and follower.settled is None:
+        until = (datetime.now(timezone.utc) + timedelta(seconds=follower.settling + 5)).isoformat(timespec="seconds")
+        ctx.update_record(follower.box.id, lambda r: _set_settling(r, follower.run_id, until))
+    if error is not None:
+        raise outcome.fail(error)
+    return outcome
+
+
+def _previews(ctx: Context, follower: RunFollower) -> list[links.Preview]:
+    """The links of the ports the turn started, each made, checked and reported as its port
+    appears: those listening at the closing event, then those that bind while the agent
+    watches (`follower.settling` seconds at most). Ctrl-C stops the wait, not the command."""
+    box = follower.box
+    found: list[links.Preview] = []
+    public: list[bool] = []  # asked of Daytona once, when the first port needs it
+
+    def report(ports: ev.Event) -> None:
+        if ports.get("new"):
+            if not public:
+                public.append(box.info().public)
+            found.extend(links.after_turn(box, ports, public=public[0]))
+
+    try:
+        report(follower.ports_event or {})
+        if follower.settling:
+            for late in follower.late_ports:  # those that came with the closing event
+                report(late)
+            follower.on_late_ports = report
+            follower.follow(follower.settling + LATE_PORTS_MARGIN_S, until_settled=True)
+    except (KeyboardInterrupt, TurnTimeoutError, CodexDaytonaError):
+        pass  # the turn is over: only its late links are given up
+    finally:
+        follower.on_late_ports = None
+        follower.close()
+        _drop_session(follower)
+    if follower.late_ports:
+        listening = [int(p) for p in follower.late_ports[-1].get("listening") or []]
+        ctx.update_record(box.id, lambda r: setattr(r, "ports", listening))
+    return found
+
+
+def _error_of(outcome: TurnOutcome, follower: RunFollower) -> CodexDaytonaError | None:
+    """The error a run that did not complete ends `ask` with (None: it completed)."""
     error: CodexDaytonaError | None = None
     if outcome.status == "busy":
         running = (follower.completed or {}).get("running_run_id") or "unknown"
@@ -351,9 +432,7 @@ def _follow(ctx: Context, follower: RunFollower, timeout: float | None) -> TurnO
         error = InterruptedByUser(f"The turn (run {outcome.run_id}) was interrupted.")
     elif outcome.status != "completed":
         error = TurnFailedError(f"The agent's turn failed: {outcome.error or 'unknown error'}")
-    if error is not None:
-        raise outcome.fail(error)
-    return outcome
+    return error
 
 
 def _lost(ctx: Context, follower: RunFollower) -> SandboxGoneError:
@@ -415,14 +494,14 @@ def _interrupt(ctx: Context, follower: RunFollower) -> bool:
     return False
 
 
-def _finish(ctx: Context, follower: RunFollower) -> TurnOutcome:
-    """Saves what the run came to (a refused "busy" run leaves the record as it was)."""
+def _finish(ctx: Context, follower: RunFollower, *, keep_session: bool = False) -> TurnOutcome:
+    """Saves what the run came to (a refused "busy" run leaves the record as it was).
+    `keep_session`: its command is followed further (for late ports), so its session stays."""
     box = follower.box
     outcome = _outcome(follower)
-    follower.close()
-    if follower.disposable_session is not None and follower.completed is not None:
-        with contextlib.suppress(DaytonaError):
-            box.delete_session(follower.disposable_session)
+    if not keep_session:
+        follower.close()
+        _drop_session(follower)
     if outcome.status == "busy":
         ctx.update_record(box.id, lambda r: _unclaim(r, follower.run_id, follower.previous_turn))
         return outcome
@@ -453,6 +532,19 @@ def _finish(ctx: Context, follower: RunFollower) -> TurnOutcome:
     if outcome.status in TURN_ENDED:
         _restore_auto_stop(ctx, box)
     return outcome
+
+
+def _drop_session(follower: RunFollower) -> None:
+    """Deletes the session made for this run alone, once the run is over."""
+    if follower.disposable_session is not None and follower.completed is not None:
+        with contextlib.suppress(DaytonaError):
+            follower.box.delete_session(follower.disposable_session)
+        follower.disposable_session = None
+
+
+def _set_settling(record: SandboxRecord, run_id: str, until: str) -> None:
+    if record.last_turn is not None and record.last_turn.run_id == run_id:
+        record.last_turn.settling_until = until
 
 
 # --- a detached turn keeps its sandbox up ------------------------------------------------------

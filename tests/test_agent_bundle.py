@@ -323,7 +323,8 @@ def test_a_thread_resumed_by_a_new_daemon_raises_no_warning(rig: AgentRig) -> No
     rig.model.enqueue(turn(msg("first answer")))
     code, events, stderr = rig.run("remember this")
     assert code == 0, stderr
-    pid, thread_id = events[0]["pid"], events[-1]["thread_id"]
+    closing = [e for e in events if e["type"] == "codex_daytona.run.completed"]  # late ports may follow it
+    pid, thread_id = events[0]["pid"], closing[0]["thread_id"]
     stop_daemon(rig.home)
     deadline = time.monotonic() + 10
     while Path(f"/proc/{pid}").exists():
@@ -333,7 +334,8 @@ def test_a_thread_resumed_by_a_new_daemon_raises_no_warning(rig: AgentRig) -> No
     rig.model.enqueue(turn(msg("second answer")))
     code, events, stderr = rig.run("what did I say?", thread_id=thread_id)
     assert code == 0, stderr
-    assert events[0]["pid"] != pid and events[-1]["thread_id"] == thread_id
+    closing = [e for e in events if e["type"] == "codex_daytona.run.completed"]
+    assert events[0]["pid"] != pid and closing[0]["thread_id"] == thread_id
     assert "remember this" in rig.model.last_input()
     warnings = [e["item"]["message"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "error"]
     assert not warnings

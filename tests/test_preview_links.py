@@ -78,17 +78,17 @@ def test_every_new_port_is_checked_and_problems_say_how_to_fix_them(rig: Rig) ->
     assert asked.code == 0, asked
     lines = asked.stderr.splitlines()
 
-    # A good server: its link, and the status it answered with through the proxy.
+    # A good server: one line, its link and the check's outcome in a word.
     block = block_after(lines, f"🔗 Port {good}:")
-    assert "✓ answers through the preview proxy (HTTP 200)" in block[1], asked
+    assert len(block) == 1 and block[0].endswith("✓ answers · link valid 1 h"), asked
     assert not any(f"Port {good} " in line for line in lines if line.startswith("⚠")), asked
 
     # Bound to 127.0.0.1: Daytona's proxy forwards to localhost in the sandbox, so it works too.
-    assert "✓ answers through the preview proxy (HTTP 200)" in block_after(lines, f"🔗 Port {loopback}:")[1], asked
+    assert "✓ answers" in block_after(lines, f"🔗 Port {loopback}:")[0], asked
     assert not any(f"Port {loopback} " in line for line in lines if line.startswith("⚠")), asked
 
     # Vite's host check: the allowedHosts fix.
-    assert "✗ through the preview proxy: HTTP 403" in block_after(lines, f"🔗 Port {vite}:")[1]
+    assert "✗ blocked" in block_after(lines, f"🔗 Port {vite}:")[0]
     warning = next(line for line in lines if line.startswith(f"⚠ Port {vite} "))
     assert "Vite blocked the preview host" in warning, asked
     assert "server.allowedHosts" in warning and "allowedHosts: true" in warning and "--host 0.0.0.0" in warning
@@ -118,11 +118,24 @@ def test_signed_links_need_no_header_expire_and_open_in_the_browser(rig: Rig, tm
     rig.model.enqueue(*serve_turn(f"python3 -m http.server {port} --bind 0.0.0.0"))
     asked = rig.cli("ask", "start the server")
     assert asked.code == 0, asked
-    # The default output says how to pass the token, and how to get a link for a browser.
-    assert "send the header X-Daytona-Preview-Token: " in asked.stderr
-    assert "curl -H 'X-Daytona-Preview-Token: " in asked.stderr
-    assert f"codex-daytona preview --open --port {port}" in asked.stderr
-    assert f"codex-daytona preview --signed --port {port}" in asked.stderr
+    # One line for the link, a signed URL that opens in a browser as printed (no header, no
+    # token shown), valid an hour, with the check's outcome.
+    [line] = [line for line in asked.stderr.splitlines() if line.startswith(f"🔗 Port {port}: ")]
+    assert line.endswith("  ✓ answers · link valid 1 h"), asked
+    shown = line.split(": ", 1)[1].split()[0]
+    token = rig.emulator.server.sandboxes[rig.record()["sandbox_id"]].preview_token
+    assert token not in asked.stderr and "X-Daytona-Preview-Token" not in asked.stderr, asked
+    status, body = http_get(shown)
+    assert status == 200 and "Directory listing" in body, (status, body)
+
+    # The token and the header are one flag away.
+    with_token = rig.cli("preview", "--token", "--port", str(port))
+    assert with_token.code == 0, with_token
+    assert f"X-Daytona-Preview-Token: {token}" in with_token.stderr, with_token
+    assert f"curl -H 'X-Daytona-Preview-Token: {token}' " in with_token.stderr, with_token
+    # ...and so is a signed link for a private sandbox's preview, by default.
+    listed = rig.cli("preview", "--port", str(port))
+    assert listed.code == 0 and "link valid 1 h" in listed.stderr and token not in listed.stderr, listed
 
     # --signed -q: one URL that works with no header, through the proxy.
     signed = rig.cli("preview", "--signed", "-q", "--port", str(port))
@@ -152,7 +165,7 @@ def test_signed_links_need_no_header_expire_and_open_in_the_browser(rig: Rig, tm
     result = rig.cli("preview", "--open", "--port", str(port), env={"BROWSER": str(browser)})
     assert result.code == 0, result
     [url] = opened.read_text().splitlines()
-    assert f"Port {port}: {url}" in result.stderr and "Signed URL" in result.stderr, result
+    assert f"Port {port}: {url}  ✓ answers · link valid 1 h" in result.stderr, result
     assert f"Opened port {port} in the browser" in result.stderr
     status, _ = http_get(url)
     assert status == 200

@@ -82,7 +82,7 @@ def test_a_good_server_is_ok_and_gets_the_token_and_the_skip_warning_header(good
     assert check == previews.LinkCheck(200, True)
     assert handler.seen[0]["X-Daytona-Preview-Token"] == "tok-123"
     assert handler.seen[0]["X-Daytona-Skip-Preview-Warning"] == "true"
-    assert check.as_dict() == {"status": 200, "ok": True}
+    assert check.as_dict() == {"status": 200, "ok": True, "outcome": "answers"}
 
 
 def test_no_token_sends_no_token_header(good: tuple[str, type[Handler]]) -> None:

@@ -60,20 +60,21 @@ def test_seed_workflow_build_serve_preview_resume_down(rig: Rig) -> None:
     )
     second = rig.cli("ask", "start the server")
     assert second.code == 0, second
-    assert f"Port {port}:" in second.stderr, second
-    url = next(line.split(": ", 1)[1].strip() for line in second.stderr.splitlines() if f"Port {port}:" in line)
-    token_line = next(line for line in second.stderr.splitlines() if "X-Daytona-Preview-Token" in line)
-    token = token_line.split("X-Daytona-Preview-Token: ", 1)[1].split(",")[0].strip()
-    status, body = http_get(url, {"X-Daytona-Preview-Token": token})
+    [line] = [line for line in second.stderr.splitlines() if line.startswith(f"🔗 Port {port}: ")]
+    signed = line.split(": ", 1)[1].split()[0]
+    status, body = http_get(signed)  # the link as printed opens in a browser: no header needed
     assert status == 200 and "<canvas" in body
-    status, _ = http_get(url)
-    assert status == 307, "a private sandbox's preview without its token goes to Daytona's sign-in"
 
-    # `preview` lists the same port and link.
+    # `preview` lists the same port, and its plain link with the token.
     listed = rig.cli("preview", "--json")
     assert listed.code == 0, listed
     previews = json.loads(listed.stdout)["previews"]
     assert [p["port"] for p in previews] == [port]
+    url, token = previews[0]["url"], previews[0]["token"]
+    status, body = http_get(url, {"X-Daytona-Preview-Token": token})
+    assert status == 200 and "<canvas" in body
+    status, _ = http_get(url)
+    assert status == 307, "a private sandbox's preview without its token goes to Daytona's sign-in"
 
     # 3. Resume: the third ask continues the same thread, with the earlier turns in the input.
     history = rig.ask_on_same_thread("what have we done so far?", "You asked for a lunar lander and a server.")

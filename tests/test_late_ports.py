@@ -1,0 +1,254 @@
+"""Links for servers that bind after the turn: the agent watches the ports for a few seconds
+more (agent.SETTLE_S) while a process the turn left in the background has not bound yet.
+The answer comes first, each link as its port appears; `-q` does not wait at all; a server
+restarted on a port that listened before the turn is the turn's too."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_bundle import agent
+from tests.e2e import Rig, free_port, http_get
+from tests.fakes.model import msg, run, turn
+
+# --- the watch itself, in this process -------------------------------------------------------
+
+
+def test_a_port_restarted_during_the_turn_counts_as_the_turns() -> None:
+    first = socket.socket()
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    first.bind(("127.0.0.1", 0))
+    first.listen()
+    port = first.getsockname()[1]
+    kept = socket.socket()
+    kept.bind(("127.0.0.1", 0))
+    kept.listen()
+    try:
+        watch = agent.PortWatch(None, agent._boot_ticks())
+        first.close()  # the server stops and starts again on its port: a new socket
+        second = socket.socket()
+        second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        second.bind(("127.0.0.1", port))
+        second.listen()
+        try:
+            listening, new = watch.scan()
+            assert port in listening and kept.getsockname()[1] in listening
+            assert port in new, "restarted: a socket that did not exist before the turn"
+            assert kept.getsockname()[1] not in new, "listening before and untouched: not the turn's"
+            assert watch.scan()[1] == [], "each port is reported once"
+        finally:
+            second.close()
+    finally:
+        kept.close()
+
+
+def _spawn(code: str, *, marked: bool = True) -> subprocess.Popen[bytes]:
+    env = {**os.environ, agent.DETACHED_ENV: "1"} if marked else {**os.environ}
+    if not marked:
+        env.pop(agent.DETACHED_ENV, None)
+    env.pop("CODEX_DAYTONA_SCOPE", None)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+
+
+BIND_LATE = (
+    "import socket, sys, time\n"
+    "time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0.8)\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); time.sleep(60)\n"
+)
+
+
+def _wait(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_process_the_turn_left_is_pending_until_it_or_its_child_binds() -> None:
+    watch = agent.PortWatch(None, agent._boot_ticks())
+    server = _spawn(BIND_LATE)
+    # A parent that never binds, whose child does (npm and the dev server it runs).
+    parent = _spawn(
+        f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {BIND_LATE!r}])\ntime.sleep(60)\n"
+    )
+    try:
+        assert watch.pending(), "alive, started by the turn, not listening yet"
+        assert _wait(lambda: not watch.pending(), 10), "both bound (the parent through its child)"
+    finally:
+        children = [pid for pid, parent_pid in agent._parents().items() if parent_pid == parent.pid]
+        for pid in children:
+            os.kill(pid, 9)
+        server.kill()
+        parent.kill()
+
+
+def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
+    watch = agent.PortWatch(None, agent._boot_ticks(), str(tmp_path / "another-home"))
+    elsewhere = _spawn("import time; time.sleep(60)")  # marked, but by the hooks of no home of ours
+    try:
+        assert not watch.pending(), "another agent's commands (another home's hooks) are not waited for"
+        mine = agent.PortWatch(None, watch.started_ticks, str(tmp_path / "home"))
+        hook = f"{tmp_path / 'home'}/.codex-daytona/shell/bash-env.sh"
+        own = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            env={**os.environ, agent.DETACHED_ENV: "1", "BASH_ENV": hook},
+        )
+        try:
+            assert mine.pending(), "this home's own command is"
+        finally:
+            own.kill()
+    finally:
+        elsewhere.kill()
+    unmarked = _spawn("import time; time.sleep(60)", marked=False)
+    try:
+        before = _spawn("import time; time.sleep(60)")
+        time.sleep(0.1)
+        watch = agent.PortWatch(None, agent._boot_ticks() + 1)  # the turn starts after it
+        try:
+            assert not watch.pending(), (
+                "a process started before the turn, or without the hooks' mark, is not waited for"
+            )
+        finally:
+            before.kill()
+    finally:
+        unmarked.kill()
+
+
+def test_the_settle_window_reports_late_ports_and_ends_at_its_bound() -> None:
+    watch = agent.PortWatch(None, agent._boot_ticks())
+    late = _spawn(BIND_LATE)
+    never = _spawn("import time; time.sleep(60)")
+    events: list[dict[str, Any]] = []
+    started = time.monotonic()
+    try:
+        watch.settle(events.append, stop=lambda: False, limit=3.0)
+    finally:
+        late.kill()
+        never.kill()
+    elapsed = time.monotonic() - started
+    assert 3.0 <= elapsed < 3.0 + 1.0, "a process that never binds holds the window to its bound, no more"
+    ports = [e for e in events if e["type"] == "codex_daytona.ports"]
+    assert ports and all(e["late"] for e in ports), events
+    assert events[-1]["type"] == agent.PORTS_SETTLED and events[-1]["new"] == [p for e in ports for p in e["new"]]
+
+
+# --- end to end: the emulator, the real Codex, the scripted model ------------------------------
+
+
+def late_server_turn(port: int, delay: float) -> list[dict[str, Any]]:
+    """The agent starts a server that binds `delay` seconds later, then ends its turn at once."""
+    command = f"(sleep {delay}; exec python3 -m http.server {port} --bind 0.0.0.0) > late.log 2>&1 &"
+    return [turn(run(command)), turn(msg("The server is starting."))]
+
+
+def run_events(rig: Rig, run_id: str) -> list[dict[str, Any]]:
+    """A run's events as the agent wrote them to its event file in the sandbox."""
+    home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
+    [path] = list(home.glob(f"**/runs/{run_id}/events.jsonl"))
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.e2e
+def test_a_server_binding_after_the_turn_gets_its_link_after_the_answer(rig: Rig) -> None:
+    port = free_port()
+    rig.model.enqueue(*late_server_turn(port, 2.0))
+    proc = rig.popen(
+        "ask", "start the server", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, output
+    lines = output.splitlines()
+    [link] = [line for line in lines if line.startswith(f"🔗 Port {port}: ")]
+    assert lines.index("The server is starting.") < lines.index(link), "the answer first, then the link"
+    assert link.endswith("✓ answers · link valid 1 h"), output
+    status, body = http_get(link.split(": ", 1)[1].split()[0])
+    assert status == 200 and "Directory listing" in body
+
+    # It did bind late: the agent saw it after the run's closing event, 1.5 s or more after the turn.
+    events = run_events(rig, rig.record()["last_turn"]["run_id"])
+    kinds = [e["type"] for e in events]
+    closing = events[kinds.index("codex_daytona.run.completed")]
+    turn_done = next(e for e in events if e["type"] == "turn.completed")
+    [late] = [e for e in events if e.get("late")]
+    assert late["new"] == [port] and kinds.index("codex_daytona.ports") < kinds.index("codex_daytona.run.completed")
+    assert late["ts"] - turn_done["ts"] >= 1.5 and late["ts"] > closing["ts"], events
+    assert kinds[-1] == "codex_daytona.ports.settled"
+    assert rig.record()["ports"] == [port], "the state file knows the late port"
+
+    # --json: the same ports and preview events, later, and the result line still last.
+    other = free_port()
+    rig.model.enqueue(*late_server_turn(other, 2.0))
+    streamed = rig.cli("ask", "--json", "start another")
+    assert streamed.code == 0, streamed
+    lines_json = streamed.json_lines
+    previews = [e for e in lines_json if e["type"] == "codex_daytona.preview"]
+    assert [p["port"] for p in previews] == [other] and previews[0]["ok"] is True
+    assert previews[0]["token"] and previews[0]["browser_url"] and previews[0]["expires_in"] == 3600
+    late_json = [e for e in lines_json if e["type"] == "codex_daytona.ports" and e.get("late")]
+    assert late_json and late_json[0]["new"] == [other]
+    assert lines_json[-1]["type"] == "codex_daytona.result" and lines_json[-1]["previews"][0]["port"] == other
+
+
+@pytest.mark.e2e
+def test_a_process_that_never_binds_costs_no_more_than_the_bound_and_q_does_not_wait(rig: Rig) -> None:
+    never = "nohup sleep 600 > /dev/null 2>&1 &"
+    rig.model.enqueue(turn(run(never)), turn(msg("Started a background job.")))
+    asked = rig.cli("ask", "--json", "start a background job")
+    ended = time.time()
+    assert asked.code == 0, asked
+    turn_done = next(e for e in asked.json_lines if e["type"] == "turn.completed")
+    settled = next(e for e in asked.json_lines if e["type"] == "codex_daytona.ports.settled")
+    assert settled["new"] == [] and agent.SETTLE_S * 1000 <= settled["waited_ms"] < agent.SETTLE_S * 1000 + 1000
+    # From the end of the turn to the CLI's exit: the bound, the stream and the CLI's exit.
+    assert ended - turn_done["ts"] < agent.SETTLE_S + 3.0, ended - turn_done["ts"]
+
+    # -q: the answer alone, at the closing event, while the agent is still watching.
+    rig.model.enqueue(turn(run(never)), turn(msg("Another one.")))
+    quiet = rig.cli("ask", "-q", "start another")
+    returned = time.time()
+    assert quiet.code == 0 and quiet.stdout == "Another one.\n", quiet
+    events = run_events(rig, rig.record()["last_turn"]["run_id"])
+    closing = next(e for e in events if e["type"] == "codex_daytona.run.completed")
+    assert returned - closing["ts"] < 2.0, returned - closing["ts"]
+    deadline = time.monotonic() + agent.SETTLE_S + 5
+    while not any(e["type"] == "codex_daytona.ports.settled" for e in events) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        events = run_events(rig, rig.record()["last_turn"]["run_id"])
+    [settled] = [e for e in events if e["type"] == "codex_daytona.ports.settled"]
+    assert returned < settled["ts"], "-q returned before the agent had finished watching the ports"
+
+
+@pytest.mark.e2e
+def test_a_server_restarted_on_its_port_during_the_turn_gets_its_link_again(rig: Rig) -> None:
+    port = free_port()
+    start = f"nohup python3 -m http.server {port} --bind 0.0.0.0 > s.log 2>&1 & echo $! > s.pid; sleep 1"
+    rig.model.enqueue(turn(run(start)), turn(msg("Started.")))
+    first = rig.cli("ask", "--json", "start the server")
+    assert first.code == 0, first
+    assert [e["port"] for e in first.json_lines if e["type"] == "codex_daytona.preview"] == [port]
+
+    restart = f"kill $(cat s.pid); sleep 0.5; {start}"
+    rig.model.enqueue(turn(run(restart)), turn(msg("Restarted.")))
+    again = rig.cli("ask", "--json", "restart the server")
+    assert again.code == 0, again
+    ports = next(e for e in again.json_lines if e["type"] == "codex_daytona.ports")
+    assert ports["new"] == [port], ports
+    assert [e["port"] for e in again.json_lines if e["type"] == "codex_daytona.preview"] == [port]
+
+    # A turn that leaves it alone gives no link for it.
+    rig.model.enqueue(turn(msg("Nothing to do.")))
+    idle = rig.cli("ask", "--json", "anything?")
+    assert idle.code == 0, idle
+    assert next(e for e in idle.json_lines if e["type"] == "codex_daytona.ports")["new"] == []
+    assert not [e for e in idle.json_lines if e["type"] == "codex_daytona.preview"]
