@@ -106,7 +106,7 @@ def test_every_command_works_without_linux_only_pieces_with_the_helper(rig: Rig,
             result = cli(*args)
             assert result.code == 0, (args, result)
             assert "Traceback" not in result.stderr, (args, result)
-        paused = cli("pause")
+        paused = cli("pause", "--or-stop")  # the default sandbox is a container: it stops
         assert paused.code == 0, paused
         resumed = cli("up")
         assert resumed.code == 0, resumed

@@ -281,7 +281,11 @@ def test_a_stopped_sandbox_is_started(rig: Rig) -> None:
         headers={"Authorization": f"Bearer {DAYTONA_KEY}"},
     )
     urllib.request.urlopen(request, timeout=10).read()
-    assert (rig.sandbox(sandbox_id) or {}).get("state") == "stopped"
+    # Daytona answers the stop at once and passes through "stopping" (0.2 s in the emulator).
+    deadline = time.monotonic() + 10
+    while (rig.sandbox(sandbox_id) or {}).get("state") != "stopped":
+        assert time.monotonic() < deadline, rig.sandbox(sandbox_id)
+        time.sleep(0.05)
     rig.model.enqueue(turn(msg("back up")))
     result = rig.cli("ask", "hello again")
     assert result.code == 0, result
