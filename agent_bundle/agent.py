@@ -564,9 +564,14 @@ class PortWatch:
                 bound[pid] = bool(_socket_inodes(pid) & listening)
             return bound[pid]
 
+        ours = set(turn)
+
         def settled(pid: int) -> bool:
             up, seen = pid, set()
-            while up > 1 and up in stats and up not in seen:  # the process and its ancestors
+            # The process and those of its ancestors the turn started too (npm above its dev
+            # server): not beyond, where a daemon that listens (Daytona's own, or whatever runs
+            # the agent) would make every process look bound.
+            while up in ours and up not in seen:
                 seen.add(up)
                 if holds(up):
                     return True

@@ -23,7 +23,6 @@ INTERNAL = [
     r"\bbrief\b",
     r"\bpreamble\b",
     r"\bworktree\b",
-    r"\bmutants?\b",
     r"\bthe lead\b",
     r"\bengineers?\b",
     r"\bhouse style\b",
