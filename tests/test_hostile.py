@@ -27,6 +27,7 @@ from codex_daytona.codex_facts import MAX_INPUT_CHARS
 from codex_daytona.context import project_labels
 from tests.e2e import DAYTONA_KEY, Rig, sandbox_processes
 from tests.fakes.model import msg, run, turn
+from tests.test_exec_flags import png
 
 pytestmark = pytest.mark.e2e
 
@@ -120,12 +121,15 @@ def test_a_prompt_over_codexs_limit_is_a_usage_error_before_anything_is_sent(rig
     assert rig.model.requests == []
 
 
-def test_a_turn_that_fails_to_start_leaves_the_sandbox_free(rig: Rig) -> None:
-    """Daytona refuses the turn's command after the CLI claimed the turn: the claim is put
-    back (the state file shows no running turn), and the next ask runs in the usual session."""
+@pytest.mark.parametrize("refused", ["command", "upload"])
+def test_a_turn_that_fails_to_start_leaves_the_sandbox_free(rig: Rig, refused: str) -> None:
+    """Daytona refuses the turn's command, or the upload of its image, after the CLI claimed
+    the turn: the claim is put back (the state file shows no running turn), and the next ask
+    runs in the usual session."""
     _ready(rig)
-    rig.emulator.set_faults(refuse_next_command=1)
-    failed = rig.cli("ask", "hi")
+    (rig.project / "shot.png").write_bytes(png((255, 0, 0)))
+    rig.emulator.set_faults(**{f"refuse_next_{refused}": 1})
+    failed = rig.cli("ask", "-i", "shot.png", "hi")
     assert failed.code == 7, failed
     _one_error_line(failed.stderr)
     assert "last_turn" not in rig.record(), rig.record()

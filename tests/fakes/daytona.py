@@ -853,6 +853,7 @@ class Faults:
     latency_ms: int = 0
     freeze_api: int = 0  # API and toolbox requests are accepted and not answered while it is set
     refuse_next_command: int = 0  # the next session command is refused (HTTP 400)
+    refuse_next_upload: int = 0  # the next file upload is refused (HTTP 400)
     drops_done: int = 0
     stalls_done: int = 0
     half_closes_done: int = 0
@@ -1004,6 +1005,9 @@ class EmulatorServer:
                 if self.faults.refuse_next_command > 0 and re.search(r"/process/session/[^/]+/exec$", request.path):
                     self.faults.refuse_next_command -= 1
                     raise ApiError(400, "Emulator fault: command refused")
+                if self.faults.refuse_next_upload > 0 and request.path.endswith("/files/bulk-upload"):
+                    self.faults.refuse_next_upload -= 1
+                    raise ApiError(400, "Emulator fault: upload refused")
                 if self.faults.rate_limit_next > 0:
                     self.faults.rate_limit_next -= 1
                     raise ApiError(429, "ThrottlerException: Too Many Requests", "TOO_MANY_REQUESTS")
