@@ -233,3 +233,12 @@ def files_holding(root: Path, secret: str) -> tuple[list[Path], int]:
             if needle in path.read_bytes():
                 found.append(path)
     return found, scanned
+
+
+def closing_event(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """An agent run's closing event: late port events (codex_daytona.ports, .ports.settled)
+    may follow it while servers the turn started bind; nothing else may."""
+    types = [e["type"] for e in events]
+    at = types.index("codex_daytona.run.completed")
+    assert all(t.startswith("codex_daytona.ports") for t in types[at + 1 :]), types[at:]
+    return events[at]

@@ -19,6 +19,7 @@ import pytest
 from agent_bundle import agent
 from codex_daytona import runtime
 from codex_daytona.settings import Settings
+from tests.e2e import closing_event
 from tests.fakes.model import ScriptedModel, add_file_patch, error, msg, patch, plan, run, think, turn
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # captured from real Codex 0.163.0
@@ -284,7 +285,7 @@ def test_agent_runs_a_turn_and_resumes_it(rig: AgentRig) -> None:
     assert code == 0, stderr
     types = [e["type"] for e in events]
     assert types[0] == "codex_daytona.run.started"
-    assert types[-1] == "codex_daytona.run.completed"
+    assert closing_event(events)["type"] == "codex_daytona.run.completed"
     assert "turn.completed" in types and "thread.started" in types
     assert (rig.home / "hello.txt").read_text() == "hi there\n"
     # The prompt reached the model intact.
@@ -311,7 +312,7 @@ def test_agent_runs_a_turn_and_resumes_it(rig: AgentRig) -> None:
     rig.model.enqueue(turn(msg("I remember")))
     code, events, stderr = rig.run("what did you do?", thread_id=thread_id)
     assert code == 0, stderr
-    assert events[-1]["thread_id"] == thread_id
+    assert closing_event(events)["thread_id"] == thread_id
     history = json.dumps(rig.model.model_requests[-1]["body"]["input"], ensure_ascii=False)
     assert "Done: wrote hello.txt" in history and "quotes" in history
 
@@ -350,7 +351,7 @@ def test_agent_failed_turn_exits_3_with_the_model_error(rig: AgentRig) -> None:
     assert events[-2]["type"] == "codex_daytona.ports"
     failed = next(e for e in events if e["type"] == "turn.failed")
     assert "401" in failed["error"]["message"]
-    assert events[-1]["status"] == "failed"
+    assert closing_event(events)["status"] == "failed"
 
 
 @pytest.mark.e2e
@@ -420,7 +421,7 @@ def test_background_server_outlives_the_turn_and_the_daemon_stays_warm(rig: Agen
         pass  # still serving after the turn ended
     try:
         rig.model.enqueue(turn(msg("still here")))
-        code, events, stderr = rig.run("again", thread_id=events[-1]["thread_id"])
+        code, events, stderr = rig.run("again", thread_id=closing_event(events)["thread_id"])
         assert code == 0, stderr
         assert events[0]["pid"] == first_pid, "the second turn ran in the same warm daemon"
         ports = next(e for e in events if e["type"] == "codex_daytona.ports")
@@ -451,7 +452,8 @@ def test_a_run_asks_for_a_key_it_does_not_hold_and_goes_on_once_delivered(rig: A
     assert rig.deliver_key().returncode == 0
     rest = [json.loads(line) for line in proc.stdout if line.strip()]
     assert proc.wait(timeout=30) == 0
-    assert rest[-1]["status"] == "completed" and rest[-1]["final_message"] == "got it"
+    closing = [e for e in rest if e["type"] == "codex_daytona.run.completed"]  # late ports may follow it
+    assert closing[0]["status"] == "completed" and closing[0]["final_message"] == "got it"
     assert rig.model.model_requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
     # The key is in no file of the home, the run's event file included.
     for path in rig.home.rglob("*"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from codex_daytona import runtime
-from tests.e2e import OPENAI_KEY, Rig
+from tests.e2e import OPENAI_KEY, Rig, closing_event
 from tests.fakes.model import ScriptedModel, msg, run, turn
 
 pytestmark = pytest.mark.e2e
@@ -127,7 +127,7 @@ def test_a_sandbox_set_up_with_codex_home_in_the_work_tree_keeps_its_threads(tmp
         model.enqueue(turn(msg("MIGRATION-FIRST answer")))
         code, events, stderr = rig.run("remember the word MIGRATION-FIRST")
         assert code == 0, stderr
-        thread_id = events[-1]["thread_id"]
+        thread_id = closing_event(events)["thread_id"]
         assert list((old / "sessions").rglob(f"*{thread_id}.jsonl")), "the old CODEX_HOME held the thread"
         daemon = int((home / ".codex-daytona" / "agent.pid").read_text())
         stop_daemon(home)  # a new agent version starts a daemon of its own, without the key
@@ -141,7 +141,7 @@ def test_a_sandbox_set_up_with_codex_home_in_the_work_tree_keeps_its_threads(tmp
         code, events, stderr = rig.run("what was the word?", thread_id=thread_id)
         assert code == 0, stderr
         assert not any(e["type"] == "codex_daytona.resume_failed" for e in events), events
-        assert events[-1]["thread_id"] == thread_id
+        assert closing_event(events)["thread_id"] == thread_id
         assert "MIGRATION-FIRST" in json.dumps(model.model_requests[-1]["body"]["input"])
         assert not old.exists(), "nothing of ours is left in the work tree"
         assert list(Path(rig.layout.codex_home, "sessions").rglob(f"*{thread_id}.jsonl"))
