@@ -28,23 +28,9 @@ from codex_daytona.context import project_labels
 from tests.e2e import DAYTONA_KEY, Rig, sandbox_processes
 from tests.fakes.model import msg, run, turn
 from tests.test_exec_flags import png
+from tests.test_turns import _ready, _wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def _ready(rig: Rig) -> str:
-    result = rig.cli("up", "-q")
-    assert result.code == 0, result
-    return result.stdout.strip()
-
-
-def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _one_error_line(stderr: str) -> None:
