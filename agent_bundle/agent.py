@@ -669,6 +669,16 @@ def key_fingerprint(key: str) -> str:
 # exported, makes sure it happens once per Codex command and not again in nested shells.
 DETACHED_ENV = "CODEX_DAYTONA_DETACHED"
 
+# Not every shell Codex starts runs a command of the agent's: as a thread starts, Codex
+# captures the login shell's environment (its shell snapshot: `SHELL -lc` with a script that
+# prints "# Snapshot file") and then sources the result once to check it (`set -e; . "PATH"`).
+# Those are left alone (a `case` pattern in both hooks): detached, they would read the login
+# profile a second time, and a slow profile (nvm, conda) would keep a process that looks like
+# one the turn left running alive past the turn, holding the late-port wait (PortWatch) and
+# so the session. A command of the agent's that spells either out stays attached, which only
+# costs it the detach.
+CODEX_OWN_SHELLS = "*\"'# Snapshot file'\"*|'set -e; . \"'*/shell_snapshots/*'\"'"
+
 # The hand-over itself, run by the hooks: a script of its own with nothing but builtin
 # modules, since every command the agent runs pays for its start (about 20 ms, where this
 # whole file would take several times that). It does what run_user_command does for `exec`,
@@ -746,18 +756,26 @@ def detach_script() -> str:
 BASH_HOOK = """# Written by codex-daytona's agent (BASH_ENV of the shells Codex starts): runs the
 # command in a session of its own, so its background processes outlive the command.
 if [ -z "${{{guard}-}}" ] && [ -n "${{BASH_EXECUTION_STRING-}}" ]; then
-  export {guard}=1
-  if shopt -q login_shell; then set -- -lc; else set -- -c; fi
-  exec {python} -I -S {detach} "$BASH" "$1" "$BASH_EXECUTION_STRING" {log}
+  case "$BASH_EXECUTION_STRING" in
+    {codex_own}) ;;
+    *)
+      export {guard}=1
+      if shopt -q login_shell; then set -- -lc; else set -- -c; fi
+      exec {python} -I -S {detach} "$BASH" "$1" "$BASH_EXECUTION_STRING" {log} ;;
+  esac
 fi
 """
 
 ZSH_HOOK = """# Written by codex-daytona's agent ($ZDOTDIR/.zshenv of the shells Codex starts): runs the
 # command in a session of its own, then the user's own zsh files are read as usual.
 if [[ -z "${{{guard}-}}" && -n "${{ZSH_EXECUTION_STRING-}}" ]]; then
-  export {guard}=1
-  if [[ -o login ]]; then set -- -lc; else set -- -c; fi
-  exec {python} -I -S {detach} "$(command -v zsh || echo zsh)" "$1" "$ZSH_EXECUTION_STRING" {log}
+  case "$ZSH_EXECUTION_STRING" in
+    {codex_own}) ;;
+    *)
+      export {guard}=1
+      if [[ -o login ]]; then set -- -lc; else set -- -c; fi
+      exec {python} -I -S {detach} "$(command -v zsh || echo zsh)" "$1" "$ZSH_EXECUTION_STRING" {log} ;;
+  esac
 fi
 ZDOTDIR="${{CODEX_DAYTONA_USER_ZDOTDIR:-$HOME}}"
 [[ -r "$ZDOTDIR/.zshenv" ]] && . "$ZDOTDIR/.zshenv"
@@ -775,6 +793,7 @@ def write_shell_hooks(home: str) -> dict[str, str]:
     detach = os.path.join(root, "detach.py")
     values = {
         "guard": DETACHED_ENV,
+        "codex_own": CODEX_OWN_SHELLS,
         "python": shlex.quote(sys.executable),
         "detach": shlex.quote(detach),
         # Output a background job keeps writing once its command has returned.

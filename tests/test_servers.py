@@ -197,6 +197,40 @@ def test_the_shell_hooks_detach_each_command_in_bash_and_zsh(tmp_path: Path, she
         subprocess.run(["pkill", "-f", marker], check=False)
 
 
+
+@pytest.mark.parametrize(
+    "shell",
+    [
+        "bash",
+        pytest.param("zsh", marks=pytest.mark.skipif(shutil.which("zsh") is None, reason="needs zsh")),
+    ],
+)
+def test_codex_own_snapshot_shells_are_not_detached_and_read_the_profile_once(tmp_path: Path, shell: str) -> None:
+    """Codex's shell snapshot (a login shell printing '# Snapshot file', then `set -e; . PATH`
+    to check the result) is Codex's own: not handed to a session of its own, so it reads the
+    login profile once and is not taken for a process the turn left running (PortWatch)."""
+    home = tmp_path / "home"
+    (home / "shell_snapshots").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("ZDOTDIR", agent.DETACHED_ENV)}
+    env.update(agent.write_shell_hooks(str(home)), HOME=str(home))
+    profile = ".bash_profile" if shell == "bash" else ".zprofile"
+    (home / profile).write_text('echo read >> "$HOME/profile-reads"\n')
+    report = 'echo "$$ ${CODEX_DAYTONA_DETACHED:-attached}"'
+    snapshot = f"echo '# Snapshot file'\n{report}\n"
+    done = codex_like([shell, "-lc"], snapshot, env, home)
+    assert done.returncode == 0, done
+    assert done.stdout.split() == [b"#", b"Snapshot", b"file", str(done.pid).encode(), b"attached"], done
+    assert (home / "profile-reads").read_text() == "read\n"
+    (home / "shell_snapshots" / "t.sh").write_text(report + "\n")
+    checked = codex_like([shell, "-c"], f'set -e; . "{home}/shell_snapshots/t.sh"', env, home)
+    assert checked.stdout.split() == [str(checked.pid).encode(), b"attached"], checked
+    # Any other login command is detached (a shell of its own, the mark set), the profile
+    # read by the hand-over's shell too.
+    ordinary = codex_like([shell, "-lc"], report, env, home)
+    pid, mark = ordinary.stdout.split()
+    assert (int(pid) != ordinary.pid, mark) == (True, b"1"), ordinary
+
+
 def test_a_command_killed_on_interrupt_takes_its_detached_session_with_it(tmp_path: Path) -> None:
     """What the Interrupter does to a command still running: SIGTERM to Codex's group reaches
     the session the hook made, so a foreground `sleep` stops."""

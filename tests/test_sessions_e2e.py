@@ -178,3 +178,28 @@ def test_logs_follow_of_an_earlier_run_reads_its_event_file_and_leaves_no_sessio
     attaches = [c for c in rig.emulator.commands(sandbox_id) if "--attach" in c["command"]]
     assert len(attaches) == 1 and attaches[0]["sessionId"] != "codex-daytona"
     assert (rig.sandbox(sandbox_id) or {})["sessions"] == ["codex-daytona"]
+
+
+def test_codex_capturing_the_login_profile_is_not_taken_for_the_turns_work(rig: Rig) -> None:
+    """Codex captures the login shell's environment as it starts (its shell snapshot, `bash
+    -lc`). That shell is Codex's own, not the turn's: it reads the login profile once, and a
+    turn that started nothing does not wait for late ports for it (under load the capture
+    outlived such a turn, the session stayed busy, and the next ask went to a disposable one)."""
+    sandbox_id = _ready(rig)
+    home = rig.emulator.home_dir(sandbox_id)
+    (home / ".bash_profile").write_text('echo read >> "$HOME/profile-reads"\n')
+    # A fresh agent (as after any restart): its first turn starts Codex, which takes the snapshot.
+    rig.emulator.stop_sandbox(sandbox_id)
+    rig.emulator.start_sandbox(sandbox_id)
+    for answer in ("one", "two"):
+        rig.model.enqueue(turn(msg(answer)))
+        result = rig.cli("ask", "-q", answer)
+        assert (result.code, result.stdout) == (0, f"{answer}\n"), result
+    assert (home / "profile-reads").read_text() == "read\n"
+    agent_commands = [c for c in rig.emulator.commands(sandbox_id) if "--run-id" in c["command"]]
+    assert [c["sessionId"] for c in agent_commands] == ["codex-daytona", "codex-daytona"]
+    events = sorted((home / ".codex-daytona" / "runs").glob("*/events.jsonl"))
+    assert len(events) == 2
+    for path in events:
+        ports = [json.loads(line) for line in path.read_text().splitlines() if '"codex_daytona.ports"' in line]
+        assert [p.get("settling") for p in ports if not p.get("late")] == [0], ports
