@@ -197,7 +197,6 @@ def test_the_shell_hooks_detach_each_command_in_bash_and_zsh(tmp_path: Path, she
         subprocess.run(["pkill", "-f", marker], check=False)
 
 
-
 @pytest.mark.parametrize(
     "shell",
     [
