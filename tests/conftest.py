@@ -106,8 +106,32 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def warm_helper_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The directory of the warm helper that serves this worker's CLI calls (the first call
+    runs in process and starts it; later ones are forked from it, as on a user's terminal).
+    Removing its socket at the end makes it exit within a tick."""
+    directory = tmp_path_factory.mktemp("helper")
+    directory.chmod(0o700)
+    yield directory
+    for sock in directory.glob("*.sock"):
+        sock.unlink(missing_ok=True)
+
+
 @pytest.fixture
-def rig(emulator: object, runtime_snapshot: str, _isolated: Path, tmp_path: Path) -> Iterator[object]:
+def rig(
+    request: pytest.FixtureRequest,
+    emulator: object,
+    runtime_snapshot: str,
+    _isolated: Path,
+    tmp_path: Path,
+    warm_helper_dir: Path,
+) -> Iterator[object]:
+    """The CLI, the emulator and the scripted model, wired together. The CLI's calls go through
+    the warm helper (one per worker), which forks each command from a process that has the
+    CLI imported: a fresh interpreter costs ~1.5 s of CPU importing the Daytona SDK, hundreds
+    of times a run. A test marked `cold` (signals, the first contact, the helper itself) runs
+    every call in a process of its own, as CI and scripts do."""
     from tests.e2e import DAYTONA_KEY, OPENAI_KEY, Rig, reset_emulator
     from tests.fakes.model import ScriptedModel
 
@@ -126,7 +150,9 @@ def rig(emulator: object, runtime_snapshot: str, _isolated: Path, tmp_path: Path
         CODEX_DAYTONA_STATE_DIR=str(tmp_path / "state"),
         NO_COLOR="1",
         COLUMNS="100",
-        CODEX_DAYTONA_HELPER="0",
+        CODEX_DAYTONA_HELPER="0" if request.node.get_closest_marker("cold") else "1",
+        CODEX_DAYTONA_HELPER_DIR=str(warm_helper_dir),
+        CODEX_DAYTONA_HELPER_IDLE_SECONDS="120",
         PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
     )
     rig = Rig(emulator, model, _isolated, env)  # type: ignore[arg-type]

@@ -23,6 +23,8 @@ def _session_execs(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in requests if r["path"].endswith("/exec") and "/process/session/" in r["path"]]
 
 
+# Cold: first contact as a script or CI makes it, every call a process of its own.
+@pytest.mark.cold
 def test_first_ask_and_ask_after_a_restart_make_their_session_first(rig: Rig) -> None:
     """Daytona answers a command for a missing session with 500 (not 404): a fresh sandbox's
     first ask and the ask that starts a stopped sandbox make the session first, and no

@@ -310,3 +310,32 @@ def test_help_usage_errors_and_exit_codes_are_the_same_through_the_helper(helper
         through, in_process = traced(trace)[before:]
         assert re.fullmatch(r"helper \d+", through) and in_process == "in-process", (args, through, in_process)
         assert (helped.returncode, helped.stdout, helped.stderr) == (local.returncode, local.stdout, local.stderr), args
+
+
+# --- the rig's own use of the helper ---------------------------------------------------------
+
+
+def _rig_trace(rig: Rig, tmp_path: Path) -> list[str]:
+    trace = tmp_path / "rig-trace"
+    for _ in range(3):
+        assert rig.cli("status", "-q", env={"CODEX_DAYTONA_HELPER_TRACE": str(trace)}).code == 0
+    return [line.split()[0] for line in trace.read_text().splitlines()]  # "helper PID" or "in-process"
+
+
+@pytest.mark.e2e
+def test_the_rigs_calls_go_through_the_warm_helper(rig: Rig, tmp_path: Path) -> None:
+    """The e2e rig forks its CLI calls from the worker's warm helper (once one is up): the
+    suite's time depends on it, so a rig that silently went back to cold calls fails here."""
+    assert rig.cli("status", "-q").code == 0  # starts the helper, if no test has yet
+    directory = Path(rig.env["CODEX_DAYTONA_HELPER_DIR"])
+    deadline = time.monotonic() + 60
+    while not list(directory.glob("helper-*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _rig_trace(rig, tmp_path) == ["helper"] * 3
+
+
+@pytest.mark.e2e
+@pytest.mark.cold
+def test_a_cold_tests_calls_run_in_process_every_time(rig: Rig, tmp_path: Path) -> None:
+    """`@pytest.mark.cold` keeps the path scripts and CI take: each call a process of its own."""
+    assert _rig_trace(rig, tmp_path) == ["in-process"] * 3

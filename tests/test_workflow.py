@@ -35,6 +35,8 @@ def lunar_lander_turn() -> list[dict[str, Any]]:
     ]
 
 
+# Cold: the README's flow as a script or CI runs it, every call a process of its own.
+@pytest.mark.cold
 def test_seed_workflow_build_serve_preview_resume_down(rig: Rig) -> None:
     # 1. Build: the first ask creates the sandbox, installs nothing (the snapshot has the
     #    runtime), and the agent writes three files with apply_patch and runs a command.
