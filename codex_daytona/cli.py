@@ -444,7 +444,8 @@ def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False
     last 8 characters), last turn and ports; * marks the one commands use (the default, or
     --name's).
 
-    -q prints the names, one per line; --json the full ids, the times and the tokens.
+    -q prints the full sandbox ids, one per line; --json the names, the full ids, the times
+    and the tokens.
 
     Example: codex-daytona ls
     """
@@ -456,7 +457,7 @@ def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False
             out.json_line({"sandboxes": [row.to_json() for row in rows]})
         elif quiet:
             for row in rows:
-                out.value("", row.name, {})
+                out.value("", row.record.sandbox_id, {})
         elif not rows:
             out.progress('No sandboxes here. `codex-daytona up` or `codex-daytona ask "..."` creates one.')
         else:
