@@ -629,14 +629,19 @@ def preview(
 def status(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Show the sandbox, its state, the thread, the last turn and the listening ports.
 
-    -q prints only the sandbox's state (none, started, stopped, deleted, ...).
+    One line per port, as ask prints it: a link that opens in a browser as printed (signed,
+    valid 1 h, on a private sandbox), and what checking it through Daytona's preview proxy
+    found, in a word. -q prints only the sandbox's state (none, started, stopped, deleted,
+    ...); --json has the links, the checks and, on a private sandbox, the token.
 
     Example: codex-daytona status
     """
     from codex_daytona import lifecycle
 
     with _session(json_mode, quiet, debug, name) as (ctx, out):
-        out.result(lifecycle.status(ctx))
+        report = lifecycle.status(ctx)
+        out.result(report)
+        out.links([p.to_json() for p in report.previews])
 
 
 @app.command(
