@@ -444,7 +444,8 @@ def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False
     last 8 characters), last turn and ports; * marks the one commands use (the default, or
     --name's).
 
-    -q prints the names, one per line; --json the full ids, the times and the tokens.
+    -q prints the full sandbox ids, one per line; --json the names, the full ids, the times
+    and the tokens.
 
     Example: codex-daytona ls
     """
@@ -456,7 +457,7 @@ def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False
             out.json_line({"sandboxes": [row.to_json() for row in rows]})
         elif quiet:
             for row in rows:
-                out.value("", row.name, {})
+                out.value("", row.record.sandbox_id, {})
         elif not rows:
             out.progress('No sandboxes here. `codex-daytona up` or `codex-daytona ask "..."` creates one.')
         else:
@@ -628,14 +629,19 @@ def preview(
 def status(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Show the sandbox, its state, the thread, the last turn and the listening ports.
 
-    -q prints only the sandbox's state (none, started, stopped, deleted, ...).
+    One line per port, as ask prints it: a link that opens in a browser as printed (signed,
+    valid 1 h, on a private sandbox), and what checking it through Daytona's preview proxy
+    found, in a word. -q prints only the sandbox's state (none, started, stopped, deleted,
+    ...); --json has the links, the checks and, on a private sandbox, the token.
 
     Example: codex-daytona status
     """
     from codex_daytona import lifecycle
 
     with _session(json_mode, quiet, debug, name) as (ctx, out):
-        out.result(lifecycle.status(ctx))
+        report = lifecycle.status(ctx)
+        out.result(report)
+        out.links([p.to_json() for p in report.previews])
 
 
 @app.command(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from codex_daytona import events as ev
 from codex_daytona import links, provision, runtime
 from codex_daytona.context import TOOL_LABEL, Box, Context, project_labels, tail
-from codex_daytona.daytona_api import PreviewLink, RefusedError, SandboxInfo
+from codex_daytona.daytona_api import RefusedError, SandboxInfo
 from codex_daytona.errors import DaytonaError, SandboxGoneError, TransferError, UsageError
 from codex_daytona.state import LastTurn, SandboxRecord, State
 
@@ -262,7 +262,9 @@ class StatusReport:
     thread_id: str | None = None
     home_dir: str | None = None
     last_turn: LastTurn | None = None
-    previews: list[PreviewLink] = field(default_factory=list)
+    # Each listening port's link, checked, with a signed URL beside it on a private sandbox.
+    # The human view shows them as `ask` does, one line per link (the output layer draws them).
+    previews: list[links.Preview] = field(default_factory=list)
 
     @property
     def human(self) -> str:
@@ -283,8 +285,6 @@ class StatusReport:
             lines.append(
                 f"Last turn  {turn.ended_at or turn.started_at}, {turn.status}{error}{tokens} (run {turn.run_id})"
             )
-        for link in self.previews:
-            lines.append(f"Port {link.port:<6} {link.url}")
         if self.state == "started" and not self.previews:
             lines.append("Ports      nothing listening")
         return "\n".join(lines)
@@ -301,7 +301,7 @@ class StatusReport:
             "thread_id": self.thread_id,
             "home_dir": self.home_dir,
             "last_turn": self.last_turn.model_dump(mode="json") if self.last_turn else None,
-            "previews": [{"port": p.port, "url": p.url} for p in self.previews],
+            "previews": [p.to_json() for p in self.previews],
         }
 
 
@@ -323,9 +323,13 @@ def status(ctx: Context) -> StatusReport:
     except SandboxGoneError:
         report.state = "deleted"
         return report
-    report.state = box.info().state
+    info = box.info()
+    report.state = info.state
     if report.state == "started" and record.runtime:
-        report.previews = [box.preview_link(port) for port in links.listening_ports(box)]
+        report.previews = links.for_browser(box, links.listening_ports(box), info.public)
+        for preview in report.previews:
+            if preview.check is not None and not preview.check.ok:
+                ctx.emit(ev.warning(preview.check.message()))
     return report
 
 

@@ -82,16 +82,22 @@ def preview(
 
 
 def after_turn(box: Box, ports: ev.Event | None, *, public: bool | None = None) -> list[Preview]:
-    """The links of the ports a turn started listening on (the agent's ports event), checked,
-    each with a signed URL for a browser on a private sandbox."""
+    """The links of the ports a turn started listening on (the agent's ports event), checked
+    and reported, each with a signed URL for a browser on a private sandbox."""
     new_ports = [int(p) for p in (ports or {}).get("new") or []]
     if not new_ports:
         return []
     if public is None:
         public = box.info().public
-    found = [box.preview_link(port) for port in new_ports]
+    return report(box.emit, for_browser(box, new_ports, public))
+
+
+def for_browser(box: Box, ports: list[int], public: bool) -> list[Preview]:
+    """The links of `ports`, checked, each with a signed URL (valid BROWSER_TTL_S) beside it
+    on a private sandbox: what `ask` and `status` show people. Reports nothing."""
+    found = [box.preview_link(port) for port in ports]
     browser = _browser_links(box, found, public, BROWSER_TTL_S)
-    return check_and_report(box.emit, found, public, browser=browser, ttl=BROWSER_TTL_S)
+    return check(found, public, browser=browser, ttl=BROWSER_TTL_S)
 
 
 def _browser_links(box: Box, found: list[PreviewLink], skip: bool, ttl: int) -> list[PreviewLink | None]:
@@ -121,16 +127,33 @@ def check_and_report(
     ttl: int | None = None,
 ) -> list[Preview]:
     """Checks each link through the preview proxy, then reports it and any problem."""
+    return report(emit, check(found, public, signed=signed, browser=browser, ttl=ttl))
+
+
+def check(
+    found: list[PreviewLink],
+    public: bool,
+    *,
+    signed: bool = False,
+    browser: list[PreviewLink | None] | None = None,
+    ttl: int | None = None,
+) -> list[Preview]:
+    """Checks each link through the preview proxy, side by side."""
     checks = previews.check_links([(link.port, link.url, None if public else link.token) for link in found])
     browser = browser or [None] * len(found)
-    result = []
-    for link, check, signed_url in zip(found, checks, browser, strict=True):
-        preview = Preview(link, public, signed, check, signed_url, ttl if signed or signed_url else None)
-        result.append(preview)
+    return [
+        Preview(link, public, signed, link_check, signed_url, ttl if signed or signed_url else None)
+        for link, link_check, signed_url in zip(found, checks, browser, strict=True)
+    ]
+
+
+def report(emit: OnEvent, checked: list[Preview]) -> list[Preview]:
+    """Reports each checked link (a preview event) and its problem, if any (a warning)."""
+    for preview in checked:
         emit(preview_event(preview))
-        if not check.ok:
-            emit(ev.warning(check.message()))
-    return result
+        if preview.check is not None and not preview.check.ok:
+            emit(ev.warning(preview.check.message()))
+    return checked
 
 
 def preview_event(preview: Preview) -> ev.Event:

@@ -367,22 +367,20 @@ class Output:
         )
 
     def _preview(self, event: ev.Event) -> None:
-        """One line per link, that opens in a browser as printed (the signed URL of a private
-        sandbox, the plain one of a public sandbox), with the check's outcome in a word. The
-        token and its header only when asked for (`preview --token`: no signed URL then)."""
-        if self.mode is Mode.QUIET:
+        if self.mode is not Mode.QUIET:
+            for line in _link_lines(event):
+                self._err(line)
+
+    def links(self, previews: list[dict[str, Any]]) -> None:
+        """Links that are a command's result (`status`): on stdout, in the human view only,
+        each the same line as `ask` and `preview` print on stderr."""
+        if self.mode is not Mode.HUMAN:
             return
-        url = str(event.get("browser_url") or event.get("url"))
-        line = f"🔗 Port {event.get('port')}: [bold]{escape(url)}[/bold]"
-        if "ok" in event:
-            word = escape(str(event.get("outcome") or ("answers" if event.get("ok") else "fails")))
-            line += f"  [green]✓ {word}[/green]" if event.get("ok") else f"  [red]✗ {word}[/red]"
-        if event.get("expires_in"):
-            line += f" [dim]· link valid {escape(duration(int(event['expires_in'])))}[/dim]"
-        self._err(line)
-        if event.get("token") and not event.get("browser_url"):
-            token, header = escape(str(event.get("token"))), escape(str(event.get("header")))
-            self._err(f"[dim]   {header}: {token}   e.g. curl -H '{header}: {token}' {escape(url)}[/dim]")
+        console = Console(file=self.stdout, highlight=False, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True)
+        with contextlib.suppress(OSError, ValueError):
+            for preview in previews:
+                for line in _link_lines(preview):
+                    console.print(self.mask(line))
 
     def ask_line(self, prompt: str) -> str:
         """Reads one line of input after showing `prompt` on stderr (the chat's `User:`)."""
@@ -524,6 +522,25 @@ class Output:
         else:
             buffer.write(data)
             buffer.flush()
+
+
+def _link_lines(event: dict[str, Any]) -> list[str]:
+    """A link as people see it (markup): one line that opens in a browser as printed (the
+    signed URL of a private sandbox, the plain one of a public sandbox), with the check's
+    outcome in a word. The token and its header only when asked for (`preview --token`: no
+    signed URL then), on a second line."""
+    url = str(event.get("browser_url") or event.get("url"))
+    line = f"🔗 Port {event.get('port')}: [bold]{escape(url)}[/bold]"
+    if "ok" in event:
+        word = escape(str(event.get("outcome") or ("answers" if event.get("ok") else "fails")))
+        line += f"  [green]✓ {word}[/green]" if event.get("ok") else f"  [red]✗ {word}[/red]"
+    if event.get("expires_in"):
+        line += f" [dim]· link valid {escape(duration(int(event['expires_in'])))}[/dim]"
+    lines = [line]
+    if event.get("token") and not event.get("browser_url"):
+        token, header = escape(str(event.get("token"))), escape(str(event.get("header")))
+        lines.append(f"[dim]   {header}: {token}   e.g. curl -H '{header}: {token}' {escape(url)}[/dim]")
+    return lines
 
 
 def duration(seconds: int) -> str:

@@ -132,7 +132,7 @@ def _fanout_compare_keep_down(rig: Rig) -> None:
     assert [s["current"] for s in listed] == [True, False, False, False]
     assert all(s["state"] == "started" for s in listed)
     assert listed[2]["last_turn"]["status"] == "completed"
-    assert rig.cli("ls", "-q").stdout.split() == ["default", *NAMES]
+    assert rig.cli("ls", "-q").stdout.split() == [s["sandbox_id"] for s in listed]
     kept = rig.cli("keep", "default-2", "-q")
     assert kept.code == 0 and kept.stdout.strip() == d2, kept
     assert _ids(rig) == {"default": d2, "default-1": d1, "default-2": base_id, "default-3": d3}

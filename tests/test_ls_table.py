@@ -1,5 +1,5 @@
 """`ls` at 80 and 120 columns: short ids that never wrap, one line per sandbox, the full ids
-in `--json`, the names with `-q`."""
+in `--json`, the full sandbox ids alone with `-q` (for `codex-daytona ls -q | xargs ...`)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def run_ls(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, columns: int, *args: 
     env = {"COLUMNS": str(columns), "NO_COLOR": "1", "TERM": "dumb", "CODEX_DAYTONA_STATE_DIR": str(tmp_path)}
     result = CliRunner().invoke(app, ["ls", *args], env=env)
     assert result.exit_code == 0, result.output
+    assert result.stderr == "", result.stderr
     return result.stdout
 
 
@@ -70,10 +71,27 @@ def test_ls_shows_short_ids_that_never_wrap_and_fits_the_terminal(
         assert len(lines) == 1 + len(SANDBOXES), "\n" + text
 
 
-def test_ls_json_and_quiet_keep_the_full_ids_and_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def test_even_too_narrow_a_terminal_folds_the_other_columns_not_the_ids(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    text = run_ls(monkeypatch, tmp_path, 50)
+    lines = text.splitlines()
+    assert all(len(line) <= 50 for line in lines), "\n" + text
+    for _, sandbox_id, thread_id, _ in SANDBOXES:
+        assert any(f" {sandbox_id[:8]} " in f" {line} " for line in lines), "\n" + text
+        assert thread_id is None or any(f" {thread_id[-8:]} " in f" {line} " for line in lines), "\n" + text
+
+
+def test_ls_json_keeps_the_full_ids_and_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     listed = json.loads(run_ls(monkeypatch, tmp_path, 80, "--json"))["sandboxes"]
     assert [(s["name"], s["sandbox_id"], s.get("thread_id")) for s in listed] == [
         (name, sandbox_id, thread_id) for name, sandbox_id, thread_id, _ in SANDBOXES
     ]
     assert listed[0]["last_turn"]["usage"]["input_tokens"] == 12_410
-    assert run_ls(monkeypatch, tmp_path, 80, "-q").split() == [name for name, *_ in SANDBOXES]
+
+
+def test_ls_quiet_prints_the_full_sandbox_ids_and_nothing_else(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    # One whole id a line, no header, no mark, at any width: `codex-daytona ls -q | xargs ...`.
+    for columns in (20, 80):
+        quiet = run_ls(monkeypatch, tmp_path, columns, "-q")
+        assert quiet == "".join(f"{sandbox_id}\n" for _, sandbox_id, _, _ in SANDBOXES), quiet
