@@ -242,3 +242,10 @@ def closing_event(events: list[dict[str, Any]]) -> dict[str, Any]:
     at = types.index("codex_daytona.run.completed")
     assert all(t.startswith("codex_daytona.ports") for t in types[at + 1 :]), types[at:]
     return events[at]
+
+
+def run_events(rig: Rig, run_id: str) -> list[dict[str, Any]]:
+    """A run's events as the agent wrote them to its event file in the sandbox."""
+    home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
+    [path] = list(home.glob(f"**/runs/{run_id}/events.jsonl"))
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

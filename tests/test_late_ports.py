@@ -5,7 +5,6 @@ restarted on a port that listened before the turn is the turn's too."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent_bundle import agent
-from tests.e2e import Rig, free_port, http_get
+from tests.e2e import Rig, free_port, http_get, run_events
 from tests.fakes.model import msg, run, turn
 
 # --- the watch itself, in this process -------------------------------------------------------
@@ -157,13 +156,6 @@ def late_server_turn(port: int, delay: float) -> list[dict[str, Any]]:
     """The agent starts a server that binds `delay` seconds later, then ends its turn at once."""
     command = f"(sleep {delay}; exec python3 -m http.server {port} --bind 0.0.0.0) > late.log 2>&1 &"
     return [turn(run(command)), turn(msg("The server is starting."))]
-
-
-def run_events(rig: Rig, run_id: str) -> list[dict[str, Any]]:
-    """A run's events as the agent wrote them to its event file in the sandbox."""
-    home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
-    [path] = list(home.glob(f"**/runs/{run_id}/events.jsonl"))
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.e2e

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import DAYTONA_KEY, Rig, sandbox_processes
+from tests.e2e import DAYTONA_KEY, Rig, run_events, sandbox_processes
 from tests.fakes.model import msg, run, turn
 
 pytestmark = pytest.mark.e2e
@@ -148,11 +148,7 @@ def test_dropped_log_streams_lose_and_repeat_nothing(rig: Rig) -> None:
     assert result.code == 0, result
     shown = [e for e in result.json_lines if not e["type"].startswith("codex_daytona.")]
     run_id = result.json_lines[-1]["run_id"]
-    home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
-    saved = [
-        json.loads(line)
-        for line in (home / ".codex-daytona" / "runs" / run_id / "events.jsonl").read_text().splitlines()
-    ]
+    saved = run_events(rig, run_id)
     expected = [e for e in saved if not e["type"].startswith("codex_daytona.")]
     assert shown == expected
     # Each fault cut a stream part-way (the emulator only cuts inside the log), and each cut
@@ -234,9 +230,7 @@ def test_a_stalled_or_half_closed_stream_is_picked_up_again(rig: Rig, fault: str
     lines = result.json_lines
     assert sum(e["type"] == "codex_daytona.retry" for e in lines) == 1
     run_id = lines[-1]["run_id"]
-    home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
-    saved = (home / ".codex-daytona" / "runs" / run_id / "events.jsonl").read_text().splitlines()
-    expected = [e for e in map(json.loads, saved) if not e["type"].startswith("codex_daytona.")]
+    expected = [e for e in run_events(rig, run_id) if not e["type"].startswith("codex_daytona.")]
     assert [e for e in lines if not e["type"].startswith("codex_daytona.")] == expected
     assert lines[-1]["final_message"] == "came through"
 
@@ -329,7 +323,6 @@ def test_soak_twenty_asks_with_streams_dropped_at_random_points(rig: Rig) -> Non
 
     _ready(rig)
     rng = random.Random(20261126)
-    home = Path(rig.emulator.home_dir(rig.record()["sandbox_id"]))
     cut = 0
     for i in range(20):
         rig.model.enqueue(turn(run(f"echo soak-{i}; seq 1 {rng.randint(1, 40)}")), turn(msg(f"done {i}")))
@@ -340,8 +333,7 @@ def test_soak_twenty_asks_with_streams_dropped_at_random_points(rig: Rig) -> Non
         lines = result.json_lines
         assert lines[-1]["final_message"] == f"done {i}"
         run_id = lines[-1]["run_id"]
-        saved = (home / ".codex-daytona" / "runs" / run_id / "events.jsonl").read_text().splitlines()
-        expected = list(map(json.loads, saved))  # the ports events too: --json shows them
+        expected = run_events(rig, run_id)  # the ports events too: --json shows them
         shown = [e for e in lines if e["type"] not in ("codex_daytona.retry", "codex_daytona.result")]
         shown = [e for e in shown if e["type"] != "codex_daytona.preview"]
         expected = [e for e in expected if e["type"] != "codex_daytona.run.completed"]
