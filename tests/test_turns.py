@@ -74,7 +74,8 @@ def test_prompt_from_a_pipe_and_a_new_thread(rig: Rig) -> None:
 def test_timeout_interrupts_the_turn_with_124(rig: Rig) -> None:
     sandbox_id = _ready(rig)
     rig.model.enqueue(turn(run("sleep 71", yield_time_ms=60000)), turn(msg("unreachable")))
-    proc = rig.popen_piped("ask", "--timeout", "3", "sleep a while")
+    # 8 s: time for the command to start on a loaded machine (at 3 it timed out before that).
+    proc = rig.popen_piped("ask", "--timeout", "8", "sleep a while")
     # The command really ran before the timeout: "it is gone" below then means something.
     _wait_for(lambda: bool(sandbox_processes(sandbox_id, "sleep 71")))
     _stdout, stderr = proc.communicate(timeout=60)

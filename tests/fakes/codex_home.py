@@ -69,8 +69,13 @@ def write_codex_home(home: Path, base_url: str, **options: Any) -> Path:
 
 
 def codex_env(home: Path, key: str = FAKE_KEY) -> dict[str, str]:
-    """Environment variables for a codex process using ``home``."""
+    """Environment variables for a codex process using ``home``. Its HOME is an empty
+    directory beside it: the login shells Codex starts (`bash -lc`) read no profile of this
+    machine's user (pyenv's rehash in one printed into a command's output under load)."""
+    user_home = home.parent / f"{home.name}-user-home"
+    user_home.mkdir(parents=True, exist_ok=True)
     return {
+        "HOME": str(user_home),
         "CODEX_HOME": str(home),
         "CODEX_APP_SERVER_DISABLE_MANAGED_CONFIG": "1",
         FAKE_KEY_ENV: key,
