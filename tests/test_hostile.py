@@ -140,28 +140,48 @@ def _immutable(path: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
+def _unwritable(rig: Rig, *args: str) -> None:
+    result = rig.cli(*args)
+    assert result.code == 1, result
+    assert "Cannot write the state file" in result.stderr and "nothing was changed" in result.stderr
+    _one_error_line(result.stderr)
+
+
 def test_an_unwritable_state_dir_changes_nothing_on_daytona(rig: Rig) -> None:
     sandbox_id = _ready(rig)
+    sandboxes, snapshots = len(rig.emulator.sandboxes()), len(rig.emulator.snapshots())
     with _immutable(_state_dir(rig)):
-        for args in (("down", "--yes"), ("ask", "hi")):
-            result = rig.cli(*args)
-            assert result.code == 1, result
-            assert "Cannot write the state file" in result.stderr and "nothing was changed" in result.stderr
-            _one_error_line(result.stderr)
+        for args in (("down", "--yes"), ("ask", "hi"), ("ask", "--fanout", "2", "hi")):
+            _unwritable(rig, *args)
             assert (rig.sandbox(sandbox_id) or {}).get("state") == "started", "nothing changed on Daytona"
+            assert (len(rig.emulator.sandboxes()), len(rig.emulator.snapshots())) == (sandboxes, snapshots), args
+        # A stopped sandbox: the ask would start it before it claims the turn (the state file's
+        # lock file exists and can be opened, so only the check before the start stops it).
+        assert rig.cli("down", "--stop").code == 0  # records nothing
+        _unwritable(rig, "ask", "hi")
+        assert (rig.sandbox(sandbox_id) or {}).get("state") == "stopped", "the ask started the sandbox"
     assert rig.model.requests == []
     assert rig.record()["sandbox_id"] == sandbox_id
 
 
-def test_an_unwritable_state_dir_makes_no_sandbox(rig: Rig) -> None:
-    _state_dir(rig).mkdir(parents=True)
-    before = {s["id"] for s in rig.emulator.sandboxes()}
+@pytest.mark.parametrize("earlier", ["none", "down"])
+def test_an_unwritable_state_dir_makes_no_sandbox(rig: Rig, earlier: str) -> None:
+    """An empty state directory, or one a sandbox was brought up and down in (its state and
+    lock files there and writable in place: only creating a file fails)."""
+    if earlier == "down":
+        _ready(rig)
+        assert rig.cli("down", "--yes").code == 0
+        assert (_state_dir(rig) / "state.toml").exists()
+    else:
+        _state_dir(rig).mkdir(parents=True)
+    before = {s["id"] for s in rig.emulator.sandboxes() if s["state"] != "destroyed"}
     with _immutable(_state_dir(rig)):
-        for args in (("up",), ("ask", "hi")):
+        for args in (("up",), ("ask", "hi"), ("ask", "--fanout", "2", "hi")):
             result = rig.cli(*args)
             assert result.code == 1, result
             _one_error_line(result.stderr)
-    assert {s["id"] for s in rig.emulator.sandboxes()} == before
+            made = {s["id"] for s in rig.emulator.sandboxes() if s["state"] != "destroyed"} - before
+            assert made == set(), f"{args[0]} made a sandbox it cannot record"
 
 
 # --- 7, 8, 9, 10: small ones ------------------------------------------------------------------
