@@ -272,6 +272,7 @@ def test_a_frozen_daytona_is_exit_7_within_the_request_timeout(rig: Rig) -> None
             took = time.monotonic() - started
             assert result.code == 7, result
             assert "Daytona did not answer within 2 s" in result.stderr
+            assert "CODEX_DAYTONA_REQUEST_TIMEOUT_SECONDS" in result.stderr, "the hint says how to wait longer"
             _one_error_line(result.stderr)
             # Unbounded before (the request never ended); 2 s, plus start-up, which on a
             # loaded two-core machine running the suite took up to 22 s.
