@@ -403,17 +403,8 @@ def test_a_turn_codex_never_starts_ends_and_leaves_the_agent_free(
 
     monkeypatch.setattr(daemon.engine, "_ensure", ensure)
 
-    class Sink:
-        text = ""
-
-        def write(self, s: str) -> None:
-            self.text += s
-
-        def flush(self) -> None:
-            pass
-
     for run_id in ("hung-1", "hung-2"):
-        sink = Sink()
+        sink = _Sink()
         started = time.monotonic()
         daemon._run({"run_id": run_id, "prompt": "hi"}, sink)
         assert time.monotonic() - started < 10, "the run ended in bounded time"
@@ -421,6 +412,33 @@ def test_a_turn_codex_never_starts_ends_and_leaves_the_agent_free(
         closing = closing_event(events)
         assert closing["status"] == "error", closing  # the second one too: not "busy"
         assert "Codex did not start the turn within 0.5 s" in closing["error"]
+
+
+def test_a_run_whose_key_never_comes_ends_and_leaves_the_agent_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run names a key the CLI never delivers: it ends with an error once KEY_WAIT_S is
+    over, and the next run is not told another one runs."""
+    monkeypatch.setattr(agent, "KEY_WAIT_S", 0.3)
+    daemon = agent.Daemon(str(tmp_path), str(tmp_path / "runs"))
+    for run_id in ("keyless-1", "keyless-2"):
+        sink = _Sink()
+        daemon._run({"run_id": run_id, "prompt": "hi", "key_id": runtime.key_fingerprint(KEY)}, sink)
+        closing = closing_event([json.loads(line) for line in sink.text.splitlines() if line.strip()])
+        assert closing["status"] == "error", closing  # the second one too: not "busy"
+        assert "key was not delivered" in closing["error"]
+
+
+class _Sink:
+    """Where a run's events go (the client's end of the agent's socket)."""
+
+    text = ""
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
 
 
 def test_agent_rejects_a_missing_request(tmp_path: Path) -> None:
