@@ -285,6 +285,35 @@ def test_a_frozen_daytona_is_exit_7_within_the_request_timeout(rig: Rig) -> None
 # --- 2: no orphan from a signal ------------------------------------------------------------------
 
 
+def test_ctrl_c_while_the_cli_starts_up_is_one_line_and_130(tmp_path: Path) -> None:
+    """Ctrl-C in the few hundred milliseconds the CLI takes to import (here made certain: the
+    import of codex_daytona.cli raises KeyboardInterrupt) ends as one before a command took
+    over does: 'Interrupted.', exit 130, no traceback."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'codex_daytona.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, _CtrlC())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEX_DAYTONA_")}
+    env.update(CODEX_DAYTONA_HELPER="0", PYTHONPATH=os.pathsep.join([str(shim), str(Path(__file__).parent.parent)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "codex_daytona", "status"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "Interrupted.\n"
+
+
 def test_no_signal_in_the_first_two_seconds_of_up_or_ask_orphans_a_sandbox(rig: Rig, tmp_path: Path) -> None:
     """SIGINT and SIGTERM to the command's process group at 20 points over the first two
     seconds of `up` and of `ask` (each in a project of its own, five at a time): every
