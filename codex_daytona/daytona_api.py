@@ -165,6 +165,9 @@ class DaytonaApi:
         except DaytonaTimeoutError as exc:
             raise DaytonaError(f"Daytona timed out while trying to {action}.") from exc
         except SdkError as exc:
+            unanswered = _unanswered(exc)
+            if unanswered is not None:  # the request timeout _bound_requests set, inside the SDK's wrapping
+                raise DaytonaError(f"{unanswered.message} while trying to {action}.", unanswered.hint) from exc
             if _unreachable(exc):
                 raise DaytonaError(
                     f"Could not reach Daytona at {self._settings.api_url} to {action}.",
@@ -668,7 +671,7 @@ def _bound_requests(client: Daytona, seconds: float) -> None:
                 ):
                     raise
                 waited = _request_timeout or seconds
-                raise DaytonaError(
+                raise _Unanswered(
                     f"Daytona did not answer within {waited:g} s",
                     "Daytona may be down or overloaded: try again later "
                     "(CODEX_DAYTONA_REQUEST_TIMEOUT_SECONDS sets how long to wait).",
@@ -730,6 +733,21 @@ UNREACHABLE_MARKERS = (
     "Cannot connect to host",
     "Network is unreachable",
 )
+
+
+class _Unanswered(DaytonaError):
+    """A request Daytona did not answer within the request timeout (see _bound_requests)."""
+
+
+def _unanswered(exc: BaseException) -> DaytonaError | None:
+    """The error _bound_requests raised for a request Daytona did not answer in time, when
+    the SDK wrapped it in one of its own (whose message and hint would hide what to do)."""
+    seen: BaseException | None = exc.__cause__ or exc.__context__
+    while seen is not None:
+        if isinstance(seen, _Unanswered):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _unreachable(exc: BaseException) -> bool:

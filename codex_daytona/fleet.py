@@ -356,6 +356,8 @@ class Fanout:
         """Runs `prompt` in every attempt at once. Ctrl-C (KeyboardInterrupt here, in the main
         thread) interrupts every running turn and waits for the attempts to wind down."""
         self.app.settings.require_openai_key()
+        # Forks, snapshots and sandboxes are made below, each recorded as it is made.
+        self.app.store.check_writable()
         existing = self.app.store.load().sandboxes
         missing = [a for a in self.attempts if a.name not in existing]
         snapshot: str | None = None

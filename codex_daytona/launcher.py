@@ -467,13 +467,20 @@ def main() -> None:
         sys.stderr.write("codex-daytona needs macOS, Linux or WSL: on Windows, run it inside WSL.\n")
         sys.stderr.flush()
         raise SystemExit(1)
-    status = _try_helper()
-    if status is not None:
-        _exit_with(status)
-        return
-    _trace("in-process")
-    from codex_daytona.cli import main as cli_main
-
+    try:
+        status = _try_helper()
+        if status is not None:
+            _exit_with(status)
+            return
+        _trace("in-process")
+        from codex_daytona.cli import main as cli_main
+    except KeyboardInterrupt:
+        # Ctrl-C while starting up (the CLI's import takes a few hundred milliseconds), or
+        # held while a helper was asked and delivered here again: what cli.main says for a
+        # Ctrl-C before a command took over, not a traceback.
+        sys.stderr.write("Interrupted.\n")
+        flush_stdio()
+        os._exit(130)
     try:
         cli_main()
     except SystemExit as exc:

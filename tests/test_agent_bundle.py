@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -363,6 +364,81 @@ def test_agent_warns_and_starts_fresh_when_resume_fails(rig: AgentRig) -> None:
     assert "01a00000-0000-7000-8000-000000000000" in warning["message"]
     closing = [e for e in events if e["type"] == "codex_daytona.run.completed"]  # late ports may follow it
     assert closing[0]["thread_id"] != "01a00000-0000-7000-8000-000000000000"
+
+
+def test_a_turn_codex_never_starts_ends_and_leaves_the_agent_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Codex that never answers the call that starts a turn (as it never answered a prompt of
+    lone surrogates): the run ends with an error once START_TIMEOUT_S is over, and the
+    sandbox's one turn is free again, so the next run is not told another one runs. (The
+    real Codex answers every request this suite can send, so a stand-in that hangs until
+    it is closed plays it here.)"""
+    from openai_codex import TransportClosedError
+
+    monkeypatch.setattr(agent, "START_TIMEOUT_S", 0.5)
+    closed = threading.Event()
+
+    class HungThread:
+        id = "thread-hung"
+
+        def turn(self, *args: Any, **kwargs: Any) -> Any:
+            closed.wait(30)
+            raise TransportClosedError("the app-server was stopped")
+
+    class HungCodex:
+        def thread_start(self, **options: Any) -> HungThread:
+            return HungThread()
+
+        def close(self) -> None:
+            closed.set()
+
+    daemon = agent.Daemon(str(tmp_path), str(tmp_path / "runs"))
+
+    def ensure(request: dict[str, Any]) -> HungCodex:
+        closed.clear()
+        codex = HungCodex()
+        daemon.engine._codex = codex
+        return codex
+
+    monkeypatch.setattr(daemon.engine, "_ensure", ensure)
+
+    for run_id in ("hung-1", "hung-2"):
+        sink = _Sink()
+        started = time.monotonic()
+        daemon._run({"run_id": run_id, "prompt": "hi"}, sink)
+        assert time.monotonic() - started < 10, "the run ended in bounded time"
+        events = [json.loads(line) for line in sink.text.splitlines() if line.strip()]
+        closing = closing_event(events)
+        assert closing["status"] == "error", closing  # the second one too: not "busy"
+        assert "Codex did not start the turn within 0.5 s" in closing["error"]
+
+
+def test_a_run_whose_key_never_comes_ends_and_leaves_the_agent_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run names a key the CLI never delivers: it ends with an error once KEY_WAIT_S is
+    over, and the next run is not told another one runs."""
+    monkeypatch.setattr(agent, "KEY_WAIT_S", 0.3)
+    daemon = agent.Daemon(str(tmp_path), str(tmp_path / "runs"))
+    for run_id in ("keyless-1", "keyless-2"):
+        sink = _Sink()
+        daemon._run({"run_id": run_id, "prompt": "hi", "key_id": runtime.key_fingerprint(KEY)}, sink)
+        closing = closing_event([json.loads(line) for line in sink.text.splitlines() if line.strip()])
+        assert closing["status"] == "error", closing  # the second one too: not "busy"
+        assert "key was not delivered" in closing["error"]
+
+
+class _Sink:
+    """Where a run's events go (the client's end of the agent's socket)."""
+
+    text = ""
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
 
 
 def test_agent_rejects_a_missing_request(tmp_path: Path) -> None:

@@ -140,28 +140,48 @@ def _immutable(path: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
+def _unwritable(rig: Rig, *args: str) -> None:
+    result = rig.cli(*args)
+    assert result.code == 1, result
+    assert "Cannot write the state file" in result.stderr and "nothing was changed" in result.stderr
+    _one_error_line(result.stderr)
+
+
 def test_an_unwritable_state_dir_changes_nothing_on_daytona(rig: Rig) -> None:
     sandbox_id = _ready(rig)
+    sandboxes, snapshots = len(rig.emulator.sandboxes()), len(rig.emulator.snapshots())
     with _immutable(_state_dir(rig)):
-        for args in (("down", "--yes"), ("ask", "hi")):
-            result = rig.cli(*args)
-            assert result.code == 1, result
-            assert "Cannot write the state file" in result.stderr and "nothing was changed" in result.stderr
-            _one_error_line(result.stderr)
+        for args in (("down", "--yes"), ("ask", "hi"), ("ask", "--fanout", "2", "hi")):
+            _unwritable(rig, *args)
             assert (rig.sandbox(sandbox_id) or {}).get("state") == "started", "nothing changed on Daytona"
+            assert (len(rig.emulator.sandboxes()), len(rig.emulator.snapshots())) == (sandboxes, snapshots), args
+        # A stopped sandbox: the ask would start it before it claims the turn (the state file's
+        # lock file exists and can be opened, so only the check before the start stops it).
+        assert rig.cli("down", "--stop").code == 0  # records nothing
+        _unwritable(rig, "ask", "hi")
+        assert (rig.sandbox(sandbox_id) or {}).get("state") == "stopped", "the ask started the sandbox"
     assert rig.model.requests == []
     assert rig.record()["sandbox_id"] == sandbox_id
 
 
-def test_an_unwritable_state_dir_makes_no_sandbox(rig: Rig) -> None:
-    _state_dir(rig).mkdir(parents=True)
-    before = {s["id"] for s in rig.emulator.sandboxes()}
+@pytest.mark.parametrize("earlier", ["none", "down"])
+def test_an_unwritable_state_dir_makes_no_sandbox(rig: Rig, earlier: str) -> None:
+    """An empty state directory, or one a sandbox was brought up and down in (its state and
+    lock files there and writable in place: only creating a file fails)."""
+    if earlier == "down":
+        _ready(rig)
+        assert rig.cli("down", "--yes").code == 0
+        assert (_state_dir(rig) / "state.toml").exists()
+    else:
+        _state_dir(rig).mkdir(parents=True)
+    before = {s["id"] for s in rig.emulator.sandboxes() if s["state"] != "destroyed"}
     with _immutable(_state_dir(rig)):
-        for args in (("up",), ("ask", "hi")):
+        for args in (("up",), ("ask", "hi"), ("ask", "--fanout", "2", "hi")):
             result = rig.cli(*args)
             assert result.code == 1, result
             _one_error_line(result.stderr)
-    assert {s["id"] for s in rig.emulator.sandboxes()} == before
+            made = {s["id"] for s in rig.emulator.sandboxes() if s["state"] != "destroyed"} - before
+            assert made == set(), f"{args[0]} made a sandbox it cannot record"
 
 
 # --- 7, 8, 9, 10: small ones ------------------------------------------------------------------
@@ -252,6 +272,7 @@ def test_a_frozen_daytona_is_exit_7_within_the_request_timeout(rig: Rig) -> None
             took = time.monotonic() - started
             assert result.code == 7, result
             assert "Daytona did not answer within 2 s" in result.stderr
+            assert "CODEX_DAYTONA_REQUEST_TIMEOUT_SECONDS" in result.stderr, "the hint says how to wait longer"
             _one_error_line(result.stderr)
             # Unbounded before (the request never ended); 2 s, plus start-up, which on a
             # loaded two-core machine running the suite took up to 22 s.
@@ -262,6 +283,35 @@ def test_a_frozen_daytona_is_exit_7_within_the_request_timeout(rig: Rig) -> None
 
 
 # --- 2: no orphan from a signal ------------------------------------------------------------------
+
+
+def test_ctrl_c_while_the_cli_starts_up_is_one_line_and_130(tmp_path: Path) -> None:
+    """Ctrl-C in the few hundred milliseconds the CLI takes to import (here made certain: the
+    import of codex_daytona.cli raises KeyboardInterrupt) ends as one before a command took
+    over does: 'Interrupted.', exit 130, no traceback."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'codex_daytona.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, _CtrlC())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEX_DAYTONA_")}
+    env.update(CODEX_DAYTONA_HELPER="0", PYTHONPATH=os.pathsep.join([str(shim), str(Path(__file__).parent.parent)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "codex_daytona", "status"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "Interrupted.\n"
 
 
 def test_no_signal_in_the_first_two_seconds_of_up_or_ask_orphans_a_sandbox(rig: Rig, tmp_path: Path) -> None:
