@@ -21,7 +21,7 @@ from typing import Any
 from codex_daytona import events as ev
 from codex_daytona import lifecycle, runtime, turns
 from codex_daytona.context import TOOL_LABEL, Box, Context, OnEvent, project_labels
-from codex_daytona.daytona_api import RefusedError
+from codex_daytona.daytona_api import RefusedError, SandboxInfo
 from codex_daytona.errors import (
     CodexDaytonaError,
     DaytonaError,
@@ -89,15 +89,18 @@ def list_sandboxes(app: Context) -> list[SandboxRow]:
                 )
             )
     order = sorted(sandboxes, key=lambda n: (n != DEFAULT_NAME, n))
-    return [
-        SandboxRow(
-            n,
-            sandboxes[n],
-            live[sandboxes[n].sandbox_id].state if sandboxes[n].sandbox_id in live else "deleted",
-            n == app.name,
-        )
-        for n in order
-    ]
+    return [SandboxRow(n, sandboxes[n], _live_state(app, live, sandboxes[n].sandbox_id), n == app.name) for n in order]
+
+
+def _live_state(app: Context, live: dict[str, SandboxInfo], sandbox_id: str) -> str:
+    """The sandbox's state from the list; one the list does not show is looked up by id, since
+    Daytona's list is eventually consistent (a sandbox just created or forked can be missing)."""
+    if sandbox_id in live:
+        return live[sandbox_id].state
+    try:
+        return app.api.info(app.api.get(sandbox_id)).state
+    except SandboxGoneError:
+        return "deleted"
 
 
 # --- keep and down --others ---------------------------------------------------------------------

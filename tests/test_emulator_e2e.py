@@ -3,6 +3,7 @@ and states of tests/fakes/DAYTONA.md that a user's command meets."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from tests.e2e import Rig
 from tests.fakes.model import msg, turn
+from tests.test_hostile import _delete_on_daytona
 
 pytestmark = pytest.mark.e2e
 
@@ -161,3 +163,21 @@ def test_down_all_deletes_a_sandbox_the_lagging_list_does_not_show_yet(rig: Rig)
     assert sandbox_id in result.stdout, result
     assert _state(rig, sandbox_id) == "destroyed"
     assert rig.record() == {}
+
+
+def test_ls_shows_a_sandbox_the_lagging_list_does_not_show_yet(rig: Rig) -> None:
+    """Sandboxes just made can be missing from Daytona's list: `ls` looks the state file's
+    sandboxes up by id instead of calling them deleted, and one that is gone stays `deleted`."""
+    rig.emulator.set_config(list_lag_seconds=600)
+    assert rig.cli("up").code == 0
+    assert rig.cli("up", "--name", "other").code == 0
+    ids = {name: record["sandbox_id"] for name, record in rig.state()["sandboxes"].items()}
+    _delete_on_daytona(rig, ids["other"])
+    result = rig.cli("ls", "--json")
+    assert result.code == 0, result
+    rows = json.loads(result.stdout)["sandboxes"]
+    assert [(r["name"], r["sandbox_id"], r["state"]) for r in rows] == [
+        ("default", ids["default"], "started"),
+        ("other", ids["other"], "deleted"),
+    ], rows
+    assert rig.cli("down", "--name", "other", "--yes").code == 0

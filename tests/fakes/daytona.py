@@ -181,7 +181,9 @@ HOP_BY_HOP = frozenset(
 # sandbox_class: the class of sandboxes created from here on (a snapshot's own class wins):
 # "container", Daytona's default (sandbox.entity.ts), which refuses fork and pause with 422, or
 # "linux-vm" / "windows", which can; ssh_gateway: the host:port the SSH command names; sandbox_uv:
-# the default image has `uv` on its PATH (see uv_bin_dir), False takes it away.
+# the default image has `uv` on its PATH (see uv_bin_dir), False takes it away;
+# list_lag_seconds: `GET /sandbox` leaves out sandboxes created or forked less than this long
+# ago (Daytona's list is "eventually consistent"; 0, the default, shows them at once).
 DEFAULT_CONFIG: dict[str, Any] = {
     "autostop_seconds_per_minute": 0,
     "sandbox_uv": True,
