@@ -419,6 +419,13 @@ BREAKS: tuple[Break, ...] = (
         (T + "test_emulator_e2e.py::test_down_all_deletes_a_sandbox_the_lagging_list_does_not_show_yet",),
     ),
     Break(
+        "shell_of_no_size_sent_as_0_by_0",
+        "codex_daytona/hands.py",
+        "    return (rows if rows > 0 else 24), (cols if cols > 0 else 80)\n",
+        "    return rows, cols\n",
+        (T + "test_hands.py::test_shell_from_a_terminal_of_no_size_gets_80_by_24",),
+    ),
+    Break(
         "ls_trusts_the_lagging_list",
         "codex_daytona/fleet.py",
         "        return app.api.info(app.api.get(sandbox_id)).state\n",
