@@ -426,6 +426,20 @@ BREAKS: tuple[Break, ...] = (
         (T + "test_hands.py::test_shell_from_a_terminal_of_no_size_gets_80_by_24",),
     ),
     Break(
+        "shell_starts_in_the_workdir",
+        "codex_daytona/hands.py",
+        "ctx.api.open_pty(box.sandbox, pty_id, box.record.home_dir or None, rows, cols)",
+        "ctx.api.open_pty(box.sandbox, pty_id, None, rows, cols)",
+        (T + "test_emulator_e2e.py::test_the_tool_works_in_the_home_whatever_the_image_workdir",),
+    ),
+    Break(
+        "exec_runs_in_the_workdir",
+        "agent_bundle/agent.py",
+        "run_user_command(command, args.home, ",
+        'run_user_command(command, ".", ',
+        (T + "test_emulator_e2e.py::test_the_tool_works_in_the_home_whatever_the_image_workdir",),
+    ),
+    Break(
         "ls_trusts_the_lagging_list",
         "codex_daytona/fleet.py",
         "        return app.api.info(app.api.get(sandbox_id)).state\n",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import Rig
-from tests.fakes.model import msg, turn
+from tests.fakes.model import msg, run, turn
 from tests.test_hostile import _delete_on_daytona
 
 pytestmark = pytest.mark.e2e
@@ -181,3 +181,31 @@ def test_ls_shows_a_sandbox_the_lagging_list_does_not_show_yet(rig: Rig) -> None
         ("other", ids["other"], "deleted"),
     ], rows
     assert rig.cli("down", "--name", "other", "--yes").code == 0
+
+
+def test_the_tool_works_in_the_home_whatever_the_image_workdir(rig: Rig) -> None:
+    """Daytona starts commands, PTYs and relative paths in the image's WORKDIR (the home only
+    when the image has none). The tool names the home itself everywhere: with a WORKDIR that is
+    not the home, the agent, `exec`, `shell`, `push`, `pull` and `diff` all work in the home,
+    and nothing lands in the WORKDIR."""
+    rig.emulator.set_config(sandbox_workdir="/workspace")
+    (rig.project / "pushed.txt").write_text("pushed\n")
+    rig.model.enqueue(turn(run("pwd > agent-pwd.txt")), turn(msg("Noted.")))
+    assert rig.cli("push", "-q").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    home = rig.emulator.home_dir(sandbox_id)
+    workdir = rig.emulator.sandbox_dir(sandbox_id) / "workspace"
+    assert workdir.is_dir() and (home / "pushed.txt").read_text() == "pushed\n"
+
+    asked = rig.cli("ask", "-q", "where are you?")
+    assert (asked.code, asked.stdout) == (0, "Noted.\n"), asked
+    assert (home / "agent-pwd.txt").read_text().strip() == str(home)
+    ran = rig.cli("exec", "--", "pwd")
+    assert (ran.code, ran.stdout.strip()) == (0, str(home)), ran
+    shell = rig.cli("shell", input="echo at-$(pwd)-$((40+2))\nexit 0\n", timeout=60)
+    assert shell.code == 0 and f"at-{home}-42" in shell.stdout, shell
+    diff = rig.cli("diff", "--json")
+    assert diff.code == 0 and "agent-pwd.txt" in diff.stdout, diff
+    pulled = rig.cli("pull", "--force", "-q")
+    assert pulled.code == 0 and (rig.project / "agent-pwd.txt").read_text().strip() == str(home), pulled
+    assert sorted(p.name for p in workdir.iterdir()) == []

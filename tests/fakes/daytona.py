@@ -76,9 +76,16 @@ v0.190.0):
   and the ``exited`` control message for clients offering ``X-Daytona-Pty-Exit-Control`` are newer
   than the public source: built from the SDK's side only.
 
-Chosen where Daytona's source and notes are silent (unverified): the session shell and exec
-start in the sandbox home (Daytona, SDK >= 0.27: the image's WORKDIR, home only without one;
-the tool never depends on either); ``delete_session`` waits 5 s before SIGKILL, as Daytona; opening a
+The working directory (daemon ``cmd/daemon/main.go``, runner ``docker/container_configs.go``): the
+daemon runs in the image's WORKDIR, or in the home when the image has none. Session shells
+(for an SDK of 0.103.0 or newer: older ones get the home, ``session.go``), ``process.exec``
+and PTYs without a ``cwd`` start there, ``/work-dir`` answers it, and relative file paths
+(upload, download, folders, ...) are used as given (``os.Create(dest)``), so they land there;
+``~`` is not expanded. A sandbox's WORKDIR is its snapshot's (a Dockerfile's last ``WORKDIR``, or
+the sandbox's a snapshot was taken from), else config ``sandbox_workdir`` (None: no WORKDIR).
+An image path ``/P`` is ``ROOT/sandboxes/<id>/P`` here; the home is ``ROOT/sandboxes/<id>/home``.
+
+Chosen where Daytona's source and notes are silent (unverified): ``delete_session`` waits 5 s before SIGKILL, as Daytona; opening a
 command's stdin FIFO for input is retried non-blocking every 10 ms for up to 30 s instead of one
 blocking open; a sandbox stop drops open log streams without a close frame; a session command's
 exit code is omitted from JSON while unknown (the daemon's ``omitempty``).
@@ -183,13 +190,16 @@ HOP_BY_HOP = frozenset(
 # "linux-vm" / "windows", which can; ssh_gateway: the host:port the SSH command names; sandbox_uv:
 # the default image has `uv` on its PATH (see uv_bin_dir), False takes it away;
 # list_lag_seconds: `GET /sandbox` leaves out sandboxes created or forked less than this long
-# ago (Daytona's list is "eventually consistent"; 0, the default, shows them at once).
+# ago (Daytona's list is "eventually consistent"; 0, the default, shows them at once);
+# sandbox_workdir: the image WORKDIR (an absolute image path, see image_path) of sandboxes created
+# from here on whose snapshot sets none; None, the default, is an image without one.
 DEFAULT_CONFIG: dict[str, Any] = {
     "autostop_seconds_per_minute": 0,
     "sandbox_uv": True,
     "sandbox_class": "container",
     "transition_seconds": 0.2,
     "list_lag_seconds": 0,
+    "sandbox_workdir": None,
     "ssh_gateway": "ssh.emulator.localhost:2222",
 }
 PTY_EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
@@ -228,6 +238,32 @@ PREVIEW_COOKIE_PREFIX = "daytona-sandbox-auth-"  # + sandbox id or signed token,
 SKIP_ACTIVITY_HEADER = "X-Daytona-Skip-Last-Activity-Update"
 PREVIEW_TARGET = re.compile(r"^(\d+)-(.+)$")
 PREVIEW_HOST = re.compile(r"^(\d+)-([^.]+)\.preview\.localhost(:\d+)?$")
+
+
+def image_path(root: Path, path: str) -> Path:
+    """Where an absolute path of the sandbox's image lives here: under the sandbox's directory,
+    which stands in for its `/` (the home, /home/daytona on Daytona, is ``root/home``)."""
+    return root / path.lstrip("/")
+
+
+def dockerfile_workdir(dockerfile: str | None) -> str | None:
+    """The WORKDIR a Dockerfile leaves its image with (the last one; a relative one is joined to
+    the one before, as Docker does), None when it sets none."""
+    workdir: str | None = None
+    for line in (dockerfile or "").splitlines():
+        words = line.strip().split(None, 1)
+        if len(words) == 2 and words[0].upper() == "WORKDIR":
+            path = words[1].strip().strip("\"'")
+            workdir = os.path.normpath(os.path.join(workdir or "/", path))
+    return workdir
+
+
+def legacy_sdk(request: web.Request) -> bool:
+    """An SDK older than 0.103.0 (daemon ``util.ExtractSdkVersionFromHeader`` and
+    ``session.go``): its sessions start in the home, not the daemon's working directory."""
+    version = request.headers.get("X-Daytona-SDK-Version", "")
+    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", version)
+    return match is not None and version != "0.0.0-dev" and tuple(map(int, match.groups())) < (0, 103, 0)
 
 
 def iso_now() -> str:
@@ -622,10 +658,17 @@ class Sandbox:
     ssh_accesses: list[SshAccess] = field(default_factory=list)
     ptys: dict[str, PtySession] = field(default_factory=dict)
     listed_from: float = 0.0  # time.monotonic() from which `list` shows it (config list_lag_seconds)
+    image_workdir: str | None = None  # the image's WORKDIR, an absolute image path; None: none
 
     @property
     def home(self) -> Path:
         return self.dir / "home"
+
+    @property
+    def workdir(self) -> Path:
+        """The daemon's working directory: the image's WORKDIR, else the home (the runner sets
+        DAYTONA_USER_HOME_AS_WORKDIR). An image path /P is the sandbox's directory + P here."""
+        return image_path(self.dir, self.image_workdir) if self.image_workdir else self.home
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -759,6 +802,7 @@ class Snapshot:
     context_hashes: list[str] | None = None
     source_sandbox_id: str | None = None
     source_dir: str | None = None
+    workdir: str | None = None  # the image's WORKDIR (a Dockerfile's, or the sandbox's it was taken from)
     state: str = "active"
     created_at: str = field(default_factory=iso_now)
 
@@ -1091,7 +1135,7 @@ class EmulatorServer:
                 web.get("/api/snapshots/{snap}/build-logs-url", self._snapshot_build_logs_url),
                 web.get("/api/snapshots/{snap}/build-logs", self._snapshot_build_logs),
                 web.get(tb + "/user-home-dir", self._home_dir),
-                web.get(tb + "/work-dir", self._home_dir),
+                web.get(tb + "/work-dir", self._work_dir),
                 web.get(tb + "/version", self._version),
                 web.post(tb + "/files/folder", self._create_folder),
                 web.post(tb + "/files/bulk-upload", self._bulk_upload),
@@ -1177,13 +1221,13 @@ class EmulatorServer:
 
     @staticmethod
     def _resolve(sb: Sandbox, path: str | None) -> Path:
-        """A sandbox path: absolute paths are host paths, relative ones are under the home dir."""
+        """A sandbox path as the daemon opens it (``os.Create(dest)``, ``os.MkdirAll``, ...):
+        absolute paths as given (host paths here), relative ones against the daemon's working
+        directory (``sb.workdir``: the image's WORKDIR, else the home); no ``~`` expansion."""
         if not path:
-            return sb.home
-        if path == "~" or path.startswith("~/"):
-            return sb.home / path[2:]
+            return sb.workdir
         p = Path(path)
-        return p if p.is_absolute() else sb.home / p
+        return p if p.is_absolute() else sb.workdir / p
 
     def _process_env(self, sb: Sandbox, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
@@ -1274,6 +1318,7 @@ class EmulatorServer:
             disk=int(body.get("disk") or 3),
             volumes=list(body.get("volumes") or []),
             secrets=list(body.get("secrets") or []),
+            image_workdir=(snapshot.workdir if snapshot else None) or self.config.get("sandbox_workdir") or None,
         )
         for key, attr in (
             ("autoStopInterval", "auto_stop_interval"),
@@ -1306,6 +1351,7 @@ class EmulatorServer:
             await asyncio.to_thread(link_copy_tree, snapshot.dir, sb.home, True, binaries_from)
         else:
             sb.home.mkdir(parents=True)
+        sb.workdir.mkdir(parents=True, exist_ok=True)  # docker makes the image's WORKDIR
         sb.listed_from = time.monotonic() + float(self.config.get("list_lag_seconds") or 0)
         self.sandboxes[sid] = sb
         return self._sandbox_response(sb)
@@ -1499,9 +1545,11 @@ class EmulatorServer:
             auto_delete_interval=source.auto_delete_interval,
             volumes=[dict(v) for v in source.volumes],
             secrets=list(source.secrets),
+            image_workdir=source.image_workdir,
         )
         # Copy-on-write on Daytona; here private copies of all but big binaries (see the docstring).
         await asyncio.to_thread(link_copy_tree, source.home, sb.home, True, LINK_BINARIES_FROM)
+        sb.workdir.mkdir(parents=True, exist_ok=True)
         sb.listed_from = time.monotonic() + float(self.config.get("list_lag_seconds") or 0)
         self.sandboxes[sid] = sb
         source.touch()
@@ -1663,6 +1711,7 @@ class EmulatorServer:
             image_name=body.get("imageName"),
             dockerfile=dockerfile,
             context_hashes=build.get("contextHashes"),
+            workdir=dockerfile_workdir(dockerfile),
         )
         snap.dir.mkdir(parents=True)
         self.snapshots[snap.id] = snap
@@ -1707,7 +1756,7 @@ class EmulatorServer:
         body = await self._json_body(request)
         if not body.get("name"):
             raise ApiError(400, "name is required")
-        snap = self._new_snapshot(body["name"], source_sandbox_id=sb.id)
+        snap = self._new_snapshot(body["name"], source_sandbox_id=sb.id, workdir=sb.image_workdir)
         await asyncio.to_thread(link_copy_tree, sb.home, snap.dir, True, LINK_BINARIES_FROM)
         self.snapshots[snap.id] = snap
         return self._sandbox_response(sb)
@@ -1716,6 +1765,9 @@ class EmulatorServer:
 
     async def _home_dir(self, request: web.Request) -> web.Response:
         return web.json_response({"dir": str(self._running_sandbox(request).home)})
+
+    async def _work_dir(self, request: web.Request) -> web.Response:
+        return web.json_response({"dir": str(self._running_sandbox(request).workdir)})
 
     async def _version(self, request: web.Request) -> web.Response:
         self._running_sandbox(request)
@@ -1746,7 +1798,7 @@ class EmulatorServer:
                 continue
             index, kind = m.groups()
             if kind == "path":
-                paths[index] = await part.text()
+                paths[index] = (await part.text()).strip()  # the daemon trims it, then uses it as given
                 if index in pending:
                     self._write_file(self._resolve(sb, paths[index]), pending.pop(index))
             elif index in paths:
@@ -1930,7 +1982,7 @@ class EmulatorServer:
             raise ApiError(409, "session already exists")
         shell = await asyncio.create_subprocess_exec(
             session_shell(),
-            cwd=sb.home,
+            cwd=sb.home if legacy_sdk(request) else sb.workdir,
             env=self._process_env(sb),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
@@ -2185,14 +2237,14 @@ class EmulatorServer:
         self, sb: Sandbox, pty_id: str, cwd: str | None, envs: dict[str, str], cols: int, rows: int
     ) -> PtySession:
         """The daemon's create: ``$SHELL -i -l`` on a new pty of cols x rows, in ``cwd`` (default
-        the home), with TERM=xterm-256color unless ``envs`` sets it."""
+        the daemon's working directory), with TERM=xterm-256color unless ``envs`` sets it."""
         if not pty_id:
             raise ApiError(400, "session ID is required")
         if pty_id in sb.ptys:
             raise ApiError(409, f"PTY session with ID '{pty_id}' already exists")
         envs = {str(k): str(v) for k, v in envs.items()}
         envs.setdefault("TERM", "xterm-256color")
-        directory = str(self._resolve(sb, cwd) if cwd else sb.home)
+        directory = str(self._resolve(sb, cwd))
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
