@@ -4,8 +4,8 @@ tests/fakes/DAYTONA.md), checked through the unmodified SDK."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest

@@ -85,10 +85,11 @@ and PTYs without a ``cwd`` start there, ``/work-dir`` answers it, and relative f
 the sandbox's a snapshot was taken from), else config ``sandbox_workdir`` (None: no WORKDIR).
 An image path ``/P`` is ``ROOT/sandboxes/<id>/P`` here; the home is ``ROOT/sandboxes/<id>/home``.
 
-Chosen where Daytona's source and notes are silent (unverified): ``delete_session`` waits 5 s before SIGKILL, as Daytona; opening a
-command's stdin FIFO for input is retried non-blocking every 10 ms for up to 30 s instead of one
-blocking open; a sandbox stop drops open log streams without a close frame; a session command's
-exit code is omitted from JSON while unknown (the daemon's ``omitempty``).
+``delete_session`` waits 5 s before SIGKILL, as Daytona does. Chosen where Daytona's source and
+notes are silent (unverified): opening a command's stdin FIFO for input is retried non-blocking
+every 10 ms for up to 30 s instead of one blocking open; a sandbox stop drops open log streams
+without a close frame; a session command's exit code is omitted from JSON while unknown (the
+daemon's ``omitempty``).
 
 The default image's ``uv``: the virtualenv's ``uv`` (a dev extra) is on every sandbox
 process's PATH, from a directory of its own, unless config ``sandbox_uv`` is false (a sandbox
