@@ -158,3 +158,66 @@ def test_a_snapshot_s_dockerfile_workdir_is_its_sandboxes_working_directory(
     finally:
         daytona.delete(sandbox)
         daytona.snapshot.delete(snapshot)
+
+
+# --- forks, deletes and snapshot activation (sandbox.service.ts, snapshot.service.ts) ---------
+
+
+def test_a_sandbox_with_live_forks_is_deleted_only_after_them(
+    daytona: Any, vm_sandbox: Any, emulator: DaytonaEmulator
+) -> None:
+    from daytona import DaytonaError
+
+    child = vm_sandbox.fork()
+    with pytest.raises(DaytonaError, match="Cannot delete sandbox which has active fork children") as refused:
+        daytona.delete(vm_sandbox)
+    assert refused.value.status_code == 400
+    daytona.delete(child)
+    daytona.delete(vm_sandbox)
+    assert _state(emulator, vm_sandbox.id) == "destroyed"
+
+
+def test_fork_and_pause_while_a_change_is_pending_are_409(vm_sandbox: Any, emulator: DaytonaEmulator) -> None:
+    """Daytona's stop sets the desired state and `pending`, and its manager then moves the
+    sandbox to `stopping`: in between the sandbox is `started` and pending. Fork and pause
+    check the state first (400 once it is `stopping`), then pending (409)."""
+    from daytona import DaytonaError
+
+    emulator.set_config(pending_seconds=2.0, transition_seconds=1.0)
+    emulator.begin_stop(vm_sandbox.id)
+    assert _state(emulator, vm_sandbox.id) == "started"
+    for call in (vm_sandbox.fork, vm_sandbox.pause, vm_sandbox.start):
+        with pytest.raises(DaytonaError, match="Sandbox state change in progress") as err:
+            call()
+        assert err.value.status_code == 409
+    assert wait_for(lambda: _state(emulator, vm_sandbox.id) == "stopping", timeout=10)
+    with pytest.raises(DaytonaError, match="Sandbox must be in started state to fork") as stopping:
+        vm_sandbox.fork()
+    assert stopping.value.status_code == 400
+    assert wait_for(lambda: _state(emulator, vm_sandbox.id) == "stopped", timeout=10)
+
+
+def test_activating_a_snapshot_is_refused_when_active_or_just_deactivated(
+    daytona: Any, emulator: DaytonaEmulator, tmp_path: Path
+) -> None:
+    """SDK 0.226's `snapshot.activate` does not translate errors: a refusal is the API
+    client's own BadRequestException, not a DaytonaError."""
+    from daytona_api_client.exceptions import BadRequestException
+
+    (tmp_path / "snap").mkdir()
+    added = emulator.add_snapshot("to-activate", tmp_path / "snap")
+    try:
+        with pytest.raises(BadRequestException) as active:
+            daytona.snapshot.activate("to-activate")
+        assert active.value.status == 400 and f"Snapshot {added['id']} is already active" in str(active.value.body)
+        emulator.set_snapshot_state("to-activate", "inactive", ago=60)
+        with pytest.raises(BadRequestException) as recent:
+            daytona.snapshot.activate("to-activate")
+        assert "Snapshot deactivation is still in progress. Please try again in a few minutes." in str(
+            recent.value.body
+        )
+        emulator.set_snapshot_state("to-activate", "inactive", ago=601)
+        assert daytona.snapshot.activate("to-activate").state.value == "pending"
+        assert wait_for(lambda: daytona.snapshot.get("to-activate").state.value == "active")
+    finally:
+        daytona.snapshot.delete(daytona.snapshot.get("to-activate"))

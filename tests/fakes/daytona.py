@@ -192,13 +192,17 @@ HOP_BY_HOP = frozenset(
 # the default image has `uv` on its PATH (see uv_bin_dir), False takes it away;
 # list_lag_seconds: `GET /sandbox` leaves out sandboxes created or forked less than this long
 # ago (Daytona's list is "eventually consistent"; 0, the default, shows them at once);
-# sandbox_workdir: the image WORKDIR (an absolute image path, see image_path) of sandboxes created
-# from here on whose snapshot sets none; None, the default, is an image without one.
+# pending_seconds: how long a change asked for (start, stop) leaves the sandbox in its state
+# with Daytona's `pending` flag set before it enters the passing state (Daytona's sandbox manager
+# picks the change up; 0: at once); sandbox_workdir: the image WORKDIR (an absolute image path,
+# see image_path) of sandboxes created from here on whose snapshot sets none; None, the default,
+# is an image without one.
 DEFAULT_CONFIG: dict[str, Any] = {
     "autostop_seconds_per_minute": 0,
     "sandbox_uv": True,
     "sandbox_class": "container",
     "transition_seconds": 0.2,
+    "pending_seconds": 0,
     "list_lag_seconds": 0,
     "sandbox_workdir": None,
     "ssh_gateway": "ssh.emulator.localhost:2222",
@@ -212,6 +216,11 @@ VM_CLASSES = frozenset({"linux-vm", "windows"})
 FORK_REFUSED = "Forking is not supported for this sandbox"
 # ... and a start or stop while a change is under way gets 409 (StateChangeInProgressError).
 STATE_CHANGE_IN_PROGRESS = "Sandbox state change in progress"
+# sandbox.service.ts destroy: a sandbox with fork children whose desired state is not destroyed.
+HAS_FORKS = "Cannot delete sandbox which has active fork children. The forks must be deleted first."
+# snapshot.service.ts activateSnapshot: 10 minutes after a deactivation, activation is refused.
+SNAPSHOT_ACTIVATION_COOLDOWN_S = 600
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 TRANSITIONAL_STATES = frozenset({"starting", "stopping", "pausing", "forking", "snapshotting", "archiving"})
 PAUSE_REFUSED = "Pausing is not supported for this sandbox"
 
@@ -660,6 +669,8 @@ class Sandbox:
     ptys: dict[str, PtySession] = field(default_factory=dict)
     listed_from: float = 0.0  # time.monotonic() from which `list` shows it (config list_lag_seconds)
     image_workdir: str | None = None  # the image's WORKDIR, an absolute image path; None: none
+    pending: bool = False  # Daytona's flag: a change was asked for and is not over (config pending_seconds)
+    fork_parent: str | None = None  # the sandbox this one was forked from (Daytona's sandbox_fork table)
 
     @property
     def home(self) -> Path:
@@ -806,6 +817,8 @@ class Snapshot:
     workdir: str | None = None  # the image's WORKDIR (a Dockerfile's, or the sandbox's it was taken from)
     state: str = "active"
     created_at: str = field(default_factory=iso_now)
+    updated_at: str = ""  # the last change of state; the creation until then
+    changed: float = field(default_factory=time.time)  # time.time() of that change
 
     def to_json(self) -> dict[str, Any]:
         build_info = None
@@ -832,7 +845,7 @@ class Snapshot:
             "disk": 3,
             "errorReason": None,
             "createdAt": self.created_at,
-            "updatedAt": self.created_at,
+            "updatedAt": self.updated_at or self.created_at,
             "lastUsedAt": None,
             "buildInfo": build_info,
             "ref": f"emulator/{self.id}",
@@ -873,6 +886,8 @@ class Faults:
     as when auto-stop fires between a client's look-up and its command (400, not started);
     ``autostop_before_next_session``: the same for the next session to be created;
     ``autostop_before_next_exec``: the same for the next process-API command.
+    ``stop_before_next_fork``: auto-stop asks for a stop of the next fork's source just before
+    the fork (with config ``pending_seconds``, the source is still ``started`` but pending: 409).
     ``stopping_on_next_get``: auto-stop begins stopping the sandbox as a client looks it up
     (``GET /api/sandbox/{id}``), which then finds it ``stopping`` (config ``transition_seconds``).
     SDK 0.226's newer failures: ``rate_limit_next``: the next API or toolbox requests answer 429
@@ -893,6 +908,7 @@ class Faults:
     autostop_before_next_command: int = 0
     autostop_before_next_session: int = 0
     autostop_before_next_exec: int = 0
+    stop_before_next_fork: int = 0
     drop_log_streams: int = 0
     drop_after_bytes: int = 0
     stall_log_streams: int = 0
@@ -1404,9 +1420,9 @@ class EmulatorServer:
         ``transition_seconds`` (the task that ends it is returned; None when it was instant).
         A paused sandbox resumes (SIGCONT: its processes go on); any other start issues a new
         preview token, so links and tokens printed before it stop working."""
-        if sb.state == "started":
+        if sb.state == "started" and not sb.pending:
             return None
-        if sb.state in TRANSITIONAL_STATES:
+        if sb.state in TRANSITIONAL_STATES or sb.pending:
             raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         if sb.state not in ("stopped", "archived", "paused"):
             raise ApiError(400, "Sandbox is not in valid state")
@@ -1428,23 +1444,38 @@ class EmulatorServer:
         return self._transition(sb, "starting", finish)
 
     def _transition(self, sb: Sandbox, passing: str, finish: Callable[[], Any]) -> asyncio.Task[None] | None:
-        """Runs `finish` (a function, or one returning an awaitable) now, or after config
-        ``transition_seconds`` in state `passing`."""
+        """Runs `finish` (a function, or one returning an awaitable) now, or later: the sandbox
+        stays in its state with ``pending`` set for config ``pending_seconds`` (Daytona's API
+        has set the desired state; its manager has not acted yet), then is in state `passing`
+        for config ``transition_seconds``."""
         delay = self._transition_seconds()
+        wait = max(0.0, float(self.config.get("pending_seconds") or 0))
+        was = sb.state
 
         async def later() -> None:
-            if delay > 0:
-                await asyncio.sleep(delay)
-            result = finish()
-            if asyncio.iscoroutine(result):
-                await result
+            try:
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    if sb.state != was:
+                        return  # deleted meanwhile
+                    sb.state = passing
+                    sb.updated_at = iso_now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                result = finish()
+                if asyncio.iscoroutine(result):
+                    await result
+            finally:
+                sb.pending = False
 
-        if delay <= 0:
+        if delay <= 0 and wait <= 0:
             result = finish()
             if asyncio.iscoroutine(result):
                 return self._spawn_task(result)
             return None
-        sb.state = passing
+        sb.pending = True
+        if wait <= 0:
+            sb.state = passing
         sb.updated_at = iso_now()
         sb.touch()
         return self._spawn_task(later())
@@ -1454,7 +1485,7 @@ class EmulatorServer:
         paused sandboxes stop (400 "Sandbox is not in a stoppable state", e.g. a stopped one).
         It passes through ``stopping`` for config ``transition_seconds``; processes die at
         the end, files stay."""
-        if sb.state in TRANSITIONAL_STATES:
+        if sb.state in TRANSITIONAL_STATES or sb.pending:
             raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         if sb.state not in ("started", "paused"):
             raise ApiError(400, "Sandbox is not in a stoppable state")
@@ -1504,6 +1535,8 @@ class EmulatorServer:
         sb = self._sandbox(request)
         if sb.state != "started":
             raise ApiError(400, "Sandbox must be in started state to pause")
+        if sb.pending:
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         if sb.sandbox_class not in VM_CLASSES:
             raise ApiError(422, PAUSE_REFUSED, "UNPROCESSABLE_ENTITY")
         signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGSTOP)
@@ -1519,8 +1552,14 @@ class EmulatorServer:
         source = self._sandbox(request)
         if source.sandbox_class not in VM_CLASSES:
             raise ApiError(422, FORK_REFUSED, "UNPROCESSABLE_ENTITY")
+        if self.faults.stop_before_next_fork > 0:
+            self.faults.stop_before_next_fork -= 1
+            with contextlib.suppress(ApiError):
+                self.begin_stop(source)
         if source.state != "started":
             raise ApiError(400, "Sandbox must be in started state to fork")
+        if source.pending:
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         body = await self._json_body(request)
         sid = str(uuid.uuid4())
         name = body.get("name") or sid
@@ -1547,6 +1586,7 @@ class EmulatorServer:
             volumes=[dict(v) for v in source.volumes],
             secrets=list(source.secrets),
             image_workdir=source.image_workdir,
+            fork_parent=source.id,
         )
         # Copy-on-write on Daytona; here private copies of all but big binaries (see the docstring).
         await asyncio.to_thread(link_copy_tree, source.home, sb.home, True, LINK_BINARIES_FROM)
@@ -1596,8 +1636,11 @@ class EmulatorServer:
 
     async def _delete_sandbox(self, request: web.Request) -> web.Response:
         sb = self._sandbox(request)
-        if sb.state in TRANSITIONAL_STATES:  # sandbox.service.ts destroy: pending -> 409
+        if sb.state in TRANSITIONAL_STATES or sb.pending:  # sandbox.service.ts destroy: pending -> 409
             raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
+        forks = [c.id for c in self.sandboxes.values() if c.fork_parent == sb.id and c.state != "destroyed"]
+        if forks:  # ... then its live fork children: 400
+            raise ApiError(400, HAS_FORKS, "BAD_REQUEST")
         await self._stop_processes(sb)
         await asyncio.to_thread(shutil.rmtree, sb.dir, True)
         sb.state = "destroyed"
@@ -1733,10 +1776,42 @@ class EmulatorServer:
 
     async def _activate_snapshot(self, request: web.Request) -> web.Response:
         """Daytona deactivates snapshots nobody used for a while (`set_snapshot_state` plays
-        that part here); activating makes one usable again."""
+        that part here); activating makes one usable again. As snapshot.service.ts
+        activateSnapshot checks: the id must be a UUID (the controller's ParseUUIDPipe: the SDK
+        resolves a name first), an active snapshot is 400, so is one not inactive, and one
+        deactivated less than 10 minutes ago; then it passes through ``pending`` (config
+        ``transition_seconds``) to ``active``."""
+        if not UUID_RE.match(request.match_info["snap"]):
+            raise ApiError(400, "Validation failed (uuid is expected)", "BAD_REQUEST")
         snap = self._snapshot(request)
-        snap.state = "active"
+        if snap.state == "active":
+            raise ApiError(400, f"Snapshot {snap.id} is already active", "BAD_REQUEST")
+        if snap.state != "inactive":
+            raise ApiError(400, f"Snapshot {snap.id} cannot be activated - it is in {snap.state} state", "BAD_REQUEST")
+        if time.time() - snap.changed < SNAPSHOT_ACTIVATION_COOLDOWN_S:
+            raise ApiError(
+                400, "Snapshot deactivation is still in progress. Please try again in a few minutes.", "BAD_REQUEST"
+            )
+        self._set_snapshot_state(snap, "pending")
+        delay = self._transition_seconds()
+
+        async def activate() -> None:
+            await asyncio.sleep(delay)
+            if snap.state == "pending":
+                self._set_snapshot_state(snap, "active")
+
+        if delay > 0:
+            self._spawn_task(activate())
+        else:
+            self._set_snapshot_state(snap, "active")
         return web.json_response(snap.to_json())
+
+    @staticmethod
+    def _set_snapshot_state(snap: Snapshot, state: str, ago: float = 0.0) -> None:
+        snap.state = state
+        snap.changed = time.time() - ago
+        moment = datetime.fromtimestamp(snap.changed, timezone.utc)
+        snap.updated_at = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     async def _delete_snapshot(self, request: web.Request) -> web.Response:
         snap = self._snapshot(request)
@@ -2847,14 +2922,16 @@ class DaytonaEmulator:
     def snapshots(self) -> list[dict[str, Any]]:
         return self._sync(lambda: [s.to_emulator_json() for s in self.server.snapshots.values()])
 
-    def set_snapshot_state(self, name_or_id: str, state: str) -> dict[str, Any]:
-        """E.g. ``set_snapshot_state(name, "inactive")``, as Daytona does to unused snapshots."""
+    def set_snapshot_state(self, name_or_id: str, state: str, ago: float = 3600.0) -> dict[str, Any]:
+        """E.g. ``set_snapshot_state(name, "inactive")``, as Daytona does to unused snapshots,
+        ``ago`` seconds ago (an hour by default: Daytona refuses to activate a snapshot
+        deactivated less than 10 minutes ago)."""
 
         def change() -> dict[str, Any]:
             snap = self.server._find_snapshot(name_or_id)
             if snap is None:
                 raise KeyError(name_or_id)
-            snap.state = state
+            self.server._set_snapshot_state(snap, state, ago)
             return snap.to_emulator_json()
 
         return self._sync(change)
