@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import re
 import signal
 import threading
@@ -417,9 +418,23 @@ class DaytonaApi:
         return self._retrying(f"look up snapshot {name}", call)
 
     def activate_snapshot(self, name: str) -> None:
-        """Daytona deactivates snapshots nobody used for a while; this makes one usable again."""
-        with self._translate(f"activate snapshot {name}"):
-            self.client.snapshot.activate(name)
+        """Daytona deactivates snapshots nobody used for a while; this makes one usable again.
+        One already active, or already being activated, is fine (the caller waits for it)."""
+        from daytona_api_client.exceptions import ApiException
+
+        try:
+            with self._translate(f"activate snapshot {name}"):
+                self.client.snapshot.activate(name)
+        except ApiException as exc:  # SDK 0.226's activate passes the API client's errors on untranslated
+            message = _api_message(exc)
+            if exc.status == 400 and ("already active" in message or "in pending state" in message):
+                return
+            if exc.status == 400 and "deactivation is still in progress" in message:
+                raise DaytonaError(
+                    f"Daytona deactivated snapshot {name} only minutes ago and cannot activate it again yet.",
+                    "Try again in 10 minutes (Daytona's wait after a deactivation).",
+                ) from exc
+            raise DaytonaError(f"Could not activate snapshot {name}: {message}") from exc
 
     def snapshot_sandbox(self, sandbox: Sandbox, name: str, timeout: int = 900) -> None:
         """Captures the sandbox's filesystem as snapshot `name`; waits until the sandbox is back."""
@@ -715,6 +730,14 @@ def _run_abandonable(coro: Coroutine[Any, Any, T]) -> T:
         with contextlib.suppress(BaseException):
             loop.run_until_complete(asyncio.wait_for(asyncio.shield(task), 2.0))
         loop.close()
+
+
+def _api_message(exc: Any) -> str:
+    """The `message` of an API client exception's JSON body (or its reason)."""
+    try:
+        return str(json.loads(exc.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(getattr(exc, "reason", None) or exc).strip()
 
 
 def _first_line(exc: BaseException) -> str:
