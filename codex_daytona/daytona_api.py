@@ -76,6 +76,10 @@ class RefusedError(DaytonaError):
     sandbox class that cannot pause or fork, 404/405 from an API without the route."""
 
 
+class HasForksError(DaytonaError):
+    """Daytona deletes a sandbox only once the sandboxes forked from it are deleted (400)."""
+
+
 def _state_name(sandbox: Sandbox) -> str:
     state = getattr(sandbox, "state", None)
     return str(getattr(state, "value", state) or "unknown")
@@ -372,8 +376,18 @@ class DaytonaApi:
         return True
 
     def delete(self, sandbox: Sandbox) -> None:
-        """Deletes the sandbox; a change of state under way (409) is waited out first."""
-        self._outwaiting("delete the sandbox", sandbox, lambda: sandbox.delete(timeout=300), done=())
+        """Deletes the sandbox; a change of state under way (409) is waited out first.
+        HasForksError while sandboxes forked from it exist."""
+        try:
+            self._outwaiting("delete the sandbox", sandbox, lambda: sandbox.delete(timeout=300), done=())
+        except DaytonaError as exc:
+            if _status(exc.__cause__) == 400 and "fork children" in str(exc.__cause__):
+                raise HasForksError(
+                    f"Daytona cannot delete sandbox {sandbox.id} while sandboxes forked from it exist.",
+                    "Delete its forks first (`codex-daytona down --others` deletes the fan-out sandboxes), "
+                    "or stop it instead: `codex-daytona down --stop`.",
+                ) from exc
+            raise
 
     def list(self, labels: dict[str, str]) -> list[SandboxInfo]:
         from daytona import ListSandboxesQuery

@@ -440,6 +440,27 @@ BREAKS: tuple[Break, ...] = (
         (T + "test_emulator_e2e.py::test_the_tool_works_in_the_home_whatever_the_image_workdir",),
     ),
     Break(
+        "down_all_deletes_a_fork_source_first",
+        "codex_daytona/lifecycle.py",
+        "                    refused.append((info, exc))\n",
+        "                    raise\n",
+        (T + "test_emulator_e2e.py::test_down_of_a_sandbox_with_forks_says_so_and_down_all_deletes_the_forks_first",),
+    ),
+    Break(
+        "down_others_stops_at_a_fork_source",
+        "codex_daytona/fleet.py",
+        "            except HasForksError:\n                refused.append(name)\n",
+        "            except ValueError:\n                refused.append(name)\n",
+        (T + "test_fanout.py::test_fanout_runs_in_parallel_compares_and_keep_down_leave_one",),
+    ),
+    Break(
+        "activation_refusal_untranslated",
+        "codex_daytona/daytona_api.py",
+        "        except ApiException as exc:",
+        "        except KeyError as exc:",
+        (T + "test_claims.py::test_snapshot_just_deactivated_says_when_to_try_again",),
+    ),
+    Break(
         "ls_trusts_the_lagging_list",
         "codex_daytona/fleet.py",
         "        return app.api.info(app.api.get(sandbox_id)).state\n",

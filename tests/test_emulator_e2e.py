@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from datetime import datetime
 from typing import Any
 
 import pytest
 
-from tests.e2e import Rig
+from codex_daytona.errors import ExitCode
+from tests.e2e import DAYTONA_KEY, Rig
 from tests.fakes.model import msg, run, turn
 from tests.test_hostile import _delete_on_daytona
 
@@ -209,3 +211,38 @@ def test_the_tool_works_in_the_home_whatever_the_image_workdir(rig: Rig) -> None
     pulled = rig.cli("pull", "--force", "-q")
     assert pulled.code == 0 and (rig.project / "agent-pwd.txt").read_text().strip() == str(home), pulled
     assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+def _fork_on_daytona(rig: Rig, sandbox_id: str) -> str:
+    """Forks the sandbox as `ask --fanout` does (the fork has its source's labels)."""
+    request = urllib.request.Request(
+        f"{rig.emulator.api_url}/sandbox/{sandbox_id}/fork",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"Bearer {DAYTONA_KEY}", "Content-Type": "application/json"},
+    )
+    return str(json.loads(urllib.request.urlopen(request, timeout=60).read())["id"])
+
+
+def test_down_of_a_sandbox_with_forks_says_so_and_down_all_deletes_the_forks_first(rig: Rig) -> None:
+    """Daytona deletes a sandbox only after the sandboxes forked from it (400 "Cannot delete
+    sandbox which has active fork children"): `down` says so in one line with a hint and
+    forgets nothing; `down --all` deletes the forks first, then their source."""
+    rig.emulator.set_config(sandbox_class="linux-vm")  # only VM-class sandboxes fork
+    assert rig.cli("up").code == 0
+    source = rig.record()["sandbox_id"]
+    fork = _fork_on_daytona(rig, source)
+
+    refused = rig.cli("down", "--yes")
+    assert refused.code == ExitCode.DAYTONA, refused
+    assert "Traceback" not in refused.stderr, refused
+    assert f"Daytona cannot delete sandbox {source} while sandboxes forked from it exist." in refused.stderr
+    assert "down --others" in refused.stderr and "down --stop" in refused.stderr, refused
+    assert rig.record()["sandbox_id"] == source
+    assert _state(rig, source) == "started"
+
+    result = rig.cli("down", "--all", "--yes", "--json")
+    assert result.code == 0, result
+    assert sorted(json.loads(result.stdout)["deleted"]) == sorted([source, fork]), result
+    assert (_state(rig, source), _state(rig, fork)) == ("destroyed", "destroyed")
+    assert rig.record() == {}
