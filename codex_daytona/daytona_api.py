@@ -305,9 +305,31 @@ class DaytonaApi:
     def fork(self, sandbox: Sandbox) -> Sandbox:
         """A started copy-on-write clone of the sandbox (files, env, labels; no processes).
         RefusedError when Daytona cannot fork it. Daytona forks one sandbox at a time: the
-        source is `forking` meanwhile, so this waits until it is `started` again."""
-        with self._refusable("fork the sandbox", sandbox.id):
-            forked = sandbox.fork(timeout=300)
+        source is `forking` meanwhile, so this waits until it is `started` again. A change of
+        state under way (409: a stop asked for, by auto-stop say, not yet begun; or 400 while
+        it passes through `stopping`) is waited out, and a sandbox it stopped is started again
+        (Daytona forks only a started sandbox)."""
+        deadline = time.monotonic() + STATE_CHANGE_WAIT_S
+        while True:
+            try:
+                with self._refusable("fork the sandbox", sandbox.id):
+                    forked = sandbox.fork(timeout=300)
+                break
+            except RefusedError:
+                raise
+            except DaytonaError as exc:
+                status = _status(exc.__cause__)
+                if status not in (400, 409) or time.monotonic() > deadline:
+                    raise
+                with self._translate("look up the sandbox", sandbox.id):
+                    sandbox.refresh_data()
+                if status == 400 and _state_name(sandbox) == "started":
+                    raise  # refused for another reason than its state
+            time.sleep(STATE_POLL_S)
+            with self._translate("look up the sandbox", sandbox.id):
+                sandbox.refresh_data()
+            if _state_name(sandbox) not in (*TRANSITIONAL_STATES, "started"):
+                self.start(sandbox)
         deadline = time.monotonic() + 120
         while _state_name(sandbox) != "started" and time.monotonic() < deadline:
             time.sleep(0.5)

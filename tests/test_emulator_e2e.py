@@ -246,3 +246,28 @@ def test_down_of_a_sandbox_with_forks_says_so_and_down_all_deletes_the_forks_fir
     assert sorted(json.loads(result.stdout)["deleted"]) == sorted([source, fork]), result
     assert (_state(rig, source), _state(rig, fork)) == ("destroyed", "destroyed")
     assert rig.record() == {}
+
+
+def test_fanout_waits_out_a_stop_asked_for_just_before_its_fork(rig: Rig) -> None:
+    """Auto-stop asks Daytona to stop the sandbox just as the fan-out forks it: the sandbox is
+    still `started` but pending, and the fork answers 409 "Sandbox state change in progress"
+    (then 400 while it is `stopping`). The fan-out waits, starts the stopped sandbox again and
+    forks it."""
+    rig.emulator.set_config(sandbox_class="linux-vm")  # only VM-class sandboxes fork
+    assert rig.cli("up").code == 0
+    source = rig.record()["sandbox_id"]
+    rig.emulator.set_config(pending_seconds=1.0, transition_seconds=0.5)
+    rig.emulator.set_faults(stop_before_next_fork=1)
+    rig.model.enqueue(*[turn(msg("ready")) for _ in range(2)])
+    since = time.time()
+    try:
+        result = rig.cli("ask", "--fanout", "2", "--new-thread", "--json", "get ready", timeout=300)
+        forks = [r["status"] for r in rig.round_trips(since) if r["path"] == f"/api/sandbox/{source}/fork"]
+        assert result.code == 0, (result, forks)
+        assert rig.emulator.faults()["stop_before_next_fork"] == 0, "the fault never struck"
+        assert forks[0] == 409 and forks.count(200) == 2, forks
+        summary = json.loads(result.stdout)
+        assert summary["forked"] is True, summary
+        assert [row["status"] for row in summary["sandboxes"]] == ["completed", "completed"], summary
+    finally:
+        assert rig.cli("down", "--all", "--yes").code == 0
