@@ -61,8 +61,13 @@ v0.190.0):
   Daytona's runner does (``NOT_STARTED``).
 - ``fork`` makes a started sandbox with a copy of the home and the source's env, labels, public
   flag, class and intervals (forkSandbox copies these); processes are not copied. Fork checks the
-  class (422) before the state (400 unless started). Unverified: the ``forking`` state the source
-  passes through (here it stays ``started``) and how long a fork takes.
+  class (422) before the state (400 unless started), then a change pending (409). A sandbox
+  with live forks is not deleted (400 "Cannot delete sandbox which has active fork children.
+  ..."). Unverified: the ``forking`` state the source passes through (here it stays
+  ``started``) and how long a fork takes.
+- Daytona's ``pending`` flag: a start or stop asked for leaves the sandbox in its state, pending,
+  for config ``pending_seconds`` (0 by default) before the passing state; start, stop, delete,
+  fork and pause then answer 409, as the source's checks do.
 - SSH access: create (``expiresInMinutes``, default 60, revoking the sandbox's earlier tokens as
   Daytona does), revoke (one token or all), validate (``{"valid", "sandboxId"}``, null for a bad
   token, as the source does, which the SDK's model rejects). ``sshCommand`` names config
