@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import re
 import signal
 import threading
@@ -73,6 +74,10 @@ class SshAccess:
 class RefusedError(DaytonaError):
     """Daytona refused an operation this sandbox (or this Daytona) does not offer: 422 for a
     sandbox class that cannot pause or fork, 404/405 from an API without the route."""
+
+
+class HasForksError(DaytonaError):
+    """Daytona deletes a sandbox only once the sandboxes forked from it are deleted (400)."""
 
 
 def _state_name(sandbox: Sandbox) -> str:
@@ -303,9 +308,31 @@ class DaytonaApi:
     def fork(self, sandbox: Sandbox) -> Sandbox:
         """A started copy-on-write clone of the sandbox (files, env, labels; no processes).
         RefusedError when Daytona cannot fork it. Daytona forks one sandbox at a time: the
-        source is `forking` meanwhile, so this waits until it is `started` again."""
-        with self._refusable("fork the sandbox", sandbox.id):
-            forked = sandbox.fork(timeout=300)
+        source is `forking` meanwhile, so this waits until it is `started` again. A change of
+        state under way (409: a stop asked for, by auto-stop say, not yet begun; or 400 while
+        it passes through `stopping`) is waited out, and a sandbox it stopped is started again
+        (Daytona forks only a started sandbox)."""
+        deadline = time.monotonic() + STATE_CHANGE_WAIT_S
+        while True:
+            try:
+                with self._refusable("fork the sandbox", sandbox.id):
+                    forked = sandbox.fork(timeout=300)
+                break
+            except RefusedError:
+                raise
+            except DaytonaError as exc:
+                status = _status(exc.__cause__)
+                if status not in (400, 409) or time.monotonic() > deadline:
+                    raise
+                with self._translate("look up the sandbox", sandbox.id):
+                    sandbox.refresh_data()
+                if status == 400 and _state_name(sandbox) == "started":
+                    raise  # refused for another reason than its state
+            time.sleep(STATE_POLL_S)
+            with self._translate("look up the sandbox", sandbox.id):
+                sandbox.refresh_data()
+            if _state_name(sandbox) not in (*TRANSITIONAL_STATES, "started"):
+                self.start(sandbox)
         deadline = time.monotonic() + 120
         while _state_name(sandbox) != "started" and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -374,8 +401,18 @@ class DaytonaApi:
         return True
 
     def delete(self, sandbox: Sandbox) -> None:
-        """Deletes the sandbox; a change of state under way (409) is waited out first."""
-        self._outwaiting("delete the sandbox", sandbox, lambda: sandbox.delete(timeout=300), done=())
+        """Deletes the sandbox; a change of state under way (409) is waited out first.
+        HasForksError while sandboxes forked from it exist."""
+        try:
+            self._outwaiting("delete the sandbox", sandbox, lambda: sandbox.delete(timeout=300), done=())
+        except DaytonaError as exc:
+            if _status(exc.__cause__) == 400 and "fork children" in str(exc.__cause__):
+                raise HasForksError(
+                    f"Daytona cannot delete sandbox {sandbox.id} while sandboxes forked from it exist.",
+                    "Delete its forks first (`codex-daytona down --others` deletes the fan-out sandboxes), "
+                    "or stop it instead: `codex-daytona down --stop`.",
+                ) from exc
+            raise
 
     def list(self, labels: dict[str, str]) -> list[SandboxInfo]:
         from daytona import ListSandboxesQuery
@@ -420,9 +457,23 @@ class DaytonaApi:
         return self._retrying(f"look up snapshot {name}", call)
 
     def activate_snapshot(self, name: str) -> None:
-        """Daytona deactivates snapshots nobody used for a while; this makes one usable again."""
-        with self._translate(f"activate snapshot {name}"):
-            self.client.snapshot.activate(name)
+        """Daytona deactivates snapshots nobody used for a while; this makes one usable again.
+        One already active, or already being activated, is fine (the caller waits for it)."""
+        from daytona_api_client.exceptions import ApiException
+
+        try:
+            with self._translate(f"activate snapshot {name}"):
+                self.client.snapshot.activate(name)
+        except ApiException as exc:  # SDK 0.226's activate passes the API client's errors on untranslated
+            message = _api_message(exc)
+            if exc.status == 400 and ("already active" in message or "in pending state" in message):
+                return
+            if exc.status == 400 and "deactivation is still in progress" in message:
+                raise DaytonaError(
+                    f"Daytona deactivated snapshot {name} only minutes ago and cannot activate it again yet.",
+                    "Try again in 10 minutes (Daytona's wait after a deactivation).",
+                ) from exc
+            raise DaytonaError(f"Could not activate snapshot {name}: {message}") from exc
 
     def snapshot_sandbox(self, sandbox: Sandbox, name: str, timeout: int = 900) -> None:
         """Captures the sandbox's filesystem as snapshot `name`; waits until the sandbox is back."""
@@ -718,6 +769,14 @@ def _run_abandonable(coro: Coroutine[Any, Any, T]) -> T:
         with contextlib.suppress(BaseException):
             loop.run_until_complete(asyncio.wait_for(asyncio.shield(task), 2.0))
         loop.close()
+
+
+def _api_message(exc: Any) -> str:
+    """The `message` of an API client exception's JSON body (or its reason)."""
+    try:
+        return str(json.loads(exc.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(getattr(exc, "reason", None) or exc).strip()
 
 
 def _first_line(exc: BaseException) -> str:

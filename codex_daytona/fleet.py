@@ -21,7 +21,7 @@ from typing import Any
 from codex_daytona import events as ev
 from codex_daytona import lifecycle, runtime, turns
 from codex_daytona.context import TOOL_LABEL, Box, Context, OnEvent, project_labels
-from codex_daytona.daytona_api import RefusedError
+from codex_daytona.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.errors import (
     CodexDaytonaError,
     DaytonaError,
@@ -89,15 +89,18 @@ def list_sandboxes(app: Context) -> list[SandboxRow]:
                 )
             )
     order = sorted(sandboxes, key=lambda n: (n != DEFAULT_NAME, n))
-    return [
-        SandboxRow(
-            n,
-            sandboxes[n],
-            live[sandboxes[n].sandbox_id].state if sandboxes[n].sandbox_id in live else "deleted",
-            n == app.name,
-        )
-        for n in order
-    ]
+    return [SandboxRow(n, sandboxes[n], _live_state(app, live, sandboxes[n].sandbox_id), n == app.name) for n in order]
+
+
+def _live_state(app: Context, live: dict[str, SandboxInfo], sandbox_id: str) -> str:
+    """The sandbox's state from the list; one the list does not show is looked up by id, since
+    Daytona's list is eventually consistent (a sandbox just created or forked can be missing)."""
+    if sandbox_id in live:
+        return live[sandbox_id].state
+    try:
+        return app.api.info(app.api.get(sandbox_id)).state
+    except SandboxGoneError:
+        return "deleted"
 
 
 # --- keep and down --others ---------------------------------------------------------------------
@@ -156,30 +159,62 @@ def siblings(app: Context) -> list[str]:
 class DownOthersResult:
     kept: str
     deleted: list[tuple[str, str]]  # (name, sandbox id)
+    stopped: list[tuple[str, str]] = field(default_factory=list)  # forked from: Daytona keeps them
 
     @property
     def human(self) -> str:
-        if not self.deleted:
+        if not self.deleted and not self.stopped:
             return f"{self.kept} has no fan-out sandboxes; nothing to delete."
-        return "\n".join(f"Deleted {n} (sandbox {sid})" for n, sid in self.deleted) + f"\nKept {self.kept}."
+        lines = [f"Deleted {n} (sandbox {sid})" for n, sid in self.deleted]
+        lines += [f"Stopped {n} (sandbox {sid}): forks of it remain" for n, sid in self.stopped]
+        return "\n".join(lines) + f"\nKept {self.kept}."
 
     @property
     def quiet(self) -> str:
         return "\n".join(n for n, _ in self.deleted)
 
     def to_json(self) -> dict[str, object]:
-        return {"kept": self.kept, "deleted": [{"name": n, "sandbox_id": sid} for n, sid in self.deleted]}
+        return {
+            "kept": self.kept,
+            "deleted": [{"name": n, "sandbox_id": sid} for n, sid in self.deleted],
+            "stopped": [{"name": n, "sandbox_id": sid} for n, sid in self.stopped],
+        }
 
 
 def down_others(app: Context) -> DownOthersResult:
-    """Deletes `app.name`'s fan-out siblings (`<name>-<n>`) and keeps it."""
+    """Deletes `app.name`'s fan-out siblings (`<name>-<n>`) and keeps it. Daytona deletes a
+    sandbox only after the sandboxes forked from it: one it refuses is tried again after the
+    others, and one still refused (the source of the sandbox `keep` chose) is stopped instead."""
     if app.record() is None:
         raise NoSandboxError(
             f"No sandbox named {app.name} here, so there is nothing to keep.",
             "Choose the one to keep first: `codex-daytona keep NAME`.",
         )
-    deleted = [(name, lifecycle.down(app.named(name, app.emit)).sandbox_id) for name in siblings(app)]
-    return DownOthersResult(app.name, deleted)
+    deleted: list[tuple[str, str]] = []
+    waiting = siblings(app)
+    while waiting:
+        refused = []
+        for name in waiting:
+            try:
+                deleted.append((name, lifecycle.down(app.named(name, app.emit)).sandbox_id))
+            except HasForksError:
+                refused.append(name)
+        if len(refused) == len(waiting):
+            break
+        waiting = refused
+    stopped = []
+    for name in waiting:
+        done = lifecycle.stop(app.named(name, app.emit))
+        app.emit(
+            ev.warning(
+                f"Stopped {name} (sandbox {done.sandbox_id}) instead of deleting it: sandboxes forked from it "
+                f"remain (such as {app.name}, when `keep` chose a fork of it), and Daytona deletes a sandbox "
+                "only after its forks. "
+                f"`codex-daytona down --name {name}` deletes it once they are gone."
+            )
+        )
+        stopped.append((name, done.sandbox_id))
+    return DownOthersResult(app.name, deleted, stopped)
 
 
 # --- ask --fanout ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from codex_daytona import events as ev
 from codex_daytona import links, provision, runtime
 from codex_daytona.context import TOOL_LABEL, Box, Context, project_labels, tail
-from codex_daytona.daytona_api import RefusedError, SandboxInfo
+from codex_daytona.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.errors import DaytonaError, SandboxGoneError, TransferError, UsageError
 from codex_daytona.state import LastTurn, SandboxRecord, State
 
@@ -444,18 +444,32 @@ def all_sandboxes(ctx: Context) -> list[SandboxInfo]:
 
 
 def down_all(ctx: Context, sandboxes: list[SandboxInfo]) -> list[str]:
-    """Deletes the given sandboxes and forgets those this directory knew. Returns their ids."""
+    """Deletes the given sandboxes and forgets those this directory knew. Returns their ids.
+    Daytona deletes a sandbox only after the sandboxes forked from it: one it refuses is
+    tried again once the others are deleted (forks first, however the list is ordered)."""
     if sandboxes:
         ctx.store.check_writable()
-    deleted = []
-    for info in sandboxes:
-        ctx.emit(ev.progress(f"Deleting sandbox {info.id}..."))
-        with contextlib.suppress(SandboxGoneError):
-            ctx.api.delete(ctx.api.get(info.id))
-        deleted.append(info.id)
-    with ctx.store.lock():
-        state = ctx.store.load()
-        gone = set(deleted)
-        state.sandboxes = {n: r for n, r in state.sandboxes.items() if r.sandbox_id not in gone}
-        ctx.store.save(state)
+    deleted: list[str] = []
+    try:
+        waiting = list(sandboxes)
+        while waiting:
+            refused: list[tuple[SandboxInfo, HasForksError]] = []
+            for info in waiting:
+                ctx.emit(ev.progress(f"Deleting sandbox {info.id}..."))
+                try:
+                    with contextlib.suppress(SandboxGoneError):
+                        ctx.api.delete(ctx.api.get(info.id))
+                except HasForksError as exc:
+                    refused.append((info, exc))
+                    continue
+                deleted.append(info.id)
+            if len(refused) == len(waiting):  # forks of them are not in the list
+                raise refused[0][1]
+            waiting = [info for info, _ in refused]
+    finally:
+        with ctx.store.lock():
+            state = ctx.store.load()
+            gone = set(deleted)
+            state.sandboxes = {n: r for n, r in state.sandboxes.items() if r.sandbox_id not in gone}
+            ctx.store.save(state)
     return deleted

@@ -138,6 +138,27 @@ def test_snapshot_reactivates_a_snapshot_daytona_deactivated(rig: Rig) -> None:
         delete_snapshot(rig, name)
 
 
+@pytest.mark.e2e
+def test_snapshot_just_deactivated_says_when_to_try_again(rig: Rig) -> None:
+    """Daytona refuses to activate a snapshot deactivated under 10 minutes ago (400; SDK
+    0.226 passes the API client's exception on untranslated): one line and a hint, no
+    traceback. One line: "already active" (activated meanwhile) is fine."""
+    name = runtime.snapshot_name()
+    delete_snapshot(rig, name)
+    runtime_home = next(s["sourceDir"] for s in rig.emulator.snapshots() if s["name"] == SNAPSHOT)
+    added = rig.emulator.add_snapshot(name, runtime_home)
+    rig.emulator.set_snapshot_state(added["id"], "inactive", ago=60)
+    try:
+        result = rig.cli("snapshot", env=NO_SNAPSHOT)
+        assert result.code == ExitCode.DAYTONA, result
+        assert "Traceback" not in result.stderr, result
+        assert f"Daytona deactivated snapshot {name} only minutes ago" in result.stderr, result
+        assert "Try again in 10 minutes" in result.stderr, result
+        assert result.stdout == ""
+    finally:
+        delete_snapshot(rig, name)
+
+
 # --- the exit-code table -----------------------------------------------------------------------
 
 

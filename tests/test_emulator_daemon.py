@@ -481,8 +481,8 @@ def test_an_inactive_snapshot_is_activated(emulator: DaytonaEmulator, daytona: A
     added = emulator.add_snapshot("to-wake", tmp_path / "snap")
     emulator.set_snapshot_state("to-wake", "inactive")
     assert daytona.snapshot.get("to-wake").state.value == "inactive"
-    daytona.snapshot.activate(daytona.snapshot.get("to-wake"))
-    assert daytona.snapshot.get(added["id"]).state.value == "active"
+    daytona.snapshot.activate(daytona.snapshot.get("to-wake"))  # it passes through `pending`
+    assert wait_for(lambda: daytona.snapshot.get(added["id"]).state.value == "active")
 
 
 def test_the_default_image_has_uv_on_its_path_unless_configured_away(emulator: DaytonaEmulator, sandbox: Any) -> None:

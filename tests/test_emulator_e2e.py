@@ -3,14 +3,18 @@ and states of tests/fakes/DAYTONA.md that a user's command meets."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from datetime import datetime
 from typing import Any
 
 import pytest
 
-from tests.e2e import Rig
-from tests.fakes.model import msg, turn
+from codex_daytona.errors import ExitCode
+from tests.e2e import DAYTONA_KEY, Rig
+from tests.fakes.model import msg, run, turn
+from tests.test_hostile import _delete_on_daytona
 
 pytestmark = pytest.mark.e2e
 
@@ -163,3 +167,109 @@ def test_down_all_deletes_a_sandbox_the_lagging_list_does_not_show_yet(rig: Rig)
     assert sandbox_id in result.stdout, result
     assert _state(rig, sandbox_id) == "destroyed"
     assert rig.record() == {}
+
+
+def test_ls_shows_a_sandbox_the_lagging_list_does_not_show_yet(rig: Rig) -> None:
+    """Sandboxes just made can be missing from Daytona's list: `ls` looks the state file's
+    sandboxes up by id instead of calling them deleted, and one that is gone stays `deleted`."""
+    rig.emulator.set_config(list_lag_seconds=600)
+    assert rig.cli("up").code == 0
+    assert rig.cli("up", "--name", "other").code == 0
+    ids = {name: record["sandbox_id"] for name, record in rig.state()["sandboxes"].items()}
+    _delete_on_daytona(rig, ids["other"])
+    result = rig.cli("ls", "--json")
+    assert result.code == 0, result
+    rows = json.loads(result.stdout)["sandboxes"]
+    assert [(r["name"], r["sandbox_id"], r["state"]) for r in rows] == [
+        ("default", ids["default"], "started"),
+        ("other", ids["other"], "deleted"),
+    ], rows
+    assert rig.cli("down", "--name", "other", "--yes").code == 0
+
+
+def test_the_tool_works_in_the_home_whatever_the_image_workdir(rig: Rig) -> None:
+    """Daytona starts commands, PTYs and relative paths in the image's WORKDIR (the home only
+    when the image has none). The tool names the home itself everywhere: with a WORKDIR that is
+    not the home, the agent, `exec`, `shell`, `push`, `pull` and `diff` all work in the home,
+    and nothing lands in the WORKDIR."""
+    rig.emulator.set_config(sandbox_workdir="/workspace")
+    (rig.project / "pushed.txt").write_text("pushed\n")
+    rig.model.enqueue(turn(run("pwd > agent-pwd.txt")), turn(msg("Noted.")))
+    assert rig.cli("push", "-q").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    home = rig.emulator.home_dir(sandbox_id)
+    workdir = rig.emulator.sandbox_dir(sandbox_id) / "workspace"
+    assert workdir.is_dir() and (home / "pushed.txt").read_text() == "pushed\n"
+
+    asked = rig.cli("ask", "-q", "where are you?")
+    assert (asked.code, asked.stdout) == (0, "Noted.\n"), asked
+    assert (home / "agent-pwd.txt").read_text().strip() == str(home)
+    ran = rig.cli("exec", "--", "pwd")
+    assert (ran.code, ran.stdout.strip()) == (0, str(home)), ran
+    shell = rig.cli("shell", input="echo at-$(pwd)-$((40+2))\nexit 0\n", timeout=60)
+    assert shell.code == 0 and f"at-{home}-42" in shell.stdout, shell
+    diff = rig.cli("diff", "--json")
+    assert diff.code == 0 and "agent-pwd.txt" in diff.stdout, diff
+    pulled = rig.cli("pull", "--force", "-q")
+    assert pulled.code == 0 and (rig.project / "agent-pwd.txt").read_text().strip() == str(home), pulled
+    assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+def _fork_on_daytona(rig: Rig, sandbox_id: str) -> str:
+    """Forks the sandbox as `ask --fanout` does (the fork has its source's labels)."""
+    request = urllib.request.Request(
+        f"{rig.emulator.api_url}/sandbox/{sandbox_id}/fork",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"Bearer {DAYTONA_KEY}", "Content-Type": "application/json"},
+    )
+    return str(json.loads(urllib.request.urlopen(request, timeout=60).read())["id"])
+
+
+def test_down_of_a_sandbox_with_forks_says_so_and_down_all_deletes_the_forks_first(rig: Rig) -> None:
+    """Daytona deletes a sandbox only after the sandboxes forked from it (400 "Cannot delete
+    sandbox which has active fork children"): `down` says so in one line with a hint and
+    forgets nothing; `down --all` deletes the forks first, then their source."""
+    rig.emulator.set_config(sandbox_class="linux-vm")  # only VM-class sandboxes fork
+    assert rig.cli("up").code == 0
+    source = rig.record()["sandbox_id"]
+    fork = _fork_on_daytona(rig, source)
+
+    refused = rig.cli("down", "--yes")
+    assert refused.code == ExitCode.DAYTONA, refused
+    assert "Traceback" not in refused.stderr, refused
+    assert f"Daytona cannot delete sandbox {source} while sandboxes forked from it exist." in refused.stderr
+    assert "down --others" in refused.stderr and "down --stop" in refused.stderr, refused
+    assert rig.record()["sandbox_id"] == source
+    assert _state(rig, source) == "started"
+
+    result = rig.cli("down", "--all", "--yes", "--json")
+    assert result.code == 0, result
+    assert sorted(json.loads(result.stdout)["deleted"]) == sorted([source, fork]), result
+    assert (_state(rig, source), _state(rig, fork)) == ("destroyed", "destroyed")
+    assert rig.record() == {}
+
+
+def test_fanout_waits_out_a_stop_asked_for_just_before_its_fork(rig: Rig) -> None:
+    """Auto-stop asks Daytona to stop the sandbox just as the fan-out forks it: the sandbox is
+    still `started` but pending, and the fork answers 409 "Sandbox state change in progress"
+    (then 400 while it is `stopping`). The fan-out waits, starts the stopped sandbox again and
+    forks it."""
+    rig.emulator.set_config(sandbox_class="linux-vm")  # only VM-class sandboxes fork
+    assert rig.cli("up").code == 0
+    source = rig.record()["sandbox_id"]
+    rig.emulator.set_config(pending_seconds=1.0, transition_seconds=0.5)
+    rig.emulator.set_faults(stop_before_next_fork=1)
+    rig.model.enqueue(*[turn(msg("ready")) for _ in range(2)])
+    since = time.time()
+    try:
+        result = rig.cli("ask", "--fanout", "2", "--new-thread", "--json", "get ready", timeout=300)
+        forks = [r["status"] for r in rig.round_trips(since) if r["path"] == f"/api/sandbox/{source}/fork"]
+        assert result.code == 0, (result, forks)
+        assert rig.emulator.faults()["stop_before_next_fork"] == 0, "the fault never struck"
+        assert forks[0] == 409 and forks.count(200) == 2, forks
+        summary = json.loads(result.stdout)
+        assert summary["forked"] is True, summary
+        assert [row["status"] for row in summary["sandboxes"]] == ["completed", "completed"], summary
+    finally:
+        assert rig.cli("down", "--all", "--yes").code == 0

@@ -203,6 +203,20 @@ def test_shell_is_a_terminal_in_the_home_that_resizes_passes_ctrl_c_and_exits_wi
         term.close()
 
 
+def test_shell_from_a_terminal_of_no_size_gets_80_by_24(rig: Rig) -> None:
+    """A terminal that reports 0 x 0 (a fresh `docker exec -t`, some CI ptys): Daytona would
+    accept 0 x 0 and the remote programs would see no columns; the shell gets 24 rows x 80."""
+    assert rig.cli("up").code == 0
+    term = Pty(rig, 0, 0, "shell")
+    try:
+        term.send("echo size-$(stty size | tr ' ' x)\r")
+        term.read_until("size-24x80")
+        term.send("exit 0\r")
+        assert term.wait() == 0, term.seen[-1000:]
+    finally:
+        term.close()
+
+
 def test_shell_from_a_pipe_runs_the_lines_and_ends_with_them(rig: Rig) -> None:
     assert rig.cli("up").code == 0
     result = rig.cli("shell", input="echo piped-$((2*21))\nexit 3\n", timeout=60)

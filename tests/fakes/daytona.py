@@ -61,8 +61,13 @@ v0.190.0):
   Daytona's runner does (``NOT_STARTED``).
 - ``fork`` makes a started sandbox with a copy of the home and the source's env, labels, public
   flag, class and intervals (forkSandbox copies these); processes are not copied. Fork checks the
-  class (422) before the state (400 unless started). Unverified: the ``forking`` state the source
-  passes through (here it stays ``started``) and how long a fork takes.
+  class (422) before the state (400 unless started), then a change pending (409). A sandbox
+  with live forks is not deleted (400 "Cannot delete sandbox which has active fork children.
+  ..."). Unverified: the ``forking`` state the source passes through (here it stays
+  ``started``) and how long a fork takes.
+- Daytona's ``pending`` flag: a start or stop asked for leaves the sandbox in its state, pending,
+  for config ``pending_seconds`` (0 by default) before the passing state; start, stop, delete,
+  fork and pause then answer 409, as the source's checks do.
 - SSH access: create (``expiresInMinutes``, default 60, revoking the sandbox's earlier tokens as
   Daytona does), revoke (one token or all), validate (``{"valid", "sandboxId"}``, null for a bad
   token, as the source does, which the SDK's model rejects). ``sshCommand`` names config
@@ -76,12 +81,20 @@ v0.190.0):
   and the ``exited`` control message for clients offering ``X-Daytona-Pty-Exit-Control`` are newer
   than the public source: built from the SDK's side only.
 
-Chosen where Daytona's source and notes are silent (unverified): the session shell and exec
-start in the sandbox home (Daytona, SDK >= 0.27: the image's WORKDIR, home only without one;
-the tool never depends on either); ``delete_session`` waits 5 s before SIGKILL, as Daytona; opening a
-command's stdin FIFO for input is retried non-blocking every 10 ms for up to 30 s instead of one
-blocking open; a sandbox stop drops open log streams without a close frame; a session command's
-exit code is omitted from JSON while unknown (the daemon's ``omitempty``).
+The working directory (daemon ``cmd/daemon/main.go``, runner ``docker/container_configs.go``): the
+daemon runs in the image's WORKDIR, or in the home when the image has none. Session shells
+(for an SDK of 0.103.0 or newer: older ones get the home, ``session.go``), ``process.exec``
+and PTYs without a ``cwd`` start there, ``/work-dir`` answers it, and relative file paths
+(upload, download, folders, ...) are used as given (``os.Create(dest)``), so they land there;
+``~`` is not expanded. A sandbox's WORKDIR is its snapshot's (a Dockerfile's last ``WORKDIR``, or
+the sandbox's a snapshot was taken from), else config ``sandbox_workdir`` (None: no WORKDIR).
+An image path ``/P`` is ``ROOT/sandboxes/<id>/P`` here; the home is ``ROOT/sandboxes/<id>/home``.
+
+``delete_session`` waits 5 s before SIGKILL, as Daytona does. Chosen where Daytona's source and
+notes are silent (unverified): opening a command's stdin FIFO for input is retried non-blocking
+every 10 ms for up to 30 s instead of one blocking open; a sandbox stop drops open log streams
+without a close frame; a session command's exit code is omitted from JSON while unknown (the
+daemon's ``omitempty``).
 
 The default image's ``uv``: the virtualenv's ``uv`` (a dev extra) is on every sandbox
 process's PATH, from a directory of its own, unless config ``sandbox_uv`` is false (a sandbox
@@ -181,13 +194,22 @@ HOP_BY_HOP = frozenset(
 # sandbox_class: the class of sandboxes created from here on (a snapshot's own class wins):
 # "container", Daytona's default (sandbox.entity.ts), which refuses fork and pause with 422, or
 # "linux-vm" / "windows", which can; ssh_gateway: the host:port the SSH command names; sandbox_uv:
-# the default image has `uv` on its PATH (see uv_bin_dir), False takes it away.
+# the default image has `uv` on its PATH (see uv_bin_dir), False takes it away;
+# list_lag_seconds: `GET /sandbox` leaves out sandboxes created or forked less than this long
+# ago (Daytona's list is "eventually consistent"; 0, the default, shows them at once);
+# pending_seconds: how long a change asked for (start, stop) leaves the sandbox in its state
+# with Daytona's `pending` flag set before it enters the passing state (Daytona's sandbox manager
+# picks the change up; 0: at once); sandbox_workdir: the image WORKDIR (an absolute image path,
+# see image_path) of sandboxes created from here on whose snapshot sets none; None, the default,
+# is an image without one.
 DEFAULT_CONFIG: dict[str, Any] = {
     "autostop_seconds_per_minute": 0,
     "sandbox_uv": True,
     "sandbox_class": "container",
     "transition_seconds": 0.2,
+    "pending_seconds": 0,
     "list_lag_seconds": 0,
+    "sandbox_workdir": None,
     "ssh_gateway": "ssh.emulator.localhost:2222",
 }
 PTY_EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
@@ -199,6 +221,11 @@ VM_CLASSES = frozenset({"linux-vm", "windows"})
 FORK_REFUSED = "Forking is not supported for this sandbox"
 # ... and a start or stop while a change is under way gets 409 (StateChangeInProgressError).
 STATE_CHANGE_IN_PROGRESS = "Sandbox state change in progress"
+# sandbox.service.ts destroy: a sandbox with fork children whose desired state is not destroyed.
+HAS_FORKS = "Cannot delete sandbox which has active fork children. The forks must be deleted first."
+# snapshot.service.ts activateSnapshot: 10 minutes after a deactivation, activation is refused.
+SNAPSHOT_ACTIVATION_COOLDOWN_S = 600
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 TRANSITIONAL_STATES = frozenset({"starting", "stopping", "pausing", "forking", "snapshotting", "archiving"})
 PAUSE_REFUSED = "Pausing is not supported for this sandbox"
 
@@ -226,6 +253,32 @@ PREVIEW_COOKIE_PREFIX = "daytona-sandbox-auth-"  # + sandbox id or signed token,
 SKIP_ACTIVITY_HEADER = "X-Daytona-Skip-Last-Activity-Update"
 PREVIEW_TARGET = re.compile(r"^(\d+)-(.+)$")
 PREVIEW_HOST = re.compile(r"^(\d+)-([^.]+)\.preview\.localhost(:\d+)?$")
+
+
+def image_path(root: Path, path: str) -> Path:
+    """Where an absolute path of the sandbox's image lives here: under the sandbox's directory,
+    which stands in for its `/` (the home, /home/daytona on Daytona, is ``root/home``)."""
+    return root / path.lstrip("/")
+
+
+def dockerfile_workdir(dockerfile: str | None) -> str | None:
+    """The WORKDIR a Dockerfile leaves its image with (the last one; a relative one is joined to
+    the one before, as Docker does), None when it sets none."""
+    workdir: str | None = None
+    for line in (dockerfile or "").splitlines():
+        words = line.strip().split(None, 1)
+        if len(words) == 2 and words[0].upper() == "WORKDIR":
+            path = words[1].strip().strip("\"'")
+            workdir = os.path.normpath(os.path.join(workdir or "/", path))
+    return workdir
+
+
+def legacy_sdk(request: web.Request) -> bool:
+    """An SDK older than 0.103.0 (daemon ``util.ExtractSdkVersionFromHeader`` and
+    ``session.go``): its sessions start in the home, not the daemon's working directory."""
+    version = request.headers.get("X-Daytona-SDK-Version", "")
+    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", version)
+    return match is not None and version != "0.0.0-dev" and tuple(map(int, match.groups())) < (0, 103, 0)
 
 
 def iso_now() -> str:
@@ -620,10 +673,19 @@ class Sandbox:
     ssh_accesses: list[SshAccess] = field(default_factory=list)
     ptys: dict[str, PtySession] = field(default_factory=dict)
     listed_from: float = 0.0  # time.monotonic() from which `list` shows it (config list_lag_seconds)
+    image_workdir: str | None = None  # the image's WORKDIR, an absolute image path; None: none
+    pending: bool = False  # Daytona's flag: a change was asked for and is not over (config pending_seconds)
+    fork_parent: str | None = None  # the sandbox this one was forked from (Daytona's sandbox_fork table)
 
     @property
     def home(self) -> Path:
         return self.dir / "home"
+
+    @property
+    def workdir(self) -> Path:
+        """The daemon's working directory: the image's WORKDIR, else the home (the runner sets
+        DAYTONA_USER_HOME_AS_WORKDIR). An image path /P is the sandbox's directory + P here."""
+        return image_path(self.dir, self.image_workdir) if self.image_workdir else self.home
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -757,8 +819,11 @@ class Snapshot:
     context_hashes: list[str] | None = None
     source_sandbox_id: str | None = None
     source_dir: str | None = None
+    workdir: str | None = None  # the image's WORKDIR (a Dockerfile's, or the sandbox's it was taken from)
     state: str = "active"
     created_at: str = field(default_factory=iso_now)
+    updated_at: str = ""  # the last change of state; the creation until then
+    changed: float = field(default_factory=time.time)  # time.time() of that change
 
     def to_json(self) -> dict[str, Any]:
         build_info = None
@@ -785,7 +850,7 @@ class Snapshot:
             "disk": 3,
             "errorReason": None,
             "createdAt": self.created_at,
-            "updatedAt": self.created_at,
+            "updatedAt": self.updated_at or self.created_at,
             "lastUsedAt": None,
             "buildInfo": build_info,
             "ref": f"emulator/{self.id}",
@@ -826,6 +891,8 @@ class Faults:
     as when auto-stop fires between a client's look-up and its command (400, not started);
     ``autostop_before_next_session``: the same for the next session to be created;
     ``autostop_before_next_exec``: the same for the next process-API command.
+    ``stop_before_next_fork``: auto-stop asks for a stop of the next fork's source just before
+    the fork (with config ``pending_seconds``, the source is still ``started`` but pending: 409).
     ``stopping_on_next_get``: auto-stop begins stopping the sandbox as a client looks it up
     (``GET /api/sandbox/{id}``), which then finds it ``stopping`` (config ``transition_seconds``).
     SDK 0.226's newer failures: ``rate_limit_next``: the next API or toolbox requests answer 429
@@ -846,6 +913,7 @@ class Faults:
     autostop_before_next_command: int = 0
     autostop_before_next_session: int = 0
     autostop_before_next_exec: int = 0
+    stop_before_next_fork: int = 0
     drop_log_streams: int = 0
     drop_after_bytes: int = 0
     stall_log_streams: int = 0
@@ -1089,7 +1157,7 @@ class EmulatorServer:
                 web.get("/api/snapshots/{snap}/build-logs-url", self._snapshot_build_logs_url),
                 web.get("/api/snapshots/{snap}/build-logs", self._snapshot_build_logs),
                 web.get(tb + "/user-home-dir", self._home_dir),
-                web.get(tb + "/work-dir", self._home_dir),
+                web.get(tb + "/work-dir", self._work_dir),
                 web.get(tb + "/version", self._version),
                 web.post(tb + "/files/folder", self._create_folder),
                 web.post(tb + "/files/bulk-upload", self._bulk_upload),
@@ -1175,13 +1243,13 @@ class EmulatorServer:
 
     @staticmethod
     def _resolve(sb: Sandbox, path: str | None) -> Path:
-        """A sandbox path: absolute paths are host paths, relative ones are under the home dir."""
+        """A sandbox path as the daemon opens it (``os.Create(dest)``, ``os.MkdirAll``, ...):
+        absolute paths as given (host paths here), relative ones against the daemon's working
+        directory (``sb.workdir``: the image's WORKDIR, else the home); no ``~`` expansion."""
         if not path:
-            return sb.home
-        if path == "~" or path.startswith("~/"):
-            return sb.home / path[2:]
+            return sb.workdir
         p = Path(path)
-        return p if p.is_absolute() else sb.home / p
+        return p if p.is_absolute() else sb.workdir / p
 
     def _process_env(self, sb: Sandbox, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
@@ -1272,6 +1340,7 @@ class EmulatorServer:
             disk=int(body.get("disk") or 3),
             volumes=list(body.get("volumes") or []),
             secrets=list(body.get("secrets") or []),
+            image_workdir=(snapshot.workdir if snapshot else None) or self.config.get("sandbox_workdir") or None,
         )
         for key, attr in (
             ("autoStopInterval", "auto_stop_interval"),
@@ -1304,6 +1373,7 @@ class EmulatorServer:
             await asyncio.to_thread(link_copy_tree, snapshot.dir, sb.home, True, binaries_from)
         else:
             sb.home.mkdir(parents=True)
+        sb.workdir.mkdir(parents=True, exist_ok=True)  # docker makes the image's WORKDIR
         sb.listed_from = time.monotonic() + float(self.config.get("list_lag_seconds") or 0)
         self.sandboxes[sid] = sb
         return self._sandbox_response(sb)
@@ -1355,9 +1425,9 @@ class EmulatorServer:
         ``transition_seconds`` (the task that ends it is returned; None when it was instant).
         A paused sandbox resumes (SIGCONT: its processes go on); any other start issues a new
         preview token, so links and tokens printed before it stop working."""
-        if sb.state == "started":
+        if sb.state == "started" and not sb.pending:
             return None
-        if sb.state in TRANSITIONAL_STATES:
+        if sb.state in TRANSITIONAL_STATES or sb.pending:
             raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         if sb.state not in ("stopped", "archived", "paused"):
             raise ApiError(400, "Sandbox is not in valid state")
@@ -1379,23 +1449,38 @@ class EmulatorServer:
         return self._transition(sb, "starting", finish)
 
     def _transition(self, sb: Sandbox, passing: str, finish: Callable[[], Any]) -> asyncio.Task[None] | None:
-        """Runs `finish` (a function, or one returning an awaitable) now, or after config
-        ``transition_seconds`` in state `passing`."""
+        """Runs `finish` (a function, or one returning an awaitable) now, or later: the sandbox
+        stays in its state with ``pending`` set for config ``pending_seconds`` (Daytona's API
+        has set the desired state; its manager has not acted yet), then is in state `passing`
+        for config ``transition_seconds``."""
         delay = self._transition_seconds()
+        wait = max(0.0, float(self.config.get("pending_seconds") or 0))
+        was = sb.state
 
         async def later() -> None:
-            if delay > 0:
-                await asyncio.sleep(delay)
-            result = finish()
-            if asyncio.iscoroutine(result):
-                await result
+            try:
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    if sb.state != was:
+                        return  # deleted meanwhile
+                    sb.state = passing
+                    sb.updated_at = iso_now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                result = finish()
+                if asyncio.iscoroutine(result):
+                    await result
+            finally:
+                sb.pending = False
 
-        if delay <= 0:
+        if delay <= 0 and wait <= 0:
             result = finish()
             if asyncio.iscoroutine(result):
                 return self._spawn_task(result)
             return None
-        sb.state = passing
+        sb.pending = True
+        if wait <= 0:
+            sb.state = passing
         sb.updated_at = iso_now()
         sb.touch()
         return self._spawn_task(later())
@@ -1405,7 +1490,7 @@ class EmulatorServer:
         paused sandboxes stop (400 "Sandbox is not in a stoppable state", e.g. a stopped one).
         It passes through ``stopping`` for config ``transition_seconds``; processes die at
         the end, files stay."""
-        if sb.state in TRANSITIONAL_STATES:
+        if sb.state in TRANSITIONAL_STATES or sb.pending:
             raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         if sb.state not in ("started", "paused"):
             raise ApiError(400, "Sandbox is not in a stoppable state")
@@ -1455,6 +1540,8 @@ class EmulatorServer:
         sb = self._sandbox(request)
         if sb.state != "started":
             raise ApiError(400, "Sandbox must be in started state to pause")
+        if sb.pending:
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         if sb.sandbox_class not in VM_CLASSES:
             raise ApiError(422, PAUSE_REFUSED, "UNPROCESSABLE_ENTITY")
         signal_pids(find_sandbox_pids(sb.id, sb.pgids), signal.SIGSTOP)
@@ -1470,8 +1557,14 @@ class EmulatorServer:
         source = self._sandbox(request)
         if source.sandbox_class not in VM_CLASSES:
             raise ApiError(422, FORK_REFUSED, "UNPROCESSABLE_ENTITY")
+        if self.faults.stop_before_next_fork > 0:
+            self.faults.stop_before_next_fork -= 1
+            with contextlib.suppress(ApiError):
+                self.begin_stop(source)
         if source.state != "started":
             raise ApiError(400, "Sandbox must be in started state to fork")
+        if source.pending:
+            raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         body = await self._json_body(request)
         sid = str(uuid.uuid4())
         name = body.get("name") or sid
@@ -1497,9 +1590,12 @@ class EmulatorServer:
             auto_delete_interval=source.auto_delete_interval,
             volumes=[dict(v) for v in source.volumes],
             secrets=list(source.secrets),
+            image_workdir=source.image_workdir,
+            fork_parent=source.id,
         )
         # Copy-on-write on Daytona; here private copies of all but big binaries (see the docstring).
         await asyncio.to_thread(link_copy_tree, source.home, sb.home, True, LINK_BINARIES_FROM)
+        sb.workdir.mkdir(parents=True, exist_ok=True)
         sb.listed_from = time.monotonic() + float(self.config.get("list_lag_seconds") or 0)
         self.sandboxes[sid] = sb
         source.touch()
@@ -1545,8 +1641,11 @@ class EmulatorServer:
 
     async def _delete_sandbox(self, request: web.Request) -> web.Response:
         sb = self._sandbox(request)
-        if sb.state in TRANSITIONAL_STATES:  # sandbox.service.ts destroy: pending -> 409
+        if sb.state in TRANSITIONAL_STATES or sb.pending:  # sandbox.service.ts destroy: pending -> 409
             raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
+        forks = [c.id for c in self.sandboxes.values() if c.fork_parent == sb.id and c.state != "destroyed"]
+        if forks:  # ... then its live fork children: 400
+            raise ApiError(400, HAS_FORKS, "BAD_REQUEST")
         await self._stop_processes(sb)
         await asyncio.to_thread(shutil.rmtree, sb.dir, True)
         sb.state = "destroyed"
@@ -1661,6 +1760,7 @@ class EmulatorServer:
             image_name=body.get("imageName"),
             dockerfile=dockerfile,
             context_hashes=build.get("contextHashes"),
+            workdir=dockerfile_workdir(dockerfile),
         )
         snap.dir.mkdir(parents=True)
         self.snapshots[snap.id] = snap
@@ -1681,10 +1781,42 @@ class EmulatorServer:
 
     async def _activate_snapshot(self, request: web.Request) -> web.Response:
         """Daytona deactivates snapshots nobody used for a while (`set_snapshot_state` plays
-        that part here); activating makes one usable again."""
+        that part here); activating makes one usable again. As snapshot.service.ts
+        activateSnapshot checks: the id must be a UUID (the controller's ParseUUIDPipe: the SDK
+        resolves a name first), an active snapshot is 400, so is one not inactive, and one
+        deactivated less than 10 minutes ago; then it passes through ``pending`` (config
+        ``transition_seconds``) to ``active``."""
+        if not UUID_RE.match(request.match_info["snap"]):
+            raise ApiError(400, "Validation failed (uuid is expected)", "BAD_REQUEST")
         snap = self._snapshot(request)
-        snap.state = "active"
+        if snap.state == "active":
+            raise ApiError(400, f"Snapshot {snap.id} is already active", "BAD_REQUEST")
+        if snap.state != "inactive":
+            raise ApiError(400, f"Snapshot {snap.id} cannot be activated - it is in {snap.state} state", "BAD_REQUEST")
+        if time.time() - snap.changed < SNAPSHOT_ACTIVATION_COOLDOWN_S:
+            raise ApiError(
+                400, "Snapshot deactivation is still in progress. Please try again in a few minutes.", "BAD_REQUEST"
+            )
+        self._set_snapshot_state(snap, "pending")
+        delay = self._transition_seconds()
+
+        async def activate() -> None:
+            await asyncio.sleep(delay)
+            if snap.state == "pending":
+                self._set_snapshot_state(snap, "active")
+
+        if delay > 0:
+            self._spawn_task(activate())
+        else:
+            self._set_snapshot_state(snap, "active")
         return web.json_response(snap.to_json())
+
+    @staticmethod
+    def _set_snapshot_state(snap: Snapshot, state: str, ago: float = 0.0) -> None:
+        snap.state = state
+        snap.changed = time.time() - ago
+        moment = datetime.fromtimestamp(snap.changed, timezone.utc)
+        snap.updated_at = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     async def _delete_snapshot(self, request: web.Request) -> web.Response:
         snap = self._snapshot(request)
@@ -1705,7 +1837,7 @@ class EmulatorServer:
         body = await self._json_body(request)
         if not body.get("name"):
             raise ApiError(400, "name is required")
-        snap = self._new_snapshot(body["name"], source_sandbox_id=sb.id)
+        snap = self._new_snapshot(body["name"], source_sandbox_id=sb.id, workdir=sb.image_workdir)
         await asyncio.to_thread(link_copy_tree, sb.home, snap.dir, True, LINK_BINARIES_FROM)
         self.snapshots[snap.id] = snap
         return self._sandbox_response(sb)
@@ -1714,6 +1846,9 @@ class EmulatorServer:
 
     async def _home_dir(self, request: web.Request) -> web.Response:
         return web.json_response({"dir": str(self._running_sandbox(request).home)})
+
+    async def _work_dir(self, request: web.Request) -> web.Response:
+        return web.json_response({"dir": str(self._running_sandbox(request).workdir)})
 
     async def _version(self, request: web.Request) -> web.Response:
         self._running_sandbox(request)
@@ -1744,7 +1879,7 @@ class EmulatorServer:
                 continue
             index, kind = m.groups()
             if kind == "path":
-                paths[index] = await part.text()
+                paths[index] = (await part.text()).strip()  # the daemon trims it, then uses it as given
                 if index in pending:
                     self._write_file(self._resolve(sb, paths[index]), pending.pop(index))
             elif index in paths:
@@ -1928,7 +2063,7 @@ class EmulatorServer:
             raise ApiError(409, "session already exists")
         shell = await asyncio.create_subprocess_exec(
             session_shell(),
-            cwd=sb.home,
+            cwd=sb.home if legacy_sdk(request) else sb.workdir,
             env=self._process_env(sb),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
@@ -2183,14 +2318,14 @@ class EmulatorServer:
         self, sb: Sandbox, pty_id: str, cwd: str | None, envs: dict[str, str], cols: int, rows: int
     ) -> PtySession:
         """The daemon's create: ``$SHELL -i -l`` on a new pty of cols x rows, in ``cwd`` (default
-        the home), with TERM=xterm-256color unless ``envs`` sets it."""
+        the daemon's working directory), with TERM=xterm-256color unless ``envs`` sets it."""
         if not pty_id:
             raise ApiError(400, "session ID is required")
         if pty_id in sb.ptys:
             raise ApiError(409, f"PTY session with ID '{pty_id}' already exists")
         envs = {str(k): str(v) for k, v in envs.items()}
         envs.setdefault("TERM", "xterm-256color")
-        directory = str(self._resolve(sb, cwd) if cwd else sb.home)
+        directory = str(self._resolve(sb, cwd))
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
@@ -2792,14 +2927,16 @@ class DaytonaEmulator:
     def snapshots(self) -> list[dict[str, Any]]:
         return self._sync(lambda: [s.to_emulator_json() for s in self.server.snapshots.values()])
 
-    def set_snapshot_state(self, name_or_id: str, state: str) -> dict[str, Any]:
-        """E.g. ``set_snapshot_state(name, "inactive")``, as Daytona does to unused snapshots."""
+    def set_snapshot_state(self, name_or_id: str, state: str, ago: float = 3600.0) -> dict[str, Any]:
+        """E.g. ``set_snapshot_state(name, "inactive")``, as Daytona does to unused snapshots,
+        ``ago`` seconds ago (an hour by default: Daytona refuses to activate a snapshot
+        deactivated less than 10 minutes ago)."""
 
         def change() -> dict[str, Any]:
             snap = self.server._find_snapshot(name_or_id)
             if snap is None:
                 raise KeyError(name_or_id)
-            snap.state = state
+            self.server._set_snapshot_state(snap, state, ago)
             return snap.to_emulator_json()
 
         return self._sync(change)

@@ -55,7 +55,7 @@ def project(tmp_path: Path) -> Iterator[Path]:
     try:
         yield directory
     finally:
-        for name in NAMES:
+        for name in reversed(NAMES):  # forks first: Daytona deletes a fork's source only after it
             _cli(directory, "down", "--yes", "--name", name, timeout=300)
         from daytona import Daytona, DaytonaConfig, ListSandboxesQuery
 
