@@ -797,12 +797,20 @@ def _session_missing(exc: BaseException) -> bool:
 
 
 def _create_session_once(sandbox: Any, session_id: str) -> None:
-    """Creates the session; one that already exists (409) is fine."""
-    try:
-        sandbox.process.create_session(session_id)
-    except Exception as exc:
-        if _status(exc) != 409:
-            raise
+    """Creates the session; one that already exists (409) is fine. So a transient failure
+    (5xx, a dropped connection) is tried again: a try whose session was made but whose answer
+    was lost is the next try's 409. (It is the first request of an ask that makes its session,
+    where a look-up, retried the same way, used to come first.)"""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            sandbox.process.create_session(session_id)
+            return
+        except Exception as exc:
+            if _status(exc) == 409:
+                return
+            if delay is None or not _transient(exc):
+                raise
+            time.sleep(delay)
 
 
 def _status(exc: BaseException | None) -> int | None:
