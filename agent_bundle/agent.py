@@ -1258,6 +1258,13 @@ def listen_private(path: str, backlog: int) -> socket.socket:
     return server
 
 
+def warm_imports() -> None:
+    """Imports what a turn imports (Engine), so that the first turn does not pay for it."""
+    with contextlib.suppress(Exception):
+        import openai_codex
+        import openai_codex.generated.v2_all  # noqa: F401
+
+
 class Daemon:
     """Runs turns one at a time for every client that connects."""
 
@@ -1291,6 +1298,10 @@ class Daemon:
         server = listen_private(path, 8)
         self._replace_previous_daemon()
         signal.signal(signal.SIGTERM, lambda *_: self._shutdown(path))
+        # Codex's Python SDK takes about two seconds to import: paid now, while `up` ends and
+        # the user types the first prompt, not by that prompt (a turn that comes first waits
+        # for the same import, Python's import lock, and does not do it twice).
+        threading.Thread(target=warm_imports, daemon=True).start()
         while True:
             try:
                 conn, _ = server.accept()

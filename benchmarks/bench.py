@@ -224,6 +224,47 @@ def measure_ask(bench: Bench, project: Path, env: dict[str, str], runs: int) -> 
     return AskFigures(m["ours"], m["inproc"], m["exec"], m["w_ours"], m["w_inproc"], m["w_exec"], int(median(trips)))
 
 
+NETWORK_RTT_MS = (0, 80)  # loopback, and a laptop far from Daytona's region
+
+
+@dataclass
+class FirstAndWarm:
+    """A newcomer's first `ask` (right after `up`: a new session and a new thread) and the
+    `ask` after it (same thread), with the emulator a round trip `rtt_ms` away."""
+
+    rtt_ms: int
+    first_to_model: float  # process start -> the model's first request
+    warm_to_model: float
+    first_trips: int
+    warm_trips: int
+
+
+def measure_first_and_warm(bench: Bench, runs: int, rtt_ms: int) -> FirstAndWarm:
+    """Each run: `up` in a new project (from the runtime snapshot, untimed, no added round
+    trip), then the first and the second `ask` timed with `rtt_ms` added to every Daytona
+    request, then `down` (untimed)."""
+    first, warm, first_trips, warm_trips = [], [], [], []
+    for i in range(runs):
+        project, state = bench.project()
+        env = bench.env(state)
+        bench.cli(project, env, "up")
+        bench.emulator.set_config(rtt_ms=rtt_ms)
+        try:
+            for to_model, trips, prompt in ((first, first_trips, "first"), (warm, warm_trips, "again")):
+                bench.model.enqueue(turn(msg(f"{prompt} {i}")))
+                started = time.time()
+                _, count = bench.counted(
+                    f"ask, {prompt} (rtt {rtt_ms} ms)",
+                    lambda project=project, env=env, prompt=prompt: bench.cli(project, env, "ask", "-q", prompt),
+                )
+                to_model.append(first_request_after(bench.model, started))
+                trips.append(count)
+        finally:
+            bench.emulator.set_config(rtt_ms=0)
+        bench.cli(project, env, "down", "--yes")
+    return FirstAndWarm(rtt_ms, median(first), median(warm), int(median(first_trips)), int(median(warm_trips)))
+
+
 def ask_json(bench: Bench, project: Path, env: dict[str, str], prompt: str) -> tuple[list[float], float]:
     """Runs `ask --json`; returns each event's latency (ms from the agent stamping it to this
     process reading it) and the ms from the agent stamping its last event to the exit."""
@@ -336,6 +377,23 @@ def measure_fanout(bench: Bench, project: Path, env: dict[str, str], runs: int, 
     return median(times)
 
 
+def network_rows(figures: list[FirstAndWarm], exec_to_model: float) -> list[Row]:
+    """A newcomer's first `ask` against the one after it, and the later `ask` against local
+    `codex exec` plus the two round trips it cannot do without (start the command, follow its
+    log), at each round-trip time."""
+    rows = []
+    for f in figures:
+        net = f"rtt {f.rtt_ms} ms"
+        rows.append(ratio_row(f"first `ask` -> model, {net}", f.first_to_model, "the next `ask`", f.warm_to_model, 1.2))
+        base = exec_to_model + 2 * f.rtt_ms / 1000
+        label = "`codex exec --json`" + (f" + 2 x {f.rtt_ms} ms" if f.rtt_ms else "")
+        rows.append(ratio_row(f"next `ask` -> model, {net}", f.warm_to_model, label, base, 1.2 if f.rtt_ms else None))
+        rows.append(
+            Row(f"Daytona requests, first / next `ask`, {net}", f"{f.first_trips} / {f.warm_trips}", "", "", "", None)
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (medians are reported)")
@@ -362,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             env = bench.env(state)
             (build, _), trips_build = bench.counted("snapshot", lambda: bench.cli(project, env, "snapshot"))
             up_snap, trips_snap = measure_up(bench, runs, "up from snapshot")
+            first_warm = [measure_first_and_warm(bench, runs, rtt) for rtt in NETWORK_RTT_MS]
             bench.cli(project, env, "up")
             ask = measure_ask(bench, project, env, runs)
             latencies = measure_latency(bench, project, env)
@@ -397,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             "<= 100 ms",
             exit_helper <= 100 and exit_in_process <= 100,
         ),
-        Row("Daytona requests per `ask`, ready sandbox", str(ask.trips), "", "", "<= 3", ask.trips <= 3),
+        Row("Daytona requests per `ask`, ready sandbox", str(ask.trips), "", "", "<= 2", ask.trips <= 2),
+        *network_rows(first_warm, ask.exec_to_model),
         Row(
             f"event latency, median / max ({len(latencies)} events)",
             f"{median(latencies):.0f} / {max(latencies):.0f} ms" if latencies else "n/a",
@@ -451,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
         "emulator's log, kinds api, toolbox and ws (the SDK's background Socket.IO left out). `up`\n"
         "fresh installs the runtime (uv, else pip; the bench's baseline hides uv from the sandbox);\n"
         "a sandbox is deleted (`down`) after each `up` run, untimed.\n"
+        "First / next `ask`: in a new project each run, `up` from the snapshot (untimed), then the first\n"
+        "`ask` (a new session and a new thread) and the one after it, with the emulator's rtt_ms adding\n"
+        f"{' and '.join(f'{r} ms' for r in NETWORK_RTT_MS)} to every Daytona request (80 ms: a laptop far from "
+        "Daytona's region);\n"
+        "the next `ask` against local `codex exec` plus two round trips (its command and its log).\n"
         f"Fan-out: from `ask --fanout {FANOUT}` starting to the {FANOUT}rd sibling's first model request, siblings\n"
         "made with Daytona's fork, then with fork refused (the snapshot fallback); median of up to 3 runs."
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -121,10 +122,37 @@ class Context:
 
     # --- the sandbox --------------------------------------------------------------------------
 
-    def connect(self, record: SandboxRecord) -> Box:
+    def connect(self, record: SandboxRecord, *, trust_handle: bool = False) -> Box:
         """The sandbox in `record`, started (or resumed). SandboxGoneError when Daytona no
-        longer has it."""
+        longer has it.
+
+        With `trust_handle`, a sandbox the state file has a handle for, last used within its
+        auto-stop, is taken to be started as it was: no look-up, no request. The Box looks
+        it up (and starts it, or finds it gone) only once a call of its answers otherwise: a
+        stopped sandbox's toolbox answers 400 "no IP address", a deleted one's 404."""
+        if trust_handle and self._handle_fresh(record):
+            assert record.handle is not None
+            sandbox = self.api.from_handle(record.handle)
+            if sandbox is not None:
+                return Box(self.api, sandbox, record, self.emit, from_handle=True)
         return Box.connect(self.api, record, self.emit)
+
+    def _handle_fresh(self, record: SandboxRecord) -> bool:
+        """Whether the sandbox may still be running as the record's handle found it: it was
+        used (the record saved) more recently than Daytona's auto-stop would have stopped it
+        since. Only a guess that spares a failed request: the Box checks what it is told."""
+        if not record.handle or record.runtime != runtime.runtime_fingerprint():
+            return False
+        minutes = self.settings.codex_daytona_auto_stop_minutes
+        if record.auto_stop_raised:
+            minutes = max(minutes, self.settings.codex_daytona_detach_minutes)
+        if minutes <= 0:  # never auto-stopped
+            return True
+        try:
+            used = datetime.fromisoformat(record.updated_at)
+        except ValueError:
+            return False
+        return datetime.now(timezone.utc) - used < timedelta(minutes=minutes)
 
     def box(self, record: SandboxRecord | None = None, *, start: bool = True) -> Box:
         """This name's sandbox (its saved `record`), started, or with `start=False` as it is
@@ -153,6 +181,10 @@ class Box:
     # it, so a session command makes its session first instead of failing once (see
     # `start_command`); the sessions made since are in `_sessions_made`.
     sessions_lost: bool = False
+    # True while `sandbox` is built from the state file's handle, not looked up: its state is
+    # what it was then (see `Context.connect`); the first call that fails looks it up.
+    from_handle: bool = False
+    gone: bool = False  # a look-up found the sandbox gone from Daytona
     _sessions_made: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
@@ -183,6 +215,27 @@ class Box:
     def info(self) -> SandboxInfo:
         return self.api.info(self.sandbox)
 
+    def looked_up_info(self) -> SandboxInfo:
+        """`info`, as Daytona has it now when the Box has not looked the sandbox up yet."""
+        if self.from_handle:
+            self.look_up()
+        return self.info()
+
+    def look_up(self) -> None:
+        """Asks Daytona for the sandbox afresh. SandboxGoneError when it no longer has it."""
+        try:
+            self.sandbox = self.api.get(self.id)
+        except SandboxGoneError:
+            self.gone = True
+            raise
+        self.from_handle = False
+
+    @property
+    def handle(self) -> str | None:
+        """What the state file keeps to reach this sandbox without a look-up (None unless it
+        is started as far as the Box knows)."""
+        return self.api.handle(self.sandbox)
+
     def run(self, command: str, timeout: int = 120, env: dict[str, str] | None = None) -> CommandResult:
         """Runs a command and waits for it (Daytona's process API); `env` reaches only it."""
         return self._started_again_if_stopped(lambda: self.api.exec(self.sandbox, command, timeout=timeout, env=env))
@@ -191,7 +244,7 @@ class Box:
         self.api.upload(self.sandbox, files)
 
     def upload_from(self, files: dict[str, str | bytes]) -> None:
-        self.api.upload_from(self.sandbox, files)
+        self._started_again_if_stopped(lambda: self.api.upload_from(self.sandbox, files))
 
     def download_to(self, remote_path: str, local_path: str) -> None:
         self.api.download_to(self.sandbox, remote_path, local_path)
@@ -223,18 +276,22 @@ class Box:
         """Daytona may have stopped the sandbox (auto-stop) since we found it started: then it
         is started again and `call` made once more (`start_command` makes its session again
         if the stop took it; the commands `run` is given may run again). Any other failure
-        stands."""
+        stands. A Box built from the state file's handle found nothing yet: any failure
+        looks the sandbox up (SandboxGoneError when Daytona no longer has it), and a started
+        sandbox whose toolbox moved is called again at its new address."""
         try:
             return call()
-        except SandboxGoneError:
-            raise
-        except DaytonaError:
-            if not self.restart_when_stopped:
+        except DaytonaError as exc:
+            trusted = self.from_handle
+            if (isinstance(exc, SandboxGoneError) and not trusted) or not self.restart_when_stopped:
                 raise
-            self.sandbox = self.api.get(self.id)
+            toolbox = getattr(self.sandbox, "toolbox_proxy_url", None)
+            self.look_up()
             if self.info().state == "started":
-                raise
-            self.ensure_started()
+                if not trusted or getattr(self.sandbox, "toolbox_proxy_url", None) == toolbox:
+                    raise
+            else:
+                self.ensure_started()
             return call()
 
     def command_exit_code(self, session: str, command_id: str) -> int | None:

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+# A sandbox's handle in the state file leaves out the times that change on every look-up and
+# fields this SDK does not know (its environment is kept empty: see DaytonaApi.handle).
+HANDLE_LEAVES_OUT = frozenset({"updated_at", "last_activity_at", "additional_properties"})
 SDK_PREFIX = re.compile(r"^Failed to (pause sandbox|fork sandbox|create SSH access):? ?")
 TRANSFER_TIMEOUT_S = 3600
 # How long a start, stop or delete waits out a change of the sandbox's state that is under way
@@ -202,6 +205,51 @@ class DaytonaApi:
 
     def get(self, sandbox_id: str) -> Sandbox:
         return self._retrying("look up the sandbox", lambda: self.client.get(sandbox_id), sandbox_id)
+
+    def handle(self, sandbox: Sandbox) -> str | None:
+        """The sandbox's description as the SDK builds its handle from (`Daytona.get` hands
+        it Daytona's answer), as JSON for the state file: None unless it is started. Its
+        environment is left out (nothing of the sandbox's settings lands in a file), and so
+        are the times that change on every look-up."""
+        if _state_name(sandbox) != "started" or not getattr(sandbox, "toolbox_proxy_url", None):
+            return None
+        from daytona_api_client import Sandbox as SandboxDto
+
+        fields = {name: getattr(sandbox, name, None) for name in SandboxDto.model_fields}
+        fields["env"] = {}  # required by the SDK's model; the sandbox's own is never written down
+        try:
+            described = SandboxDto(**fields)
+        except ValueError:  # an SDK whose sandboxes no longer fit their own description
+            return None
+        return described.model_dump_json(exclude_none=True, exclude=set(HANDLE_LEAVES_OUT))
+
+    def from_handle(self, handle: str) -> Sandbox | None:
+        """The SDK's handle on a sandbox, built from `handle` (see `handle`) as `Daytona.get`
+        builds it from Daytona's answer, without a request: its toolbox client reaches the
+        sandbox's toolbox as a looked-up one does. None when `handle` no longer describes a
+        sandbox to this SDK."""
+        from daytona import Sandbox as SdkSandbox
+        from daytona.common.daytona import CODE_TOOLBOX_LANGUAGE_LABEL
+        from daytona_api_client import Sandbox as SandboxDto
+
+        try:
+            described = SandboxDto.model_validate_json(handle)
+        except ValueError:
+            return None
+        if not described.toolbox_proxy_url:
+            return None  # the SDK would look its toolbox URL up: no request is spared
+        client = self.client
+        with self._translate("reach the sandbox", described.id):
+            language = client._validate_language_label(described.labels.get(CODE_TOOLBOX_LANGUAGE_LABEL)).value
+            return SdkSandbox(
+                described,
+                client._toolbox_api_client,
+                client._sandbox_api,
+                language,
+                subscription_manager=client._subscription_manager,
+                http_client=client._http_client,
+                analytics_api_url_provider=client._get_analytics_api_url,
+            )
 
     def create(
         self,
@@ -826,12 +874,20 @@ def _session_missing(exc: BaseException) -> bool:
 
 
 def _create_session_once(sandbox: Any, session_id: str) -> None:
-    """Creates the session; one that already exists (409) is fine."""
-    try:
-        sandbox.process.create_session(session_id)
-    except Exception as exc:
-        if _status(exc) != 409:
-            raise
+    """Creates the session; one that already exists (409) is fine. So a transient failure
+    (5xx, a dropped connection) is tried again: a try whose session was made but whose answer
+    was lost is the next try's 409. (It is the first request of an ask that makes its session,
+    where a look-up, retried the same way, used to come first.)"""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            sandbox.process.create_session(session_id)
+            return
+        except Exception as exc:
+            if _status(exc) == 409:
+                return
+            if delay is None or not _transient(exc):
+                raise
+            time.sleep(delay)
 
 
 def _status(exc: BaseException | None) -> int | None:

@@ -16,7 +16,7 @@ from codex_daytona import events as ev
 from codex_daytona import links, provision, runtime
 from codex_daytona.context import TOOL_LABEL, Box, Context, project_labels, tail
 from codex_daytona.daytona_api import HasForksError, RefusedError, SandboxInfo
-from codex_daytona.errors import DaytonaError, SandboxGoneError, TransferError, UsageError
+from codex_daytona.errors import DaytonaError, SandboxGoneError, StateError, TransferError, UsageError
 from codex_daytona.state import LastTurn, SandboxRecord, State
 
 if TYPE_CHECKING:
@@ -66,6 +66,10 @@ def up(ctx: Context, *, repo: str | None = None, branch: str | None = None) -> U
             else:
                 if record.runtime != runtime.runtime_fingerprint():
                     provision.setup(ctx, box, state)
+                elif record.handle != box.handle:  # the next ask reaches it without a look-up
+                    record.handle = box.handle
+                    record.touch()
+                    ctx.store.save(state)
                 return UpResult(record.sandbox_id, created=False, home_dir=record.home_dir)
         snapshot = provision.base_snapshot(ctx)
         box = _new_sandbox(ctx, snapshot, state=state)
@@ -400,8 +404,17 @@ def pause(ctx: Context, *, or_stop: bool = False) -> PauseResult:
             ) from exc
         ctx.emit(ev.warning(f"{exc.message}; stopping it instead."))
         ctx.api.stop(sandbox)
+        _drop_handle(ctx, record.sandbox_id)
         return PauseResult(record.sandbox_id, "stopped")
+    _drop_handle(ctx, record.sandbox_id)
     return PauseResult(record.sandbox_id, "paused")
+
+
+def _drop_handle(ctx: Context, sandbox_id: str) -> None:
+    """The sandbox no longer runs as its handle says: the next command looks it up and starts
+    it, rather than learn it from a failed request (which a handle kept still does)."""
+    with contextlib.suppress(StateError):
+        ctx.update_record(sandbox_id, lambda r: setattr(r, "handle", None))
 
 
 def stop(ctx: Context) -> SandboxDone:
@@ -410,6 +423,7 @@ def stop(ctx: Context) -> SandboxDone:
     if box.info().state != "stopped":
         ctx.emit(ev.progress(f"Stopping sandbox {box.id}..."))
         ctx.api.stop(box.sandbox)
+    _drop_handle(ctx, box.id)
     return SandboxDone(box.id, "stopped")
 
 

@@ -92,6 +92,7 @@ def setup(
     if started.exit_code != 0:
         raise AgentSetupError(f"The agent could not start in the sandbox: {started.output.strip()[-300:]}")
     record.runtime = runtime.runtime_fingerprint()
+    record.handle = box.handle  # the first ask reaches the sandbox without a look-up
     if state is None:
         ctx.save(record)
         return

@@ -82,6 +82,11 @@ class SandboxRecord(BaseModel):
     session_id: str | None = None  # the Daytona session turns run in, one after another
     auto_stop_raised: bool = False  # a detached turn raised the sandbox's auto-stop
     preview_pattern: str | None = None
+    # What the SDK needs to reach the started sandbox without looking it up (its description
+    # as Daytona last gave it, as JSON, without its environment): a warm `ask` starts its
+    # command with it; a stop of ours drops it, and any answer saying the sandbox is not
+    # started (or gone) is followed by the look-up it spared (see `Context.connect`).
+    handle: str | None = None
     ports: list[int] = Field(default_factory=list)
     last_turn: LastTurn | None = None
 

@@ -189,13 +189,17 @@ def ask(
         # made first (no failed request); else it is tried, and made when Daytona has lost it.
         fresh = previous is None or session.endswith(run_id)
         command_id = box.start_command(session, runtime.agent_command(box.layout, run_id, request), new_session=fresh)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, SandboxGoneError) and _gone(box):
+            # Found gone by the turn's first request (the state file's handle spared the look-up).
+            raise _deleted_outside(ctx, box.id) from exc
         # The turn never started (a failed upload or command, Ctrl-C): it must not stay
         # "running" in the state file, which would send the next ask to a session of its own.
         with contextlib.suppress(CodexDaytonaError):
             ctx.update_record(box.id, lambda r: _unclaim(r, run_id, previous))
         raise
-    ctx.update_record(box.id, lambda r: _set_command(r, run_id, command_id))
+    handle = box.handle  # the sandbox runs the command: the next ask reaches it without a look-up
+    ctx.update_record(box.id, lambda r: _set_command(r, run_id, command_id, handle))
     follower = _follower(ctx, box, run_id, api_key)
     follower.watch(session, command_id)
     follower.previous_turn = previous
@@ -238,17 +242,33 @@ def _turn_box(ctx: Context) -> Box:
         lifecycle.up(ctx)
     record = ctx.require_record()
     try:
-        box = ctx.connect(record)
+        # A sandbox the state file knows started is not looked up: the turn's command is
+        # the first request, and its failure says when the sandbox must be found or started.
+        box = ctx.connect(record, trust_handle=True)
     except SandboxGoneError as exc:
-        ctx.forget(record.sandbox_id)
-        raise SandboxGoneError(
-            f"Sandbox {record.sandbox_id} no longer exists on Daytona (deleted outside codex-daytona).",
-            "It was forgotten here; ask again to start over in a new sandbox.",
-        ) from exc
+        raise _deleted_outside(ctx, record.sandbox_id) from exc
     if record.runtime != runtime.runtime_fingerprint():
         lifecycle.up(ctx)
         box = Box(box.api, box.sandbox, ctx.require_record(), ctx.emit)
     return box
+
+
+def _deleted_outside(ctx: Context, sandbox_id: str) -> SandboxGoneError:
+    """Forgets a sandbox Daytona no longer has; the error that says so."""
+    ctx.forget(sandbox_id)
+    return SandboxGoneError(
+        f"Sandbox {sandbox_id} no longer exists on Daytona (deleted outside codex-daytona).",
+        "It was forgotten here; ask again to start over in a new sandbox.",
+    )
+
+
+def _gone(box: Box) -> bool:
+    """Whether Daytona no longer has the box's sandbox, as a look-up says (made unless the
+    Box has made it already): a toolbox 404 alone may mean less."""
+    if not box.gone:
+        with contextlib.suppress(CodexDaytonaError):
+            box.look_up()
+    return box.gone
 
 
 def _claim_turn(ctx: Context, record: SandboxRecord, run_id: str) -> tuple[SandboxRecord, str, LastTurn | None]:
@@ -395,7 +415,7 @@ def _previews(ctx: Context, follower: RunFollower) -> list[links.Preview]:
     def report(ports: ev.Event) -> None:
         if ports.get("new"):
             if not public:
-                public.append(box.info().public)
+                public.append(box.looked_up_info().public)
             found.extend(links.after_turn(box, ports, public=public[0]))
 
     try:
@@ -583,9 +603,11 @@ def _unclaim(record: SandboxRecord, run_id: str, previous: LastTurn | None) -> N
         record.last_turn = previous
 
 
-def _set_command(record: SandboxRecord, run_id: str, command_id: str) -> None:
+def _set_command(record: SandboxRecord, run_id: str, command_id: str, handle: str | None) -> None:
     if record.last_turn is not None and record.last_turn.run_id == run_id:
         record.last_turn.command_id = command_id
+    if handle is not None:
+        record.handle = handle
 
 
 # --- what `ask` takes besides the prompt ---------------------------------------------------------

@@ -356,7 +356,7 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "a_stopped_sandbox_is_not_started_again_for_the_command",
         "codex_daytona/context.py",
-        "            if not self.restart_when_stopped:\n",
+        "            if (isinstance(exc, SandboxGoneError) and not trusted) or not self.restart_when_stopped:\n",
         "            if True:\n",
         (T + "test_lifecycle.py::test_a_sandbox_stopped_between_look_up_and_command_is_started_and_the_turn_runs",),
     ),
@@ -503,6 +503,35 @@ BREAKS: tuple[Break, ...] = (
         '    settle = outcome.get("status") == "completed" and watch.pending()\n',
         "    settle = False\n",
         (T + "test_late_ports.py::test_a_server_binding_after_the_turn_gets_its_link_after_the_answer",),
+    ),
+    # --- #28: a warm ask in two requests ---------------------------------------------------
+    Break(
+        "a_warm_ask_looks_the_sandbox_up",
+        "codex_daytona/turns.py",
+        "        box = ctx.connect(record, trust_handle=True)\n",
+        "        box = ctx.connect(record)\n",
+        (T + "test_emulator_e2e.py::test_a_warm_ask_is_two_requests_its_command_and_its_log",),
+    ),
+    Break(
+        "a_toolbox_that_moved_is_not_called_again",
+        "codex_daytona/context.py",
+        '                if not trusted or getattr(self.sandbox, "toolbox_proxy_url", None) == toolbox:\n',
+        "                if True:\n",
+        (T + "test_emulator_e2e.py::test_a_warm_ask_whose_sandbox_changed_behind_its_back_looks_it_up_and_runs",),
+    ),
+    Break(
+        "a_sandbox_found_gone_by_the_turns_command_is_not_forgotten",
+        "codex_daytona/turns.py",
+        "        if isinstance(exc, SandboxGoneError) and _gone(box):\n",
+        "        if False:\n",
+        (T + "test_emulator_e2e.py::test_a_warm_ask_whose_sandbox_was_deleted_behind_its_back_says_so_and_forgets_it",),
+    ),
+    Break(
+        "the_daemon_imports_codex_at_the_first_turn",
+        "agent_bundle/agent.py",
+        "        threading.Thread(target=warm_imports, daemon=True).start()\n",
+        "        pass\n",
+        (T + "test_agent_bundle.py::test_the_daemon_imports_codex_before_its_first_turn",),
     ),
 )
 

@@ -640,3 +640,35 @@ def test_a_background_job_survives_the_session_being_deleted_as_exec_returns(tmp
     assert survivors, "the background job died with the session"
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
+
+
+WATCH_IMPORTS = """
+import os, sys, threading, time
+from agent_bundle import agent
+
+def watch():
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "openai_codex" in sys.modules and "openai_codex.generated.v2_all" in sys.modules:
+            print("imported", flush=True)
+            os._exit(0)
+        time.sleep(0.05)
+    print("not imported", flush=True)
+    os._exit(1)
+
+threading.Thread(target=watch, daemon=True).start()
+agent.Daemon(sys.argv[1], sys.argv[1] + "/runs").serve(sys.argv[1] + "/agent.sock")
+"""
+
+
+def test_the_daemon_imports_codex_before_its_first_turn(tmp_path: Path) -> None:
+    """Codex's Python SDK takes seconds to import: a daemon that has just started (at `up`)
+    imports it while it waits, so the first turn does not pay for it, no turn asked for."""
+    proc = subprocess.run(
+        [sys.executable, "-c", WATCH_IMPORTS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert (proc.returncode, proc.stdout) == (0, "imported\n"), proc

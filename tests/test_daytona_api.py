@@ -152,3 +152,28 @@ def test_a_create_that_times_out_after_the_sandbox_exists_leaves_no_orphan(
     assert "it was deleted" in err.value.message, err.value.message
     stalled = [s for s in emulator.sandboxes() if s["labels"].get("suite") == "stalled"]
     assert stalled and all(s["state"] == "destroyed" for s in stalled), stalled
+
+
+def test_a_sandbox_reached_from_its_handle_makes_no_request_and_keeps_no_environment(
+    emulator: DaytonaEmulator, daytona: Any
+) -> None:
+    """The state file's handle: the SDK's handle on a started sandbox is built from it without
+    a request, and reaches the sandbox's toolbox; the sandbox's environment (which may name a
+    secret) is not in it. A stopped sandbox has none."""
+    from daytona import CreateSandboxFromSnapshotParams
+
+    sandbox = daytona.create(CreateSandboxFromSnapshotParams(env_vars={"SECRETISH": "do-not-write-me"}))
+    try:
+        api = _api(emulator)
+        handle = api.handle(api.get(sandbox.id))
+        assert handle is not None and "do-not-write-me" not in handle and "SECRETISH" not in handle
+        before = len(emulator.arrived())
+        rebuilt = api.from_handle(handle)
+        assert rebuilt is not None and rebuilt.id == sandbox.id
+        assert [p for _, p in emulator.arrived()[before:] if not p.startswith("/api/socket.io")] == []
+        assert api.exec(rebuilt, "echo reached").output.strip() == "reached"
+        assert api.from_handle("{not json") is None
+        emulator.stop_sandbox(sandbox.id)
+        assert api.handle(api.get(sandbox.id)) is None
+    finally:
+        daytona.delete(sandbox)

@@ -511,6 +511,46 @@ def test_fail_next_and_latency(emulator: DaytonaEmulator, daytona: Any, sandbox:
     assert time.monotonic() - started >= 0.2
 
 
+def test_rtt_delays_every_request_to_daytona_once_and_not_the_test_controls(
+    emulator: DaytonaEmulator, daytona: Any, sandbox: Any
+) -> None:
+    """Config `rtt_ms`: a network between the client and Daytona. Each API and toolbox
+    request, each WebSocket set-up and each preview request waits one round trip before it
+    is answered; the emulator's own controls do not."""
+    import aiohttp
+
+    sandbox.process.create_session("rtt")
+    cid = run_async(sandbox, "rtt", "echo hi")
+    wait_for(lambda: sandbox.process.get_session_command("rtt", cid).exit_code is not None)
+    rtt = 0.5
+    assert emulator.set_config(rtt_ms=int(rtt * 1000))["rtt_ms"] == 500
+
+    def took(call: Callable[[], Any]) -> float:
+        started = time.monotonic()
+        call()
+        return time.monotonic() - started
+
+    async def ws_set_up() -> float:
+        url = f"{emulator.base_url}/toolbox/{sandbox.id}/process/session/rtt/command/{cid}/logs?follow=true"
+        async with aiohttp.ClientSession() as client:
+            started = time.monotonic()
+            async with client.ws_connect(url, headers={"Authorization": f"Bearer {API_KEY}"}) as ws:
+                elapsed = time.monotonic() - started
+                await ws.close()
+        return elapsed
+
+    preview = sandbox.get_preview_link(free_port())  # nothing listens there: 502, after the round trip
+    assert took(lambda: daytona.get(sandbox.id)) >= rtt
+    assert took(sandbox.get_user_home_dir) >= rtt
+    assert took(lambda: http(preview.url, {"X-Daytona-Preview-Token": preview.token})[0] == 502) >= rtt
+    assert asyncio.run(ws_set_up()) >= rtt
+    assert took(lambda: http(f"{emulator.base_url}/_emulator/faults")) < rtt
+    # Once per request, not per message: the SDK's exec answers after one round trip and its
+    # command's time, however much it prints.
+    assert rtt <= took(lambda: sandbox.process.exec("seq 1 2000 >/dev/null; echo done")) < 2 * rtt
+    assert emulator.reset()["config"]["rtt_ms"] == 0
+
+
 def test_dropped_log_stream_raises_after_partial_output(emulator: DaytonaEmulator, sandbox: Any) -> None:
     from daytona import DaytonaError
 

@@ -7,12 +7,13 @@ import json
 import time
 import urllib.request
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from codex_daytona.errors import ExitCode
-from tests.e2e import DAYTONA_KEY, Rig
+from tests.e2e import DAYTONA_KEY, Rig, free_port
 from tests.fakes.model import msg, run, turn
 from tests.test_hostile import _delete_on_daytona
 
@@ -32,7 +33,8 @@ def _session_execs(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_first_ask_and_ask_after_a_restart_make_their_session_first(rig: Rig) -> None:
     """Daytona answers a command for a missing session with 500 (not 404): a fresh sandbox's
     first ask and the ask that starts a stopped sandbox make the session first, and no
-    request fails."""
+    request fails but the one that finds the sandbox stopped (the ask does not look the
+    sandbox up first: its command's 400 says it is stopped)."""
     assert rig.cli("up").code == 0
     rig.model.enqueue(turn(msg("first")), turn(msg("after restart")), turn(msg("warm")))
     since = time.time()
@@ -48,7 +50,10 @@ def test_first_ask_and_ask_after_a_restart_make_their_session_first(rig: Rig) ->
     again = rig.cli("ask", "-q", "again")
     assert (again.code, again.stdout) == (0, "after restart\n"), again
     restart_requests = rig.round_trips(since)
-    assert _failed(restart_requests) == [], restart_requests
+    assert [(r["status"], r["path"].rsplit("/", 1)[-1]) for r in _failed(restart_requests)] == [(400, "exec")]
+    after_start = restart_requests[[r["path"] for r in restart_requests].index(f"/api/sandbox/{sandbox_id}/start") :]
+    # The session first (201), then the command (202); the agent, restarted, may then ask for the key.
+    assert [r["status"] for r in after_start if r["kind"] == "toolbox"][:2] == [201, 202], restart_requests
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
 
     # A warm ask: not one sent while the last run still watches for late ports (a `-q` ask
@@ -64,6 +69,122 @@ def test_first_ask_and_ask_after_a_restart_make_their_session_first(rig: Rig) ->
     # The first ask costs one request more than a warm one: creating its session, nothing else.
     created = [r for r in first_requests if r["path"].endswith("/process/session") and r["method"] == "POST"]
     assert len(created) == 1 and len(first_requests) == len(warm_requests) + 1, (first_requests, warm_requests)
+
+
+def _settled(rig: Rig) -> None:
+    """Waits until the last run no longer watches for late ports (a `-q` ask does not wait
+    for them, and the next ask would then take a session of its own)."""
+    settling = (rig.record().get("last_turn") or {}).get("settling_until")
+    if settling:
+        time.sleep(max(0.0, min(15.0, datetime.fromisoformat(settling).timestamp() - time.time())))
+
+
+def _trips(requests: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(r["method"], r["kind"], r["path"].rsplit("/", 1)[-1]) for r in requests]
+
+
+def _ask(rig: Rig, answer: str) -> list[dict[str, Any]]:
+    """One `ask -q` answered `answer`; the requests it made."""
+    rig.model.enqueue(turn(msg(answer)))
+    since = time.time()
+    result = rig.cli("ask", "-q", answer)
+    assert (result.code, result.stdout) == (0, f"{answer}\n"), result
+    return rig.round_trips(since)
+
+
+WARM_ASK = [("POST", "toolbox", "exec"), ("GET", "ws", "logs")]
+
+
+def test_a_warm_ask_is_two_requests_its_command_and_its_log(rig: Rig) -> None:
+    """On a started sandbox the state file knows, `ask` starts its command and follows its
+    log: two requests to Daytona, no look-up (the state file keeps what the SDK needs to
+    reach the sandbox). The first ask after `up` adds only the making of its session."""
+    assert rig.cli("up").code == 0
+    assert _trips(_ask(rig, "first")) == [("POST", "toolbox", "session"), *WARM_ASK]
+    _settled(rig)
+    assert _trips(_ask(rig, "warm")) == WARM_ASK
+    _settled(rig)
+    assert _trips(_ask(rig, "warm again")) == WARM_ASK
+
+
+def _behind_our_back(rig: Rig, sandbox_id: str, method: str, path: str = "") -> None:
+    """A call to Daytona's API that is not the tool's (the dashboard, another tool)."""
+    request = urllib.request.Request(
+        f"{rig.emulator.api_url}/sandbox/{sandbox_id}{path}",
+        method=method,
+        headers={"Authorization": f"Bearer {DAYTONA_KEY}"},
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+@pytest.mark.parametrize("change", ["stopped", "paused", "moved"])
+def test_a_warm_ask_whose_sandbox_changed_behind_its_back_looks_it_up_and_runs(rig: Rig, change: str) -> None:
+    """The state file's handle is stale: the sandbox was stopped or paused by someone else,
+    or its toolbox answers at another address. The turn's command fails, the ask looks the
+    sandbox up (and starts or resumes it), sends its command again and runs; the next ask
+    is warm again, at the sandbox's address as Daytona gives it."""
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    _ask(rig, "first")
+    _settled(rig)
+    if change == "stopped":
+        rig.emulator.stop_sandbox(sandbox_id)
+    elif change == "paused":
+        rig.emulator.set_sandbox_class(sandbox_id, "linux-vm")  # Daytona pauses only VM sandboxes
+        _behind_our_back(rig, sandbox_id, "POST", "/pause")
+        _wait_for_state(rig, sandbox_id, "paused")
+    else:
+        state_file = Path(rig.env["CODEX_DAYTONA_STATE_DIR"]) / "state.toml"
+        toolbox = f"{rig.emulator.base_url}/toolbox"
+        moved = f"http://127.0.0.1:{free_port()}/toolbox"  # nothing listens there
+        assert toolbox in state_file.read_text()
+        state_file.write_text(state_file.read_text().replace(toolbox, moved))
+    trips = _ask(rig, "again")
+    look_ups = [r for r in trips if r["method"] == "GET" and r["path"] == f"/api/sandbox/{sandbox_id}"]
+    assert look_ups, trips
+    assert _state(rig, sandbox_id) == "started"
+    if change == "moved":
+        assert _failed(trips) == [], trips  # the old address did not answer at all
+        assert toolbox in (Path(rig.env["CODEX_DAYTONA_STATE_DIR"]) / "state.toml").read_text()
+    else:
+        # One failed request, the command's: Daytona's toolbox says the sandbox is not started.
+        assert [(r["status"], r["path"].rsplit("/", 1)[-1]) for r in _failed(trips)] == [
+            (400 if change == "stopped" else 409, "exec")
+        ], trips
+    _settled(rig)
+    assert _trips(_ask(rig, "warm")) == WARM_ASK
+
+
+def test_a_warm_ask_whose_sandbox_was_deleted_behind_its_back_says_so_and_forgets_it(rig: Rig) -> None:
+    """The sandbox the state file's handle describes is gone: the command's 404 is checked
+    with a look-up, and the ask ends as one that looked it up first would (exit 5, the
+    sandbox forgotten, no traceback)."""
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    _ask(rig, "first")
+    _settled(rig)
+    _behind_our_back(rig, sandbox_id, "DELETE")
+    rig.model.enqueue(turn(msg("never")))
+    result = rig.cli("ask", "-q", "again")
+    assert result.code == 5, result
+    assert f"Sandbox {sandbox_id} no longer exists on Daytona (deleted outside codex-daytona)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert rig.record() == {}
+
+
+def test_an_ask_after_our_own_stop_looks_the_sandbox_up_first(rig: Rig) -> None:
+    """`down --stop` (or `pause`) drops the handle: the next ask looks the sandbox up and
+    starts it, and no request fails."""
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    _ask(rig, "first")
+    assert rig.cli("down", "--stop").code == 0
+    assert "handle" not in rig.record()
+    trips = _ask(rig, "again")
+    assert _failed(trips) == [], trips
+    assert _trips(trips)[0] == ("GET", "api", sandbox_id), trips
+    assert _state(rig, sandbox_id) == "started"
+    assert "handle" in rig.record()
 
 
 def test_ask_after_someone_else_restarted_the_sandbox_makes_the_lost_session(rig: Rig) -> None:
@@ -90,16 +211,28 @@ def _state(rig: Rig, sandbox_id: str) -> str:
     return str((rig.sandbox(sandbox_id) or {}).get("state"))
 
 
+def _wait_for_state(rig: Rig, sandbox_id: str, state: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _state(rig, sandbox_id) != state:
+        assert time.monotonic() < deadline, f"sandbox {sandbox_id} is {_state(rig, sandbox_id)}, not {state}"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("command", ["ask", "exec", "logs", "preview"])
 def test_a_command_waits_out_a_sandbox_that_auto_stop_is_stopping(rig: Rig, command: str) -> None:
     """Auto-stop has begun stopping the sandbox (`stopping`, during which Daytona answers a
     start with 409) when a command needs it: the command waits for `stopped`, starts it and
-    runs, instead of failing."""
+    runs, instead of failing. `ask` does not look a sandbox the state file knows up: its
+    command meets `stopping` (400, not started), and its look-up then finds it so."""
     rig.model.enqueue(turn(msg("before")))
     assert rig.cli("ask", "-q", "before").code == 0
     sandbox_id = rig.record()["sandbox_id"]
-    rig.emulator.set_config(transition_seconds=3.0)
-    rig.emulator.set_faults(stopping_on_next_get=1)  # the command's look-up finds it `stopping`
+    if command == "ask":
+        rig.emulator.set_config(transition_seconds=10.0)  # outlasts the CLI's start
+        rig.emulator.begin_stop(sandbox_id)
+    else:
+        rig.emulator.set_config(transition_seconds=3.0)
+        rig.emulator.set_faults(stopping_on_next_get=1)  # the command's look-up finds it `stopping`
     args = {
         "ask": ("ask", "after"),
         "exec": ("exec", "--", "echo", "after"),
@@ -110,7 +243,8 @@ def test_a_command_waits_out_a_sandbox_that_auto_stop_is_stopping(rig: Rig, comm
         rig.model.enqueue(turn(msg("after")))
     result = rig.cli(*args)
     assert result.code == 0, result
-    assert rig.emulator.faults()["stopping_on_next_get"] == 0, "the fault never struck"
+    if command != "ask":
+        assert rig.emulator.faults()["stopping_on_next_get"] == 0, "the fault never struck"
     if command in ("ask", "exec"):  # the others' -q shows no progress
         assert "(it was stopping)" in result.stderr, result
     expected = {"ask": "after\n", "exec": "after\n", "logs": "before\n"}.get(command)

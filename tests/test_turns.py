@@ -256,12 +256,13 @@ def test_transient_daytona_errors_are_retried(rig: Rig) -> None:
     result = rig.cli("ask", "hello")
     assert result.code == 0, result
     assert rig.emulator.faults()["fail_next"] == 0, "both faults were used"
-    # The first request of the ask (an idempotent lookup) failed twice and was retried.
+    # The first request of the ask (making its session: idempotent, as the look-up that used
+    # to come first) failed twice and was retried.
     requests = [json.loads(line) for line in log.read_text().splitlines()[before:]]
     requests = [r for r in requests if r["kind"] in ("api", "toolbox")]
     first = requests[0]
-    assert (first["method"], first["status"]) == ("GET", 503)
-    assert [(r["path"], r["status"]) for r in requests[:3]] == [(first["path"], 503)] * 2 + [(first["path"], 200)]
+    assert (first["method"], first["path"].rsplit("/", 1)[-1], first["status"]) == ("POST", "session", 503)
+    assert [(r["path"], r["status"]) for r in requests[:3]] == [(first["path"], 503)] * 2 + [(first["path"], 201)]
 
 
 def test_a_stopped_sandbox_is_started(rig: Rig) -> None:

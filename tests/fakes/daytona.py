@@ -41,6 +41,9 @@ Like Daytona's daemon (source v0.190.0, read for behaviour, not copied):
   ``?DAYTONA_SANDBOX_AUTH_KEY=``, cookie ``daytona-sandbox-auth-<sandbox id or signed token>``
   signed by the emulator, signed-URL token) and otherwise redirects (307) to
   ``/_emulator/signin``, whose link sets that cookie. Nothing listening: 502, empty body.
+- Config ``rtt_ms`` (0 by default) makes the emulator a network away: every control-plane,
+  toolbox (WebSocket set-up included), Socket.IO and preview request waits that many ms before
+  it is handled (see DAYTONA.md, "A network like a user's").
 - Auto-stop (scaled by config ``autostop_seconds_per_minute``) counts as activity: lifecycle
   changes, ``refresh_activity``, toolbox calls, preview traffic, and every 50/60 of a scaled
   minute while a toolbox WebSocket or proxied connection stays open; not processes inside the
@@ -201,7 +204,8 @@ HOP_BY_HOP = frozenset(
 # with Daytona's `pending` flag set before it enters the passing state (Daytona's sandbox manager
 # picks the change up; 0: at once); sandbox_workdir: the image WORKDIR (an absolute image path,
 # see image_path) of sandboxes created from here on whose snapshot sets none; None, the default,
-# is an image without one.
+# is an image without one; rtt_ms: the round-trip time of a network between the client and
+# Daytona (see NETWORK_KINDS), 0 on loopback.
 DEFAULT_CONFIG: dict[str, Any] = {
     "autostop_seconds_per_minute": 0,
     "sandbox_uv": True,
@@ -211,7 +215,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "list_lag_seconds": 0,
     "sandbox_workdir": None,
     "ssh_gateway": "ssh.emulator.localhost:2222",
+    "rtt_ms": 0,
 }
+# The requests config ``rtt_ms`` delays, each once before it is handled: every one a client sends
+# to Daytona over the network (the control plane, the toolbox, its WebSocket set-ups, Socket.IO,
+# the preview proxy), not the emulator's own test controls.
+NETWORK_KINDS = frozenset({"api", "toolbox", "socketio", "preview"})
 PTY_EXIT_CONTROL = "X-Daytona-Pty-Exit-Control"
 PTY_ENVS_PROTOCOL = "X-Daytona-Pty-Envs~"
 PTY_MAX_SIZE = 1000
@@ -1043,11 +1052,16 @@ class EmulatorServer:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         host_match = PREVIEW_HOST.match(request.headers.get("Host", ""))
+        kind = "preview" if host_match else self._kind(request.path)
+        if not host_match:
+            self.arrived.append((request.method, request.path))
+        started = time.monotonic()
+        if kind in NETWORK_KINDS and self.config["rtt_ms"]:
+            # One round trip per request (a WebSocket's per set-up): what a client far from
+            # Daytona's region waits before the answer can start, beyond Daytona's own time.
+            await asyncio.sleep(float(self.config["rtt_ms"]) / 1000)
         if host_match:
             return await self._preview(request, int(host_match[1]), host_match[2], request.path.lstrip("/"))
-        kind = self._kind(request.path)
-        self.arrived.append((request.method, request.path))
-        started = time.monotonic()
         status = 500
         try:
             response = await self._guarded(request, handler, kind)
