@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import queue
 import re
 import signal
 import threading
@@ -40,6 +41,7 @@ TRANSFER_TIMEOUT_S = 3600
 STATE_CHANGE_WAIT_S = 180.0
 CREATE_TIMEOUT_S = 300
 STATE_POLL_S = 0.5
+PTY_HANDSHAKE_TRIES = 3  # opening a terminal whose daemon was slow to say "connected" (see open_pty)
 TRANSITIONAL_STATES = frozenset(
     {"starting", "stopping", "pausing", "resuming", "forking", "snapshotting", "archiving", "restoring", "creating"}
 )
@@ -408,8 +410,19 @@ class DaytonaApi:
         sessions), connected: the SDK's PtyHandle."""
         from daytona.common.pty import PtySize
 
-        with self._translate("open a terminal in the sandbox", sandbox.id):
-            return sandbox.process.create_pty_session(pty_id, cwd=cwd, pty_size=PtySize(rows=rows, cols=cols))
+        for attempt in range(PTY_HANDSHAKE_TRIES):
+            try:
+                with self._translate("open a terminal in the sandbox", sandbox.id):
+                    return sandbox.process.create_pty_session(pty_id, cwd=cwd, pty_size=PtySize(rows=rows, cols=cols))
+            except DaytonaError as exc:
+                # The SDK (0.226) waits 0.1 s for the daemon's "connected" message and takes
+                # httpx-ws's queue.Empty for a failure (it catches TimeoutError): a daemon a
+                # little slow to answer is no error. The terminal it made is closed, and made again.
+                if attempt + 1 == PTY_HANDSHAKE_TRIES or not _handshake_gave_up(exc):
+                    raise
+                with contextlib.suppress(Exception):
+                    sandbox.process.kill_pty_session(pty_id)
+        raise AssertionError("unreachable")
 
     def resize_pty(self, sandbox: Sandbox, pty_id: str, rows: int, cols: int) -> None:
         from daytona.common.pty import PtySize
@@ -888,6 +901,19 @@ def _create_session_once(sandbox: Any, session_id: str) -> None:
             if delay is None or not _transient(exc):
                 raise
             time.sleep(delay)
+
+
+def _handshake_gave_up(exc: BaseException) -> bool:
+    """Whether the SDK's PTY handshake gave up because the first message took over its 0.1 s
+    (queue.Empty from httpx-ws, somewhere in the chain)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, queue.Empty):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _status(exc: BaseException | None) -> int | None:

@@ -243,6 +243,25 @@ def test_pty_kill_ends_the_session_with_137_and_unknown_sessions_are_404(sandbox
         sandbox.process.connect_pty_session("doomed")
 
 
+def test_the_sdk_gives_a_pty_up_when_connected_takes_over_a_tenth_of_a_second(
+    sandbox: Any, emulator: DaytonaEmulator
+) -> None:
+    """SDK 0.226 waits 0.1 s for the daemon's `connected` message and then fails (its
+    handshake catches TimeoutError; httpx-ws raises queue.Empty): what `shell` works around
+    (daytona_api.open_pty). Should an SDK fix it, this fails and the work-around can go."""
+    import queue
+
+    from daytona import DaytonaError
+
+    emulator.set_faults(slow_pty_handshake_ms=400)
+    with pytest.raises(DaytonaError) as caught:
+        sandbox.process.create_pty_session("slow")
+    assert isinstance(caught.value.__cause__, queue.Empty)
+    assert emulator.faults()["slow_pty_handshakes_done"] == 1
+    handle = sandbox.process.create_pty_session("fast")  # one slow handshake only
+    handle.disconnect()
+
+
 def test_pty_survives_pause(vm_sandbox: Any) -> None:
     handle = vm_sandbox.process.create_pty_session("paused")
     try:

@@ -217,6 +217,17 @@ def test_shell_from_a_terminal_of_no_size_gets_80_by_24(rig: Rig) -> None:
         term.close()
 
 
+def test_shell_opens_when_the_daemon_is_slow_to_say_connected(rig: Rig) -> None:
+    """The SDK gives a terminal up when the daemon's `connected` message takes over 0.1 s (a
+    busy sandbox, a slow hop): `shell` closes that one and opens it again."""
+    assert rig.cli("up").code == 0
+    rig.emulator.set_faults(slow_pty_handshake_ms=400)
+    result = rig.cli("shell", input="echo piped-$((2*21))\nexit 3\n", timeout=60)
+    assert result.code == 3, result
+    assert "piped-42" in result.stdout
+    assert rig.emulator.faults()["slow_pty_handshakes_done"] == 1
+
+
 def test_shell_from_a_pipe_runs_the_lines_and_ends_with_them(rig: Rig) -> None:
     assert rig.cli("up").code == 0
     result = rig.cli("shell", input="echo piped-$((2*21))\nexit 3\n", timeout=60)

@@ -911,6 +911,9 @@ class Faults:
     destroyed by spot preemption (``spotEvictedAt``: DaytonaSpotEvictedError);
     ``stall_next_create``: the next created sandbox stays ``creating`` and never starts (the
     SDK's create times out with the sandbox's id).
+    ``slow_pty_handshake_ms``: the next PTY connection's ``connected`` control message comes
+    this long after the WebSocket upgrade (a busy daemon or a slow hop; SDK 0.226 gives up
+    after 0.1 s: its handshake catches TimeoutError, and httpx-ws raises queue.Empty).
     """
 
     fail_next: int = 0
@@ -928,12 +931,14 @@ class Faults:
     stall_log_streams: int = 0
     half_close_log_streams: int = 0
     latency_ms: int = 0
+    slow_pty_handshake_ms: int = 0
     freeze_api: int = 0  # API and toolbox requests are accepted and not answered while it is set
     refuse_next_command: int = 0  # the next session command is refused (HTTP 400)
     refuse_next_upload: int = 0  # the next file upload is refused (HTTP 400)
     drops_done: int = 0
     stalls_done: int = 0
     half_closes_done: int = 0
+    slow_pty_handshakes_done: int = 0
 
     def to_json(self) -> dict[str, int]:
         return dict(vars(self))
@@ -2458,6 +2463,10 @@ class EmulatorServer:
                 close["exitReason"] = reason
             await ws.close(code=1000 if code == 0 else 1011, message=json.dumps(close).encode())
 
+        if self.faults.slow_pty_handshake_ms:
+            delay, self.faults.slow_pty_handshake_ms = self.faults.slow_pty_handshake_ms, 0
+            self.faults.slow_pty_handshakes_done += 1
+            await asyncio.sleep(delay / 1000)
         await ws.send_str(json.dumps({"type": "control", "status": "connected"}))
         sending = asyncio.create_task(writer())
         try:
