@@ -14,7 +14,7 @@ import pytest
 from tests import test_emulator as base
 from tests.e2e import sandbox_processes
 from tests.fakes.daytona import DaytonaEmulator, process_state
-from tests.test_emulator import API_KEY, http, pid_alive, read_pids, wait_for
+from tests.test_emulator import API_KEY, http, open_pty, pid_alive, read_pids, wait_for
 
 emulator = base.emulator
 daytona = base.daytona
@@ -195,7 +195,7 @@ def test_pty_session_runs_a_shell_in_the_home_resizes_and_exits_with_its_code(
 ) -> None:
     from daytona.common.pty import PtySize
 
-    handle = sandbox.process.create_pty_session("term", envs={"GREETING": "hi"}, pty_size=PtySize(rows=30, cols=90))
+    handle = open_pty(sandbox, "term", envs={"GREETING": "hi"}, pty_size=PtySize(rows=30, cols=90))
     try:
         handle.send_input('echo "[$GREETING:$TERM:$(pwd)]"; stty size\n')
         home = str(emulator.home_dir(sandbox.id))
@@ -228,7 +228,7 @@ def test_pty_session_runs_a_shell_in_the_home_resizes_and_exits_with_its_code(
 def test_pty_kill_ends_the_session_with_137_and_unknown_sessions_are_404(sandbox: Any) -> None:
     from daytona import DaytonaError, DaytonaNotFoundError
 
-    handle = sandbox.process.create_pty_session("doomed")
+    handle = open_pty(sandbox, "doomed")
     try:
         handle.send_input("echo ready\n")
         read_until(handle, b"ready")
@@ -263,7 +263,7 @@ def test_the_sdk_gives_a_pty_up_when_connected_takes_over_a_tenth_of_a_second(
 
 
 def test_pty_survives_pause(vm_sandbox: Any) -> None:
-    handle = vm_sandbox.process.create_pty_session("paused")
+    handle = open_pty(vm_sandbox, "paused")
     try:
         handle.send_input("X=kept\n")
         vm_sandbox.pause()

@@ -12,7 +12,7 @@ import pytest
 
 from tests import test_emulator as base
 from tests.fakes.daytona import DaytonaEmulator
-from tests.test_emulator import wait_for
+from tests.test_emulator import open_pty, wait_for
 from tests.test_emulator_hands import read_until
 
 emulator = base.emulator
@@ -76,7 +76,7 @@ def test_a_pty_of_0_by_0_is_accepted_and_over_1000_refused(sandbox: Any) -> None
     from daytona import DaytonaError
     from daytona.common.pty import PtySize
 
-    handle = sandbox.process.create_pty_session("zero", pty_size=PtySize(rows=0, cols=0))
+    handle = open_pty(sandbox, "zero", pty_size=PtySize(rows=0, cols=0))
     handle.kill()
     with pytest.raises(DaytonaError, match="HTTP 400"):  # the daemon: "must be less than 1000"
         sandbox.process.create_pty_session("huge", pty_size=PtySize(rows=24, cols=1001))
@@ -86,7 +86,7 @@ def test_a_pty_of_0_by_0_is_accepted_and_over_1000_refused(sandbox: Any) -> None
 
 
 def _pty_pwd(sandbox: Any, pty_id: str) -> str:
-    handle = sandbox.process.create_pty_session(pty_id)
+    handle = open_pty(sandbox, pty_id)
     try:
         handle.send_input("echo at-$(pwd)-$((20+22))\n")
         text = read_until(handle, b"-42\r\n").decode("utf-8", "replace")
