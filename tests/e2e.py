@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,9 +157,19 @@ class Rig:
         return [e for e in entries if e["ts"] >= since]
 
     def round_trips(self, since: float = 0.0) -> list[dict[str, Any]]:
-        """The requests a command made, less the SDK's background Socket.IO channel: whether
-        its attempt is made before the process exits is a matter of timing (as in `make bench`)."""
-        return [e for e in self.requests(since) if e.get("kind") != "socketio"]
+        """The requests a command made, once the emulator has answered them all: those that
+        started at or after `since` (time.time()), in the order they ended, less the SDK's
+        background Socket.IO channel (whether its attempt is made before the process exits is
+        a matter of timing, as in `make bench`). An entry is written when its request ends: a
+        log WebSocket may close just after the command's process exits, and a request of the
+        command before may end after `since`."""
+        deadline = time.monotonic() + 10
+        while self.emulator.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        path = self.emulator.server.log_path
+        assert path is not None, "the rig's emulator keeps a request log"
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [e for e in entries if e["started"] >= since and e.get("kind") != "socketio"]
 
 
 def default_sigint() -> None:

@@ -975,6 +975,9 @@ class EmulatorServer:
         # Every request as it arrives (method, path), before latency or a fault: for tests that
         # must know a request reached Daytona while it is still held (the log has it once answered).
         self.arrived: list[tuple[str, str]] = []
+        # Requests to Daytona (API, toolbox, their WebSockets) being handled now: a WebSocket
+        # counts until it closes. The SDK's background Socket.IO channel does not count.
+        self.in_flight = 0
         self.config: dict[str, Any] = dict(DEFAULT_CONFIG)
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -1068,6 +1071,8 @@ class EmulatorServer:
         if host_match:
             return await self._preview(request, int(host_match[1]), host_match[2], request.path.lstrip("/"))
         status = 500
+        counted = kind in ("api", "toolbox", "other")
+        self.in_flight += counted
         try:
             response = await self._guarded(request, handler, kind)
             status = response.status
@@ -1075,6 +1080,7 @@ class EmulatorServer:
                 kind = "ws"
             return response
         finally:
+            self.in_flight -= counted
             if kind in ("api", "toolbox", "ws", "socketio", "other"):
                 self._log(request, status, started, kind)
 
@@ -1124,12 +1130,14 @@ class EmulatorServer:
     def _log(self, request: web.Request, status: int, started: float, kind: str) -> None:
         if self._log_file is None:
             return
+        now, took = time.time(), time.monotonic() - started
         entry = {
-            "ts": round(time.time(), 3),
+            "ts": round(now, 3),
+            "started": round(now - took, 3),
             "method": request.method,
             "path": request.path,
             "status": status,
-            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            "duration_ms": round(took * 1000, 1),
             "kind": kind,
         }
         self._log_file.write(json.dumps(entry) + "\n")
@@ -2929,6 +2937,11 @@ class DaytonaEmulator:
 
     def faults(self) -> dict[str, int]:
         return self._sync(lambda: self.server.faults.to_json())
+
+    def in_flight(self) -> int:
+        """How many requests to Daytona are being handled (open WebSockets included; not the
+        SDK's Socket.IO channel)."""
+        return self._sync(lambda: self.server.in_flight)
 
     def arrived(self) -> list[tuple[str, str]]:
         """Every request so far, (method, path), in order of arrival (answered or not)."""
