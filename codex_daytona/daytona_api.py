@@ -41,6 +41,7 @@ TRANSFER_TIMEOUT_S = 3600
 STATE_CHANGE_WAIT_S = 180.0
 CREATE_TIMEOUT_S = 300
 STATE_POLL_S = 0.5
+ERRORED_STATES = frozenset({"error", "build_failed"})  # Daytona starts neither (assertSandboxNotErrored)
 PTY_HANDSHAKE_TRIES = 3  # opening a terminal whose daemon was slow to say "connected" (see open_pty)
 TRANSITIONAL_STATES = frozenset(
     {"starting", "stopping", "pausing", "resuming", "forking", "snapshotting", "archiving", "restoring", "creating"}
@@ -309,7 +310,14 @@ class DaytonaApi:
             if _state_name(sandbox) != "started":
                 sandbox.start(timeout=300)
 
-        self._outwaiting("start the sandbox", sandbox, start, done=("started",))
+        if _state_name(sandbox) in ERRORED_STATES:
+            raise _errored(sandbox)
+        try:
+            self._outwaiting("start the sandbox", sandbox, start, done=("started",))
+        except DaytonaError as exc:
+            if _state_name(sandbox) in ERRORED_STATES:  # Daytona's 400, "Sandbox is in an errored state"
+                raise _errored(sandbox) from exc
+            raise
 
     def stop(self, sandbox: Sandbox) -> None:
         """Stops the sandbox and waits until it is stopped; one already stopped (Daytona's 400
@@ -901,6 +909,14 @@ def _create_session_once(sandbox: Any, session_id: str) -> None:
             if delay is None or not _transient(exc):
                 raise
             time.sleep(delay)
+
+
+def _errored(sandbox: Sandbox) -> DaytonaError:
+    return DaytonaError(
+        f"Sandbox {sandbox.id} is in Daytona's {_state_name(sandbox)} state: Daytona will not start it again.",
+        "Delete it and make a new one: codex-daytona down --yes, then codex-daytona up "
+        "(its files and the thread are lost with it).",
+    )
 
 
 def _handshake_gave_up(exc: BaseException) -> bool:

@@ -407,3 +407,23 @@ def test_fanout_waits_out_a_stop_asked_for_just_before_its_fork(rig: Rig) -> Non
         assert [row["status"] for row in summary["sandboxes"]] == ["completed", "completed"], summary
     finally:
         assert rig.cli("down", "--all", "--yes").code == 0
+
+
+def test_ask_on_a_sandbox_daytona_failed_says_so_and_what_to_do(rig: Rig) -> None:
+    """A sandbox in Daytona's `error` state is never started again (400 "Sandbox is in an
+    errored state"): `ask` says that in one line, with `down` and `up` for a hint (not the
+    hint for a network or a key), and keeps the record; `down` then deletes it."""
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.break_sandbox(sandbox_id)
+    result = rig.cli("ask", "-q", "hello")
+    assert result.code == ExitCode.DAYTONA, result
+    lines = result.stderr.splitlines()
+    assert lines[0] == (f"Error: Sandbox {sandbox_id} is in Daytona's error state: Daytona will not start it again."), (
+        result
+    )
+    assert "codex-daytona down --yes" in lines[1] and "DAYTONA_API_KEY" not in result.stderr, result
+    assert len(lines) == 2 and "Traceback" not in result.stderr
+    assert rig.record()["sandbox_id"] == sandbox_id
+    assert rig.cli("down", "--yes").code == 0
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"

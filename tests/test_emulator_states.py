@@ -56,6 +56,18 @@ def test_start_stop_and_delete_during_a_change_are_409_and_stop_on_stopped_is_40
     assert sandbox.state.value == "started"
 
 
+def test_a_sandbox_in_the_error_state_is_not_started_400(sandbox: Any, emulator: DaytonaEmulator) -> None:
+    """`assertSandboxNotErrored`, checked before anything else but a started sandbox."""
+    from daytona import DaytonaError
+
+    emulator.break_sandbox(sandbox.id)
+    sandbox.refresh_data()
+    assert sandbox.state.value == "error"
+    with pytest.raises(DaytonaError, match="Sandbox is in an errored state") as err:
+        sandbox.start()
+    assert err.value.status_code == 400
+
+
 def test_a_start_issues_a_new_preview_token_and_a_resume_does_not(sandbox: Any, vm_sandbox: Any) -> None:
     before = sandbox.get_preview_link(3000).token
     sandbox.stop()

@@ -1454,6 +1454,8 @@ class EmulatorServer:
         preview token, so links and tokens printed before it stop working."""
         if sb.state == "started" and not sb.pending:
             return None
+        if sb.state in ("error", "build_failed"):  # assertSandboxNotErrored, before anything else
+            raise ApiError(400, "Sandbox is in an errored state")
         if sb.state in TRANSITIONAL_STATES or sb.pending:
             raise ApiError(409, STATE_CHANGE_IN_PROGRESS)
         if sb.state not in ("stopped", "archived", "paused"):
@@ -2914,6 +2916,16 @@ class DaytonaEmulator:
     def stop_sandbox(self, sandbox_id: str) -> None:
         """Stops the sandbox at once, as auto-stop does (processes die, sessions are gone)."""
         self._call(self.server.stop_sandbox(self.server.sandboxes[sandbox_id]))
+
+    def break_sandbox(self, sandbox_id: str) -> None:
+        """Puts the sandbox in Daytona's ``error`` state (its runner failed it): its processes
+        die as in a stop, and Daytona will not start it again (400)."""
+        self.stop_sandbox(sandbox_id)
+
+        def fail() -> None:
+            self.server.sandboxes[sandbox_id].state = "error"
+
+        self._sync(fail)
 
     @property
     def base_url(self) -> str:
