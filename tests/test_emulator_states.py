@@ -228,6 +228,10 @@ def test_activating_a_snapshot_is_refused_when_active_or_just_deactivated(
         assert "Snapshot deactivation is still in progress. Please try again in a few minutes." in str(
             recent.value.body
         )
+        emulator.set_snapshot_state("to-activate", "pending")
+        with pytest.raises(BadRequestException) as passing:
+            daytona.snapshot.activate("to-activate")
+        assert f"Snapshot {added['id']} cannot be activated - it is in pending state" in str(passing.value.body)
         emulator.set_snapshot_state("to-activate", "inactive", ago=601)
         assert daytona.snapshot.activate("to-activate").state.value == "pending"
         assert wait_for(lambda: daytona.snapshot.get("to-activate").state.value == "active")
