@@ -159,6 +159,20 @@ def test_a_command_for_a_missing_session_is_500_session_not_found(sandbox: Any) 
     assert "failed to execute command: session not found" in str(err.value)
 
 
+def test_a_session_that_exists_is_409_and_an_empty_command_400(sandbox: Any) -> None:
+    """`pkg/session/create.go`: a second create of one session id is 409 (the tool takes it
+    for made); `execute.go`: an empty command is 400."""
+    from daytona import DaytonaError, SessionExecuteRequest
+
+    sandbox.process.create_session("twice")
+    with pytest.raises(DaytonaError, match="session already exists") as again:
+        sandbox.process.create_session("twice")
+    assert again.value.status_code == 409
+    with pytest.raises(DaytonaError, match="command cannot be empty") as empty:
+        sandbox.process.execute_session_command("twice", SessionExecuteRequest(command=""))
+    assert empty.value.status_code == 400
+
+
 def test_background_child_holding_stdout_keeps_the_command_running(sandbox: Any) -> None:
     sandbox.process.create_session("bg")
     started = time.monotonic()
