@@ -97,6 +97,7 @@ def normalized(text: str) -> str:
     text = re.sub(r'"([a-z]+)_\d+"', r'"\1_N"', text)  # the scripted model's item and call ids
     text = re.sub(r'_tokens":\d+', '_tokens":0', text)  # the thread grows from turn to turn
     text = re.sub(r"done in [0-9.]+ s", "done in N s", text)
+    text = re.sub(r"(\(exit -?\d+, )[0-9.]+ s\)", r"\1N s)", text)  # a command's own duration
     text = re.sub(r"[0-9,]+ (tokens|in|out|cached|reasoning)\b", r"N \1", text)
     return text
 
