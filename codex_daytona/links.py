@@ -78,7 +78,7 @@ def preview(
     signed = signed or (for_browser and not public)
     found = [box.api.signed_preview_link(box.sandbox, p, ttl) if signed else box.preview_link(p) for p in ports]
     browser = _browser_links(box, found, public or signed or not browser_links, ttl)
-    return check_and_report(ctx.emit, found, public, signed=signed, browser=browser, ttl=ttl)
+    return report(ctx.emit, check(found, public, signed=signed, browser=browser, ttl=ttl))
 
 
 def after_turn(box: Box, ports: ev.Event | None, *, public: bool | None = None) -> list[Preview]:
@@ -115,19 +115,6 @@ def listening_ports(box: Box) -> list[int]:
         return [int(p) for p in report["listening"]]
     except (ValueError, IndexError, KeyError, TypeError):
         raise AgentSetupError(f"Could not list the sandbox's ports: {result.output.strip()[:200]}") from None
-
-
-def check_and_report(
-    emit: OnEvent,
-    found: list[PreviewLink],
-    public: bool,
-    *,
-    signed: bool = False,
-    browser: list[PreviewLink | None] | None = None,
-    ttl: int | None = None,
-) -> list[Preview]:
-    """Checks each link through the preview proxy, then reports it and any problem."""
-    return report(emit, check(found, public, signed=signed, browser=browser, ttl=ttl))
 
 
 def check(

@@ -166,10 +166,7 @@ class Rig:
         deadline = time.monotonic() + 10
         while self.emulator.in_flight() and time.monotonic() < deadline:
             time.sleep(0.02)
-        path = self.emulator.server.log_path
-        assert path is not None, "the rig's emulator keeps a request log"
-        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [e for e in entries if e["started"] >= since and e.get("kind") != "socketio"]
+        return [e for e in self.requests() if e["started"] >= since and e.get("kind") != "socketio"]
 
 
 def default_sigint() -> None:

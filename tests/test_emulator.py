@@ -49,15 +49,16 @@ def open_pty(sandbox: Any, pty_id: str, **kwargs: Any) -> Any:
     over its 0.1 s (a loaded machine; see test_emulator_hands'
     test_the_sdk_gives_a_pty_up_when_connected_takes_over_a_tenth_of_a_second)."""
     import contextlib
-    import queue
 
     from daytona import DaytonaError
+
+    from codex_daytona.daytona_api import _handshake_gave_up
 
     for attempt in range(3):
         try:
             return sandbox.process.create_pty_session(pty_id, **kwargs)
         except DaytonaError as exc:
-            if attempt == 2 or not isinstance(exc.__cause__, queue.Empty):
+            if attempt == 2 or not _handshake_gave_up(exc):
                 raise
             with contextlib.suppress(DaytonaError):
                 sandbox.process.kill_pty_session(pty_id)
