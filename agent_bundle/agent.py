@@ -1447,7 +1447,8 @@ class Daemon:
                 reply["prepared"] = True
             except Exception as exc:
                 self.engine.close()
-                reply["error"] = f"{type(exc).__name__}: {exc}"
+                message = f"{type(exc).__name__}: {exc}"
+                reply["error"] = message.replace(key, "***") if key else message  # the log is a file
         # The agent's debug log (agent.log): how long a first turn would have waited for this.
         sys.stderr.write(f"prepare: {json.dumps(reply)} in {time.monotonic() - started:.3f} s\n")
         return reply

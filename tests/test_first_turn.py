@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e import Rig
 from tests.fakes.model import msg, turn
+from tests.test_lifecycle import Terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -69,3 +70,17 @@ def test_a_first_ask_the_prepared_thread_does_not_fit_starts_its_own(rig: Rig, a
     if args[0] == "--model":
         assert rig.model.model_requests[-1]["body"]["model"] == "gpt-other"
     assert _thread_of(rig, "--new-thread", answer="later") not in (prepared, own)
+
+
+def test_chat_s_first_prompt_runs_on_the_thread_prepared_for_it(rig: Rig) -> None:
+    """`chat` in a directory with no sandbox makes one as `up` does: its first prompt runs on
+    the thread prepared there."""
+    rig.model.enqueue(turn(msg("Answer one.")))
+    term = Terminal(rig, "chat", "--keep")
+    term.read_until("User: ")
+    term.send("make something\r")
+    term.read_until("Answer one.")
+    term.read_until("User: ")
+    assert rig.record()["thread_id"] == _prepared_thread(rig)
+    term.send("exit\r")
+    assert term.wait() == 0, term.text()
