@@ -975,6 +975,36 @@ class ResumeError(RuntimeError):
     """The request's thread could not be resumed, and the request forbids starting afresh."""
 
 
+def wants_fresh_thread(request: dict[str, Any]) -> bool:
+    """Whether the request starts a new thread because it names none (the sandbox's first
+    turn), not because it asks for one (`--new-thread`) or for a thread that must resume."""
+    return not request.get("thread_id") and not request.get("new_thread") and not request.get("must_resume")
+
+
+class PreparedThread:
+    """A new thread started ahead of the turn that will use it (`up` asks the daemon for one,
+    `--prepare`), so that the sandbox's first turn does not wait for Codex's app-server and a
+    new thread. It is taken by the next turn to start, and used by it only if that turn would
+    have started a new thread on the same Codex with the same settings (FITS); any other turn
+    drops it and goes on exactly as without it."""
+
+    # The request fields a thread is started with besides what picks the app-server (the
+    # Engine's signature: key, CODEX_HOME, config overrides, endpoint).
+    FITS = ("model", "turn_model", "effort")
+
+    def __init__(self, thread: Any, signature: tuple[Any, ...], request: dict[str, Any]) -> None:
+        self.thread = thread
+        self.signature = signature
+        self.settings = {name: request.get(name) or None for name in self.FITS}
+
+    def fits(self, request: dict[str, Any], signature: tuple[Any, ...] | None) -> bool:
+        return (
+            wants_fresh_thread(request)
+            and signature == self.signature
+            and all((request.get(name) or None) == value for name, value in self.settings.items())
+        )
+
+
 class Engine:
     """Owns the Codex app-server. It outlives turns, so the processes a turn starts in the
     background (dev servers) keep running, and a turn starts without paying for Codex's
@@ -985,6 +1015,10 @@ class Engine:
         self._codex: Any = None
         self._signature: tuple[Any, ...] | None = None
         self._thread: Any = None
+        self._prepared: PreparedThread | None = None
+        # Held while the app-server and a thread are being made ready, by a turn or by
+        # `prepare`: a turn that comes during a prepare waits for it, then takes its thread.
+        self.starting = threading.Lock()
 
     def _ensure(self, request: dict[str, Any]) -> Any:
         from openai_codex import Codex, CodexConfig
@@ -1010,16 +1044,39 @@ class Engine:
                 self._codex.close()
         self._codex = None
         self._thread = None
+        self._prepared = None
 
-    def _thread_for(self, codex: Any, request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
-        from openai_codex import ApprovalMode, InvalidRequestError, Sandbox
+    def prepare(self, request: dict[str, Any]) -> str | None:
+        """Starts the app-server for `request` (a turn's request without its prompt) and,
+        when it names no thread, a new thread for the first turn to use (PreparedThread).
+        Returns that thread's id. The caller holds `starting` and knows no turn runs."""
+        codex = self._ensure(request)
+        self._prepared = None
+        if not wants_fresh_thread(request):
+            return None
+        thread = codex.thread_start(**self._thread_options(request))
+        self._prepared = PreparedThread(thread, self._signature or (), request)
+        return str(thread.id)
 
-        options = {
+    def _thread_options(self, request: dict[str, Any]) -> dict[str, Any]:
+        from openai_codex import ApprovalMode, Sandbox
+
+        return {
             "cwd": self.home,
             "approval_mode": ApprovalMode.deny_all,
             "sandbox": Sandbox.full_access,
             "model": request.get("model") or None,
         }
+
+    def _thread_for(self, codex: Any, request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
+        from openai_codex import InvalidRequestError
+
+        # A thread prepared ahead serves one turn at most: this one if it fits, else none.
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared.fits(request, self._signature):
+            self._thread = prepared.thread
+            return self._thread
+        options = self._thread_options(request)
         thread_id = request.get("thread_id")
         if request.get("new_thread") or not thread_id:
             self._thread = codex.thread_start(**options)
@@ -1062,16 +1119,17 @@ class Engine:
         timer.daemon = True
         timer.start()
         try:
-            try:
-                codex = self._ensure(request)
-                thread = self._thread_for(codex, request, emit)
-            except TransportClosedError:
-                if abandoned.is_set():
-                    raise
-                # The app-server died between turns: start a fresh one once.
-                self.close()
-                codex = self._ensure(request)
-                thread = self._thread_for(codex, request, emit)
+            with self.starting:
+                try:
+                    codex = self._ensure(request)
+                    thread = self._thread_for(codex, request, emit)
+                except TransportClosedError:
+                    if abandoned.is_set():
+                        raise
+                    # The app-server died between turns: start a fresh one once.
+                    self.close()
+                    codex = self._ensure(request)
+                    thread = self._thread_for(codex, request, emit)
             emit({"type": "thread.started", "thread_id": thread.id})
             handle = thread.turn(turn_input(request), **turn_options(request), **turn_settings(request))
         except Exception:
@@ -1344,6 +1402,10 @@ class Daemon:
                 writer.write(json.dumps({"pid": os.getpid(), "ok": True}) + "\n")
                 writer.flush()
                 return
+            if op == "prepare":
+                writer.write(json.dumps(self.prepare(request)) + "\n")
+                writer.flush()
+                return
             if op in ("ping", "interrupt"):
                 interrupted = False
                 matches = request.get("run_id") in (None, self.current_run)
@@ -1364,6 +1426,32 @@ class Daemon:
                 conn.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Makes the engine ready for the turn `request` describes (Engine.prepare), unless a
+        turn is under way (it may run on the app-server a prepare would restart) or the key it
+        names was not delivered. Never fails: a turn then starts as it would have anyway."""
+        started = time.monotonic()
+        reply: dict[str, Any] = {"pid": os.getpid(), "prepared": False}
+        fingerprint = request.get("key_id")
+        key = self._key if self._key and fingerprint and key_fingerprint(self._key) == fingerprint else None
+        if fingerprint and key is None:
+            reply["error"] = "the key it names was not delivered"
+            return reply
+        with self.engine.starting:
+            if self.current_run is not None:
+                reply["error"] = f"run {self.current_run} is under way"
+                return reply
+            try:
+                reply["thread_id"] = self.engine.prepare({**request, "api_key": key})
+                reply["prepared"] = True
+            except Exception as exc:
+                self.engine.close()
+                message = f"{type(exc).__name__}: {exc}"
+                reply["error"] = message.replace(key, "***") if key else message  # the log is a file
+        # The agent's debug log (agent.log): how long a first turn would have waited for this.
+        sys.stderr.write(f"prepare: {json.dumps(reply)} in {time.monotonic() - started:.3f} s\n")
+        return reply
 
     def _run(self, request: dict[str, Any], writer: Any) -> None:
         run_id = str(request.get("run_id"))
@@ -1567,6 +1655,26 @@ def deliver_key(home: str, runs_dir: str) -> int:
     return EXIT_OK if reply.get("ok") else EXIT_ERROR
 
 
+def prepare_ahead(home: str) -> int:
+    """Hands the daemon the request on stdin (a turn's, without its prompt) to make ready
+    ahead of the turn (Daemon.prepare), and waits until it is. Prints the daemon's reply;
+    exits 0 whatever it says: a turn that finds nothing prepared starts as it always did."""
+    replies: list[dict[str, Any]] = []
+
+    def call() -> None:
+        try:
+            request = read_request(sys.stdin, REQUEST_TIMEOUT_S)
+            replies.append(daemon_call(home, {**request, "op": "prepare"}))
+        except Exception as exc:
+            replies.append({"prepared": False, "error": f"{type(exc).__name__}: {exc}"})
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(START_TIMEOUT_S)  # `up` goes on without it rather than wait longer
+    print(json.dumps({"prepare": replies[0] if replies else {"prepared": False, "error": "timed out"}}))
+    return EXIT_OK
+
+
 def daemon_call(home: str, message: dict[str, Any]) -> dict[str, Any]:
     """One request/reply exchange with the running daemon; {} when none runs."""
     try:
@@ -1757,6 +1865,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set-key", action="store_true", help=f"hand the key in ${KEY_ENV} to the daemon (starting it if needed)"
     )
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="with --set-key or --start-daemon: then have the daemon make ready the turn "
+        "whose request (without a prompt) is on stdin",
+    )
     parser.add_argument("--attach", metavar="RUN_ID", help="print a run's events from --offset")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--follow", action="store_true", help="with --attach: until the run ends")
@@ -1775,11 +1889,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         Daemon(args.home, runs_dir).serve(socket_path(args.home))
         return EXIT_OK
-    if args.set_key:
-        return deliver_key(args.home, runs_dir)
-    if args.start_daemon:
-        ensure_daemon(args.home, runs_dir)
-        return EXIT_OK
+    if args.set_key or args.start_daemon:
+        if args.set_key:
+            code = deliver_key(args.home, runs_dir)
+        else:
+            ensure_daemon(args.home, runs_dir)
+            code = EXIT_OK
+        if args.prepare and code == EXIT_OK:
+            prepare_ahead(args.home)
+        return code
     if args.attach:
         return attach(args.home, runs_dir, args.attach, args.offset, args.follow, args.heartbeat)
     if args.exec:

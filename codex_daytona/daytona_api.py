@@ -588,9 +588,14 @@ class DaytonaApi:
             response = sandbox.process.exec(command, env=env, timeout=timeout)
         return CommandResult(exit_code=int(response.exit_code or 0), output=response.result or "")
 
-    def create_session(self, sandbox: Sandbox, session_id: str) -> None:
+    def create_session(self, sandbox: Sandbox, session_id: str, *, exist_ok: bool = False) -> None:
+        """Creates a session; with `exist_ok`, one that exists already (409) is fine, and a
+        transient failure is tried again (_create_session_once)."""
         with self._translate("create a session in the sandbox", sandbox.id):
-            sandbox.process.create_session(session_id)
+            if exist_ok:
+                _create_session_once(sandbox, session_id)
+            else:
+                sandbox.process.create_session(session_id)
 
     def start_command(self, sandbox: Sandbox, session_id: str, command: str, *, new_session: bool = False) -> str:
         """Starts `command` asynchronously in the session and returns its id.
