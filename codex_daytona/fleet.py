@@ -20,7 +20,7 @@ from typing import Any
 
 from codex_daytona import events as ev
 from codex_daytona import lifecycle, runtime, turns
-from codex_daytona.context import TOOL_LABEL, Box, Context, OnEvent, project_labels
+from codex_daytona.context import TOOL_LABEL, Context, OnEvent, project_labels
 from codex_daytona.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.errors import (
     CodexDaytonaError,
@@ -98,7 +98,7 @@ def _live_state(app: Context, live: dict[str, SandboxInfo], sandbox_id: str) -> 
     if sandbox_id in live:
         return live[sandbox_id].state
     try:
-        return app.api.info(app.api.get(sandbox_id)).state
+        return app.look(sandbox_id).info().state
     except SandboxGoneError:
         return "deleted"
 
@@ -581,6 +581,6 @@ class Fanout:
         if record is None or attempt.run_id is None:
             return
         with contextlib.suppress(DaytonaError, SandboxGoneError):
-            box = Box(app.api, app.api.get(record.sandbox_id), record, restart_when_stopped=False)
+            box = app.look(record)
             while not attempt.done and not turns.interrupt(box, attempt.run_id):
                 time.sleep(INTERRUPT_RETRY_S)

@@ -166,8 +166,7 @@ class RunFollower:
             self.received -= len(self._partial)
             self._partial = b""
             try:
-                finished = self.box.api.stream_logs(
-                    self.box.sandbox,
+                finished = self.box.stream_logs(
                     self.session,
                     self.command_id,
                     self._on_stdout,
@@ -195,7 +194,7 @@ class RunFollower:
     def _still_there(self) -> None:
         """Raises SandboxGoneError when the stream dropped because the sandbox was deleted
         (one look-up): its run is over, and reconnecting would only meet 404s."""
-        self.box.api.get(self.box.id)
+        self.box.exists()
 
     def _count_reconnect(self) -> None:
         self.reconnects += 1

@@ -76,7 +76,7 @@ def preview(
     ports = [port] if port is not None else listening_ports(box)
     public = box.info().public
     signed = signed or (for_browser and not public)
-    found = [box.api.signed_preview_link(box.sandbox, p, ttl) if signed else box.preview_link(p) for p in ports]
+    found = [box.signed_preview_link(p, ttl) if signed else box.preview_link(p) for p in ports]
     browser = _browser_links(box, found, public or signed or not browser_links, ttl)
     return report(ctx.emit, check(found, public, signed=signed, browser=browser, ttl=ttl))
 
@@ -102,7 +102,7 @@ def for_browser(box: Box, ports: list[int], public: bool) -> list[Preview]:
 
 def _browser_links(box: Box, found: list[PreviewLink], skip: bool, ttl: int) -> list[PreviewLink | None]:
     """A signed URL for each link (unless `skip`: public, already signed, or not wanted)."""
-    return [None if skip else box.api.signed_preview_link(box.sandbox, link.port, ttl) for link in found]
+    return [None if skip else box.signed_preview_link(link.port, ttl) for link in found]
 
 
 def listening_ports(box: Box) -> list[int]:

@@ -16,7 +16,7 @@ from codex_daytona import events as ev
 from codex_daytona import runtime
 from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context
 from codex_daytona.errors import AgentSetupError, DaytonaError
-from codex_daytona.state import SandboxRecord, State
+from codex_daytona.state import State
 
 # Snapshot states (daytona SnapshotState) worth waiting for, and the ones that will not recover.
 SNAPSHOT_PENDING = frozenset({"pending", "building", "pulling", "snapshotting"})
@@ -163,7 +163,7 @@ def _await_setup_command(box: Box, setup: _SetupCommand) -> None:
     output: list[str] = []
     try:
         with contextlib.suppress(DaytonaError):
-            box.api.stream_logs(box.sandbox, session, command_id, output.append, output.append, timeout=900)
+            box.stream_logs(session, command_id, output.append, output.append, timeout=900)
         exit_code = box.command_exit_code(session, command_id)
         deadline = time.monotonic() + 900
         while exit_code is None and time.monotonic() < deadline:
@@ -230,7 +230,7 @@ def _build_snapshot(ctx: Context, name: str) -> None:
     """Installs the runtime in a temporary sandbox of Daytona's default image, exactly as `up`
     would, captures its filesystem as `name`, and deletes the sandbox."""
     ctx.emit(ev.progress(f"Building snapshot {name}: creating a temporary sandbox..."))
-    sandbox = ctx.api.create(
+    box = ctx.create(
         labels={"app": TOOL_LABEL, f"{TOOL_LABEL}.role": "snapshot-builder"},
         env={},
         # If this process dies mid-build, Daytona stops and then deletes the sandbox on its own.
@@ -238,7 +238,7 @@ def _build_snapshot(ctx: Context, name: str) -> None:
         auto_delete_minutes=1,
     )
     try:
-        box = Box(ctx.api, sandbox, SandboxRecord(sandbox_id=sandbox.id, home_dir=ctx.api.home_dir(sandbox)), ctx.emit)
+        box.record.home_dir = box.home_dir()
         probe = box.run(runtime.setup_probe_command(box.layout), timeout=60)
         marker, python, _, _ = runtime.parse_setup_probe(probe.output)
         if marker != runtime.RUNTIME_MARKER:
@@ -246,13 +246,13 @@ def _build_snapshot(ctx: Context, name: str) -> None:
         # `up` uploads the agent anyway; it is in the snapshot too so the name tells the truth.
         box.upload({box.layout.agent: runtime.agent_source()})
         ctx.emit(ev.progress(f"Saving snapshot {name} (this can take a few minutes)..."))
-        ctx.api.snapshot_sandbox(sandbox, name)
+        box.snapshot(name)
     finally:
-        ctx.emit(ev.progress(f"Deleting the temporary sandbox {sandbox.id}..."))
+        ctx.emit(ev.progress(f"Deleting the temporary sandbox {box.id}..."))
         try:
-            ctx.api.delete(sandbox)
+            box.delete()
         except DaytonaError as exc:
-            ctx.emit(ev.warning(f"Could not delete the temporary sandbox {sandbox.id}: {exc.message}"))
+            ctx.emit(ev.warning(f"Could not delete the temporary sandbox {box.id}: {exc.message}"))
 
 
 def wait_for_snapshot(ctx: Context, name: str, timeout: float = 900) -> str:

@@ -249,7 +249,7 @@ def _turn_box(ctx: Context) -> Box:
         raise _deleted_outside(ctx, record.sandbox_id) from exc
     if record.runtime != runtime.runtime_fingerprint():
         lifecycle.up(ctx)
-        box = Box(box.api, box.sandbox, ctx.require_record(), ctx.emit)
+        box = ctx.reloaded(box)
     return box
 
 
@@ -580,7 +580,7 @@ def _keep_up_while_detached(ctx: Context, box: Box) -> None:
     if normal == 0 or budget <= normal:
         return
     try:
-        ctx.api.set_auto_stop(box.sandbox, budget)
+        box.set_auto_stop(budget)
     except DaytonaError as exc:
         ctx.emit(ev.warning(f"Could not raise the sandbox's auto-stop for the detached turn: {exc.message}"))
         return
@@ -592,7 +592,7 @@ def _restore_auto_stop(ctx: Context, box: Box) -> None:
     if not box.record.auto_stop_raised:
         return
     with contextlib.suppress(DaytonaError):
-        ctx.api.set_auto_stop(box.sandbox, ctx.settings.codex_daytona_auto_stop_minutes)
+        box.set_auto_stop(ctx.settings.codex_daytona_auto_stop_minutes)
         ctx.update_record(box.id, lambda r: setattr(r, "auto_stop_raised", False))
         box.record.auto_stop_raised = False
 

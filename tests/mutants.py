@@ -428,8 +428,8 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "shell_starts_in_the_workdir",
         "codex_daytona/hands.py",
-        "ctx.api.open_pty(box.sandbox, pty_id, box.record.home_dir or None, rows, cols)",
-        "ctx.api.open_pty(box.sandbox, pty_id, None, rows, cols)",
+        "box.open_pty(pty_id, box.record.home_dir or None, rows, cols)",
+        "box.open_pty(pty_id, None, rows, cols)",
         (T + "test_emulator_e2e.py::test_the_tool_works_in_the_home_whatever_the_image_workdir",),
     ),
     Break(
@@ -470,15 +470,15 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "ls_trusts_the_lagging_list",
         "codex_daytona/fleet.py",
-        "        return app.api.info(app.api.get(sandbox_id)).state\n",
+        "        return app.look(sandbox_id).info().state\n",
         '        return "deleted"\n',
         (T + "test_emulator_e2e.py::test_ls_shows_a_sandbox_the_lagging_list_does_not_show_yet",),
     ),
     Break(
         "signals_honoured_while_a_sandbox_is_made",
         "codex_daytona/lifecycle.py",
-        "    with signals_deferred():\n        sandbox = ctx.api.create(",
-        "    with contextlib.nullcontext():\n        sandbox = ctx.api.create(",
+        "    with signals_deferred():\n        box = ctx.create(",
+        "    with contextlib.nullcontext():\n        box = ctx.create(",
         (T + "test_hostile.py::test_no_signal_in_the_first_two_seconds_of_up_or_ask_orphans_a_sandbox",),
     ),
     Break(
@@ -515,7 +515,7 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "a_toolbox_that_moved_is_not_called_again",
         "codex_daytona/context.py",
-        '                if not trusted or getattr(self.sandbox, "toolbox_proxy_url", None) == toolbox:\n',
+        '                if not trusted or getattr(self._sandbox, "toolbox_proxy_url", None) == toolbox:\n',
         "                if True:\n",
         (T + "test_emulator_e2e.py::test_a_warm_ask_whose_sandbox_changed_behind_its_back_looks_it_up_and_runs",),
     ),
