@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from codex_daytona import events as ev
 from codex_daytona import runtime
-from codex_daytona.context import SESSION_ID, Box, OnEvent
+from codex_daytona.context import SESSION_ID, Box, OnEvent, tail
 from codex_daytona.errors import AgentSetupError, CommandGoneError, DaytonaError, NoSandboxError, TurnTimeoutError
 from codex_daytona.state import LastTurn
 
@@ -240,9 +240,8 @@ class RunFollower:
                 "Ask again; `codex-daytona up` restarts the agent if it keeps failing.",
             )
         if self.offset == 0:
-            stderr = "".join(self.stderr).strip().splitlines()
-            tail = " | ".join(stderr[-3:]) or "no output"
-            raise AgentSetupError(f"The agent in the sandbox exited with code {exit_code} before starting: {tail}")
+            output = tail("".join(self.stderr))
+            raise AgentSetupError(f"The agent in the sandbox exited with code {exit_code} before starting: {output}")
         # The run's own command went away mid-run (killed, its session reset): the run goes on.
         self.command_id = None
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from codex_daytona import events as ev
 from codex_daytona import runtime
-from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context
+from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context, tail
 from codex_daytona.errors import AgentSetupError, DaytonaError
 from codex_daytona.state import State
 
@@ -173,10 +173,7 @@ def _await_setup_command(box: Box, setup: _SetupCommand) -> None:
         with contextlib.suppress(DaytonaError):
             box.delete_session(session)  # its shell would idle on otherwise
     if exit_code != 0:
-        tail = "".join(output).strip().splitlines()[-5:]
-        raise AgentSetupError(
-            f"Installing the agent runtime failed (exit {exit_code}): {' | '.join(tail) or 'no output'}"
-        )
+        raise AgentSetupError(f"Installing the agent runtime failed (exit {exit_code}): {tail(''.join(output), 5)}")
 
 
 # --- snapshots ------------------------------------------------------------------------------
