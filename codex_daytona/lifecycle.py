@@ -10,7 +10,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from codex_daytona import events as ev
 from codex_daytona import links, provision, runtime
@@ -18,9 +17,6 @@ from codex_daytona.context import TOOL_LABEL, Box, Context, project_labels, tail
 from codex_daytona.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.errors import DaytonaError, SandboxGoneError, StateError, TransferError, UsageError
 from codex_daytona.state import LastTurn, SandboxRecord, State
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)
