@@ -96,25 +96,23 @@ class Context:
         return record
 
     def save(self, record: SandboxRecord) -> None:
-        with self.store.lock():
-            state = self.store.load()
+        with self.store.update() as state:
             record.touch()
             # Saved where its sandbox is now: `keep` may have renamed it while a turn ran.
             slot = next((n for n, r in state.sandboxes.items() if r.sandbox_id == record.sandbox_id), self.name)
             state.sandboxes[slot] = record
-            self.store.save(state)
 
     def update_record(self, sandbox_id: str, change: Callable[[SandboxRecord], None]) -> None:
         """Changes this sandbox's saved record under the lock (wherever `keep` has moved it)."""
-        with self.store.lock():
-            state = self.store.load()
+        with self.store.update() as state:
             for current in state.sandboxes.values():
                 if current.sandbox_id == sandbox_id:
                     change(current)
                     current.touch()
-            self.store.save(state)
 
     def forget(self, sandbox_id: str) -> None:
+        # Saves only when there is something to forget: a state file it cannot write is no
+        # error for a command that finds nothing to change.
         with self.store.lock():
             state = self.store.load()
             current = state.sandboxes.get(self.name)

@@ -133,8 +133,7 @@ class KeepResult:
 def keep(app: Context, chosen: str) -> KeepResult:
     """Makes sandbox `chosen` this directory's `app.name` (the default): the two records swap
     names, so the previous one is not lost and `down --others` can delete it."""
-    with app.store.lock():
-        state = app.store.load()
+    with app.store.update() as state:
         record = state.sandboxes.get(chosen)
         if record is None:
             raise NoSandboxError(f"No sandbox named {chosen} here.", "`codex-daytona ls` lists this directory's.")
@@ -146,7 +145,6 @@ def keep(app: Context, chosen: str) -> KeepResult:
             state.sandboxes[chosen] = previous
         else:
             del state.sandboxes[chosen]
-        app.store.save(state)
     return KeepResult(app.name, record.sandbox_id, chosen, previous.sandbox_id if previous else None)
 
 

@@ -478,9 +478,7 @@ def down_all(ctx: Context, sandboxes: list[SandboxInfo]) -> list[str]:
                 raise refused[0][1]
             waiting = [info for info, _ in refused]
     finally:
-        with ctx.store.lock():
-            state = ctx.store.load()
+        with ctx.store.update() as state:
             gone = set(deleted)
             state.sandboxes = {n: r for n, r in state.sandboxes.items() if r.sandbox_id not in gone}
-            ctx.store.save(state)
     return deleted
