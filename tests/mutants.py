@@ -470,7 +470,7 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "ls_trusts_the_lagging_list",
         "codex_daytona/fleet.py",
-        "        return app.look(sandbox_id).info().state\n",
+        "        return ctx.look(sandbox_id).info().state\n",
         '        return "deleted"\n',
         (T + "test_emulator_e2e.py::test_ls_shows_a_sandbox_the_lagging_list_does_not_show_yet",),
     ),
