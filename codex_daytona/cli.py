@@ -424,7 +424,7 @@ def _fanout(
     timeout: float | None,
     effort: str | None = None,
 ) -> None:
-    from codex_daytona.fleet import Fanout
+    from codex_daytona.fanout import Fanout
 
     result = Fanout(ctx, count).run(text, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
     out.fanout_results([a.to_json() for a in result.attempts], result.to_json())

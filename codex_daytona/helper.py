@@ -49,6 +49,7 @@ PRELOAD = (
     "codex_daytona.settings",
     "codex_daytona.state",
     "codex_daytona.fleet",
+    "codex_daytona.fanout",
     "daytona",
     "daytona._sync.daytona",
     "daytona._sync.sandbox",

@@ -190,7 +190,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "fanout_skips_fork",
-        "codex_daytona/fleet.py",
+        "codex_daytona/fanout.py",
         "                forks = self._first_fork(missing[0], base)\n",
         "                forks = False\n",
         (T + "test_fanout.py::test_fanout_runs_in_parallel_compares_and_keep_down_leave_one",),
