@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from codex_daytona import events as ev
-from codex_daytona import links, provision, runtime
+from codex_daytona import home_commands, links, provision, runtime
 from codex_daytona.context import TOOL_LABEL, Box, Context, project_labels, tail
 from codex_daytona.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.errors import DaytonaError, SandboxGoneError, StateError, TransferError, UsageError
@@ -177,7 +177,7 @@ def _up_from_repo(ctx: Context, repo: str, branch: str | None) -> UpResult:
     result = up(ctx)
     box = ctx.connect(ctx.require_record())
     ctx.emit(ev.progress(f"Cloning {repo}{f' (branch {branch})' if branch else ''}..."))
-    cloned = box.run(runtime.clone_command(box.layout, repo, branch), timeout=900)
+    cloned = box.run(home_commands.clone_command(box.layout, repo, branch), timeout=900)
     if cloned.exit_code != 0:
         # A fresh sandbox with a failed clone is of no use: delete it so `up --repo` can be retried.
         with contextlib.suppress(DaytonaError):
@@ -187,7 +187,7 @@ def _up_from_repo(ctx: Context, repo: str, branch: str | None) -> UpResult:
             f"Could not clone {repo}: {tail(cloned.output)}",
             "Check the URL and the branch (the sandbox must reach the repository); the new sandbox was deleted.",
         )
-    rebased = box.run(runtime.rebaseline_all_command(box.layout), timeout=600)
+    rebased = box.run(home_commands.rebaseline_all_command(box.layout), timeout=600)
     if rebased.exit_code != 0:
         ctx.emit(ev.warning(f"Could not record the clone as the diff baseline: {tail(rebased.output)}"))
     return result

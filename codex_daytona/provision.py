@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
+from codex_daytona import home_commands, runtime
 from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context, tail
 from codex_daytona.errors import AgentSetupError, DaytonaError
 from codex_daytona.state import State
@@ -53,8 +53,8 @@ def setup(
     Saves the record into `state` (loaded under the caller's lock), or, without one, under
     the lock taken here."""
     record, layout = box.record, box.layout
-    probe = box.run(runtime.setup_probe_command(layout), timeout=60)
-    marker, python, baseline_status, dotfiles = runtime.parse_setup_probe(probe.output)
+    probe = box.run(home_commands.setup_probe_command(layout), timeout=60)
+    marker, python, baseline_status, dotfiles = home_commands.parse_setup_probe(probe.output)
     install = None
     if not runtime_baked_in and marker != runtime.RUNTIME_MARKER:
         # The install runs in the sandbox while the rest of the setup goes on.
@@ -74,14 +74,14 @@ def setup(
     # first turn need not ask for it.
     key = ctx.settings.openai_key_for_turn() if ctx.settings.sandbox_openai_api_key else None
     started = box.run(
-        runtime.finish_setup_command(layout, take_baseline, with_key=key is not None),
+        home_commands.finish_setup_command(layout, take_baseline, with_key=key is not None),
         timeout=600,
         env={runtime.KEY_ENV: key} if key else None,
     )
-    baseline_error = runtime.parse_baseline_failure(started.output)
+    baseline_error = home_commands.parse_baseline_failure(started.output)
     if baseline_error is not None:
         ctx.emit(ev.warning(f"Could not record the diff baseline: {baseline_error}"))
-    login_shell = runtime.parse_login_shell_unchanged(started.output)
+    login_shell = home_commands.parse_login_shell_unchanged(started.output)
     if login_shell is not None:
         ctx.emit(
             ev.warning(
@@ -117,7 +117,7 @@ def _prepare_agent(ctx: Context, box: Box, baseline: bool, baseline_status: str,
         layout.codex_config: runtime.codex_config(ctx.settings, layout, record.preview_pattern),
     }
     if baseline and baseline_status == "ready":
-        files[runtime.baseline_exclude(layout)] = runtime.baseline_exclude_file(dotfiles)
+        files[home_commands.baseline_exclude(layout)] = home_commands.baseline_exclude_file(dotfiles)
     elif baseline and baseline_status == "nogit":
         ctx.emit(ev.warning("The sandbox has no git, so `codex-daytona diff` will not work in it."))
     box.upload(files)
@@ -236,8 +236,8 @@ def _build_snapshot(ctx: Context, name: str) -> None:
     )
     try:
         box.record.home_dir = box.home_dir()
-        probe = box.run(runtime.setup_probe_command(box.layout), timeout=60)
-        marker, python, _, _ = runtime.parse_setup_probe(probe.output)
+        probe = box.run(home_commands.setup_probe_command(box.layout), timeout=60)
+        marker, python, _, _ = home_commands.parse_setup_probe(probe.output)
         if marker != runtime.RUNTIME_MARKER:
             _await_setup_command(box, _start_install(box, python))
         # `up` uploads the agent anyway; it is in the snapshot too so the name tells the truth.

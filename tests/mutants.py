@@ -58,7 +58,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "login_shell_step_dropped_from_setup",
-        "codex_daytona/runtime.py",
+        "codex_daytona/home_commands.py",
         "    steps = [login_shell_step()]\n",
         "    steps = []\n",
         (T + "test_runtime.py::test_the_setup_command_up_runs_makes_bash_the_login_shell",),
