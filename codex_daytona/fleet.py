@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from codex_daytona import events as ev
 from codex_daytona import lifecycle
@@ -50,6 +51,66 @@ class SandboxRow:
 
 
 _LS_FIELDS = {"sandbox_id", "thread_id", "created_at", "created_by", "ports", "last_turn"}
+
+
+@dataclass(frozen=True)
+class SandboxList:
+    """`ls`: a table for people (short ids that never wrap), the full sandbox ids for -q,
+    one object for --json."""
+
+    rows: list[SandboxRow]
+    empty: str = 'No sandboxes here. `codex-daytona up` or `codex-daytona ask "..."` creates one.'
+
+    @property
+    def table(self) -> tuple[list[str], list[list[str]], tuple[str, ...]]:
+        columns = ["", "name", "state", "sandbox", "thread", "last turn", "ports"]
+        cells = [
+            [
+                "*" if row.current else "",
+                row.name,
+                row.state,
+                short_id(row.record.sandbox_id),
+                short_id(row.record.thread_id, tail=True) if row.record.thread_id else "-",
+                _last_turn_text(row.record),
+                " ".join(str(p) for p in row.record.ports) or "-",
+            ]
+            for row in self.rows
+        ]
+        return columns, cells, ("", "state", "sandbox", "thread")
+
+    @property
+    def human(self) -> str:
+        return ""
+
+    @property
+    def quiet(self) -> str:
+        return "\n".join(row.record.sandbox_id for row in self.rows)
+
+    def to_json(self) -> dict[str, object]:
+        return {"sandboxes": [row.to_json() for row in self.rows]}
+
+
+def short_id(value: str, *, tail: bool = False) -> str:
+    """An id in 8 characters, as `docker ps` and `gh` show them: a sandbox id's first 8 (its
+    start is random), a thread id's last 8 (Codex's thread ids are UUIDv7, whose first
+    digits are the time it started, the same for threads started in the same minute)."""
+    return value[-8:] if tail else value[:8]
+
+
+def _last_turn_text(record: SandboxRecord) -> str:
+    """The last turn's outcome and how long ago it ended (or started): `completed 5m ago`."""
+    turn = record.last_turn
+    if turn is None:
+        return "-"
+    try:
+        when = datetime.fromisoformat(turn.ended_at or turn.started_at)
+        seconds = max(0, int((datetime.now(timezone.utc) - when).total_seconds()))
+    except ValueError:
+        return turn.status
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{turn.status} {seconds // size}{unit} ago"
+    return f"{turn.status} {seconds}s ago"
 
 
 def list_sandboxes(ctx: Context) -> list[SandboxRow]:

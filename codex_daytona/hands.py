@@ -36,6 +36,24 @@ def exec_command(ctx: Context, command: str, *, timeout: float | None = None) ->
 
 
 @dataclass(frozen=True)
+class ExecResult:
+    """An `exec` command's end: its output went by as it ran; --json adds its exit code."""
+
+    exit_code: int
+
+    @property
+    def human(self) -> str:
+        return ""
+
+    @property
+    def quiet(self) -> str:
+        return ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"exit_code": self.exit_code}
+
+
+@dataclass(frozen=True)
 class SshResult:
     sandbox_id: str
     command: str  # the ssh command line, token included

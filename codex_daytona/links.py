@@ -59,6 +59,25 @@ class Preview:
         return data
 
 
+@dataclass(frozen=True)
+class PreviewList:
+    """`preview`'s result: the links went by on stderr as they were checked; -q prints the
+    URLs alone, one per line, and --json all of them in one object."""
+
+    previews: list[Preview]
+
+    @property
+    def human(self) -> str:
+        return ""
+
+    @property
+    def quiet(self) -> str:
+        return "\n".join(p.url for p in self.previews)
+
+    def to_json(self) -> dict[str, object]:
+        return {"previews": [p.to_json() for p in self.previews]}
+
+
 def preview(
     ctx: Context,
     port: int | None = None,

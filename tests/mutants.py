@@ -148,8 +148,8 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "exec_always_exits_0",
         "codex_daytona/cli.py",
-        '            out.json_line({"exit_code": exit_code})\n    raise typer.Exit(exit_code)\n',
-        '            out.json_line({"exit_code": exit_code})\n    raise typer.Exit(0)\n',
+        "        out.result(hands.ExecResult(exit_code))\n    raise typer.Exit(exit_code)\n",
+        "        out.result(hands.ExecResult(exit_code))\n    raise typer.Exit(0)\n",
         (T + "test_turns.py::test_exec_streams_and_exits_with_the_command_code",),
     ),
     Break(
