@@ -175,25 +175,10 @@ class Context:
             record = SandboxRecord(sandbox_id=record, home_dir="")
         return self._bind(self.api.get(record.sandbox_id), record, restart_when_stopped=False)
 
-    def create(
-        self,
-        *,
-        labels: dict[str, str],
-        env: dict[str, str],
-        auto_stop_minutes: int,
-        auto_delete_minutes: int,
-        snapshot: str | None = None,
-        secrets: dict[str, str] | None = None,
-    ) -> Box:
-        """A new sandbox, with a record that knows only its id (the caller fills and saves it)."""
-        sandbox = self.api.create(
-            labels=labels,
-            env=env,
-            auto_stop_minutes=auto_stop_minutes,
-            auto_delete_minutes=auto_delete_minutes,
-            snapshot=snapshot,
-            secrets=secrets,
-        )
+    def create(self, **params: Any) -> Box:
+        """A new sandbox (`params` are `DaytonaApi.create`'s), with a record that knows only
+        its id: the caller fills it in and saves it."""
+        sandbox = self.api.create(**params)
         return self._bind(sandbox, SandboxRecord(sandbox_id=sandbox.id, home_dir=""))
 
     def reloaded(self, box: Box) -> Box:
@@ -336,30 +321,11 @@ class Box:
     def command_logs(self, session: str, command_id: str) -> tuple[str, str]:
         return self.api.command_logs(self._sandbox, session, command_id)
 
-    def stream_logs(
-        self,
-        session: str,
-        command_id: str,
-        on_stdout: Callable[[str], None],
-        on_stderr: Callable[[str], None],
-        *,
-        timeout: float | None = None,
-        keepalive_seconds: float | None = None,
-        until: Callable[[], bool] | None = None,
-        idle_timeout: float | None = None,
-    ) -> bool:
-        """Streams a command's output (see `DaytonaApi.stream_logs`); False on a timeout."""
-        return self.api.stream_logs(
-            self._sandbox,
-            session,
-            command_id,
-            on_stdout,
-            on_stderr,
-            timeout=timeout,
-            keepalive_seconds=keepalive_seconds,
-            until=until,
-            idle_timeout=idle_timeout,
-        )
+    def stream_logs(self, session: str, command_id: str, *outputs: Callable[[str], None], **options: Any) -> bool:
+        """Streams a command's stdout and stderr to the two `outputs`; `options` (timeout,
+        until, ...) and the answer are `DaytonaApi.stream_logs`'s."""
+        on_stdout, on_stderr = outputs
+        return self.api.stream_logs(self._sandbox, session, command_id, on_stdout, on_stderr, **options)
 
     def signed_preview_link(self, port: int, ttl_seconds: int) -> PreviewLink:
         return self.api.signed_preview_link(self._sandbox, port, ttl_seconds)
