@@ -50,6 +50,7 @@ PRELOAD = (
     "codex_daytona.state",
     "codex_daytona.fleet",
     "codex_daytona.fanout",
+    "codex_daytona.session",
     "daytona",
     "daytona._sync.daytona",
     "daytona._sync.sandbox",
