@@ -32,8 +32,8 @@ from codex_daytona.errors import (
 )
 
 if TYPE_CHECKING:
-    from codex_daytona.context import Context
     from codex_daytona.output import Output
+    from codex_daytona.usecases.context import Context
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error, 2 usage, 3 the agent's turn failed, 4 missing or invalid setting, "
@@ -229,7 +229,7 @@ def _fail(out: Output, exc: CodexDaytonaError, debug: bool) -> NoReturn:
 
 
 def _read_prompt(prompt: str | None) -> str:
-    from codex_daytona.turns import check_prompt
+    from codex_daytona.usecases.turns import check_prompt
 
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
         # As bytes: bytes that are not UTF-8 come through as the arguments' do (lone
@@ -262,7 +262,7 @@ def up(
 
     Example: codex-daytona up --repo https://github.com/me/app.git --branch main
     """
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
     with _session(opts) as (ctx, out):
         if branch is not None and repo is None:
@@ -281,7 +281,7 @@ def snapshot(opts: Common) -> None:
 
     Example: codex-daytona snapshot
     """
-    from codex_daytona import provision
+    from codex_daytona.usecases import provision
 
     with _session(opts) as (ctx, out):
         out.result(provision.snapshot(ctx))
@@ -374,7 +374,7 @@ def ask(
 
     Example: codex-daytona ask -i sketch.png --output-schema answer.json -o answer.txt "which colours?"
     """
-    from codex_daytona import turns
+    from codex_daytona.usecases import turns
 
     with _session(opts, events=fanout is None, exec_only=exec_json) as (ctx, out):
         if exec_json and (fanout is not None or detach):
@@ -449,7 +449,7 @@ def _fanout(
     timeout: float | None,
     effort: str | None = None,
 ) -> None:
-    from codex_daytona.fanout import Fanout
+    from codex_daytona.usecases.fanout import Fanout
 
     result = Fanout(ctx, count).run(text, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
     out.fanout_results([a.to_json() for a in result.attempts], result.to_json())
@@ -474,7 +474,7 @@ def ls(opts: Common) -> None:
 
     Example: codex-daytona ls
     """
-    from codex_daytona import fleet
+    from codex_daytona.usecases import fleet
 
     with _session(opts) as (ctx, out):
         out.result(fleet.SandboxList(fleet.list_sandboxes(ctx)))
@@ -494,8 +494,8 @@ def keep(
 
     Example: codex-daytona keep default-2 && codex-daytona down --others --yes
     """
-    from codex_daytona.fleet import keep as keep_sandbox
     from codex_daytona.state import check_name
+    from codex_daytona.usecases.fleet import keep as keep_sandbox
 
     with _session(opts) as (ctx, out):
         out.result(keep_sandbox(ctx, check_name(chosen)))
@@ -514,7 +514,7 @@ def logs(
 
     Example: codex-daytona logs -f
     """
-    from codex_daytona import turns
+    from codex_daytona.usecases import turns
 
     with _session(opts, events=True, exec_only=exec_json) as (ctx, out):
         try:
@@ -562,8 +562,8 @@ def preview(
 
     Example: URL=$(codex-daytona preview -q --signed --port 8080)
     """
-    from codex_daytona.links import PreviewList
-    from codex_daytona.links import preview as preview_links
+    from codex_daytona.usecases.links import PreviewList
+    from codex_daytona.usecases.links import preview as preview_links
 
     with _session(opts) as (ctx, out):
         browser = out.for_people and not token  # a signed URL beside each private link
@@ -592,7 +592,7 @@ def status(opts: Common) -> None:
 
     Example: codex-daytona status
     """
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
     with _session(opts) as (ctx, out):
         report = lifecycle.status(ctx)
@@ -618,7 +618,7 @@ def exec_(
     import shlex
 
     line = command[0] if len(command) == 1 else shlex.join(command)
-    from codex_daytona import hands
+    from codex_daytona.usecases import hands
 
     with _session(opts, events=True) as (ctx, out):
         exit_code = hands.exec_command(ctx, line, timeout=timeout)
@@ -651,7 +651,7 @@ def down(
 
     Example: codex-daytona down --yes
     """
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
     with _session(opts) as (ctx, out):
         if sum((stop, all_, others)) > 1:
@@ -701,7 +701,7 @@ def pause(
 
     Example: codex-daytona pause
     """
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
     with _session(opts) as (ctx, out):
         out.result(lifecycle.pause(ctx, or_stop=or_stop))
@@ -717,7 +717,8 @@ def shell(opts: Common) -> None:
 
     Example: codex-daytona shell
     """
-    from codex_daytona import hands, terminal
+    from codex_daytona import terminal
+    from codex_daytona.usecases import hands
 
     with _session(opts) as (ctx, out):
         rows, cols = terminal.window_size()
@@ -750,7 +751,7 @@ def ssh(
     import shlex
     import subprocess
 
-    from codex_daytona import hands
+    from codex_daytona.usecases import hands
 
     with _session(opts) as (ctx, out):
         access = hands.ssh(ctx, expires)
@@ -778,8 +779,8 @@ def doctor(opts: Common) -> None:
 
     Example: codex-daytona doctor
     """
-    from codex_daytona.doctor import Ready
-    from codex_daytona.doctor import doctor as run_checks
+    from codex_daytona.usecases.doctor import Ready
+    from codex_daytona.usecases.doctor import doctor as run_checks
 
     with _session(opts) as (ctx, out):
         checks = run_checks(ctx, out.step)
@@ -814,7 +815,7 @@ def chat(
     def end(signum: int, _frame: object) -> None:
         raise _EndChat(signal.Signals(signum).name)
 
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
     with _session(opts) as (ctx, out):
         ctx.settings.openai_key_for_turn()
@@ -839,7 +840,7 @@ def chat(
 
 
 def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None = None) -> None:
-    from codex_daytona import turns
+    from codex_daytona.usecases import turns
 
     answered: list[str] = []
 
@@ -874,7 +875,7 @@ def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None 
 
 
 def _down_others(ctx: Context, out: Output, yes: bool) -> None:
-    from codex_daytona.fleet import down_others, siblings
+    from codex_daytona.usecases.fleet import down_others, siblings
 
     names = siblings(ctx)
     if names and not yes and sys.stdin.isatty() and sys.stdout.isatty():
@@ -906,7 +907,7 @@ def push(
 
     Example: codex-daytona push ./src --to src
     """
-    from codex_daytona import workspace
+    from codex_daytona.usecases import workspace
 
     with _session(opts) as (ctx, out):
         out.result(workspace.push(ctx, local, to))
@@ -933,7 +934,7 @@ def pull(
 
     Example: codex-daytona pull src ./src
     """
-    from codex_daytona import workspace
+    from codex_daytona.usecases import workspace
 
     with _session(opts) as (ctx, out):
         out.result(workspace.pull(ctx, remote, local, force=force))
@@ -949,7 +950,7 @@ def diff(opts: Common) -> None:
 
     Example: codex-daytona diff > agent.patch && git apply agent.patch
     """
-    from codex_daytona import workspace
+    from codex_daytona.usecases import workspace
 
     with _session(opts) as (ctx, out):
         out.patch(workspace.diff(ctx))

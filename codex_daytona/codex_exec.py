@@ -169,7 +169,7 @@ def apply_config(settings: Settings, overrides: list[str]) -> tuple[str | None, 
     from pydantic import AnyHttpUrl, ValidationError
 
     from codex_daytona.codex_facts import REASONING_EFFORTS
-    from codex_daytona.runtime import refused_config_key
+    from codex_daytona.sandbox.runtime import refused_config_key
 
     effort: str | None = None
     passed: list[str] = []
@@ -263,9 +263,9 @@ def run(argv: list[str]) -> int:
             if not inv.cd.is_dir():
                 raise UsageError(f"{PROG}: --cd: no such directory: {inv.cd}")
             os.chdir(inv.cd)
-        from codex_daytona import turns
         from codex_daytona.session import context_for, load_settings
         from codex_daytona.state import DEFAULT_NAME
+        from codex_daytona.usecases import turns
 
         settings = load_settings(out)
         effort, config = apply_config(settings, inv.config)

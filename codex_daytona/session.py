@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from codex_daytona.context import Context
 from codex_daytona.errors import ConfigError, UsageError
 from codex_daytona.settings import Settings
 from codex_daytona.settings import load_settings as _load
 from codex_daytona.state import DEFAULT_NAME, StateStore, check_name, state_dir
+from codex_daytona.usecases.context import Context
 
 if TYPE_CHECKING:
     from codex_daytona.output import Output

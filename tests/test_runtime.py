@@ -18,7 +18,7 @@ else:
     import tomli as tomllib
 
 
-from codex_daytona import home_commands, runtime
+from codex_daytona.sandbox import home_commands, runtime
 from codex_daytona.settings import Settings
 from tests.ci import skip_unless_ci
 

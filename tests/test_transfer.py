@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from codex_daytona import home_commands, runtime, transfer
 from codex_daytona.errors import PullConflictError
+from codex_daytona.sandbox import home_commands, runtime, transfer
 from tests.e2e import add_files_push_leaves_behind
 
 

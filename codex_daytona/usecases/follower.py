@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
-from codex_daytona.context import SESSION_ID, Box, OnEvent, tail
 from codex_daytona.errors import AgentSetupError, CommandGoneError, DaytonaError, NoSandboxError, TurnTimeoutError
+from codex_daytona.sandbox import runtime
 from codex_daytona.state import LastTurn
+from codex_daytona.usecases.context import SESSION_ID, Box, OnEvent, tail
 
 STREAM_RECONNECTS = 20
 

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from codex_daytona import events as ev
-from codex_daytona import lifecycle
-from codex_daytona.context import TOOL_LABEL, Context, project_labels
-from codex_daytona.daytona_api import HasForksError, SandboxInfo
 from codex_daytona.errors import (
     NoSandboxError,
     SandboxGoneError,
 )
+from codex_daytona.sandbox.daytona_api import HasForksError, SandboxInfo
 from codex_daytona.state import DEFAULT_NAME, SandboxRecord
+from codex_daytona.usecases import lifecycle
+from codex_daytona.usecases.context import TOOL_LABEL, Context, project_labels
 
 
 def sibling_names(name: str, count: int) -> list[str]:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
-from codex_daytona.daytona_api import CommandResult, DaytonaApi, PreviewLink, SandboxInfo, SshAccess
 from codex_daytona.errors import DaytonaError, NoSandboxError, SandboxGoneError
+from codex_daytona.sandbox import runtime
+from codex_daytona.sandbox.daytona_api import CommandResult, DaytonaApi, PreviewLink, SandboxInfo, SshAccess
 from codex_daytona.settings import Settings
 from codex_daytona.state import DEFAULT_NAME, SandboxRecord, StateStore
 

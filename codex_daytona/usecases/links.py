@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass
 
 from codex_daytona import events as ev
-from codex_daytona import previews, runtime
-from codex_daytona.context import Box, Context, OnEvent
-from codex_daytona.daytona_api import PreviewLink
 from codex_daytona.errors import AgentSetupError
+from codex_daytona.sandbox import previews, runtime
+from codex_daytona.sandbox.daytona_api import PreviewLink
+from codex_daytona.usecases.context import Box, Context, OnEvent
 
 # A turn's links on a private sandbox are signed URLs valid this long, so that each opens in
 # a browser as printed (a browser cannot send the token header); `preview --ttl` for others.

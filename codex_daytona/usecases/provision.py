@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 
 from codex_daytona import events as ev
-from codex_daytona import home_commands, runtime
-from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context, tail
 from codex_daytona.errors import AgentSetupError, DaytonaError
+from codex_daytona.sandbox import home_commands, runtime
 from codex_daytona.state import State
+from codex_daytona.usecases.context import SESSION_ID, TOOL_LABEL, Box, Context, tail
 
 # Snapshot states (daytona SnapshotState) worth waiting for, and the ones that will not recover.
 SNAPSHOT_PENDING = frozenset({"pending", "building", "pulling", "snapshotting"})

@@ -22,9 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from codex_daytona import events as ev
-from codex_daytona import lifecycle, links, runtime
 from codex_daytona.codex_facts import MAX_INPUT_CHARS
-from codex_daytona.context import SESSION_ID, Box, Context, tail
 from codex_daytona.errors import (
     AgentSetupError,
     BusyError,
@@ -37,8 +35,11 @@ from codex_daytona.errors import (
     TurnTimeoutError,
     UsageError,
 )
-from codex_daytona.follower import RunFollower
+from codex_daytona.sandbox import runtime
 from codex_daytona.state import LastTurn, SandboxRecord, Usage, now
+from codex_daytona.usecases import lifecycle, links
+from codex_daytona.usecases.context import SESSION_ID, Box, Context, tail
+from codex_daytona.usecases.follower import RunFollower
 
 INTERRUPT_GRACE_S = 10.0
 DETACH_START_S = 60.0  # how long `ask --detach` waits for its turn to get under way

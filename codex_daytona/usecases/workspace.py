@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codex_daytona import events as ev
-from codex_daytona import home_commands, lifecycle, transfer
-from codex_daytona.context import Box, Context, tail
 from codex_daytona.errors import DaytonaError, TransferError, UsageError
+from codex_daytona.sandbox import home_commands, transfer
+from codex_daytona.usecases import lifecycle
+from codex_daytona.usecases.context import Box, Context, tail
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import posixpath
 import shlex
 
-from codex_daytona.runtime import Layout, parse_probe, probe_command, start_daemon_command
+from codex_daytona.sandbox.runtime import Layout, parse_probe, probe_command, start_daemon_command
 
 # Left out of the baseline, of `diff` and of a default `pull` (gitignore syntax). The sandbox's
 # own dotfiles (.bashrc, .cache, ...) are added when the baseline is first taken.

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
-from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context, OnEvent
 from codex_daytona.errors import CodexDaytonaError, DaytonaError, InterruptedByUser, TurnTimeoutError
+from codex_daytona.sandbox import runtime
+from codex_daytona.usecases.context import SESSION_ID, TOOL_LABEL, Box, Context, OnEvent
 
 
 def exec_command(ctx: Context, command: str, *, timeout: float | None = None) -> int:

@@ -16,9 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codex_daytona import events as ev
-from codex_daytona import lifecycle, runtime, turns
-from codex_daytona.context import TOOL_LABEL, Context, OnEvent, project_labels
-from codex_daytona.daytona_api import RefusedError
 from codex_daytona.errors import (
     CodexDaytonaError,
     DaytonaError,
@@ -27,8 +24,12 @@ from codex_daytona.errors import (
     SandboxGoneError,
     UsageError,
 )
-from codex_daytona.fleet import sibling_names
+from codex_daytona.sandbox import runtime
+from codex_daytona.sandbox.daytona_api import RefusedError
 from codex_daytona.state import SandboxRecord
+from codex_daytona.usecases import lifecycle, turns
+from codex_daytona.usecases.context import TOOL_LABEL, Context, OnEvent, project_labels
+from codex_daytona.usecases.fleet import sibling_names
 
 # How long Ctrl-C waits for the attempts to wind down (sandboxes being created are saved
 # first; running turns are interrupted) before giving up; a second Ctrl-C gives up at once.

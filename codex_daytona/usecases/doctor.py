@@ -6,9 +6,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from codex_daytona import lifecycle, runtime
-from codex_daytona.context import Context
 from codex_daytona.errors import CodexDaytonaError, ConfigError
+from codex_daytona.sandbox import runtime
+from codex_daytona.usecases import lifecycle
+from codex_daytona.usecases.context import Context
 
 
 @dataclass

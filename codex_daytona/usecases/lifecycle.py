@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from codex_daytona import events as ev
-from codex_daytona import home_commands, links, provision, runtime
-from codex_daytona.context import TOOL_LABEL, Box, Context, project_labels, tail
-from codex_daytona.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.errors import DaytonaError, SandboxGoneError, StateError, TransferError, UsageError
+from codex_daytona.sandbox import home_commands, runtime
+from codex_daytona.sandbox.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.state import LastTurn, SandboxRecord, State
+from codex_daytona.usecases import links, provision
+from codex_daytona.usecases.context import TOOL_LABEL, Box, Context, project_labels, tail
 
 
 @dataclass(frozen=True)
