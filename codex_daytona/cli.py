@@ -6,10 +6,13 @@ so `--help` and `--version` stay instant.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -22,7 +25,6 @@ from codex_daytona.errors import (
     AgentSetupError,
     BusyError,
     CodexDaytonaError,
-    ConfigError,
     ExitCode,
     InterruptedByUser,
     TurnFailedError,
@@ -30,9 +32,8 @@ from codex_daytona.errors import (
 )
 
 if TYPE_CHECKING:
-    from codex_daytona.context import Context
     from codex_daytona.output import Output
-    from codex_daytona.state import SandboxRecord
+    from codex_daytona.usecases.context import Context
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error, 2 usage, 3 the agent's turn failed, 4 missing or invalid setting, "
@@ -131,38 +132,84 @@ def _main(
     """Run OpenAI's Codex agent in a Daytona sandbox."""
 
 
+@dataclass(frozen=True)
+class Common:
+    """The options every command shares, declared once (`_SHARED`) and handed to each
+    command as one value. They are the command's own options, not the group's, so that
+    they go after the command name as people write them: `codex-daytona ls -q`."""
+
+    name: str | None = None
+    json_mode: bool = False
+    quiet: bool = False
+    debug: bool = False
+
+
+def _shared(name: str, annotation: object, default: object) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+
+
+_SHARED = {
+    "name": _shared("name", NameOpt, None),
+    "json_mode": _shared("json_mode", JsonOpt, False),
+    "quiet": _shared("quiet", QuietOpt, False),
+    "debug": _shared("debug", DebugOpt, False),
+}
+
+
+def command(*names: str, named: bool = True, modes: bool = True, **settings: Any) -> Callable[..., Any]:
+    """Registers a command whose function takes the shared options as `opts: Common`.
+
+    Its options are its own, then --name (unless not `named`: it works on no sandbox),
+    --json, a mode option of its own (--exec-json), -q (unless not `modes`: it talks to a
+    person only) and --debug: the order its --help lists them in."""
+
+    def register(func: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "opts"]
+        mode_options = [p for p in own if p.name == "exec_json"]
+        left_out = ({"name"} if not named else set()) | ({"json_mode", "quiet"} if not modes else set())
+        shared = [n for n in _SHARED if n not in left_out]
+        params = [p for p in own if p not in mode_options]
+        for option in shared:
+            params.append(_SHARED[option])
+            if option == "json_mode":
+                params += mode_options
+
+        @functools.wraps(func)
+        def run(**kwargs: Any) -> None:
+            opts = Common(**{n: kwargs.pop(n) for n in shared})
+            func(opts=opts, **kwargs)
+
+        run.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        app.command(*names, **settings)(run)
+        return run
+
+    return register
+
+
 @contextmanager
-def _session(json_mode: bool, quiet: bool, debug: bool, name: str | None = None) -> Iterator[tuple[Context, Output]]:
+def _session(opts: Common, *, events: bool = False, exec_only: bool = False) -> Iterator[tuple[Context, Output]]:
     """Builds settings, state, the context and the output for one command; turns our errors
-    into one line, a hint and an exit code. `name` (--name, else CODEX_DAYTONA_SANDBOX, else
-    "default") selects which of the directory's sandboxes the command works on."""
+    into one line, a hint and an exit code. `opts.name` (--name, else CODEX_DAYTONA_SANDBOX,
+    else "default") selects which of the directory's sandboxes the command works on. With
+    `events`, --json streams the events as JSON lines (`ask`, `logs`, `exec`); `exec_only`
+    is --exec-json (JSON mode, exec's own lines only)."""
     from codex_daytona.output import Mode, Output
 
-    if json_mode and quiet:
+    json_mode = opts.json_mode or exec_only
+    if json_mode and opts.quiet:
         out = Output(Mode.HUMAN)
         out.error("--json and --quiet cannot be used together.")
         raise typer.Exit(ExitCode.USAGE)
-    mode = Mode.JSON if json_mode else Mode.QUIET if quiet else Mode.HUMAN
-    out = Output(mode)
+    mode = Mode.JSON if json_mode else Mode.QUIET if opts.quiet else Mode.HUMAN
+    out = Output(mode, stream_events=events and json_mode, exec_only=exec_only)
     try:
-        from codex_daytona.context import Context
-        from codex_daytona.settings import load_settings
-        from codex_daytona.state import DEFAULT_NAME, StateStore, check_name, state_dir
+        from codex_daytona.session import context_for, load_settings
 
-        settings = load_settings()
-        for secret in settings.secrets():
-            out.add_secret(secret)
-        if name is None and settings.codex_daytona_sandbox:
-            try:
-                check_name(settings.codex_daytona_sandbox)
-            except UsageError as exc:
-                raise ConfigError(f"CODEX_DAYTONA_SANDBOX: {exc.message}", exc.hint) from None
-        # An empty --name is a usage error, not the default.
-        selected = check_name(name if name is not None else settings.codex_daytona_sandbox or DEFAULT_NAME)
-        store = StateStore(state_dir(settings.codex_daytona_state_dir))
-        yield Context(settings, store, selected, emit=out.event), out
+        settings = load_settings(out)
+        yield context_for(settings, opts.name, out), out
     except CodexDaytonaError as exc:
-        _fail(out, exc, debug)
+        _fail(out, exc, opts.debug)
     except KeyboardInterrupt:
         out.stop_live()
         out.error("Interrupted.")
@@ -182,7 +229,7 @@ def _fail(out: Output, exc: CodexDaytonaError, debug: bool) -> NoReturn:
 
 
 def _read_prompt(prompt: str | None) -> str:
-    from codex_daytona.turns import check_prompt
+    from codex_daytona.usecases.turns import check_prompt
 
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
         # As bytes: bytes that are not UTF-8 come through as the arguments' do (lone
@@ -199,17 +246,14 @@ def _read_prompt(prompt: str | None) -> str:
     return text
 
 
-@app.command()
+@command()
 def up(
+    opts: Common,
     repo: Annotated[
         str | None,
         typer.Option("--repo", help="Create the sandbox with a clone of this git repository as its home."),
     ] = None,
     branch: Annotated[str | None, typer.Option("--branch", help="The branch (or tag) to clone.")] = None,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Create the sandbox for this directory (or start the one it has) and install the agent.
 
@@ -218,16 +262,16 @@ def up(
 
     Example: codex-daytona up --repo https://github.com/me/app.git --branch main
     """
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         if branch is not None and repo is None:
             raise_usage("--branch needs --repo.")
         out.result(lifecycle.up(ctx, repo=repo, branch=branch))
 
 
-@app.command()
-def snapshot(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+@command(named=False)
+def snapshot(opts: Common) -> None:
     """Build a Daytona snapshot with the agent runtime preinstalled, so `up` starts fast.
 
     The name is a hash of what is in it (the Codex SDK version and the agent); `up` uses the
@@ -237,14 +281,15 @@ def snapshot(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOp
 
     Example: codex-daytona snapshot
     """
-    from codex_daytona import provision
+    from codex_daytona.usecases import provision
 
-    with _session(json_mode, quiet, debug) as (ctx, out):
+    with _session(opts) as (ctx, out):
         out.result(provision.snapshot(ctx))
 
 
-@app.command()
+@command()
 def ask(
+    opts: Common,
     prompt: Annotated[
         str | None, typer.Argument(help="What to do, in plain words. `-` (or a pipe) reads it from stdin.")
     ] = None,
@@ -305,11 +350,7 @@ def ask(
             "--image", "-i", metavar="FILE", help="Attach an image to the prompt (repeatable).", show_default=False
         ),
     ] = None,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
     exec_json: ExecJsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Ask the agent to do something; streams its work and prints its answer.
 
@@ -333,9 +374,9 @@ def ask(
 
     Example: codex-daytona ask -i sketch.png --output-schema answer.json -o answer.txt "which colours?"
     """
-    from codex_daytona import turns
+    from codex_daytona.usecases import turns
 
-    with _session(json_mode or exec_json, quiet, debug, name) as (ctx, out):
+    with _session(opts, events=fanout is None, exec_only=exec_json) as (ctx, out):
         if exec_json and (fanout is not None or detach):
             raise_usage("--exec-json cannot be used with --fanout or --detach.")
         if fanout is not None:
@@ -361,17 +402,7 @@ def ask(
         schema = turns.read_output_schema(output_schema) if output_schema else None
         images = turns.check_images(image or [])
         _check_writable(output_last_message)
-        out.stream_events = json_mode or exec_json
-        out.exec_only = exec_json
         text = _read_prompt(prompt)
-        answered: list[str] = []
-
-        def answer_first(done: turns.TurnOutcome) -> None:
-            # The answer before the links, which may wait for a server still starting.
-            if not json_mode and not exec_json:
-                out.final_answer(done.final_message)
-                answered.append(done.final_message)
-
         try:
             outcome = turns.ask(
                 ctx,
@@ -385,24 +416,18 @@ def ask(
                 config=config,
                 images=images,
                 output_schema=schema,
-                # -q is the answer alone and --exec-json exec's stream: neither waits for links.
-                links=not quiet and not exec_json,
-                on_answer=answer_first,
+                links=out.wants_links,
+                on_answer=lambda done: out.answer(done.final_message),
             )
         except CodexDaytonaError as exc:
-            if json_mode and not exec_json:
-                out.json_line(turns.result_line(exc))
+            out.turn_error(turns.result_line(exc))
             raise
         if output_last_message is not None and not detach:
             out.last_message_file(output_last_message, outcome.final_message)
         if detach:
             out.value(f"Started run {outcome.run_id}", outcome.run_id, {"run_id": outcome.run_id, "status": "running"})
-        elif exec_json:
-            pass  # exec's stream ends with its last event
-        elif json_mode:
-            out.json_line(outcome.to_json())
-        elif not answered:
-            out.final_answer(outcome.final_message)
+        else:
+            out.outcome(outcome)
 
 
 def _check_writable(path: Path | None) -> None:
@@ -424,7 +449,7 @@ def _fanout(
     timeout: float | None,
     effort: str | None = None,
 ) -> None:
-    from codex_daytona.fleet import Fanout
+    from codex_daytona.usecases.fanout import Fanout
 
     result = Fanout(ctx, count).run(text, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
     out.fanout_results([a.to_json() for a in result.attempts], result.to_json())
@@ -438,8 +463,8 @@ def _fanout(
         raise typer.Exit(int(result.exit_code))
 
 
-@app.command("ls")
-def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+@command("ls")
+def ls(opts: Common) -> None:
     """List this directory's sandboxes: state, sandbox and thread ids (short: their first and
     last 8 characters), last turn and ports; * marks the one commands use (the default, or
     --name's).
@@ -449,70 +474,18 @@ def ls(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False
 
     Example: codex-daytona ls
     """
-    from codex_daytona.fleet import list_sandboxes
+    from codex_daytona.usecases import fleet
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
-        rows = list_sandboxes(ctx)
-        if json_mode:
-            out.json_line({"sandboxes": [row.to_json() for row in rows]})
-        elif quiet:
-            for row in rows:
-                out.value("", row.record.sandbox_id, {})
-        elif not rows:
-            out.progress('No sandboxes here. `codex-daytona up` or `codex-daytona ask "..."` creates one.')
-        else:
-            out.table(
-                ["", "name", "state", "sandbox", "thread", "last turn", "ports"],
-                [
-                    [
-                        "*" if row.current else "",
-                        row.name,
-                        row.state,
-                        short_id(row.record.sandbox_id),
-                        short_id(row.record.thread_id, tail=True) if row.record.thread_id else "-",
-                        _last_turn_text(row.record),
-                        " ".join(str(p) for p in row.record.ports) or "-",
-                    ]
-                    for row in rows
-                ],
-                whole=("", "state", "sandbox", "thread"),
-            )
+    with _session(opts) as (ctx, out):
+        out.result(fleet.SandboxList(fleet.list_sandboxes(ctx)))
 
 
-def short_id(value: str, *, tail: bool = False) -> str:
-    """An id in 8 characters, as `docker ps` and `gh` show them: a sandbox id's first 8 (its
-    start is random), a thread id's last 8 (Codex's thread ids are UUIDv7, whose first
-    digits are the time it started, the same for threads started in the same minute)."""
-    return value[-8:] if tail else value[:8]
-
-
-def _last_turn_text(record: SandboxRecord) -> str:
-    """The last turn's outcome and how long ago it ended (or started): `completed 5m ago`."""
-    from datetime import datetime, timezone
-
-    turn = record.last_turn
-    if turn is None:
-        return "-"
-    try:
-        when = datetime.fromisoformat(turn.ended_at or turn.started_at)
-        seconds = max(0, int((datetime.now(timezone.utc) - when).total_seconds()))
-    except ValueError:
-        return turn.status
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{turn.status} {seconds // size}{unit} ago"
-    return f"{turn.status} {seconds}s ago"
-
-
-@app.command()
+@command()
 def keep(
+    opts: Common,
     chosen: Annotated[
         str, typer.Argument(metavar="NAME", help="The sandbox to keep, e.g. default-2.", show_default=False)
     ],
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Keep sandbox NAME: it becomes the default (or --name's), e.g. the best of a fan-out.
 
@@ -521,22 +494,19 @@ def keep(
 
     Example: codex-daytona keep default-2 && codex-daytona down --others --yes
     """
-    from codex_daytona.fleet import keep as keep_sandbox
     from codex_daytona.state import check_name
+    from codex_daytona.usecases.fleet import keep as keep_sandbox
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         out.result(keep_sandbox(ctx, check_name(chosen)))
 
 
-@app.command()
+@command()
 def logs(
+    opts: Common,
     run_id: Annotated[str | None, typer.Argument(help="The run to show (default: the last one).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the run ends.")] = False,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
     exec_json: ExecJsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Show a run's events, also one started by another process or machine.
 
@@ -544,27 +514,20 @@ def logs(
 
     Example: codex-daytona logs -f
     """
-    from codex_daytona import turns
+    from codex_daytona.usecases import turns
 
-    with _session(json_mode or exec_json, quiet, debug, name) as (ctx, out):
-        out.stream_events = json_mode or exec_json
-        out.exec_only = exec_json
+    with _session(opts, events=True, exec_only=exec_json) as (ctx, out):
         try:
-            outcome = turns.logs(ctx, run_id, follow=follow, links=not quiet and not exec_json)
+            outcome = turns.logs(ctx, run_id, follow=follow, links=out.wants_links)
         except CodexDaytonaError as exc:
-            if json_mode and not exec_json:
-                out.json_line(turns.result_line(exc))
+            out.turn_error(turns.result_line(exc))
             raise
-        if exec_json:
-            pass  # exec's stream ends with its last event
-        elif json_mode:
-            out.json_line(outcome.to_json())
-        elif outcome.status in ("completed", "unknown") or quiet:
-            out.final_answer(outcome.final_message)
+        out.outcome(outcome)
 
 
-@app.command()
+@command()
 def preview(
+    opts: Common,
     port: Annotated[int | None, typer.Option("--port", "-p", min=1, max=65535, help="Only this port.")] = None,
     signed: Annotated[
         bool, typer.Option("--signed", help="A signed URL that opens in any browser with no header.")
@@ -588,10 +551,6 @@ def preview(
             help="Show each private link unsigned, with the token and the header to send it in (as curl would).",
         ),
     ] = False,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Print preview links for the servers listening in the sandbox, each checked through
     Daytona's preview proxy (its HTTP status, and why it fails when it does).
@@ -603,10 +562,11 @@ def preview(
 
     Example: URL=$(codex-daytona preview -q --signed --port 8080)
     """
-    from codex_daytona.links import preview as preview_links
+    from codex_daytona.usecases.links import PreviewList
+    from codex_daytona.usecases.links import preview as preview_links
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
-        browser = not quiet and not token  # a signed URL beside each private link, for people
+    with _session(opts) as (ctx, out):
+        browser = out.for_people and not token  # a signed URL beside each private link
         links = preview_links(ctx, port, signed=signed, ttl=ttl, for_browser=open_browser, browser_links=browser)
         if not links:
             out.warning("Nothing is listening in the sandbox yet. Ask the agent to start a server.")
@@ -618,15 +578,11 @@ def preview(
                     out.progress(f"Opened port {link.port} in the browser.")
                 else:
                     out.warning(f"Could not open a browser; open {link.url} yourself.")
-        if json_mode:
-            out.json_line({"previews": [p.to_json() for p in links]})
-        elif quiet:
-            for link in links:
-                out.value("", link.url, {})
+        out.result(PreviewList(links))
 
 
-@app.command()
-def status(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+@command()
+def status(opts: Common) -> None:
     """Show the sandbox, its state, the thread, the last turn and the listening ports.
 
     One line per port, as ask prints it: a link that opens in a browser as printed (signed,
@@ -636,25 +592,22 @@ def status(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = F
 
     Example: codex-daytona status
     """
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         report = lifecycle.status(ctx)
         out.result(report)
         out.links([p.to_json() for p in report.previews])
 
 
-@app.command(
+@command(
     "exec",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def exec_(
+    opts: Common,
     command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
     timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Stop it after SECONDS (exit 124).")] = None,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Run a shell command in the sandbox's home; streams its output, exits with its exit code.
 
@@ -665,18 +618,17 @@ def exec_(
     import shlex
 
     line = command[0] if len(command) == 1 else shlex.join(command)
-    from codex_daytona import hands
+    from codex_daytona.usecases import hands
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
-        out.stream_events = json_mode
+    with _session(opts, events=True) as (ctx, out):
         exit_code = hands.exec_command(ctx, line, timeout=timeout)
-        if json_mode:
-            out.json_line({"exit_code": exit_code})
+        out.result(hands.ExecResult(exit_code))
     raise typer.Exit(exit_code)
 
 
-@app.command()
+@command()
 def down(
+    opts: Common,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     stop: Annotated[
         bool, typer.Option("--stop", help="Stop the sandbox instead: files and thread are kept for the next ask.")
@@ -690,10 +642,6 @@ def down(
             "--others", help="Instead, delete this sandbox's fan-out siblings (<name>-1, -2, ...) and keep it."
         ),
     ] = False,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Delete this directory's sandbox and forget it (or stop it, or delete all of them).
 
@@ -703,9 +651,9 @@ def down(
 
     Example: codex-daytona down --yes
     """
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         if sum((stop, all_, others)) > 1:
             raise UsageError("--stop, --all and --others cannot be used together.")
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -736,15 +684,12 @@ def down(
         out.result(lifecycle.down(ctx))
 
 
-@app.command()
+@command()
 def pause(
+    opts: Common,
     or_stop: Annotated[
         bool, typer.Option("--or-stop", help="Where Daytona cannot pause this sandbox, stop it instead.")
     ] = False,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Pause the sandbox: its processes freeze with their memory, so dev servers and the warm
     agent go on where they were when the next command resumes it.
@@ -756,14 +701,14 @@ def pause(
 
     Example: codex-daytona pause
     """
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         out.result(lifecycle.pause(ctx, or_stop=or_stop))
 
 
-@app.command()
-def shell(name: NameOpt = None, debug: DebugOpt = False) -> None:
+@command(modes=False)
+def shell(opts: Common) -> None:
     """Open an interactive shell in the sandbox, in its home directory.
 
     A real terminal over Daytona's PTY sessions: it follows this window's size, Ctrl-C
@@ -772,9 +717,10 @@ def shell(name: NameOpt = None, debug: DebugOpt = False) -> None:
 
     Example: codex-daytona shell
     """
-    from codex_daytona import hands, terminal
+    from codex_daytona import terminal
+    from codex_daytona.usecases import hands
 
-    with _session(False, False, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         rows, cols = terminal.window_size()
         remote = hands.open_shell(ctx, rows, cols)
         try:
@@ -786,16 +732,13 @@ def shell(name: NameOpt = None, debug: DebugOpt = False) -> None:
     raise typer.Exit(code)
 
 
-@app.command()
+@command()
 def ssh(
+    opts: Common,
     expires: Annotated[
         int, typer.Option("--expires", min=1, max=60 * 24, help="Minutes the access lasts.", metavar="MINUTES")
     ] = 60,
     connect: Annotated[bool, typer.Option("--connect", help="Run the SSH command now.")] = False,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Print an SSH command into the sandbox (Daytona SSH access), or run it with --connect.
 
@@ -808,9 +751,9 @@ def ssh(
     import shlex
     import subprocess
 
-    from codex_daytona import hands
+    from codex_daytona.usecases import hands
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         access = hands.ssh(ctx, expires)
         if connect:
             out.progress(f"Connecting (access expires at {access.expires_at})...")
@@ -824,8 +767,8 @@ def ssh(
     raise typer.Exit(code)
 
 
-@app.command()
-def doctor(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+@command(named=False)
+def doctor(opts: Common) -> None:
     """Check everything `ask` needs, in order: the settings, Daytona, the model endpoint and
     the snapshot new sandboxes start from.
 
@@ -836,38 +779,28 @@ def doctor(json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt 
 
     Example: codex-daytona doctor
     """
-    from codex_daytona.doctor import doctor as run_checks
+    from codex_daytona.usecases.doctor import Ready
+    from codex_daytona.usecases.doctor import doctor as run_checks
 
-    with _session(json_mode, quiet, debug) as (ctx, out):
-
-        def show(check: Any) -> None:
-            if json_mode:
-                out.json_line(check.to_json())
-            else:
-                # A failed check's detail is the error printed below it.
-                out.progress(f"{'ok':<5}{check.name:<10}{check.detail}" if check.ok else f"FAIL {check.name}")
-
-        checks = run_checks(ctx, show)
+    with _session(opts) as (ctx, out):
+        checks = run_checks(ctx, out.step)
         failed = next((c for c in checks if not c.ok), None)
         if failed is not None and failed.error is not None:
             raise failed.error
-        if quiet:
-            out.value("", "ok", {})
-        elif not json_mode:
-            out.progress('Ready: `codex-daytona ask "..."` has what it needs.')
+        out.progress('Ready: `codex-daytona ask "..."` has what it needs.')
+        out.result(Ready())
 
 
 class _EndChat(Exception):
     """SIGTERM or SIGHUP: leave the chat, cleaning up as on Ctrl-D."""
 
 
-@app.command()
+@command(modes=False)
 def chat(
+    opts: Common,
     keep: Annotated[bool, typer.Option("--keep", help="Keep a sandbox that this chat created when it ends.")] = False,
     model: Annotated[str | None, typer.Option("--model", help="The model for this chat.")] = None,
     effort: EffortOpt = None,
-    name: NameOpt = None,
-    debug: DebugOpt = False,
 ) -> None:
     """Talk to the agent turn after turn at a `User:` prompt, on the same thread as `ask`.
 
@@ -882,9 +815,9 @@ def chat(
     def end(signum: int, _frame: object) -> None:
         raise _EndChat(signal.Signals(signum).name)
 
-    from codex_daytona import lifecycle
+    from codex_daytona.usecases import lifecycle
 
-    with _session(False, False, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         ctx.settings.openai_key_for_turn()
         created = False
         if ctx.record() is None:
@@ -907,7 +840,7 @@ def chat(
 
 
 def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None = None) -> None:
-    from codex_daytona import turns
+    from codex_daytona.usecases import turns
 
     answered: list[str] = []
 
@@ -942,7 +875,7 @@ def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None 
 
 
 def _down_others(ctx: Context, out: Output, yes: bool) -> None:
-    from codex_daytona.fleet import down_others, siblings
+    from codex_daytona.usecases.fleet import down_others, siblings
 
     names = siblings(ctx)
     if names and not yes and sys.stdin.isatty() and sys.stdout.isatty():
@@ -954,8 +887,9 @@ def raise_usage(message: str, hint: str = "") -> NoReturn:
     raise UsageError(message, hint)
 
 
-@app.command()
+@command()
 def push(
+    opts: Common,
     local: Annotated[
         Path | None, typer.Argument(help="The directory to upload (default: the current one).", show_default=False)
     ] = None,
@@ -963,10 +897,6 @@ def push(
         str | None,
         typer.Option("--to", help="Where in the sandbox: relative to its home, or absolute (default: the home)."),
     ] = None,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Upload a local directory into the sandbox.
 
@@ -977,14 +907,15 @@ def push(
 
     Example: codex-daytona push ./src --to src
     """
-    from codex_daytona import workspace
+    from codex_daytona.usecases import workspace
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         out.result(workspace.push(ctx, local, to))
 
 
-@app.command()
+@command()
 def pull(
+    opts: Common,
     remote: Annotated[
         str | None,
         typer.Argument(help="A directory or file in the sandbox (default: its home).", show_default=False),
@@ -993,10 +924,6 @@ def pull(
         Path | None, typer.Argument(help="Where to put it (default: the current directory).", show_default=False)
     ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite local files that differ.")] = False,
-    name: NameOpt = None,
-    json_mode: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Download the agent's work from the sandbox.
 
@@ -1007,14 +934,14 @@ def pull(
 
     Example: codex-daytona pull src ./src
     """
-    from codex_daytona import workspace
+    from codex_daytona.usecases import workspace
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
+    with _session(opts) as (ctx, out):
         out.result(workspace.pull(ctx, remote, local, force=force))
 
 
-@app.command()
-def diff(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+@command()
+def diff(opts: Common) -> None:
     """Print what changed in the sandbox since it was set up (or last pushed to), as a patch.
 
     The output is a git-style unified diff with binary files included, relative to the
@@ -1023,16 +950,10 @@ def diff(name: NameOpt = None, json_mode: JsonOpt = False, quiet: QuietOpt = Fal
 
     Example: codex-daytona diff > agent.patch && git apply agent.patch
     """
-    from codex_daytona import workspace
+    from codex_daytona.usecases import workspace
 
-    with _session(json_mode, quiet, debug, name) as (ctx, out):
-        result = workspace.diff(ctx)
-        if json_mode:
-            out.json_line(result.to_json())
-        else:
-            if not result.patch:
-                out.progress("No changes since the baseline.")
-            out.raw(result.patch)
+    with _session(opts) as (ctx, out):
+        out.patch(workspace.diff(ctx))
 
 
 def main() -> None:

@@ -169,7 +169,7 @@ def apply_config(settings: Settings, overrides: list[str]) -> tuple[str | None, 
     from pydantic import AnyHttpUrl, ValidationError
 
     from codex_daytona.codex_facts import REASONING_EFFORTS
-    from codex_daytona.runtime import refused_config_key
+    from codex_daytona.sandbox.runtime import refused_config_key
 
     effort: str | None = None
     passed: list[str] = []
@@ -255,9 +255,7 @@ class _Signals:
 def run(argv: list[str]) -> int:
     from codex_daytona.output import Mode, Output
 
-    out = Output(Mode.JSON)
-    out.stream_events = True
-    out.exec_only = True
+    out = Output(Mode.JSON, stream_events=True, exec_only=True)
     signals = _Signals()
     try:
         inv = parse_args(argv)
@@ -265,14 +263,11 @@ def run(argv: list[str]) -> int:
             if not inv.cd.is_dir():
                 raise UsageError(f"{PROG}: --cd: no such directory: {inv.cd}")
             os.chdir(inv.cd)
-        from codex_daytona import turns
-        from codex_daytona.context import Context
-        from codex_daytona.settings import load_settings
-        from codex_daytona.state import DEFAULT_NAME, StateStore, check_name, state_dir
+        from codex_daytona.session import context_for, load_settings
+        from codex_daytona.state import DEFAULT_NAME
+        from codex_daytona.usecases import turns
 
-        settings = load_settings()
-        for secret in settings.secrets():
-            out.add_secret(secret)
+        settings = load_settings(out)
         effort, config = apply_config(settings, inv.config)
         _api_key_from_env(settings, out)
         schema = turns.read_output_schema(inv.output_schema) if inv.output_schema else None
@@ -280,8 +275,8 @@ def run(argv: list[str]) -> int:
         if inv.output_last_message is not None and not inv.output_last_message.absolute().parent.is_dir():
             raise UsageError(f"{PROG}: -o: no such directory: {inv.output_last_message.absolute().parent}")
         prompt = _read_prompt(inv)
-        name = check_name(settings.codex_daytona_sandbox or DEFAULT_NAME)
-        ctx = Context(settings, StateStore(state_dir(settings.codex_daytona_state_dir)), name, emit=out.event)
+        # No --name here: an invalid CODEX_DAYTONA_SANDBOX is exec's usage error (exit 2).
+        ctx = context_for(settings, settings.codex_daytona_sandbox or DEFAULT_NAME, out)
         signals.install()
         try:
             outcome = turns.ask(

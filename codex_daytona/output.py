@@ -40,13 +40,56 @@ FAILED_OUTPUT_LINES = 8
 
 
 class Result(Protocol):
-    """What a command returns: a sentence for people, the one value for -q, and JSON."""
+    """What a command returns: a sentence for people, the one value for -q, and JSON (None:
+    nothing on stdout in JSON mode)."""
 
     @property
     def human(self) -> str: ...
 
     @property
     def quiet(self) -> str: ...
+
+    def to_json(self) -> dict[str, object] | None: ...
+
+
+class TableResult(Result, Protocol):
+    """A result people see as a table on stdout: its columns, rows and the columns that never
+    wrap (ids); `empty` is said on stderr instead when there are no rows."""
+
+    @property
+    def table(self) -> tuple[list[str], list[list[str]], tuple[str, ...]]: ...
+
+    @property
+    def empty(self) -> str: ...
+
+
+class Step(Protocol):
+    """One step of a command's progress that --json reports as an object of its own (a
+    `doctor` check): a line on stderr for people, nothing for -q."""
+
+    @property
+    def human(self) -> str: ...
+
+    def to_json(self) -> dict[str, object]: ...
+
+
+class Patch(Protocol):
+    """A patch (`diff`): its bytes on stdout as they are, or an object for --json."""
+
+    @property
+    def patch(self) -> bytes: ...
+
+    def to_json(self) -> dict[str, object]: ...
+
+
+class Outcome(Protocol):
+    """A turn's outcome, as `ask` and `logs` print it at the end."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def final_message(self) -> str: ...
 
     def to_json(self) -> dict[str, object]: ...
 
@@ -65,6 +108,8 @@ class Output:
         self,
         mode: Mode = Mode.HUMAN,
         *,
+        stream_events: bool = False,
+        exec_only: bool = False,
         secrets: list[str] | None = None,
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
@@ -88,9 +133,10 @@ class Output:
         self._writing = ""  # the last line of the text the model is writing, for the spinner
         self._turn = ev.TurnTally(started=time.time())
         # `ask --json` streams every event as a JSON line; other commands print one object.
-        self.stream_events = False
+        self.stream_events = stream_events
         # `--exec-json`: only `codex exec --json`'s own lines, exactly as exec prints them.
-        self.exec_only = False
+        self.exec_only = exec_only
+        self._answered = False  # the turn's answer is out (before its links)
         self._details: dict[str, dict[str, Any]] = {}  # item id -> what exec leaves out of it
         self._turn_usage: dict[str, Any] | None = None  # this turn's own tokens, when the agent said
         # `ask --fanout`: one row per sandbox (status, detail, started, ended), in order of arrival.
@@ -497,19 +543,80 @@ class Output:
         if not text:
             self.warning(f"No last agent message; wrote empty content to {path}")
 
-    def value(self, human: str, quiet: str, data: dict[str, Any]) -> None:
+    def value(self, human: str, quiet: str, data: dict[str, Any] | None) -> None:
         """One result: a sentence for people, the bare value for -q, an object for --json."""
         if self.mode is Mode.JSON:
-            self.json_line(data)
+            if data is not None:
+                self.json_line(data)
         elif self.mode is Mode.QUIET:
             if quiet:
                 self._out(quiet)
         elif human:
             self._out(human)
 
-    def result(self, result: Result) -> None:
+    def result(self, result: Result | TableResult) -> None:
         """A command's result, in this output's mode."""
+        table = getattr(result, "table", None)
+        if self.mode is Mode.HUMAN and table is not None:
+            columns, rows, whole = table
+            if rows:
+                self.table(columns, rows, whole=whole)
+            else:
+                self.progress(getattr(result, "empty", ""))
+            return
         self.value(result.human, result.quiet, result.to_json())
+
+    def step(self, step: Step) -> None:
+        """A step of the command's progress: an object of its own for --json, else a line on stderr."""
+        if self.mode is Mode.JSON:
+            self.json_line(step.to_json())
+        else:
+            self.progress(step.human)
+
+    def patch(self, result: Patch) -> None:
+        """A patch on stdout as it is (-q too), or its object for --json."""
+        if self.mode is Mode.JSON:
+            self.json_line(result.to_json())
+            return
+        if not result.patch:
+            self.progress("No changes since the baseline.")
+        self.raw(result.patch)
+
+    # --- a turn's end ------------------------------------------------------------------
+
+    @property
+    def for_people(self) -> bool:
+        """Whether more than the one value is shown (not -q): what only people read is worth making."""
+        return self.mode is not Mode.QUIET
+
+    @property
+    def wants_links(self) -> bool:
+        """Whether a turn should wait for its preview links: -q is the answer alone and
+        --exec-json exec's stream, and neither waits for them."""
+        return self.for_people and not self.exec_only
+
+    def answer(self, text: str | None) -> None:
+        """The turn's answer as soon as it has one, before its links (which may wait for a
+        server still starting); JSON prints its result line at the end instead."""
+        if self.mode is not Mode.JSON:
+            self.final_answer(text)
+            self._answered = True
+
+    def outcome(self, outcome: Outcome) -> None:
+        """The end of a turn `ask` or `logs` followed: the result line for --json (none for
+        --exec-json: exec's stream ends with its last event), else the answer, unless it
+        was given already or the turn did not complete (-q prints what there is)."""
+        if self.exec_only:
+            return
+        if self.mode is Mode.JSON:
+            self.json_line(outcome.to_json())
+        elif not self._answered and (outcome.status in ("completed", "unknown") or self.mode is Mode.QUIET):
+            self.final_answer(outcome.final_message)
+
+    def turn_error(self, line: dict[str, Any]) -> None:
+        """The result line of a turn that ended in an error, for --json (exec's stream has none)."""
+        if self.mode is Mode.JSON and not self.exec_only:
+            self.json_line(line)
 
     def raw(self, data: bytes) -> None:
         """Bytes as they are (a patch) on stdout, secrets masked."""

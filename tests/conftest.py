@@ -55,7 +55,7 @@ def runtime_snapshot(emulator: object, tmp_path_factory: pytest.TempPathFactory)
 
     cache = os.environ.get("CODEX_DAYTONA_TEST_RUNTIME_CACHE")
     if cache:  # kept between runs (tests/mutants.py), one per install command
-        from codex_daytona import runtime
+        from codex_daytona.sandbox import runtime
 
         key = hashlib.sha256(runtime.install_command(runtime.Layout("/home")).encode()).hexdigest()[:16]
         shared = Path(cache)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from codex_daytona import runtime
+from codex_daytona.sandbox import runtime
 from tests.fakes.daytona import DEFAULT_CONFIG as EMULATOR_DEFAULT_CONFIG
 from tests.fakes.daytona import DaytonaEmulator
 from tests.fakes.model import ScriptedModel, msg, turn

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent_bundle import agent
-from codex_daytona import runtime
+from codex_daytona.sandbox import runtime
 from codex_daytona.settings import Settings
 from tests.e2e import closing_event
 from tests.fakes.model import ScriptedModel, add_file_patch, error, msg, patch, plan, run, think, turn

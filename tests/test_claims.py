@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from codex_daytona import runtime
 from codex_daytona.errors import ExitCode
+from codex_daytona.sandbox import runtime
 from tests.e2e import DAYTONA_KEY, DEFAULT_CONFIG, SNAPSHOT, Rig, free_port, http_get
 from tests.fakes.model import msg, turn
 from tests.test_preview_links import serve_turn

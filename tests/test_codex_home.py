@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from codex_daytona import runtime
+from codex_daytona.sandbox import runtime
 from tests.e2e import OPENAI_KEY, Rig, closing_event
 from tests.fakes.model import ScriptedModel, msg, run, turn
 

@@ -430,9 +430,7 @@ def test_exec_only_output_leaves_our_lines_out_and_warns_on_stderr() -> None:
     from codex_daytona.output import Mode, Output
 
     stdout, stderr = io.StringIO(), io.StringIO()
-    out = Output(Mode.JSON, stdout=stdout, stderr=stderr, secrets=[OPENAI_KEY])
-    out.stream_events = True
-    out.exec_only = True
+    out = Output(Mode.JSON, stream_events=True, exec_only=True, stdout=stdout, stderr=stderr, secrets=[OPENAI_KEY])
     out.event({"type": "codex_daytona.progress", "message": "Creating the sandbox..."})
     out.event({"type": "thread.started", "thread_id": "t1"})
     out.event({"type": "codex_daytona.warning", "message": "careful"})

@@ -13,8 +13,9 @@ import ast
 from pathlib import Path
 
 from agent_bundle import agent
-from codex_daytona import events, runtime
+from codex_daytona import events
 from codex_daytona.errors import ExitCode
+from codex_daytona.sandbox import runtime
 
 AGENT_SOURCE = Path(agent.__file__).read_text(encoding="utf-8")
 # Fields the agent adds itself, never sent by the CLI: `run_id` from its --run-id argument;

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from codex_daytona import events as ev
-from codex_daytona.context import Context
 from codex_daytona.errors import DaytonaError
-from codex_daytona.provision import base_snapshot
 from codex_daytona.settings import Settings
 from codex_daytona.state import StateStore
+from codex_daytona.usecases.context import Context
+from codex_daytona.usecases.provision import base_snapshot
 
 
 class RefusingApi:

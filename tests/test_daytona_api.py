@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from codex_daytona.daytona_api import DaytonaApi
 from codex_daytona.errors import CommandGoneError
+from codex_daytona.sandbox.daytona_api import DaytonaApi
 from codex_daytona.settings import Settings
 from tests import test_emulator as base
 from tests.fakes.daytona import DaytonaEmulator
@@ -142,8 +142,8 @@ def test_a_create_that_times_out_after_the_sandbox_exists_leaves_no_orphan(
 ) -> None:
     import pytest
 
-    from codex_daytona import daytona_api
     from codex_daytona.errors import DaytonaError
+    from codex_daytona.sandbox import daytona_api
 
     monkeypatch.setattr(daytona_api, "CREATE_TIMEOUT_S", 2)
     emulator.set_faults(stall_next_create=1)

@@ -52,7 +52,7 @@ def open_pty(sandbox: Any, pty_id: str, **kwargs: Any) -> Any:
 
     from daytona import DaytonaError
 
-    from codex_daytona.daytona_api import _handshake_gave_up
+    from codex_daytona.sandbox.daytona_api import _handshake_gave_up
 
     for attempt in range(3):
         try:

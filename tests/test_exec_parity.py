@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from codex_daytona import runtime
+from codex_daytona.sandbox import runtime
 from codex_daytona.settings import Settings
 from tests.e2e import OPENAI_KEY, Rig, default_sigint
 from tests.fakes.codex_home import codex_binary

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from codex_daytona.context import project_labels
-from codex_daytona.fleet import CANCEL_GRACE_S
+from codex_daytona.usecases.context import project_labels
+from codex_daytona.usecases.fanout import CANCEL_GRACE_S
 from tests.e2e import Rig, sandbox_processes
 from tests.fakes.model import add_file_patch, add_files_patch, error, msg, patch, run, turn
 from tests.test_turns import _wait_for

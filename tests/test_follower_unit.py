@@ -11,10 +11,10 @@ from typing import Any
 from daytona._utils.stream import _std_demux_loop
 
 from codex_daytona import events as ev
-from codex_daytona.context import Box
 from codex_daytona.errors import DaytonaError
-from codex_daytona.follower import RunFollower
 from codex_daytona.state import SandboxRecord
+from codex_daytona.usecases.context import Box
+from codex_daytona.usecases.follower import RunFollower
 
 EVENTS = [
     {"type": "codex_daytona.run.started", "run_id": "r"},

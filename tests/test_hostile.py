@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from codex_daytona import runtime
 from codex_daytona.codex_facts import MAX_INPUT_CHARS
-from codex_daytona.context import project_labels
+from codex_daytona.sandbox import runtime
+from codex_daytona.usecases.context import project_labels
 from tests.e2e import DAYTONA_KEY, Rig, sandbox_processes
 from tests.fakes.model import msg, run, turn
 from tests.test_exec_flags import png
@@ -335,7 +335,7 @@ def test_no_signal_in_the_first_two_seconds_of_up_or_ask_orphans_a_sandbox(rig: 
 def _sweep(rig: Rig, tmp_path: Path, helper: dict[str, str]) -> None:
     from daytona import Daytona, DaytonaConfig, ListSandboxesQuery
 
-    from codex_daytona.context import TOOL_LABEL
+    from codex_daytona.usecases.context import TOOL_LABEL
 
     # The window: two seconds, or longer if this machine takes longer to reach the create.
     calibrate = tmp_path / "calibrate"

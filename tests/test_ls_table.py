@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from codex_daytona import fleet
 from codex_daytona.cli import app
 from codex_daytona.state import LastTurn, SandboxRecord, Usage
+from codex_daytona.usecases import fleet
 
 SANDBOXES = [
     ("default", "7c1e0c9e-5b2a-4d51-9a6f-0c1d2e3f4a5b", "01a21932-9d72-76f2-8d08-9eee4fce39a1", [8080, 5173]),

@@ -63,8 +63,7 @@ def test_web_search_and_failed_turn() -> None:
 def test_json_mode_passes_every_event_through() -> None:
     events = _events("e2e.jsonl")
     stdout = io.StringIO()
-    out = Output(Mode.JSON, stdout=stdout, stderr=io.StringIO())
-    out.stream_events = True
+    out = Output(Mode.JSON, stream_events=True, stdout=stdout, stderr=io.StringIO())
     for event in events:
         out.event(event)
     assert [json.loads(line) for line in stdout.getvalue().splitlines()] == events
@@ -81,8 +80,7 @@ def test_secrets_are_masked_in_every_mode() -> None:
     event = {"type": "item.completed", "item": {"id": "1", "type": "agent_message", "text": f"key={secret}"}}
     for mode in Mode:
         stdout, stderr = io.StringIO(), io.StringIO()
-        out = Output(mode, secrets=[secret], stdout=stdout, stderr=stderr)
-        out.stream_events = True
+        out = Output(mode, stream_events=True, secrets=[secret], stdout=stdout, stderr=stderr)
         out.event(event)
         out.final_answer(last_answer([event]))
         out.error(f"failed with {secret}", f"hint {secret}")

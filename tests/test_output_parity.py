@@ -83,9 +83,7 @@ TURN: list[dict[str, Any]] = [
 
 def _render(mode: Mode, events: list[dict[str, Any]], exec_only: bool = False) -> tuple[str, str]:
     stdout, stderr = io.StringIO(), io.StringIO()
-    out = Output(mode, stdout=stdout, stderr=stderr)
-    out.stream_events = mode is Mode.JSON
-    out.exec_only = exec_only
+    out = Output(mode, stream_events=mode is Mode.JSON, exec_only=exec_only, stdout=stdout, stderr=stderr)
     for event in events:
         out.event(event)
     if mode is not Mode.JSON:

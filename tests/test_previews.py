@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from codex_daytona import previews
+from codex_daytona.sandbox import previews
 from tests.e2e import free_port
 
 VITE_BODY = (

@@ -18,7 +18,7 @@ else:
     import tomli as tomllib
 
 
-from codex_daytona import runtime
+from codex_daytona.sandbox import home_commands, runtime
 from codex_daytona.settings import Settings
 from tests.ci import skip_unless_ci
 
@@ -170,14 +170,14 @@ def _as_root_with_passwd_shell(
 
 
 def _setup_step_with_passwd_shell(tmp_path: Path, shell: str, *, read_only: bool = False) -> tuple[str, str]:
-    return _as_root_with_passwd_shell(tmp_path, shell, runtime.login_shell_step(), read_only=read_only)
+    return _as_root_with_passwd_shell(tmp_path, shell, home_commands.login_shell_step(), read_only=read_only)
 
 
 def test_setup_makes_bash_the_login_shell_codex_runs_commands_with(tmp_path: Path) -> None:
     """Daytona's image gives its user /bin/sh (a bare `useradd -m` on Debian): Codex would then
     run commands with sh, which reads none of the start-up files that keep servers alive."""
     output, shell = _setup_step_with_passwd_shell(tmp_path, "/bin/sh")
-    assert shell.endswith("/bash") and runtime.parse_login_shell_unchanged(output) is None, (output, shell)
+    assert shell.endswith("/bash") and home_commands.parse_login_shell_unchanged(output) is None, (output, shell)
     output, shell = _setup_step_with_passwd_shell(tmp_path / "zsh", "/usr/bin/zsh")
     assert (output, shell) == ("", "/usr/bin/zsh")  # bash or zsh is left as it is
 
@@ -185,7 +185,7 @@ def test_setup_makes_bash_the_login_shell_codex_runs_commands_with(tmp_path: Pat
 def test_setup_says_so_when_the_login_shell_cannot_be_changed(tmp_path: Path) -> None:
     output, shell = _setup_step_with_passwd_shell(tmp_path, "/bin/sh", read_only=True)
     assert shell == "/bin/sh"
-    assert runtime.parse_login_shell_unchanged(output) == "/bin/sh", output
+    assert home_commands.parse_login_shell_unchanged(output) == "/bin/sh", output
 
 
 def test_the_setup_command_up_runs_makes_bash_the_login_shell(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_the_setup_command_up_runs_makes_bash_the_login_shell(tmp_path: Path) ->
     home = tmp_path / "home"
     home.mkdir()
     for baseline in (False, True):
-        command = runtime.finish_setup_command(runtime.Layout(str(home)), baseline)
+        command = home_commands.finish_setup_command(runtime.Layout(str(home)), baseline)
         output, shell = _as_root_with_passwd_shell(tmp_path / f"baseline-{baseline}", "/bin/sh", command, check=False)
         assert shell.endswith("/bash"), (baseline, output)
-        assert runtime.parse_login_shell_unchanged(output) is None, output
+        assert home_commands.parse_login_shell_unchanged(output) is None, output

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from codex_daytona import runtime
+from codex_daytona.sandbox import runtime
 from tests.e2e import DAYTONA_KEY, SNAPSHOT, Rig
 from tests.fakes.model import msg, turn
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from codex_daytona import runtime, transfer
 from codex_daytona.errors import PullConflictError
+from codex_daytona.sandbox import home_commands, runtime, transfer
 from tests.e2e import add_files_push_leaves_behind
 
 
@@ -170,13 +170,14 @@ def test_sandbox_commands_quote_user_paths(tmp_path: Path) -> None:
     archive = tmp_path / "a'rch $x.tar.gz"
     with open(archive, "wb") as out:
         transfer.build_archive(src, ["a b.txt"], out)
-    done = subprocess.run(["bash", "-c", runtime.push_extract_command(str(archive), str(odd))], cwd=tmp_path)
+    done = subprocess.run(["bash", "-c", home_commands.push_extract_command(str(archive), str(odd))], cwd=tmp_path)
     assert done.returncode == 0
     assert (odd / "a b.txt").read_text() == "hi" and not archive.exists()
     layout = runtime.Layout(str(tmp_path))
     packed = tmp_path / "out.tar.gz"
     done = subprocess.run(
-        ["bash", "-c", runtime.pull_archive_command(layout, str(odd), str(packed), use_baseline=False)], cwd=tmp_path
+        ["bash", "-c", home_commands.pull_archive_command(layout, str(odd), str(packed), use_baseline=False)],
+        cwd=tmp_path,
     )
     assert done.returncode == 0
     with tarfile.open(packed) as tar:
@@ -185,7 +186,7 @@ def test_sandbox_commands_quote_user_paths(tmp_path: Path) -> None:
 
 
 def test_gitignore_escape() -> None:
-    assert runtime.gitignore_escape(".bashrc") == ".bashrc"
-    assert runtime.gitignore_escape("#x*") == "\\#x\\*"
-    exclude = runtime.baseline_exclude_file([".profile", "!odd"]).decode()
+    assert home_commands.gitignore_escape(".bashrc") == ".bashrc"
+    assert home_commands.gitignore_escape("#x*") == "\\#x\\*"
+    exclude = home_commands.baseline_exclude_file([".profile", "!odd"]).decode()
     assert "/.profile\n" in exclude and "/\\!odd\n" in exclude and "/.codex-daytona/\n" in exclude

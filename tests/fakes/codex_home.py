@@ -19,7 +19,7 @@ from typing import Any
 
 import tomli_w
 
-from codex_daytona import runtime
+from codex_daytona.sandbox import runtime
 
 FAKE_KEY_ENV = "FAKE_OPENAI_KEY"
 FAKE_KEY = "test-key"

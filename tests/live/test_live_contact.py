@@ -59,7 +59,7 @@ def project(tmp_path: Path) -> Iterator[Path]:
             _cli(directory, "down", "--yes", "--name", name, timeout=300)
         from daytona import Daytona, DaytonaConfig, ListSandboxesQuery
 
-        from codex_daytona.context import project_labels
+        from codex_daytona.usecases.context import project_labels
 
         config = DaytonaConfig(api_key=LIVE_ENV["DAYTONA_API_KEY"], api_url=LIVE_ENV.get("DAYTONA_API_URL"))
         client = Daytona(config)

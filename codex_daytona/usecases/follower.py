@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
-from codex_daytona.context import SESSION_ID, Box, OnEvent
 from codex_daytona.errors import AgentSetupError, CommandGoneError, DaytonaError, NoSandboxError, TurnTimeoutError
+from codex_daytona.sandbox import runtime
 from codex_daytona.state import LastTurn
+from codex_daytona.usecases.context import SESSION_ID, Box, OnEvent, tail
 
 STREAM_RECONNECTS = 20
 
@@ -166,8 +166,7 @@ class RunFollower:
             self.received -= len(self._partial)
             self._partial = b""
             try:
-                finished = self.box.api.stream_logs(
-                    self.box.sandbox,
+                finished = self.box.stream_logs(
                     self.session,
                     self.command_id,
                     self._on_stdout,
@@ -195,7 +194,7 @@ class RunFollower:
     def _still_there(self) -> None:
         """Raises SandboxGoneError when the stream dropped because the sandbox was deleted
         (one look-up): its run is over, and reconnecting would only meet 404s."""
-        self.box.api.get(self.box.id)
+        self.box.exists()
 
     def _count_reconnect(self) -> None:
         self.reconnects += 1
@@ -241,9 +240,8 @@ class RunFollower:
                 "Ask again; `codex-daytona up` restarts the agent if it keeps failing.",
             )
         if self.offset == 0:
-            stderr = "".join(self.stderr).strip().splitlines()
-            tail = " | ".join(stderr[-3:]) or "no output"
-            raise AgentSetupError(f"The agent in the sandbox exited with code {exit_code} before starting: {tail}")
+            output = tail("".join(self.stderr))
+            raise AgentSetupError(f"The agent in the sandbox exited with code {exit_code} before starting: {output}")
         # The run's own command went away mid-run (killed, its session reset): the run goes on.
         self.command_id = None
 

@@ -22,9 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from codex_daytona import events as ev
-from codex_daytona import lifecycle, links, runtime
 from codex_daytona.codex_facts import MAX_INPUT_CHARS
-from codex_daytona.context import SESSION_ID, Box, Context, tail
 from codex_daytona.errors import (
     AgentSetupError,
     BusyError,
@@ -37,8 +35,11 @@ from codex_daytona.errors import (
     TurnTimeoutError,
     UsageError,
 )
-from codex_daytona.follower import RunFollower
+from codex_daytona.sandbox import runtime
 from codex_daytona.state import LastTurn, SandboxRecord, Usage, now
+from codex_daytona.usecases import lifecycle, links
+from codex_daytona.usecases.context import SESSION_ID, Box, Context, tail
+from codex_daytona.usecases.follower import RunFollower
 
 INTERRUPT_GRACE_S = 10.0
 DETACH_START_S = 60.0  # how long `ask --detach` waits for its turn to get under way
@@ -250,7 +251,7 @@ def _turn_box(ctx: Context) -> Box:
         raise _deleted_outside(ctx, record.sandbox_id) from exc
     if record.runtime != runtime.runtime_fingerprint():
         lifecycle.up(ctx)
-        box = Box(box.api, box.sandbox, ctx.require_record(), ctx.emit)
+        box = ctx.reloaded(box)
     return box
 
 
@@ -581,7 +582,7 @@ def _keep_up_while_detached(ctx: Context, box: Box) -> None:
     if normal == 0 or budget <= normal:
         return
     try:
-        ctx.api.set_auto_stop(box.sandbox, budget)
+        box.set_auto_stop(budget)
     except DaytonaError as exc:
         ctx.emit(ev.warning(f"Could not raise the sandbox's auto-stop for the detached turn: {exc.message}"))
         return
@@ -593,7 +594,7 @@ def _restore_auto_stop(ctx: Context, box: Box) -> None:
     if not box.record.auto_stop_raised:
         return
     with contextlib.suppress(DaytonaError):
-        ctx.api.set_auto_stop(box.sandbox, ctx.settings.codex_daytona_auto_stop_minutes)
+        box.set_auto_stop(ctx.settings.codex_daytona_auto_stop_minutes)
         ctx.update_record(box.id, lambda r: setattr(r, "auto_stop_raised", False))
         box.record.auto_stop_raised = False
 

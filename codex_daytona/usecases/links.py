@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass
 
 from codex_daytona import events as ev
-from codex_daytona import previews, runtime
-from codex_daytona.context import Box, Context, OnEvent
-from codex_daytona.daytona_api import PreviewLink
 from codex_daytona.errors import AgentSetupError
+from codex_daytona.sandbox import previews, runtime
+from codex_daytona.sandbox.daytona_api import PreviewLink
+from codex_daytona.usecases.context import Box, Context, OnEvent
 
 # A turn's links on a private sandbox are signed URLs valid this long, so that each opens in
 # a browser as printed (a browser cannot send the token header); `preview --ttl` for others.
@@ -59,6 +59,25 @@ class Preview:
         return data
 
 
+@dataclass(frozen=True)
+class PreviewList:
+    """`preview`'s result: the links went by on stderr as they were checked; -q prints the
+    URLs alone, one per line, and --json all of them in one object."""
+
+    previews: list[Preview]
+
+    @property
+    def human(self) -> str:
+        return ""
+
+    @property
+    def quiet(self) -> str:
+        return "\n".join(p.url for p in self.previews)
+
+    def to_json(self) -> dict[str, object]:
+        return {"previews": [p.to_json() for p in self.previews]}
+
+
 def preview(
     ctx: Context,
     port: int | None = None,
@@ -76,7 +95,7 @@ def preview(
     ports = [port] if port is not None else listening_ports(box)
     public = box.info().public
     signed = signed or (for_browser and not public)
-    found = [box.api.signed_preview_link(box.sandbox, p, ttl) if signed else box.preview_link(p) for p in ports]
+    found = [box.signed_preview_link(p, ttl) if signed else box.preview_link(p) for p in ports]
     browser = _browser_links(box, found, public or signed or not browser_links, ttl)
     return report(ctx.emit, check(found, public, signed=signed, browser=browser, ttl=ttl))
 
@@ -102,7 +121,7 @@ def for_browser(box: Box, ports: list[int], public: bool) -> list[Preview]:
 
 def _browser_links(box: Box, found: list[PreviewLink], skip: bool, ttl: int) -> list[PreviewLink | None]:
     """A signed URL for each link (unless `skip`: public, already signed, or not wanted)."""
-    return [None if skip else box.api.signed_preview_link(box.sandbox, link.port, ttl) for link in found]
+    return [None if skip else box.signed_preview_link(link.port, ttl) for link in found]
 
 
 def listening_ports(box: Box) -> list[int]:

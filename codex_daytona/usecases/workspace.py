@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codex_daytona import events as ev
-from codex_daytona import lifecycle, runtime, transfer
-from codex_daytona.context import Box, Context, tail
 from codex_daytona.errors import DaytonaError, TransferError, UsageError
+from codex_daytona.sandbox import home_commands, transfer
+from codex_daytona.usecases import lifecycle
+from codex_daytona.usecases.context import Box, Context, tail
 
 
 @dataclass
@@ -91,15 +92,15 @@ class DiffResult:
 def _ensure_baseline(ctx: Context, box: Box) -> bool:
     """Takes the diff baseline once (the home as `up` left it). False when git is missing."""
     layout = box.layout
-    probe = box.run(runtime.baseline_probe_command(layout), timeout=60)
-    status, dotfiles = runtime.parse_baseline_probe(probe.output)
+    probe = box.run(home_commands.baseline_probe_command(layout), timeout=60)
+    status, dotfiles = home_commands.parse_baseline_probe(probe.output)
     if status == "present":
         return True
     if status != "ready":
         ctx.emit(ev.warning("The sandbox has no git, so `codex-daytona diff` will not work in it."))
         return False
-    box.upload({runtime.baseline_exclude(layout): runtime.baseline_exclude_file(dotfiles)})
-    taken = box.run(runtime.baseline_init_command(layout), timeout=600)
+    box.upload({home_commands.baseline_exclude(layout): home_commands.baseline_exclude_file(dotfiles)})
+    taken = box.run(home_commands.baseline_init_command(layout), timeout=600)
     if taken.exit_code != 0:
         ctx.emit(ev.warning(f"Could not record the diff baseline: {tail(taken.output)}"))
         return False
@@ -117,8 +118,8 @@ def push(ctx: Context, local: Path | None = None, remote: str | None = None) -> 
     paths = transfer.list_push_files(source)
     ctx.emit(ev.progress(f"Packing {len(paths)} files from {source}..."))
     token = secrets.token_hex(6)
-    archive = f"{runtime.transfer_dir(layout)}/push-{token}.tar.gz"
-    path_list = f"{runtime.transfer_dir(layout)}/push-{token}.list"
+    archive = f"{home_commands.transfer_dir(layout)}/push-{token}.tar.gz"
+    path_list = f"{home_commands.transfer_dir(layout)}/push-{token}.list"
     with tempfile.TemporaryDirectory(prefix="codex-daytona-push-") as tmp:
         local_archive = Path(tmp) / "push.tar.gz"
         with open(local_archive, "wb") as out:
@@ -127,18 +128,18 @@ def push(ctx: Context, local: Path | None = None, remote: str | None = None) -> 
         ctx.emit(ev.progress(f"Uploading {stats.files} files ({_size(size)} compressed) to {dest}..."))
         listing = b"".join(os.fsencode(p) + b"\0" for p in paths)
         box.upload_from({archive: str(local_archive), path_list: listing})
-    unpacked = box.run(runtime.push_extract_command(archive, dest), timeout=900)
+    unpacked = box.run(home_commands.push_extract_command(archive, dest), timeout=900)
     if unpacked.exit_code != 0:
-        box.run(runtime.remove_command(path_list), timeout=60)
+        box.run(home_commands.remove_command(path_list), timeout=60)
         raise TransferError(f"Unpacking in the sandbox failed: {tail(unpacked.output)}")
     baselined = False
     if transfer.within(dest, record.home_dir) and _ensure_baseline(ctx, box):
-        rebased = box.run(runtime.rebaseline_paths_command(layout, dest, path_list), timeout=600)
+        rebased = box.run(home_commands.rebaseline_paths_command(layout, dest, path_list), timeout=600)
         baselined = rebased.exit_code == 0
         if not baselined:
             ctx.emit(ev.warning(f"Could not update the diff baseline: {tail(rebased.output)}"))
     else:
-        box.run(runtime.remove_command(path_list), timeout=60)
+        box.run(home_commands.remove_command(path_list), timeout=60)
     return PushResult(record.sandbox_id, dest, stats.files, stats.bytes, baselined)
 
 
@@ -151,15 +152,15 @@ def pull(ctx: Context, remote: str | None = None, local: Path | None = None, *, 
     dest = (local or ctx.project_dir).absolute()
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} is not a directory.", "Pull into a directory (default: the current one).")
-    archive = f"{runtime.transfer_dir(layout)}/pull-{secrets.token_hex(6)}.tar.gz"
+    archive = f"{home_commands.transfer_dir(layout)}/pull-{secrets.token_hex(6)}.tar.gz"
     ctx.emit(ev.progress(f"Packing {source} in the sandbox..."))
-    command = runtime.pull_archive_command(
+    command = home_commands.pull_archive_command(
         layout, source, archive, use_baseline=transfer.within(source, record.home_dir)
     )
     packed = box.run(command, timeout=900)
     if packed.exit_code != 0:
-        box.run(runtime.remove_command(archive), timeout=60)
-        if packed.exit_code == runtime.MISSING_PATH_EXIT:
+        box.run(home_commands.remove_command(archive), timeout=60)
+        if packed.exit_code == home_commands.MISSING_PATH_EXIT:
             raise TransferError(f"No such file or directory in the sandbox: {source}")
         raise TransferError(f"Packing {source} in the sandbox failed: {tail(packed.output)}")
     with tempfile.TemporaryDirectory(prefix="codex-daytona-pull-") as tmp:
@@ -169,7 +170,7 @@ def pull(ctx: Context, remote: str | None = None, local: Path | None = None, *, 
             box.download_to(archive, str(local_archive))
         finally:
             with contextlib.suppress(DaytonaError):
-                box.run(runtime.remove_command(archive), timeout=60)
+                box.run(home_commands.remove_command(archive), timeout=60)
         with transfer.open_archive(local_archive) as tar:
             plan = transfer.plan_pull(tar, dest)
             if plan.conflicts and force:
@@ -196,15 +197,15 @@ def diff(ctx: Context) -> DiffResult:
     """The agent's changes since the baseline, as a patch `git apply` accepts."""
     box = ctx.box()
     record, layout = box.record, box.layout
-    patch_path = f"{runtime.transfer_dir(layout)}/diff-{secrets.token_hex(6)}.patch"
-    result = box.run(runtime.diff_command(layout, patch_path), timeout=600)
-    if result.exit_code == runtime.NO_BASELINE_EXIT:
+    patch_path = f"{home_commands.transfer_dir(layout)}/diff-{secrets.token_hex(6)}.patch"
+    result = box.run(home_commands.diff_command(layout, patch_path), timeout=600)
+    if result.exit_code == home_commands.NO_BASELINE_EXIT:
         raise TransferError(
             "This sandbox has no baseline to compare with (it predates `diff`, or has no git).",
             "`codex-daytona push` records one when the sandbox has git.",
         )
     if result.exit_code != 0:
-        box.run(runtime.remove_command(patch_path), timeout=60)
+        box.run(home_commands.remove_command(patch_path), timeout=60)
         raise TransferError(f"Computing the diff in the sandbox failed: {tail(result.output)}")
     with tempfile.TemporaryDirectory(prefix="codex-daytona-diff-") as tmp:
         local_patch = Path(tmp) / "changes.patch"
@@ -212,9 +213,9 @@ def diff(ctx: Context) -> DiffResult:
             box.download_to(patch_path, str(local_patch))
         finally:
             with contextlib.suppress(DaytonaError):
-                box.run(runtime.remove_command(patch_path), timeout=60)
+                box.run(home_commands.remove_command(patch_path), timeout=60)
         patch = local_patch.read_bytes()
-    return DiffResult(record.sandbox_id, patch, runtime.parse_changes(result.output))
+    return DiffResult(record.sandbox_id, patch, home_commands.parse_changes(result.output))
 
 
 def _size(n: int) -> str:

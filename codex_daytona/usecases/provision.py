@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
-from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context
 from codex_daytona.errors import AgentSetupError, DaytonaError
-from codex_daytona.state import SandboxRecord, State
+from codex_daytona.sandbox import home_commands, runtime
+from codex_daytona.state import State
+from codex_daytona.usecases.context import SESSION_ID, TOOL_LABEL, Box, Context, tail
 
 # Snapshot states (daytona SnapshotState) worth waiting for, and the ones that will not recover.
 SNAPSHOT_PENDING = frozenset({"pending", "building", "pulling", "snapshotting"})
@@ -53,8 +53,8 @@ def setup(
     Saves the record into `state` (loaded under the caller's lock), or, without one, under
     the lock taken here."""
     record, layout = box.record, box.layout
-    probe = box.run(runtime.setup_probe_command(layout), timeout=60)
-    marker, python, baseline_status, dotfiles = runtime.parse_setup_probe(probe.output)
+    probe = box.run(home_commands.setup_probe_command(layout), timeout=60)
+    marker, python, baseline_status, dotfiles = home_commands.parse_setup_probe(probe.output)
     install = None
     if not runtime_baked_in and marker != runtime.RUNTIME_MARKER:
         # The install runs in the sandbox while the rest of the setup goes on.
@@ -76,14 +76,14 @@ def setup(
     key = ctx.settings.openai_key_for_turn() if ctx.settings.sandbox_openai_api_key else None
     prepare = runtime.prepare_request(ctx.settings, layout, thread_id=record.thread_id)
     started = box.run(
-        runtime.finish_setup_command(layout, take_baseline, with_key=key is not None, prepare=prepare),
+        home_commands.finish_setup_command(layout, take_baseline, with_key=key is not None, prepare=prepare),
         timeout=600,
         env={runtime.KEY_ENV: key} if key else None,
     )
-    baseline_error = runtime.parse_baseline_failure(started.output)
+    baseline_error = home_commands.parse_baseline_failure(started.output)
     if baseline_error is not None:
         ctx.emit(ev.warning(f"Could not record the diff baseline: {baseline_error}"))
-    login_shell = runtime.parse_login_shell_unchanged(started.output)
+    login_shell = home_commands.parse_login_shell_unchanged(started.output)
     if login_shell is not None:
         ctx.emit(
             ev.warning(
@@ -122,7 +122,7 @@ def _prepare_agent(ctx: Context, box: Box, baseline: bool, baseline_status: str,
         layout.codex_config: runtime.codex_config(ctx.settings, layout, record.preview_pattern),
     }
     if baseline and baseline_status == "ready":
-        files[runtime.baseline_exclude(layout)] = runtime.baseline_exclude_file(dotfiles)
+        files[home_commands.baseline_exclude(layout)] = home_commands.baseline_exclude_file(dotfiles)
     elif baseline and baseline_status == "nogit":
         ctx.emit(ev.warning("The sandbox has no git, so `codex-daytona diff` will not work in it."))
     box.upload(files)
@@ -168,7 +168,7 @@ def _await_setup_command(box: Box, setup: _SetupCommand) -> None:
     output: list[str] = []
     try:
         with contextlib.suppress(DaytonaError):
-            box.api.stream_logs(box.sandbox, session, command_id, output.append, output.append, timeout=900)
+            box.stream_logs(session, command_id, output.append, output.append, timeout=900)
         exit_code = box.command_exit_code(session, command_id)
         deadline = time.monotonic() + 900
         while exit_code is None and time.monotonic() < deadline:
@@ -178,10 +178,7 @@ def _await_setup_command(box: Box, setup: _SetupCommand) -> None:
         with contextlib.suppress(DaytonaError):
             box.delete_session(session)  # its shell would idle on otherwise
     if exit_code != 0:
-        tail = "".join(output).strip().splitlines()[-5:]
-        raise AgentSetupError(
-            f"Installing the agent runtime failed (exit {exit_code}): {' | '.join(tail) or 'no output'}"
-        )
+        raise AgentSetupError(f"Installing the agent runtime failed (exit {exit_code}): {tail(''.join(output), 5)}")
 
 
 # --- snapshots ------------------------------------------------------------------------------
@@ -235,7 +232,7 @@ def _build_snapshot(ctx: Context, name: str) -> None:
     """Installs the runtime in a temporary sandbox of Daytona's default image, exactly as `up`
     would, captures its filesystem as `name`, and deletes the sandbox."""
     ctx.emit(ev.progress(f"Building snapshot {name}: creating a temporary sandbox..."))
-    sandbox = ctx.api.create(
+    box = ctx.create(
         labels={"app": TOOL_LABEL, f"{TOOL_LABEL}.role": "snapshot-builder"},
         env={},
         # If this process dies mid-build, Daytona stops and then deletes the sandbox on its own.
@@ -243,21 +240,21 @@ def _build_snapshot(ctx: Context, name: str) -> None:
         auto_delete_minutes=1,
     )
     try:
-        box = Box(ctx.api, sandbox, SandboxRecord(sandbox_id=sandbox.id, home_dir=ctx.api.home_dir(sandbox)), ctx.emit)
-        probe = box.run(runtime.setup_probe_command(box.layout), timeout=60)
-        marker, python, _, _ = runtime.parse_setup_probe(probe.output)
+        box.record.home_dir = box.home_dir()
+        probe = box.run(home_commands.setup_probe_command(box.layout), timeout=60)
+        marker, python, _, _ = home_commands.parse_setup_probe(probe.output)
         if marker != runtime.RUNTIME_MARKER:
             _await_setup_command(box, _start_install(box, python))
         # `up` uploads the agent anyway; it is in the snapshot too so the name tells the truth.
         box.upload({box.layout.agent: runtime.agent_source()})
         ctx.emit(ev.progress(f"Saving snapshot {name} (this can take a few minutes)..."))
-        ctx.api.snapshot_sandbox(sandbox, name)
+        box.snapshot(name)
     finally:
-        ctx.emit(ev.progress(f"Deleting the temporary sandbox {sandbox.id}..."))
+        ctx.emit(ev.progress(f"Deleting the temporary sandbox {box.id}..."))
         try:
-            ctx.api.delete(sandbox)
+            box.delete()
         except DaytonaError as exc:
-            ctx.emit(ev.warning(f"Could not delete the temporary sandbox {sandbox.id}: {exc.message}"))
+            ctx.emit(ev.warning(f"Could not delete the temporary sandbox {box.id}: {exc.message}"))
 
 
 def wait_for_snapshot(ctx: Context, name: str, timeout: float = 900) -> str:

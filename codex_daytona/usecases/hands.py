@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from codex_daytona import events as ev
-from codex_daytona import runtime
-from codex_daytona.context import SESSION_ID, TOOL_LABEL, Box, Context, OnEvent
 from codex_daytona.errors import CodexDaytonaError, DaytonaError, InterruptedByUser, TurnTimeoutError
+from codex_daytona.sandbox import runtime
+from codex_daytona.usecases.context import SESSION_ID, TOOL_LABEL, Box, Context, OnEvent
 
 
 def exec_command(ctx: Context, command: str, *, timeout: float | None = None) -> int:
@@ -33,6 +33,24 @@ def exec_command(ctx: Context, command: str, *, timeout: float | None = None) ->
         raise TurnTimeoutError(f"The command did not finish within {timeout:g} s; it was stopped.") from None
     finally:
         stream.close()
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """An `exec` command's end: its output went by as it ran; --json adds its exit code."""
+
+    exit_code: int
+
+    @property
+    def human(self) -> str:
+        return ""
+
+    @property
+    def quiet(self) -> str:
+        return ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"exit_code": self.exit_code}
 
 
 @dataclass(frozen=True)
@@ -57,7 +75,7 @@ def ssh(ctx: Context, minutes: int) -> SshResult:
     """SSH access to the sandbox for `minutes` (Daytona revokes the earlier tokens); starts or
     resumes the sandbox first."""
     box = ctx.box()
-    access = ctx.api.ssh_access(box.sandbox, minutes)
+    access = box.ssh_access(minutes)
     return SshResult(box.id, access.command, access.expires_at)
 
 
@@ -68,7 +86,7 @@ def open_shell(ctx: Context, rows: int, cols: int) -> RemoteShell:
     rows, cols = _size(rows, cols)
     box = ctx.box()
     pty_id = f"{TOOL_LABEL}-shell-{secrets.token_hex(4)}"
-    handle = ctx.api.open_pty(box.sandbox, pty_id, box.record.home_dir or None, rows, cols)
+    handle = box.open_pty(pty_id, box.record.home_dir or None, rows, cols)
     return RemoteShell(box, pty_id, handle)
 
 
@@ -87,7 +105,7 @@ class RemoteShell:
             raise DaytonaError(f"The terminal connection dropped: {exc}") from exc
 
     def resize(self, rows: int, cols: int) -> None:
-        self._box.api.resize_pty(self._box.sandbox, self.pty_id, *_size(rows, cols))
+        self._box.resize_pty(self.pty_id, *_size(rows, cols))
 
     def output(self) -> Iterator[bytes]:
         """What the shell writes, until it exits (or the connection drops)."""
@@ -106,7 +124,7 @@ class RemoteShell:
         """Ends the shell if it still runs (a dropped connection must not leave it behind)."""
         if self.exit_code is None:
             with contextlib.suppress(CodexDaytonaError):
-                self._box.api.kill_pty(self._box.sandbox, self.pty_id)
+                self._box.kill_pty(self.pty_id)
         with contextlib.suppress(Exception):
             self._handle.disconnect()
 
@@ -150,8 +168,7 @@ class CommandStream:
         box.create_session(self.session)  # new: one request, not a 404 first
         command_id = box.start_command(self.session, runtime.exec_command(box.layout, command, self.marker))
         try:
-            finished = box.api.stream_logs(
-                box.sandbox,
+            finished = box.stream_logs(
                 self.session,
                 command_id,
                 lambda t: self._take("stdout", t),
@@ -165,7 +182,7 @@ class CommandStream:
             raise TurnTimeoutError("The command did not finish in time.")
         while not self._finished():
             exit_code = box.command_exit_code(self.session, command_id)
-            stdout, stderr = box.api.command_logs(box.sandbox, self.session, command_id)
+            stdout, stderr = box.command_logs(self.session, command_id)
             self._take("stdout", stdout[self.sent["stdout"] :])
             self._take("stderr", stderr[self.sent["stderr"] :])
             if exit_code is not None:

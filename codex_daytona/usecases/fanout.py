@@ -1,17 +1,14 @@
-"""Many sandboxes per project directory: `ls`, `keep`, `down --others` and `ask --fanout`.
+"""`ask --fanout`: one prompt in N sibling sandboxes at once.
 
-A directory's sandboxes are the named records of its one state file ("default" unless
---name says otherwise). A fan-out runs one prompt in N sibling sandboxes named
-`<name>-1` .. `<name>-N` at once, each on its own thread with its own `Context` (and so its
-own Daytona client: the SDK's client is not shared across threads). Like the core, this
-module never prints: it reports through events, calling `on_event` from one thread at a
-time.
+The siblings are named `<name>-1` .. `<name>-N` (`fleet.sibling_names`), each run on its own
+thread with its own `Context` (and so its own Daytona client: the SDK's client is not shared
+across threads). Like the core, this module never prints: it reports through events,
+calling `on_event` from one thread at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import secrets
 import threading
 import time
@@ -19,205 +16,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codex_daytona import events as ev
-from codex_daytona import lifecycle, runtime, turns
-from codex_daytona.context import TOOL_LABEL, Box, Context, OnEvent, project_labels
-from codex_daytona.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.errors import (
     CodexDaytonaError,
     DaytonaError,
     ExitCode,
     InterruptedByUser,
-    NoSandboxError,
     SandboxGoneError,
     UsageError,
 )
-from codex_daytona.state import DEFAULT_NAME, SandboxRecord
+from codex_daytona.sandbox import runtime
+from codex_daytona.sandbox.daytona_api import RefusedError
+from codex_daytona.state import SandboxRecord
+from codex_daytona.usecases import lifecycle, turns
+from codex_daytona.usecases.context import TOOL_LABEL, Context, OnEvent, project_labels
+from codex_daytona.usecases.fleet import sibling_names
 
 # How long Ctrl-C waits for the attempts to wind down (sandboxes being created are saved
 # first; running turns are interrupted) before giving up; a second Ctrl-C gives up at once.
 CANCEL_GRACE_S = 60.0
 INTERRUPT_RETRY_S = 0.5
-
-
-def sibling_names(name: str, count: int) -> list[str]:
-    return [f"{name}-{i}" for i in range(1, count + 1)]
-
-
-def is_sibling(name: str, candidate: str) -> bool:
-    """True when `candidate` is one of `name`'s fan-out sandboxes: `<name>-<number>`."""
-    return re.fullmatch(re.escape(name) + r"-[0-9]+", candidate) is not None
-
-
-# --- ls ------------------------------------------------------------------------------------
-
-
-@dataclass
-class SandboxRow:
-    name: str
-    record: SandboxRecord
-    state: str  # Daytona's state, or "deleted" when Daytona no longer has it
-    current: bool  # the one commands use without --name (or the --name given)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "current": self.current,
-            "default": self.name == DEFAULT_NAME,
-            "state": self.state,
-            **self.record.model_dump(mode="json", include=_LS_FIELDS),
-        }
-
-
-_LS_FIELDS = {"sandbox_id", "thread_id", "created_at", "created_by", "ports", "last_turn"}
-
-
-def list_sandboxes(app: Context) -> list[SandboxRow]:
-    """This directory's sandboxes from the state file, with their live state from ONE list
-    request by the project's labels. Warns about sandboxes that carry this directory's
-    labels but are not in the state file."""
-    sandboxes = app.store.load().sandboxes
-    labels = project_labels(app.project_dir, DEFAULT_NAME)
-    live = {info.id: info for info in app.api.list({k: labels[k] for k in ("app", f"{TOOL_LABEL}.project")})}
-    known = {record.sandbox_id for record in sandboxes.values()}
-    for info in live.values():
-        if info.id not in known:
-            name = info.labels.get(f"{TOOL_LABEL}.name", "?")
-            app.emit(
-                ev.warning(
-                    f"Sandbox {info.id} (created as {name}) carries this directory's labels but is not in "
-                    f"the state file {app.store.path}."
-                )
-            )
-    order = sorted(sandboxes, key=lambda n: (n != DEFAULT_NAME, n))
-    return [SandboxRow(n, sandboxes[n], _live_state(app, live, sandboxes[n].sandbox_id), n == app.name) for n in order]
-
-
-def _live_state(app: Context, live: dict[str, SandboxInfo], sandbox_id: str) -> str:
-    """The sandbox's state from the list; one the list does not show is looked up by id, since
-    Daytona's list is eventually consistent (a sandbox just created or forked can be missing)."""
-    if sandbox_id in live:
-        return live[sandbox_id].state
-    try:
-        return app.api.info(app.api.get(sandbox_id)).state
-    except SandboxGoneError:
-        return "deleted"
-
-
-# --- keep and down --others ---------------------------------------------------------------------
-
-
-@dataclass
-class KeepResult:
-    name: str  # the slot it now has (the default, or --name)
-    sandbox_id: str
-    was: str  # the name it had
-    previous_id: str | None  # the sandbox that had `name` before, now under `was`
-
-    @property
-    def human(self) -> str:
-        if self.was == self.name:
-            return f"{self.name} is sandbox {self.sandbox_id} already."
-        text = f"{self.name} is now sandbox {self.sandbox_id} (was {self.was})."
-        if self.previous_id:
-            text += f" The previous {self.name}, sandbox {self.previous_id}, is now {self.was}."
-        return text
-
-    @property
-    def quiet(self) -> str:
-        return self.sandbox_id
-
-    def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "sandbox_id": self.sandbox_id, "was": self.was, "previous_id": self.previous_id}
-
-
-def keep(app: Context, chosen: str) -> KeepResult:
-    """Makes sandbox `chosen` this directory's `app.name` (the default): the two records swap
-    names, so the previous one is not lost and `down --others` can delete it."""
-    with app.store.lock():
-        state = app.store.load()
-        record = state.sandboxes.get(chosen)
-        if record is None:
-            raise NoSandboxError(f"No sandbox named {chosen} here.", "`codex-daytona ls` lists this directory's.")
-        if chosen == app.name:
-            return KeepResult(app.name, record.sandbox_id, chosen, None)
-        previous = state.sandboxes.get(app.name)
-        state.sandboxes[app.name] = record
-        if previous is not None:
-            state.sandboxes[chosen] = previous
-        else:
-            del state.sandboxes[chosen]
-        app.store.save(state)
-    return KeepResult(app.name, record.sandbox_id, chosen, previous.sandbox_id if previous else None)
-
-
-def siblings(app: Context) -> list[str]:
-    """The names of `app.name`'s fan-out sandboxes in the state file."""
-    return sorted(n for n in app.store.load().sandboxes if is_sibling(app.name, n))
-
-
-@dataclass(frozen=True)
-class DownOthersResult:
-    kept: str
-    deleted: list[tuple[str, str]]  # (name, sandbox id)
-    stopped: list[tuple[str, str]] = field(default_factory=list)  # forked from: Daytona keeps them
-
-    @property
-    def human(self) -> str:
-        if not self.deleted and not self.stopped:
-            return f"{self.kept} has no fan-out sandboxes; nothing to delete."
-        lines = [f"Deleted {n} (sandbox {sid})" for n, sid in self.deleted]
-        lines += [f"Stopped {n} (sandbox {sid}): forks of it remain" for n, sid in self.stopped]
-        return "\n".join(lines) + f"\nKept {self.kept}."
-
-    @property
-    def quiet(self) -> str:
-        return "\n".join(n for n, _ in self.deleted)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "kept": self.kept,
-            "deleted": [{"name": n, "sandbox_id": sid} for n, sid in self.deleted],
-            "stopped": [{"name": n, "sandbox_id": sid} for n, sid in self.stopped],
-        }
-
-
-def down_others(app: Context) -> DownOthersResult:
-    """Deletes `app.name`'s fan-out siblings (`<name>-<n>`) and keeps it. Daytona deletes a
-    sandbox only after the sandboxes forked from it: one it refuses is tried again after the
-    others, and one still refused (the source of the sandbox `keep` chose) is stopped instead."""
-    if app.record() is None:
-        raise NoSandboxError(
-            f"No sandbox named {app.name} here, so there is nothing to keep.",
-            "Choose the one to keep first: `codex-daytona keep NAME`.",
-        )
-    deleted: list[tuple[str, str]] = []
-    waiting = siblings(app)
-    while waiting:
-        refused = []
-        for name in waiting:
-            try:
-                deleted.append((name, lifecycle.down(app.named(name, app.emit)).sandbox_id))
-            except HasForksError:
-                refused.append(name)
-        if len(refused) == len(waiting):
-            break
-        waiting = refused
-    stopped = []
-    for name in waiting:
-        done = lifecycle.stop(app.named(name, app.emit))
-        app.emit(
-            ev.warning(
-                f"Stopped {name} (sandbox {done.sandbox_id}) instead of deleting it: sandboxes forked from it "
-                f"remain (such as {app.name}, when `keep` chose a fork of it), and Daytona deletes a sandbox "
-                "only after its forks. "
-                f"`codex-daytona down --name {name}` deletes it once they are gone."
-            )
-        )
-        stopped.append((name, done.sandbox_id))
-    return DownOthersResult(app.name, deleted, stopped)
-
-
-# --- ask --fanout ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -302,14 +119,14 @@ class FanoutResult:
 class Fanout:
     """Runs one prompt in `count` sandboxes at once: `<name>-1` .. `<name>-<count>`.
 
-    Missing ones are forks of `app.name`'s sandbox when it exists (its files, runtime and
+    Missing ones are forks of `ctx.name`'s sandbox when it exists (its files, runtime and
     thread: each attempt continues the conversation from there), or, where Daytona cannot
     fork it, created from a snapshot of it; else fresh as `up` would; existing ones are
     reused as they are, continuing their own thread.
     """
 
-    def __init__(self, app: Context, count: int) -> None:
-        limit = app.settings.codex_daytona_max_sandboxes
+    def __init__(self, ctx: Context, count: int) -> None:
+        limit = ctx.settings.codex_daytona_max_sandboxes
         if count < 1:
             raise UsageError("--fanout needs at least 1 sandbox.")
         if count > limit:
@@ -317,8 +134,8 @@ class Fanout:
                 f"--fanout {count} is more than the limit of {limit} sandboxes at once.",
                 "Ask for fewer, or raise CODEX_DAYTONA_MAX_SANDBOXES.",
             )
-        self.app = app
-        self.attempts = [Attempt(name) for name in sibling_names(app.name, count)]
+        self.ctx = ctx
+        self.attempts = [Attempt(name) for name in sibling_names(ctx.name, count)]
         self._emit_lock = threading.Lock()
         self._fork_lock = threading.Lock()
         self._cancel = threading.Event()
@@ -327,7 +144,7 @@ class Fanout:
 
     def _emit(self, event: ev.Event) -> None:
         with self._emit_lock:
-            self.app.emit(event)
+            self.ctx.emit(event)
 
     def _update(self, attempt: Attempt, status: str | None = None, detail: str | None = None) -> None:
         changed = (status is not None and status != attempt.status) or (detail is not None and detail != attempt.detail)
@@ -390,23 +207,23 @@ class Fanout:
     ) -> FanoutResult:
         """Runs `prompt` in every attempt at once. Ctrl-C (KeyboardInterrupt here, in the main
         thread) interrupts every running turn and waits for the attempts to wind down."""
-        self.app.settings.require_openai_key()
+        self.ctx.settings.require_openai_key()
         # Forks, snapshots and sandboxes are made below, each recorded as it is made.
-        self.app.store.check_writable()
-        existing = self.app.store.load().sandboxes
+        self.ctx.store.check_writable()
+        existing = self.ctx.store.load().sandboxes
         missing = [a for a in self.attempts if a.name not in existing]
         snapshot: str | None = None
         base: SandboxRecord | None = None
         forks = False
-        result = FanoutResult(self.app.name, self.attempts)
+        result = FanoutResult(self.ctx.name, self.attempts)
         try:
-            if missing and (base := self.app.record()) is not None:
+            if missing and (base := self.ctx.record()) is not None:
                 forks = self._first_fork(missing[0], base)
                 result.forked = forks
                 if not forks:
                     snapshot = self._fork_name()
                     result.snapshot = snapshot
-                    base = lifecycle.fork_snapshot(self.app, snapshot)
+                    base = lifecycle.fork_snapshot(self.ctx, snapshot)
             threads = [
                 threading.Thread(
                     target=self._attempt,
@@ -451,11 +268,11 @@ class Fanout:
         Daytona cannot fork it (the caller then saves a snapshot instead). The other forks
         happen on the attempts' threads, one at a time: Daytona forks a sandbox only while no
         other change of it is under way."""
-        app = self.app.named(attempt.name, self._on_event(attempt))
+        ctx = self.ctx.named(attempt.name, self._on_event(attempt))
         self._update(attempt, "creating", "Forking the sandbox...")
         began = time.monotonic()
         try:
-            attempt.sandbox_id = lifecycle.fork_from(app, base)
+            attempt.sandbox_id = lifecycle.fork_from(ctx, base)
         except RefusedError as exc:
             # Not a warning: containers, Daytona's default class, never fork, and the snapshot
             # path is the ordinary one for them (only VM-class sandboxes fork).
@@ -470,13 +287,13 @@ class Fanout:
         return True
 
     def _fork_name(self) -> str:
-        digest = project_labels(self.app.project_dir, self.app.name)[f"{TOOL_LABEL}.project"][:8]
-        return f"{TOOL_LABEL}-fork-{digest}-{self.app.name}-{secrets.token_hex(3)}"
+        digest = project_labels(self.ctx.project_dir, self.ctx.name)[f"{TOOL_LABEL}.project"][:8]
+        return f"{TOOL_LABEL}-fork-{digest}-{self.ctx.name}-{secrets.token_hex(3)}"
 
     def _delete_snapshot(self, name: str) -> None:
         """The fork snapshot is only the starting point: the sandboxes have their own copies."""
         try:
-            self.app.api.delete_snapshot(name)
+            self.ctx.api.delete_snapshot(name)
         except (DaytonaError, KeyboardInterrupt):
             self._emit(
                 ev.warning(f"Could not delete the temporary snapshot {name}; delete it in the Daytona dashboard.")
@@ -494,7 +311,7 @@ class Fanout:
         timeout: float | None,
         effort: str | None = None,
     ) -> None:
-        app = self.app.named(attempt.name, self._on_event(attempt))
+        ctx = self.ctx.named(attempt.name, self._on_event(attempt))
         status = "error"
         try:
             if self._cancel.is_set():
@@ -505,16 +322,16 @@ class Fanout:
                 if not attempt.created:
                     assert base is not None
                     with self._fork_lock:
-                        attempt.sandbox_id = lifecycle.fork_from(app, base)
+                        attempt.sandbox_id = lifecycle.fork_from(ctx, base)
                     attempt.created = True
                 assert base is not None
-                lifecycle.finish_fork(app, base)
+                lifecycle.finish_fork(ctx, base)
                 attempt.setup_s = (attempt.setup_s or 0.0) + time.monotonic() - began
             elif create:
                 self._update(attempt, "creating", "Creating the sandbox...")
                 began = time.monotonic()
                 created = lifecycle.create(
-                    app,
+                    ctx,
                     snapshot=snapshot,
                     runtime_baked_in=base is not None and base.runtime == runtime.runtime_fingerprint(),
                     thread_id=None if base is None else base.thread_id,
@@ -524,13 +341,13 @@ class Fanout:
                 attempt.sandbox_id = created.sandbox_id
             if self._cancel.is_set():
                 raise InterruptedByUser("Interrupted before its turn started.")
-            record = app.record()
+            record = ctx.record()
             attempt.sandbox_id = record.sandbox_id if record else attempt.sandbox_id
             attempt.started = time.time()
             self._update(attempt, "running", "Starting the turn...")
             began = time.monotonic()
             try:
-                outcome = turns.ask(app, prompt, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
+                outcome = turns.ask(ctx, prompt, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
             finally:
                 attempt.duration_s = time.monotonic() - began
             self._record_outcome(attempt, outcome)
@@ -576,11 +393,11 @@ class Fanout:
 
     def _interrupt(self, attempt: Attempt) -> None:
         """Asks the agent in the attempt's sandbox to interrupt its run until it has, or the run ended."""
-        app = self.app.named(attempt.name)
-        record = app.record()
+        ctx = self.ctx.named(attempt.name)
+        record = ctx.record()
         if record is None or attempt.run_id is None:
             return
         with contextlib.suppress(DaytonaError, SandboxGoneError):
-            box = Box(app.api, app.api.get(record.sandbox_id), record, restart_when_stopped=False)
+            box = ctx.look(record)
             while not attempt.done and not turns.interrupt(box, attempt.run_id):
                 time.sleep(INTERRUPT_RETRY_S)

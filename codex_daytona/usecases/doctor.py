@@ -6,9 +6,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from codex_daytona import lifecycle, runtime
-from codex_daytona.context import Context
 from codex_daytona.errors import CodexDaytonaError, ConfigError
+from codex_daytona.sandbox import runtime
+from codex_daytona.usecases import lifecycle
+from codex_daytona.usecases.context import Context
 
 
 @dataclass
@@ -21,8 +22,30 @@ class Check:
     hint: str = ""
     error: CodexDaytonaError | None = None
 
+    @property
+    def human(self) -> str:
+        # A failed check's detail is the error printed below it.
+        return f"{'ok':<5}{self.name:<10}{self.detail}" if self.ok else f"FAIL {self.name}"
+
     def to_json(self) -> dict[str, object]:
         return {"check": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint or None}
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Every check passed: nothing more on stdout for people (the checks and a closing line
+    went to stderr) or for --json (one object per check was), `ok` for -q."""
+
+    @property
+    def human(self) -> str:
+        return ""
+
+    @property
+    def quiet(self) -> str:
+        return "ok"
+
+    def to_json(self) -> None:
+        return None
 
 
 def doctor(ctx: Context, on_check: Callable[[Check], None]) -> list[Check]:

@@ -757,7 +757,7 @@ class DaytonaApi:
             raise KeyboardInterrupt
         return finished
 
-    # --- previews ---    # --- previews -------------------------------------------------------------------
+    # --- previews -------------------------------------------------------------------
 
     def preview_link(self, sandbox: Sandbox, port: int) -> PreviewLink:
         def call() -> PreviewLink:

@@ -10,17 +10,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from codex_daytona import events as ev
-from codex_daytona import links, provision, runtime
-from codex_daytona.context import TOOL_LABEL, Box, Context, project_labels, tail
-from codex_daytona.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.errors import DaytonaError, SandboxGoneError, StateError, TransferError, UsageError
+from codex_daytona.sandbox import home_commands, runtime
+from codex_daytona.sandbox.daytona_api import HasForksError, RefusedError, SandboxInfo
 from codex_daytona.state import LastTurn, SandboxRecord, State
-
-if TYPE_CHECKING:
-    pass
+from codex_daytona.usecases import links, provision
+from codex_daytona.usecases.context import TOOL_LABEL, Box, Context, project_labels, tail
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ def _new_sandbox(
     # Ctrl-C or SIGTERM while Daytona makes it waits until it is recorded, so the sandbox is
     # never orphaned; the command then stops (exit 130, or the signal's own end).
     with signals_deferred():
-        sandbox = ctx.api.create(
+        box = ctx.create(
             labels=project_labels(ctx.project_dir, ctx.name),
             env={"CODEX_DAYTONA_SCOPE": scope},
             auto_stop_minutes=ctx.settings.codex_daytona_auto_stop_minutes,
@@ -128,14 +125,15 @@ def _new_sandbox(
             snapshot=snapshot,
             secrets=_secrets(ctx),
         )
-        record = SandboxRecord(sandbox_id=sandbox.id, home_dir="", scope=scope, thread_id=thread_id)
+        record = box.record
+        record.scope, record.thread_id = scope, thread_id
         if created_by is not None:
             record.created_by = created_by
         save()  # before anything else can fail, so the sandbox is never orphaned
-    record.home_dir = ctx.api.home_dir(sandbox)
+    record.home_dir = box.home_dir()
     save()
-    ctx.emit(ev.progress(f"Created sandbox {sandbox.id}"))
-    return Box(ctx.api, sandbox, record, ctx.emit)
+    ctx.emit(ev.progress(f"Created sandbox {box.id}"))
+    return box
 
 
 @contextlib.contextmanager
@@ -180,17 +178,17 @@ def _up_from_repo(ctx: Context, repo: str, branch: str | None) -> UpResult:
     result = up(ctx)
     box = ctx.connect(ctx.require_record())
     ctx.emit(ev.progress(f"Cloning {repo}{f' (branch {branch})' if branch else ''}..."))
-    cloned = box.run(runtime.clone_command(box.layout, repo, branch), timeout=900)
+    cloned = box.run(home_commands.clone_command(box.layout, repo, branch), timeout=900)
     if cloned.exit_code != 0:
         # A fresh sandbox with a failed clone is of no use: delete it so `up --repo` can be retried.
         with contextlib.suppress(DaytonaError):
-            ctx.api.delete(box.sandbox)
+            box.delete()
         ctx.forget(box.id)
         raise TransferError(
             f"Could not clone {repo}: {tail(cloned.output)}",
             "Check the URL and the branch (the sandbox must reach the repository); the new sandbox was deleted.",
         )
-    rebased = box.run(runtime.rebaseline_all_command(box.layout), timeout=600)
+    rebased = box.run(home_commands.rebaseline_all_command(box.layout), timeout=600)
     if rebased.exit_code != 0:
         ctx.emit(ev.warning(f"Could not record the clone as the diff baseline: {tail(rebased.output)}"))
     return result
@@ -212,20 +210,20 @@ def fork_from(ctx: Context, base: SandboxRecord) -> str:
     (`ask --fanout` then saves a snapshot instead)."""
     if ctx.record() is not None:
         raise UsageError(f"There is already a sandbox named {ctx.name}.")
-    source = ctx.api.get(base.sandbox_id)
-    if ctx.api.info(source).state != "started":  # Daytona forks only a started sandbox
+    source = ctx.look(base)
+    if source.info().state != "started":  # Daytona forks only a started sandbox
         ctx.emit(ev.progress(f"Starting sandbox {base.sandbox_id} to fork it..."))
-        ctx.api.start(source)
+        source.start()
     ctx.emit(ev.progress(f"Forking sandbox {base.sandbox_id}..."))
     with signals_deferred():
-        sandbox = ctx.api.fork(source)
+        fork_id = source.fork()
         # Saved before anything else can fail, so the fork is never orphaned. A fork has its
         # source's environment, and so its scope.
         record = SandboxRecord(
-            sandbox_id=sandbox.id, home_dir="", scope=base.scope, created_by="fanout", thread_id=base.thread_id
+            sandbox_id=fork_id, home_dir="", scope=base.scope, created_by="fanout", thread_id=base.thread_id
         )
         ctx.save(record)
-    return str(sandbox.id)
+    return fork_id
 
 
 def finish_fork(ctx: Context, base: SandboxRecord) -> None:
@@ -233,8 +231,8 @@ def finish_fork(ctx: Context, base: SandboxRecord) -> None:
     starts its agent: processes are not copied by a fork."""
     record = ctx.require_record()
     box = ctx.connect(record)
-    ctx.api.set_labels(box.sandbox, project_labels(ctx.project_dir, ctx.name))
-    record.home_dir = ctx.api.home_dir(box.sandbox)
+    box.set_labels(project_labels(ctx.project_dir, ctx.name))
+    record.home_dir = box.home_dir()
     ctx.save(record)
     baked_in = base.runtime == runtime.runtime_fingerprint()
     provision.setup(ctx, box, baseline=False, runtime_baked_in=baked_in)  # a fork has its source's baseline
@@ -248,7 +246,7 @@ def fork_snapshot(ctx: Context, name: str) -> SandboxRecord:
     if box.record.last_turn is not None and box.record.last_turn.status == "running":
         ctx.emit(ev.warning(f"A turn may be running in {ctx.name}; its files are copied as they are now."))
     ctx.emit(ev.progress(f"Saving sandbox {ctx.name} as snapshot {name} to start the fan-out from..."))
-    ctx.api.snapshot_sandbox(box.sandbox, name)
+    box.snapshot(name)
     state = provision.wait_for_snapshot(ctx, name)
     if state != "active":
         raise DaytonaError(f"Snapshot {name} is {state}, not active.")
@@ -323,7 +321,7 @@ def status(ctx: Context) -> StatusReport:
         last_turn=record.last_turn,
     )
     try:
-        box = Box(ctx.api, ctx.api.get(record.sandbox_id), record, ctx.emit, restart_when_stopped=False)
+        box = ctx.look(record)
     except SandboxGoneError:
         report.state = "deleted"
         return report
@@ -384,7 +382,7 @@ def pause(ctx: Context, *, or_stop: bool = False) -> PauseResult:
     memory, and the next command that needs the sandbox resumes it. Where Daytona cannot
     pause it, stops it instead when `or_stop`, else raises RefusedError."""
     box = ctx.box(start=False)
-    record, sandbox = box.record, box.sandbox
+    record = box.record
     state = box.info().state
     if state in ("paused", "stopped", "archived"):
         ctx.emit(ev.warning(f"Sandbox {record.sandbox_id} is already {state}."))
@@ -393,17 +391,17 @@ def pause(ctx: Context, *, or_stop: bool = False) -> PauseResult:
         ctx.emit(ev.warning("A turn is running: it freezes with the sandbox and goes on when it resumes."))
     ctx.emit(ev.progress(f"Pausing sandbox {record.sandbox_id}..."))
     try:
-        ctx.api.pause(sandbox)
+        box.pause()
     except RefusedError as exc:
         if not or_stop:
-            kind = getattr(sandbox, "sandbox_class", None)
+            kind = box.sandbox_class
             why = f" (it is a {kind}: Daytona pauses only VM-class sandboxes)" if kind == "container" else ""
             raise RefusedError(
                 f"{exc.message}{why}.",
                 "`codex-daytona pause --or-stop` stops it instead; its files stay, running processes end.",
             ) from exc
         ctx.emit(ev.warning(f"{exc.message}; stopping it instead."))
-        ctx.api.stop(sandbox)
+        box.stop()
         _drop_handle(ctx, record.sandbox_id)
         return PauseResult(record.sandbox_id, "stopped")
     _drop_handle(ctx, record.sandbox_id)
@@ -422,7 +420,7 @@ def stop(ctx: Context) -> SandboxDone:
     box = ctx.box(start=False)
     if box.info().state != "stopped":
         ctx.emit(ev.progress(f"Stopping sandbox {box.id}..."))
-        ctx.api.stop(box.sandbox)
+        box.stop()
     _drop_handle(ctx, box.id)
     return SandboxDone(box.id, "stopped")
 
@@ -438,7 +436,7 @@ def down(ctx: Context) -> SandboxDone:
         ctx.emit(ev.warning(f"Sandbox {record.sandbox_id} was already gone (nothing deleted); forgot it."))
         return SandboxDone(record.sandbox_id, "forgotten")
     ctx.emit(ev.progress(f"Deleting sandbox {record.sandbox_id}..."))
-    ctx.api.delete(box.sandbox)
+    box.delete()
     ctx.forget(record.sandbox_id)
     return SandboxDone(record.sandbox_id, "deleted")
 
@@ -472,7 +470,7 @@ def down_all(ctx: Context, sandboxes: list[SandboxInfo]) -> list[str]:
                 ctx.emit(ev.progress(f"Deleting sandbox {info.id}..."))
                 try:
                     with contextlib.suppress(SandboxGoneError):
-                        ctx.api.delete(ctx.api.get(info.id))
+                        ctx.look(info.id).delete()
                 except HasForksError as exc:
                     refused.append((info, exc))
                     continue
@@ -481,9 +479,7 @@ def down_all(ctx: Context, sandboxes: list[SandboxInfo]) -> list[str]:
                 raise refused[0][1]
             waiting = [info for info, _ in refused]
     finally:
-        with ctx.store.lock():
-            state = ctx.store.load()
+        with ctx.store.update() as state:
             gone = set(deleted)
             state.sandboxes = {n: r for n, r in state.sandboxes.items() if r.sandbox_id not in gone}
-            ctx.store.save(state)
     return deleted
