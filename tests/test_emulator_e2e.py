@@ -427,3 +427,34 @@ def test_ask_on_a_sandbox_daytona_failed_says_so_and_what_to_do(rig: Rig) -> Non
     assert rig.record()["sandbox_id"] == sandbox_id
     assert rig.cli("down", "--yes").code == 0
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"
+
+
+@pytest.mark.e2e
+def test_a_sandbox_past_the_organizations_quota_is_one_line_that_says_what_to_free(rig: Rig) -> None:
+    """Daytona refuses a create or a start that its organization's quota has no room for
+    (400 "Total CPU limit exceeded. Maximum allowed: N."): `up` and `ask` say so in one line,
+    with what to stop or delete for a hint (not the key and the network), and keep the state."""
+    rig.emulator.set_config(quota_cpu=0)
+    made = rig.cli("up")
+    assert made.code == ExitCode.DAYTONA, made
+    lines = made.stderr.splitlines()
+    lines = lines[[line.startswith("Error: ") for line in lines].index(True) :]  # after the progress
+    assert lines[0] == "Error: Daytona refused to create a sandbox: Total CPU limit exceeded. Maximum allowed: 0.", made
+    assert "codex-daytona ls --all" in lines[1] and "DAYTONA_API_KEY" not in made.stderr, made
+    assert len(lines) == 2 and not rig.record(), made
+
+    rig.emulator.set_config(quota_cpu=None)
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.begin_stop(sandbox_id)
+    deadline = time.monotonic() + 30
+    while (rig.sandbox(sandbox_id) or {}).get("state") != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rig.emulator.set_config(quota_memory=0)
+    asked = rig.cli("ask", "-q", "hello")
+    assert asked.code == ExitCode.DAYTONA, asked
+    assert (
+        "Error: Daytona refused to start the sandbox: Total memory limit exceeded. Maximum allowed: 0GiB."
+        in asked.stderr.splitlines()
+    ), asked
+    assert "Traceback" not in asked.stderr and rig.record()["sandbox_id"] == sandbox_id
