@@ -201,3 +201,19 @@ def test_ctrl_c_interrupts_the_running_tasks_writes_them_and_leaves_nothing(rig:
     got = results(rig)
     assert sorted(got) == ["t0", "t1"] and {line["status"] for line in got.values()} == {"interrupted"}, got
     assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]
+
+
+def test_a_task_whose_sandbox_is_evicted_mid_turn_runs_again_in_a_new_one(rig: Rig) -> None:
+    _sleepy_tasks(rig, 1)
+    proc = rig.popen_piped("batch", "tasks.jsonl", "--out", "results.jsonl")
+    _wait_for(lambda: _sleeping(rig, 1), 120)
+    [first] = batch_sandboxes(rig, "started")
+    rig.model.enqueue(turn(msg("done the second time"), match="task0:"))
+    rig.emulator.evict_sandbox(first["id"])
+    _stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    [line] = results(rig).values()
+    assert line["status"] == "passed" and line["final_message"] == "done the second time", line
+    assert len(line["retries"]) == 1 and first["id"] in line["retries"][0], line["retries"]
+    assert "retrying" in stderr and "t0" in stderr
+    assert len(batch_sandboxes(rig)) == 2 and not batch_sandboxes(rig, "started")

@@ -245,7 +245,9 @@ class Batch:
                             "type": ev.BATCH_TASK,
                             "id": task.id,
                             "status": run.status,
-                            "detail": run.error or _first_line(run.final_message),
+                            "detail": run.error
+                            or (f"check exited {run.check_exit}" if run.status == "failed" else "")
+                            or _first_line(run.final_message),
                             "done": True,
                         }
                     )
