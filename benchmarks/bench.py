@@ -378,6 +378,95 @@ def measure_fanout(bench: Bench, project: Path, env: dict[str, str], runs: int, 
     return median(times)
 
 
+BATCH_TASKS = 40
+BATCH_PARALLEL = 8
+BATCH_BIG = 400
+# Runs a command and prints its peak RSS in KiB (getrusage of the waited child; Linux's unit).
+PEAK_RSS = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).returncode\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n"
+)
+
+
+@dataclass
+class BatchFigures:
+    tasks: int
+    wall: float  # `batch --parallel` from start to exit
+    trips_per_task: float
+    peak_rss_kib: int  # the driver's (CODEX_DAYTONA_HELPER=0: the command runs in its own process)
+
+
+def measure_batch(bench: Bench, tasks: int, parallel: int) -> BatchFigures:
+    """`batch` over `tasks` one-step tasks (each its own sandbox, from the runtime snapshot),
+    `parallel` at once; the driver's peak memory from the rusage of its own process."""
+    project, state = bench.project()
+    env = bench.env(state, CODEX_DAYTONA_HELPER="0")
+    with (project / "tasks.jsonl").open("w") as fh:
+        for i in range(tasks):
+            fh.write(json.dumps({"id": f"t{i}", "prompt": f"task{i}: say ok"}) + "\n")
+    bench.model.enqueue(*[turn(msg("ok"), match=f"task{i}:") for i in range(tasks)])
+    command = [*CLI, "batch", "tasks.jsonl", "--parallel", str(parallel), "--out", "results.jsonl"]
+    started = time.perf_counter()
+    proc, trips = bench.counted(
+        f"batch {tasks}",
+        lambda: subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, *command], cwd=project, env=env, capture_output=True, text=True
+        ),
+    )
+    wall = time.perf_counter() - started
+    rss, code = proc.stdout.split()
+    if code != "0":
+        raise SystemExit(f"`codex-daytona batch` ({tasks} tasks) failed ({code}):\n{proc.stderr}")
+    return BatchFigures(tasks, wall, trips / tasks, int(rss))
+
+
+def measure_ask_loop(bench: Bench, tasks: int) -> float:
+    """The same tasks as a script's loop runs them: `ask --name tN` (a new sandbox each) then
+    `down --name tN`, one after the other; seconds for all."""
+    project, state = bench.project()
+    env = bench.env(state)
+    bench.model.enqueue(*[turn(msg("ok"), match=f"loop{i}:") for i in range(tasks)])
+    started = time.perf_counter()
+    for i in range(tasks):
+        bench.cli(project, env, "ask", "-q", "--name", f"t{i}", f"loop{i}: say ok")
+        bench.cli(project, env, "down", "--yes", "--name", f"t{i}")
+    return time.perf_counter() - started
+
+
+def batch_rows(small: BatchFigures, loop: float, big: BatchFigures | None) -> list[Row]:
+    rows = [
+        ratio_row(
+            f"`batch` {small.tasks} tasks, --parallel {BATCH_PARALLEL}",
+            small.wall,
+            "a loop of `ask` + `down`",
+            loop,
+            None,
+        ),
+        Row(
+            "  speed-up over the loop",
+            f"{loop / small.wall:.1f}x",
+            "",
+            "",
+            ">= 4x",
+            loop / small.wall >= 4,
+        ),
+        Row("  Daytona requests per task", f"{small.trips_per_task:.1f}", "", "", "", None),
+    ]
+    if big is not None:
+        rows.append(
+            Row(
+                f"  driver's peak memory, {small.tasks} / {big.tasks} tasks",
+                f"{small.peak_rss_kib / 1024:.0f} / {big.peak_rss_kib / 1024:.0f} MiB",
+                "",
+                f"{big.peak_rss_kib / small.peak_rss_kib:.2f}x",
+                "<= 1.5x",
+                big.peak_rss_kib <= 1.5 * small.peak_rss_kib,
+            )
+        )
+    return rows
+
+
 def network_rows(figures: list[FirstAndWarm], exec_to_model: float) -> list[Row]:
     """A newcomer's first `ask` against the one after it, and the later `ask` against local
     `codex exec` plus the two round trips it cannot do without (start the command, follow its
@@ -399,8 +488,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (medians are reported)")
     parser.add_argument("--verbose", action="store_true", help="also list the Daytona calls of each command")
+    parser.add_argument("--batch-only", action="store_true", help="only `batch` against a loop of `ask`")
+    parser.add_argument(
+        "--batch-big", type=int, default=BATCH_BIG, help="tasks of the batch whose memory is compared (0: none)"
+    )
     args = parser.parse_args(argv)
     runs = max(1, args.runs)
+    if args.batch_only:
+        return batch_only(args.batch_big)
 
     with tempfile.TemporaryDirectory(prefix="cdb-") as tmp:
         work = Path(tmp)
@@ -431,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             fanout_fork = measure_fanout(bench, project, env, fanout_runs, fork=True)
             fanout_snap = measure_fanout(bench, project, env, fanout_runs, fork=False)
             bench.cli(project, env, "down", "--yes")
+            batch = measure_batch(bench, BATCH_TASKS, BATCH_PARALLEL)
+            loop = measure_ask_loop(bench, BATCH_TASKS)
+            big = measure_batch(bench, args.batch_big, BATCH_PARALLEL) if args.batch_big else None
         finally:
             model.stop()
             emulator.stop()
@@ -489,17 +587,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             None,
         ),
+        *batch_rows(batch, loop, big),
     ]
-    header = ("measure", "ours", "baseline (same run)", "ratio", "target", "")
-    cells = [header, *(row.cells() for row in rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    line = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
-    print(line.format(*header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line.format(*row.cells()))
-    missed = [row.measure.strip() for row in rows if row.met is False]
-    print(f"\n{'Every target met.' if not missed else 'Not met: ' + '; '.join(missed)}")
+    missed = print_rows(rows)
     print(
         f"\nMedians of {runs} runs on this machine ({os.cpu_count()} cores), everything local: the Daytona\n"
         "emulator, the scripted model, the real CLI (as `python -m codex_daytona`, this checkout), agent\n"
@@ -519,11 +609,58 @@ def main(argv: list[str] | None = None) -> int:
         "Daytona's region);\n"
         "the next `ask` against local `codex exec` plus two round trips (its command and its log).\n"
         f"Fan-out: from `ask --fanout {FANOUT}` starting to the {FANOUT}rd sibling's first model request, siblings\n"
-        "made with Daytona's fork, then with fork refused (the snapshot fallback); median of up to 3 runs."
+        "made with Daytona's fork, then with fork refused (the snapshot fallback); median of up to 3 runs.\n"
+        + BATCH_NOTE
     )
     if args.verbose:
         for label, calls in bench.notes.items():
             print(f"\n{label}:\n  " + "\n  ".join(calls))
+    return 0 if not missed else 1
+
+
+BATCH_NOTE = (
+    f"Batch: {BATCH_TASKS} one-step tasks, each in a sandbox of its own made from the runtime snapshot,\n"
+    f"--parallel {BATCH_PARALLEL}, once, against the same tasks as a script's loop of `ask --name tN` and\n"
+    "`down --name tN` (helper on); the driver's peak RSS from getrusage of its own process (helper off)."
+)
+
+
+def print_rows(rows: list[Row]) -> list[str]:
+    """The table; returns the measures whose target was missed."""
+    header = ("measure", "ours", "baseline (same run)", "ratio", "target", "")
+    cells = [header, *(row.cells() for row in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    line = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
+    print(line.format(*header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line.format(*row.cells()))
+    missed = [row.measure.strip() for row in rows if row.met is False]
+    print(f"\n{'Every target met.' if not missed else 'Not met: ' + '; '.join(missed)}")
+    return missed
+
+
+def batch_only(big_tasks: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="cdb-") as tmp:
+        work = Path(tmp)
+        emulator = DaytonaEmulator(work / "daytona", DAYTONA_KEY, log_path=work / "requests.jsonl")
+        emulator.start()
+        model = ScriptedModel(log_dir=None)
+        model.start()
+        bench = Bench(work, emulator, model, RequestLog(work / "requests.jsonl"))
+        try:
+            print("Measuring `batch` (minutes)...", file=sys.stderr)
+            start_helper(bench)
+            project, state = bench.project()
+            bench.cli(project, bench.env(state), "snapshot")
+            batch = measure_batch(bench, BATCH_TASKS, BATCH_PARALLEL)
+            loop = measure_ask_loop(bench, BATCH_TASKS)
+            big = measure_batch(bench, big_tasks, BATCH_PARALLEL) if big_tasks else None
+        finally:
+            model.stop()
+            emulator.stop()
+    missed = print_rows(batch_rows(batch, loop, big))
+    print("\n" + BATCH_NOTE)
     return 0 if not missed else 1
 
 

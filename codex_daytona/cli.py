@@ -46,7 +46,7 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Sandbox": ("doctor", "up", "status", "exec", "shell", "ssh", "pause", "down", "snapshot"),
     "Agent": ("ask", "chat", "logs", "preview"),
     "Files": ("push", "pull", "diff"),
-    "Many sandboxes": ("ls", "keep"),
+    "Many sandboxes": ("ls", "keep", "batch"),
 }
 
 
@@ -461,6 +461,72 @@ def _fanout(
         out.progress(f"Keep one: codex-daytona keep {completed[0]}{flag} && codex-daytona down --others --yes{flag}")
     if result.exit_code:
         raise typer.Exit(int(result.exit_code))
+
+
+@command()
+def batch(
+    opts: Common,
+    tasks: Annotated[
+        Path,
+        typer.Argument(
+            metavar="TASKS", help='A JSON-lines file: one task per line, {"id", "prompt", ...}.', show_default=False
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", metavar="RESULTS", help="The JSON-lines results file (appended to; resumable)."),
+    ],
+    parallel: Annotated[int, typer.Option("--parallel", "-p", min=1, help="Tasks running at once.")] = 4,
+    model: Annotated[
+        str | None, typer.Option("--model", help="The model of tasks that name none.", show_default=False)
+    ] = None,
+    effort: EffortOpt = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=1, help="Interrupt a task's turn after SECONDS (status timeout).")
+    ] = None,
+    keep: Annotated[
+        str, typer.Option("--keep", metavar="none|failed|all", help="Which tasks' sandboxes to keep afterwards.")
+    ] = "none",
+    patches: Annotated[
+        Path | None,
+        typer.Option(
+            "--patches",
+            metavar="DIR",
+            help="Write each task's patch to DIR/<id>.patch (else it is in the results).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run every task of TASKS, each in a sandbox of its own, --parallel at once; write one
+    result line per task to RESULTS as it ends.
+
+    A task: "id" and "prompt", and optionally "model", "effort", "repo" and "branch" (cloned
+    as its home) or "dir" (a local directory pushed there), "setup" (a command run before the
+    turn) and "check" (a command run after it: exit 0 passes the task). A malformed line is
+    refused before anything runs. Running the same command again skips the tasks RESULTS has
+    and deletes what a killed run left. Ctrl-C interrupts the running tasks (exit 130).
+
+    Exit 0 when every task run passed, 3 when any did not.
+
+    Example: codex-daytona batch tasks.jsonl --parallel 8 --out results.jsonl
+    """
+    from codex_daytona.batch_files import TaskDefaults
+    from codex_daytona.usecases.batch import Batch, BatchOptions
+
+    with _session(opts) as (ctx, output):
+        options = BatchOptions(
+            parallel=parallel,
+            defaults=TaskDefaults(model=model, effort=effort),
+            timeout=timeout,
+            keep=keep,
+            patches=patches,
+        )
+        summary = Batch(ctx, tasks, out, options).run()
+        output.batch_summary(summary.to_json(), [r["id"] for r in summary.runs if r["status"] == "passed"])
+        if summary.interrupted:
+            output.error("Interrupted: the running tasks were stopped and written as interrupted.")
+        if summary.exit_code:
+            raise typer.Exit(int(summary.exit_code))
 
 
 @command("ls")

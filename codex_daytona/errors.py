@@ -84,6 +84,14 @@ class QuotaError(DaytonaError):
     )
 
 
+class RateLimitError(DaytonaError):
+    """Daytona answered 429: too many requests with this API key for now."""
+
+
+class NoRunnerError(DaytonaError):
+    """No Daytona runner took the new sandbox in time; Daytona deleted it (a queue timeout)."""
+
+
 class CommandGoneError(DaytonaError):
     """Daytona no longer knows a session or one of its commands (the sandbox restarted, or
     the session was deleted): what it was running must be reached another way."""

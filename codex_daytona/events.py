@@ -69,6 +69,8 @@ BUSY = "codex_daytona.busy"
 KEY_NEEDED = "codex_daytona.key_needed"
 # `ask --fanout`: one attempt's status changed ({sandbox, status, detail, started}).
 FANOUT_UPDATE = "codex_daytona.fanout.update"
+# A batch task's progress ({id, status, detail}; done: true with its final status).
+BATCH_TASK = "codex_daytona.batch.task"
 
 
 def progress(message: str) -> Event:

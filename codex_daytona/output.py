@@ -213,6 +213,9 @@ class Output:
         if kind == ev.FANOUT_UPDATE:
             self._fanout_update(event)
             return
+        if kind == ev.BATCH_TASK:
+            self._batch_task(event)
+            return
         if kind == ev.EXEC_OUTPUT and self.mode is not Mode.JSON:
             stream = self.stdout if event.get("stream") == "stdout" else self.stderr
             with contextlib.suppress(OSError, ValueError):
@@ -503,6 +506,41 @@ class Output:
             for preview in row.get("previews") or []:
                 url = preview.get("browser_url") or preview["url"]  # the one that opens in a browser
                 self._out(f"{row['name']}  port {preview['port']}: {url}")
+
+    def _batch_task(self, event: ev.Event) -> None:
+        """A batch task's progress: a plain line on stderr as it starts, retries and ends
+        (not for -q; with --json too, since stdout carries only the summary)."""
+        status = str(event.get("status"))
+        if self.mode is Mode.QUIET or (status not in ("creating", "retrying") and not event.get("done")):
+            return
+        detail = str(event.get("detail") or "").strip()
+        style = {"passed": "green", "creating": "dim", "retrying": "yellow"}.get(status, "red")
+        line = f"[{style}]{escape(status)}[/{style}] {escape(str(event.get('id')))}"
+        self._err(line + (f"[dim]  {escape(detail.splitlines()[0][:120])}[/dim]" if detail else ""))
+
+    def batch_summary(self, summary: dict[str, Any], passed: list[str]) -> None:
+        """The end of a batch: counts by status (and by model when tasks used several) on
+        stdout, one object for --json, the ids of the tasks that passed for -q."""
+        if self.mode is Mode.JSON:
+            self.json_line(summary)
+            return
+        if self.mode is Mode.QUIET:
+            for task_id in passed:
+                self._out(task_id)
+            return
+        ran = summary["ran"]
+        models = summary["by_model"]
+        columns = ["status", "tasks"] + (sorted(models) if len(models) > 1 else [])
+        rows = [
+            [status, str(count)] + ([str(models[m].get(status, 0)) for m in sorted(models)] if len(models) > 1 else [])
+            for status, count in sorted(summary["statuses"].items())
+        ]
+        self.table(columns, rows)
+        rate = f"{100 * summary['statuses'].get('passed', 0) / ran:.0f}% passed" if ran else "nothing to run"
+        self._out(
+            f"{ran} ran, {summary['skipped']} already done, {rate}, "
+            f"tokens {summary['input_tokens']:,} in / {summary['output_tokens']:,} out, {summary['elapsed_s']:.1f} s"
+        )
 
     # --- results -------------------------------------------------------------------------
 

@@ -21,7 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from codex_daytona.errors import CommandGoneError, DaytonaError, QuotaError, SandboxGoneError
+from codex_daytona.errors import (
+    CommandGoneError,
+    DaytonaError,
+    NoRunnerError,
+    QuotaError,
+    RateLimitError,
+    SandboxGoneError,
+)
 from codex_daytona.settings import Settings
 
 if TYPE_CHECKING:
@@ -144,12 +151,12 @@ class DaytonaApi:
         try:
             yield
         except DaytonaRateLimitError as exc:
-            raise DaytonaError(
+            raise RateLimitError(
                 f"Daytona is rate-limiting this API key (HTTP 429) while trying to {action}.",
                 "Wait a minute and try again; fewer sandboxes at once (a smaller --fanout) helps.",
             ) from exc
         except DaytonaQueueTimeoutError as exc:
-            raise DaytonaError(
+            raise NoRunnerError(
                 f"No Daytona runner was free in time to {action}: Daytona gave up and deleted the sandbox.",
                 "Try again in a few minutes, or in another region (DAYTONA_TARGET).",
             ) from exc

@@ -176,22 +176,30 @@ def _up_from_repo(ctx: Context, repo: str, branch: str | None) -> UpResult:
             "Run `codex-daytona down` first, or `codex-daytona push` your code into the existing one.",
         )
     result = up(ctx)
+    try:
+        clone_into(ctx, repo, branch)
+    except TransferError as exc:
+        # A fresh sandbox with a failed clone is of no use: delete it so `up --repo` can be retried.
+        with contextlib.suppress(DaytonaError):
+            ctx.connect(ctx.require_record()).delete()
+        ctx.forget(result.sandbox_id)
+        raise TransferError(exc.message, exc.hint + "; the new sandbox was deleted.") from None
+    return result
+
+
+def clone_into(ctx: Context, repo: str, branch: str | None) -> None:
+    """Clones `repo` into this name's (new) sandbox as its home, which becomes the diff baseline."""
     box = ctx.connect(ctx.require_record())
     ctx.emit(ev.progress(f"Cloning {repo}{f' (branch {branch})' if branch else ''}..."))
     cloned = box.run(home_commands.clone_command(box.layout, repo, branch), timeout=900)
     if cloned.exit_code != 0:
-        # A fresh sandbox with a failed clone is of no use: delete it so `up --repo` can be retried.
-        with contextlib.suppress(DaytonaError):
-            box.delete()
-        ctx.forget(box.id)
         raise TransferError(
             f"Could not clone {repo}: {tail(cloned.output)}",
-            "Check the URL and the branch (the sandbox must reach the repository); the new sandbox was deleted.",
+            "Check the URL and the branch (the sandbox must reach the repository)",
         )
     rebased = box.run(home_commands.rebaseline_all_command(box.layout), timeout=600)
     if rebased.exit_code != 0:
         ctx.emit(ev.warning(f"Could not record the clone as the diff baseline: {tail(rebased.output)}"))
-    return result
 
 
 def mark_created_by(ctx: Context, command: str) -> None:

@@ -2972,6 +2972,17 @@ class DaytonaEmulator:
 
         self._sync(fail)
 
+    def evict_sandbox(self, sandbox_id: str) -> None:
+        """Takes the sandbox away as a spot preemption does, mid-whatever: its processes die
+        and it is destroyed (404 from then on). Unverified: whether the hosted API still
+        answers a look-up of it with the destroyed sandbox and its ``spotEvictedAt``."""
+        self.stop_sandbox(sandbox_id)
+
+        def evict() -> None:
+            self.server.sandboxes[sandbox_id].state = "destroyed"
+
+        self._sync(evict)
+
     @property
     def base_url(self) -> str:
         return self.server.base_url

@@ -1,0 +1,496 @@
+"""`batch`: many tasks, each in a sandbox of its own, up to N at once, each task's result
+written to the results file as it ends.
+
+A task's sandbox is named `b-<batch>-<n>` (the batch: a digest of the results file's path, so
+running the same command again is the same batch) and carries the tool's labels, so `ls
+--all` and `down --all` see it and a resumed batch finds the ones a killed run left behind.
+Like the core, this module never prints: it reports through events, from one thread at a
+time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from codex_daytona import events as ev
+from codex_daytona.batch_files import ResultsFile, Task, TaskDefaults, check_tasks, stream_tasks
+from codex_daytona.errors import (
+    CodexDaytonaError,
+    DaytonaError,
+    ExitCode,
+    InterruptedByUser,
+    NoRunnerError,
+    QuotaError,
+    RateLimitError,
+    SandboxGoneError,
+    TurnTimeoutError,
+    UsageError,
+)
+from codex_daytona.usecases import hands, lifecycle, turns, workspace
+from codex_daytona.usecases.context import TOOL_LABEL, Context, project_labels
+
+T = TypeVar("T")
+KEEP = ("none", "failed", "all")
+# A task the platform failed (429, quota, no runner, a sandbox evicted or lost) runs again in a
+# new sandbox, at most this many times in all; the waits between are RETRY_DELAYS_S.
+MAX_TRIES = 4
+RETRY_DELAYS_S = (2.0, 5.0, 15.0)
+SETUP_TIMEOUT_S = 1800.0
+CHECK_TIMEOUT_S = 1800.0
+OUTPUT_TAIL_CHARS = 2000
+INTERRUPT_RETRY_S = 0.5
+
+
+class SetupFailed(CodexDaytonaError):
+    """A task's `setup` command exited non-zero: the turn does not run."""
+
+
+def batch_id(out: Path) -> str:
+    """The batch a results file belongs to: the same file, the same batch (resumable)."""
+    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    parallel: int
+    defaults: TaskDefaults = field(default_factory=TaskDefaults)
+    timeout: float | None = None
+    keep: str = "none"
+    patches: Path | None = None
+
+
+@dataclass
+class TaskRun:
+    """One task as it runs, then its result line."""
+
+    task: Task
+    name: str = ""
+    status: str = "error"
+    sandbox_id: str | None = None
+    run_id: str | None = None
+    final_message: str = ""
+    error: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    check_exit: int | None = None
+    check_tail: str = ""
+    patch: str | None = None
+    patch_path: str | None = None
+    retries: list[str] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+    kept: bool = False
+    output: list[str] = field(default_factory=list)  # the setup's or check's output, while it runs
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "id": self.task.id,
+            "status": self.status,
+            "final_message": self.final_message,
+            "error": self.error,
+            "model": self.task.model,
+            "check": None
+            if self.task.check is None
+            else {"exit_code": self.check_exit, "output_tail": self.check_tail},
+            "usage": self.usage,
+            "durations": {k: round(v, 2) for k, v in self.durations.items()},
+            "retries": self.retries,
+            "sandbox_id": self.sandbox_id if self.kept else None,
+            "run_id": self.run_id,
+        }
+        if self.patch_path is not None:
+            result["patch_path"] = self.patch_path
+        else:
+            result["patch"] = self.patch
+        return result
+
+
+@dataclass
+class BatchSummary:
+    total: int  # tasks in the file
+    skipped: int  # already in the results file
+    runs: list[dict[str, Any]]  # this run's result lines (id, status, model, usage)
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            counts[run["status"]] = counts.get(run["status"], 0) + 1
+        return counts
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """130 on Ctrl-C, 0 when every task this run passed, else 3."""
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        if all(run["status"] == "passed" for run in self.runs):
+            return ExitCode.OK
+        return ExitCode.TURN_FAILED
+
+    def to_json(self) -> dict[str, Any]:
+        by_model: dict[str, dict[str, int]] = {}
+        for run in self.runs:
+            model = by_model.setdefault(str(run.get("model") or "default"), {})
+            model[run["status"]] = model.get(run["status"], 0) + 1
+        return {
+            "total": self.total,
+            "skipped": self.skipped,
+            "ran": len(self.runs),
+            "statuses": self.counts,
+            "by_model": by_model,
+            "input_tokens": sum(int(r["usage"].get("input_tokens", 0)) for r in self.runs),
+            "output_tokens": sum(int(r["usage"].get("output_tokens", 0)) for r in self.runs),
+            "interrupted": self.interrupted,
+            "elapsed_s": round(self.elapsed_s, 2),
+            "exit_code": int(self.exit_code),
+        }
+
+
+class Batch:
+    """Runs a tasks file: each task in a sandbox of its own, `parallel` at once."""
+
+    def __init__(self, ctx: Context, tasks: Path, out: Path, options: BatchOptions) -> None:
+        if options.parallel < 1:
+            raise UsageError("--parallel needs at least 1.")
+        if options.keep not in KEEP:
+            raise UsageError(f"--keep is one of {', '.join(KEEP)}.")
+        self.ctx = ctx
+        self.tasks = tasks
+        self.out = out
+        self.options = options
+        self.id = batch_id(out)
+        self._lock = threading.Lock()  # the task stream, the counters, the results file, events
+        self._cancel = threading.Event()
+        self._running: dict[str, TaskRun] = {}
+        self._written: set[str] = set()
+        self._seq = 0
+        self._allowed = options.parallel  # lowered while Daytona refuses for quota or rate
+        self._active = 0
+        self._room = threading.Condition(self._lock)
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _emit(self, event: ev.Event) -> None:
+        with self._lock:
+            self.ctx.emit(event)
+
+    def _update(self, run: TaskRun, status: str, detail: str = "") -> None:
+        self._emit({"type": ev.BATCH_TASK, "id": run.task.id, "status": status, "detail": detail})
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self) -> BatchSummary:
+        total = check_tasks(self.tasks, self.options.defaults)
+        self.ctx.settings.require_openai_key()
+        self.ctx.store.check_writable()
+        if self.options.patches is not None:
+            self.options.patches.mkdir(parents=True, exist_ok=True)
+        began = time.monotonic()
+        with ResultsFile(self.out) as results:
+            skipped = len(results.done)
+            summary = BatchSummary(total, skipped, [])
+            self._clean_leftovers()
+            pending = self._pending(results)
+            # Each worker sets its event when it ends. Waited on instead of the threads: on
+            # Python 3.11 a Ctrl-C that lands in Thread.join() leaves is_alive() False for a
+            # thread that still runs (its task would then never be written).
+            workers = [threading.Event() for _ in range(min(self.options.parallel, total - skipped))]
+            for ended in workers:
+                threading.Thread(target=self._worker, args=(pending, results, summary, ended), daemon=True).start()
+            try:
+                for ended in workers:
+                    while not ended.wait(0.1):
+                        pass
+            except KeyboardInterrupt:
+                summary.interrupted = True
+                self._cancel_all(workers)
+                for run in list(self._running.values()):  # still winding down: written as they stand
+                    run.status, run.error = "interrupted", "Interrupted; still winding down when the batch ended."
+                    self._write(run, results, summary)
+        summary.elapsed_s = time.monotonic() - began
+        return summary
+
+    def _pending(self, results: ResultsFile) -> Iterator[Task]:
+        for task in stream_tasks(self.tasks, self.options.defaults):
+            if task.id not in results.done:
+                yield task
+
+    def _worker(
+        self, pending: Iterator[Task], results: ResultsFile, summary: BatchSummary, ended: threading.Event
+    ) -> None:
+        try:
+            self._work(pending, results, summary)
+        finally:
+            ended.set()
+
+    def _work(self, pending: Iterator[Task], results: ResultsFile, summary: BatchSummary) -> None:
+        queued = time.monotonic()
+        while not self._cancel.is_set():
+            with self._lock:
+                task = next(pending, None)
+                self._seq += 1
+                seq = self._seq
+            if task is None:
+                return
+            run = TaskRun(task, name=f"b-{self.id}-{seq}")
+            run.durations["queue"] = time.monotonic() - queued
+            self._running[task.id] = run
+            try:
+                self._run_task(run)
+            finally:
+                self._running.pop(task.id, None)
+                self._write(run, results, summary)
+
+    def _write(self, run: TaskRun, results: ResultsFile, summary: BatchSummary) -> None:
+        """The task's result line, once (a task still winding down when Ctrl-C's wait ran out
+        is written by the main thread, and not again by its own)."""
+        line = run.to_json()
+        with self._lock:
+            if run.task.id in self._written:
+                return
+            self._written.add(run.task.id)
+            results.write(line)
+            summary.runs.append({k: line[k] for k in ("id", "status", "model", "usage", "error", "final_message")})
+            self.ctx.emit(
+                {
+                    "type": ev.BATCH_TASK,
+                    "id": run.task.id,
+                    "status": run.status,
+                    "detail": run.error
+                    or (f"check exited {run.check_exit}" if run.status == "failed" else "")
+                    or _first_line(run.final_message),
+                    "done": True,
+                }
+            )
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """At most `_allowed` tasks make sandboxes and run at once."""
+        with self._room:
+            while self._active >= self._allowed and not self._cancel.is_set():
+                self._room.wait(0.5)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._room:
+                self._active -= 1
+                self._room.notify_all()
+
+    def _refused(self, exc: DaytonaError) -> None:
+        """Daytona refused for quota or rate: fewer at once until a task gets through."""
+        with self._room:
+            self._allowed = max(1, min(self._allowed, self._active) - 1)
+
+    def _got_through(self) -> None:
+        with self._room:
+            if self._allowed < self.options.parallel:
+                self._allowed += 1
+                self._room.notify_all()
+
+    def _run_task(self, run: TaskRun) -> None:
+        for attempt in range(MAX_TRIES):
+            if self._cancel.is_set():
+                run.status, run.error = "interrupted", "Interrupted before it started."
+                return
+            try:
+                with self._slot():
+                    self._attempt(run)
+                return
+            except (QuotaError, RateLimitError, NoRunnerError, SandboxGoneError) as exc:
+                if isinstance(exc, (QuotaError, RateLimitError)):
+                    self._refused(exc)
+                run.retries.append(exc.message)
+                self._update(run, "retrying", exc.message)
+                self._drop(run, keep=False)
+                if attempt + 1 == MAX_TRIES:
+                    run.status, run.error = "error", exc.message
+                    return
+                if self._cancel.wait(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]):
+                    run.status, run.error = "interrupted", "Interrupted while waiting to retry."
+                    return
+
+    def _attempt(self, run: TaskRun) -> None:
+        task = run.task
+        ctx = self.ctx.named(run.name, self._on_event(run))
+        try:
+            self._update(run, "creating", "Creating the sandbox...")
+            began = time.monotonic()
+            created = lifecycle.create(ctx)
+            run.sandbox_id = created.sandbox_id
+            if task.dir:
+                workspace.push(ctx, Path(task.dir))
+            elif task.repo:
+                lifecycle.clone_into(ctx, task.repo, task.branch)
+            run.durations["sandbox"] = time.monotonic() - began
+            self._got_through()
+            if task.setup:
+                self._update(run, "setup", task.setup)
+                code = self._command(ctx, run, task.setup, SETUP_TIMEOUT_S)
+                if code != 0:
+                    raise SetupFailed(f"setup exited {code}: {_tail(''.join(run.output), 300)}")
+            if self._cancel.is_set():
+                raise InterruptedByUser("Interrupted before its turn started.")
+            self._update(run, "running", "Starting the turn...")
+            began = time.monotonic()
+            try:
+                outcome = turns.ask(
+                    ctx,
+                    task.prompt,
+                    model=task.model,
+                    effort=task.effort,
+                    timeout=self.options.timeout,
+                    links=False,
+                )
+            finally:
+                run.durations["turn"] = time.monotonic() - began
+            self._take(run, outcome)
+            if task.check:
+                self._update(run, "checking", task.check)
+                began = time.monotonic()
+                run.check_exit = self._command(ctx, run, task.check, CHECK_TIMEOUT_S)
+                run.durations["check"] = time.monotonic() - began
+                run.check_tail = _tail("".join(run.output), OUTPUT_TAIL_CHARS)
+            run.status = "passed" if (run.check_exit == 0 if task.check else True) else "failed"
+            self._patch(ctx, run)
+        except (QuotaError, RateLimitError, NoRunnerError, SandboxGoneError):
+            raise  # the platform's: _run_task deletes the sandbox and runs the task again
+        except TurnTimeoutError as exc:
+            self._failed(ctx, run, exc, "timeout")
+        except InterruptedByUser as exc:
+            self._failed(ctx, run, exc, "interrupted")
+        except CodexDaytonaError as exc:
+            self._failed(ctx, run, exc, "failed" if exc.exit_code == ExitCode.TURN_FAILED else "error")
+        self._drop(run, keep=self._keeps(run))
+
+    def _failed(self, ctx: Context, run: TaskRun, exc: CodexDaytonaError, status: str) -> None:
+        run.status, run.error = status, exc.message
+        outcome = turns.outcome_of(exc)
+        if outcome is not None:
+            self._take(run, outcome)
+        if status in ("failed", "timeout", "interrupted") and run.sandbox_id is not None:
+            with contextlib.suppress(CodexDaytonaError):
+                self._patch(ctx, run)
+
+    def _take(self, run: TaskRun, outcome: turns.TurnOutcome) -> None:
+        run.run_id = outcome.run_id
+        run.final_message = outcome.final_message
+        run.usage = dict(outcome.usage)
+
+    def _command(self, ctx: Context, run: TaskRun, command: str, timeout: float) -> int:
+        run.output = []
+        return hands.exec_command(ctx, command, timeout=timeout)
+
+    def _patch(self, ctx: Context, run: TaskRun) -> None:
+        patch = workspace.diff(ctx).patch
+        if self.options.patches is not None:
+            path = self.options.patches / f"{run.task.id}.patch"
+            path.write_bytes(patch)
+            run.patch_path = str(path)
+        else:
+            run.patch = patch.decode("utf-8", "replace")
+
+    def _keeps(self, run: TaskRun) -> bool:
+        return self.options.keep == "all" or (self.options.keep == "failed" and run.status != "passed")
+
+    def _drop(self, run: TaskRun, *, keep: bool) -> None:
+        """Deletes the task's sandbox (and forgets it), or keeps it, named, for `ls` and `down`."""
+        ctx = self.ctx.named(run.name)
+        if ctx.record() is None:
+            return
+        if keep:
+            run.kept = True
+            return
+        with contextlib.suppress(CodexDaytonaError):
+            self._patiently(lambda: lifecycle.down(ctx))
+
+    def _on_event(self, run: TaskRun) -> Any:
+        def handle(event: ev.Event) -> None:
+            kind = event.get("type")
+            item = event.get("item") or {}
+            if kind == ev.EXEC_OUTPUT:
+                run.output.append(str(event.get("data", "")))
+                if sum(len(chunk) for chunk in run.output) > 4 * OUTPUT_TAIL_CHARS:
+                    run.output = [_tail("".join(run.output), OUTPUT_TAIL_CHARS)]
+            elif kind == ev.RUN_STARTED:
+                run.run_id = run.run_id or event.get("run_id")
+            elif kind == ev.ITEM_STARTED and item.get("type") == ev.COMMAND:
+                self._update(run, "running", f"Run: {item.get('command', '')}")
+            elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.FILE_CHANGE:
+                paths = [str(c.get("path")) for c in item.get("changes") or []]
+                self._update(run, "running", f"Changed {', '.join(paths)}")
+
+        return handle
+
+    # --- leftovers and Ctrl-C ----------------------------------------------------------------
+
+    def _clean_leftovers(self) -> None:
+        """Deletes the sandboxes a killed run of this batch left: their tasks have no result
+        line, so they run again."""
+        prefix = f"b-{self.id}-"
+        project = project_labels(self.ctx.project_dir, "")[f"{TOOL_LABEL}.project"]
+        left = [
+            s
+            for s in self._patiently(lambda: lifecycle.all_sandboxes(self.ctx))
+            if s.labels.get(f"{TOOL_LABEL}.name", "").startswith(prefix)
+            and s.labels.get(f"{TOOL_LABEL}.project") == project
+        ]
+        if left:
+            self._emit(ev.progress(f"Deleting {len(left)} sandbox(es) a stopped run of this batch left..."))
+            self._patiently(lambda: lifecycle.down_all(self.ctx, left))
+
+    def _patiently(self, call: Callable[[], T]) -> T:
+        """`call`, again after a wait while Daytona answers 429 (the batch's own requests:
+        listing what a killed run left, deleting a finished task's sandbox)."""
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                return call()
+            except RateLimitError:
+                if delay is None or self._cancel.wait(delay):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _cancel_all(self, workers: list[threading.Event]) -> None:
+        self._cancel.set()
+        with self._room:
+            self._room.notify_all()
+        self._emit(ev.progress("Interrupting every task..."))
+        interrupting: set[str] = set()
+        deadline = time.monotonic() + 60
+        while not all(ended.is_set() for ended in workers) and time.monotonic() < deadline:
+            for run in list(self._running.values()):
+                if run.run_id and run.task.id not in interrupting:
+                    interrupting.add(run.task.id)
+                    threading.Thread(target=self._interrupt, args=(run,), daemon=True).start()
+            time.sleep(0.05)
+
+    def _interrupt(self, run: TaskRun) -> None:
+        """Asks the agent in the task's sandbox to interrupt its run until it has, or the task
+        ended; a failed request is tried again (one lost interrupt would leave the turn running)."""
+        ctx = self.ctx.named(run.name)
+        while run.task.id in self._running:
+            record = ctx.record()
+            if record is None or run.run_id is None:
+                return
+            try:
+                if turns.interrupt(ctx.look(record), run.run_id):
+                    return
+            except (DaytonaError, SandboxGoneError):
+                pass
+            time.sleep(INTERRUPT_RETRY_S)
+
+
+def _tail(text: str, chars: int) -> str:
+    return text[-chars:]
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,219 @@
+"""`batch` end to end: the real CLI, the emulator, the real agent and Codex, the scripted model.
+Each task's model steps `match` a word of its own prompt: tasks run at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codex_daytona.errors import ExitCode
+from codex_daytona.usecases.context import project_labels
+from tests.e2e import Rig, sandbox_processes
+from tests.fakes.model import add_file_patch, msg, patch, run, turn
+
+pytestmark = pytest.mark.e2e
+
+
+def tasks_file(rig: Rig, *tasks: dict[str, Any], name: str = "tasks.jsonl") -> Path:
+    path = rig.project / name
+    with path.open("a", encoding="utf-8") as fh:
+        for task in tasks:
+            fh.write(json.dumps(task) + "\n")
+    return path
+
+
+def results(rig: Rig, name: str = "results.jsonl") -> dict[str, dict[str, Any]]:
+    lines = [json.loads(line) for line in (rig.project / name).read_text().splitlines()]
+    assert all(line["schema"] == 1 for line in lines)
+    by_id = {line["id"]: line for line in lines}
+    assert len(by_id) == len(lines), "a task ran twice"
+    return by_id
+
+
+def batch_sandboxes(rig: Rig, state: str | None = None) -> list[dict[str, Any]]:
+    """This project's batch sandboxes on the emulator (deleted ones too: state "destroyed")."""
+    project = project_labels(rig.project.resolve(), "")["codex-daytona.project"]
+    return [
+        s
+        for s in rig.emulator.sandboxes()
+        if s["labels"].get("codex-daytona.name", "").startswith("b-")
+        and s["labels"].get("codex-daytona.project") == project
+        and (state is None or s["state"] == state)
+    ]
+
+
+def test_a_batch_runs_its_tasks_at_once_checks_them_and_leaves_nothing_behind(rig: Rig) -> None:
+    (rig.project / "proj").mkdir()
+    (rig.project / "proj" / "given.txt").write_text("from the task's dir\n")
+    tasks = tasks_file(
+        rig,
+        {"id": "alpha", "prompt": "alpha: add a file", "setup": "echo set-up > setup.txt", "check": "test -f one.txt"},
+        {"id": "beta", "prompt": "beta: 'quotes' and \"more\"", "check": "echo broken-check >&2; exit 1"},
+        {"id": "gamma", "prompt": "gamma: read it", "dir": "proj", "check": "test -f given.txt && echo saw-it"},
+    )
+    usage = {"input_tokens": 100, "output_tokens": 7}
+    rig.model.enqueue(
+        turn(patch(add_file_patch("one.txt", "1")), match="alpha:", usage=usage),
+        turn(msg("added one.txt"), match="alpha:", usage=usage),
+        turn(msg("beta done"), match="beta:", usage=usage),
+        turn(run("cat given.txt"), match="gamma:", usage=usage),
+        turn(msg("gamma done"), match="gamma:", usage=usage),
+    )
+    ran = rig.cli("batch", "tasks.jsonl", "--parallel", "3", "--out", "results.jsonl", timeout=300)
+    assert ran.code == ExitCode.TURN_FAILED, ran  # beta's check failed
+    got = results(rig)
+    assert {k: v["status"] for k, v in got.items()} == {"alpha": "passed", "beta": "failed", "gamma": "passed"}
+    alpha, beta, gamma = got["alpha"], got["beta"], got["gamma"]
+    assert alpha["final_message"] == "added one.txt" and alpha["check"] == {"exit_code": 0, "output_tail": ""}
+    assert "one.txt" in alpha["patch"] and "setup.txt" in alpha["patch"], alpha["patch"]
+    assert beta["check"]["exit_code"] == 1 and "broken-check" in beta["check"]["output_tail"]
+    assert gamma["check"]["output_tail"] == "saw-it\n" and gamma["final_message"] == "gamma done"
+    for line in got.values():
+        assert line["run_id"] and line["usage"]["input_tokens"] >= 100 and line["sandbox_id"] is None
+        assert {"queue", "sandbox", "turn", "check"} <= set(line["durations"]), line["durations"]
+    assert tasks.exists()
+
+    # At once: the three turns overlapped (each sandbox made before any turn ended).
+    assert len(batch_sandboxes(rig)) == 3
+    assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "--keep none deletes every sandbox"
+    assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]
+    assert "passed" in ran.stdout and "3 ran, 0 already done, 67% passed" in ran.stdout, ran
+    for task_id in ("alpha", "beta", "gamma"):
+        assert task_id in ran.stderr
+
+    # Again: every task is in the results already; nothing runs, nothing is asked of the model.
+    asked = len(rig.model.requests)
+    again = rig.cli("batch", "tasks.jsonl", "-p", "3", "--out", "results.jsonl", "--json")
+    assert again.code == 0, again
+    summary = json.loads(again.stdout)
+    assert (summary["ran"], summary["skipped"], summary["total"]) == (0, 3, 3)
+    assert len(rig.model.requests) == asked and len(batch_sandboxes(rig)) == 3
+
+    # A task added to the file: only it runs.
+    tasks_file(rig, {"id": "delta", "prompt": "delta: hello"})
+    rig.model.enqueue(turn(msg("delta done"), match="delta:"))
+    more = rig.cli("batch", "tasks.jsonl", "--out", "results.jsonl", "-q")
+    assert more.code == 0 and more.stdout == "delta\n", more
+    assert list(results(rig)) == ["alpha", "beta", "gamma", "delta"] or set(results(rig)) == {
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+    }
+
+
+def test_a_malformed_tasks_file_is_refused_before_anything_runs(rig: Rig) -> None:
+    tasks_file(rig, {"id": "ok", "prompt": "fine"})
+    with (rig.project / "tasks.jsonl").open("a") as fh:
+        fh.write('{"id": "bad", "prompt": "p", "chek": "x"}\n')
+    refused = rig.cli("batch", "tasks.jsonl", "--out", "results.jsonl")
+    assert refused.code == ExitCode.USAGE, refused
+    assert "tasks.jsonl, line 2: unknown field 'chek'" in refused.stderr and "Traceback" not in refused.stderr
+    assert not batch_sandboxes(rig) and not (rig.project / "results.jsonl").exists()
+
+
+def test_keep_failed_keeps_the_failed_tasks_sandbox_named_for_ls_and_down(rig: Rig) -> None:
+    tasks_file(
+        rig,
+        {"id": "good", "prompt": "good: hi", "check": "true"},
+        {"id": "bad", "prompt": "bad: hi", "check": "false"},
+    )
+    rig.model.enqueue(turn(msg("ok"), match="good:"), turn(msg("ok"), match="bad:"))
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl", "--keep", "failed")
+    assert ran.code == ExitCode.TURN_FAILED, ran
+    got = results(rig)
+    assert got["good"]["sandbox_id"] is None and got["bad"]["sandbox_id"]
+    kept = [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]
+    assert [s["id"] for s in kept] == [got["bad"]["sandbox_id"]]
+    [name] = [n for n in rig.state()["sandboxes"] if n.startswith("b-")]
+    assert rig.cli("down", "--name", name, "--yes").code == 0
+    assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]
+
+
+def test_a_429_storm_slows_the_batch_down_and_fails_no_task(rig: Rig) -> None:
+    tasks_file(rig, *({"id": f"t{i}", "prompt": f"task{i}: hi"} for i in range(3)))
+    rig.model.enqueue(*(turn(msg("ok"), match=f"task{i}:") for i in range(3)))
+    rig.emulator.set_faults(rate_limit_next=6)
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "3", "--out", "results.jsonl", timeout=300)
+    assert ran.code == 0, ran
+    assert {line["status"] for line in results(rig).values()} == {"passed"}
+    assert rig.emulator.faults()["rate_limit_next"] == 0, "the storm struck"
+    assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]
+
+
+def _wait_for(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _sleeping(rig: Rig, count: int) -> bool:
+    live = batch_sandboxes(rig, "started")
+    return len(live) >= count and all(sandbox_processes(s["id"], "sleep 60") for s in live)
+
+
+def _sleepy_tasks(rig: Rig, count: int) -> None:
+    tasks_file(rig, *({"id": f"t{i}", "prompt": f"task{i}: sleep"} for i in range(count)))
+    for i in range(count):
+        rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000), match=f"task{i}:"))
+
+
+@pytest.mark.cold  # the CLI's own process takes the SIGKILL, as a script's would
+def test_a_batch_killed_with_sigkill_resumes_without_running_a_task_twice_or_losing_one(rig: Rig) -> None:
+    tasks_file(rig, {"id": "quick", "prompt": "quick: hi"})
+    rig.model.enqueue(turn(msg("quick done"), match="quick:"))
+    _sleepy_tasks(rig, 2)
+    proc = rig.popen_piped("batch", "tasks.jsonl", "-p", "3", "--out", "results.jsonl")
+    _wait_for(lambda: _sleeping(rig, 2) and (rig.project / "results.jsonl").read_text().count("\n") == 1, 120)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert list(results(rig)) == ["quick"]
+    left = {s["id"] for s in batch_sandboxes(rig) if s["state"] != "destroyed"}
+    assert len(left) == 2, "the killed run's sandboxes are still there"
+
+    for i in range(2):
+        rig.model.enqueue(turn(msg(f"t{i} done"), match=f"task{i}:"))
+    resumed = rig.cli("batch", "tasks.jsonl", "-p", "3", "--out", "results.jsonl", timeout=300)
+    assert resumed.code == 0, resumed
+    assert "Deleting 2 sandbox(es) a stopped run of this batch left" in resumed.stderr, resumed
+    got = results(rig)  # each id once
+    assert sorted(got) == ["quick", "t0", "t1"] and {line["status"] for line in got.values()} == {"passed"}
+    assert got["quick"]["final_message"] == "quick done" and got["t0"]["final_message"] == "t0 done"
+    assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"], "nothing left behind"
+    assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]
+
+
+def test_ctrl_c_interrupts_the_running_tasks_writes_them_and_leaves_nothing(rig: Rig) -> None:
+    _sleepy_tasks(rig, 2)
+    proc = rig.popen_piped("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl")
+    _wait_for(lambda: _sleeping(rig, 2), 120)
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    got = results(rig)
+    assert sorted(got) == ["t0", "t1"] and {line["status"] for line in got.values()} == {"interrupted"}, got
+    assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]
+
+
+def test_a_task_whose_sandbox_is_evicted_mid_turn_runs_again_in_a_new_one(rig: Rig) -> None:
+    _sleepy_tasks(rig, 1)
+    proc = rig.popen_piped("batch", "tasks.jsonl", "--out", "results.jsonl")
+    _wait_for(lambda: _sleeping(rig, 1), 120)
+    [first] = batch_sandboxes(rig, "started")
+    rig.model.enqueue(turn(msg("done the second time"), match="task0:"))
+    rig.emulator.evict_sandbox(first["id"])
+    _stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    [line] = results(rig).values()
+    assert line["status"] == "passed" and line["final_message"] == "done the second time", line
+    assert len(line["retries"]) == 1 and first["id"] in line["retries"][0], line["retries"]
+    assert "retrying" in stderr and "t0" in stderr
+    assert len(batch_sandboxes(rig)) == 2 and not batch_sandboxes(rig, "started")
