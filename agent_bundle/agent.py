@@ -40,16 +40,35 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-if TYPE_CHECKING:
-    import socket
+from agent_bundle.protocol import (
+    BUSY,
+    EXIT_BUSY,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TURN_FAILED,
+    ITEM_DETAILS,
+    KEY_ENV,
+    KEY_NEEDED,
+    PORTS,
+    PORTS_SETTLED,
+    PROTOCOL,
+    RESUME_FAILED,
+    RUN_COMPLETED,
+    RUN_STARTED,
+    TEXT,
+    TURN_INTERRUPTED,
+    TURN_USAGE,
+    Request,
+    bundle_digest,
+    bundle_files,
+    key_fingerprint,
+    listen_private,
+    run_completed,
+)
 
-# The contract with the CLI (the protocol version, the key's variable, the exit codes, the
-# request's fields and the codex_daytona.* event names) is the package's: this file is
-# uploaded as it is and cannot import it, so tests/test_contract.py holds the two together.
-PROTOCOL = 2
-KEY_ENV = "CODEX_DAYTONA_OPENAI_API_KEY"
 REQUEST_TIMEOUT_S = 120.0
 KEY_WAIT_S = 60.0  # how long a run waits for the CLI to deliver the key it names
 DELTA_INTERVAL_S = 0.15  # at most this often a codex_daytona.text with the text so far
@@ -57,12 +76,6 @@ START_TIMEOUT_S = 60.0  # how long Codex may take to start a turn (its app-serve
 MODEL_TIMEOUT_S = 300.0  # silence from the model, while no command runs, that fails a turn
 # Ports the sandbox itself uses (Daytona's toolbox, terminal and SSH gateway).
 DAYTONA_PORTS = frozenset({2280, 22220, 22222, 33333})
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_TURN_FAILED = 3
-EXIT_BUSY = 6
-EXIT_INTERRUPTED = 130
 
 
 class Emitter:
@@ -112,11 +125,6 @@ class Emitter:
 # turn.* event. What exec does not send and a person wants to see (the text while it is being
 # written, a command's duration, a patch's size, this turn's own tokens, an interrupt) goes
 # out as `codex_daytona.*` events, which a consumer of exec's stream ignores.
-
-TEXT = "codex_daytona.text"  # the text of a message or reasoning so far, while it is written
-ITEM_DETAILS = "codex_daytona.item.details"  # what exec leaves out of an item, just before it completes
-TURN_USAGE = "codex_daytona.turn.usage"  # this turn's own tokens, just before turn.completed/failed
-TURN_INTERRUPTED = "codex_daytona.turn.interrupted"  # exec says nothing; the items the interrupt cut short
 
 
 def _snake_status(status: str | None) -> str:
@@ -505,7 +513,6 @@ def listening_inodes(scope: str | None = None) -> dict[int, set[str]]:
 # children are its workers or its esbuild).
 SETTLE_S = 5.0
 SETTLE_POLL_S = 0.2
-PORTS_SETTLED = "codex_daytona.ports.settled"  # the last event of a run: no more late ports
 _DRAINER_MARK = b"/.codex-daytona/shell/detach.py"  # the hand-over's drainer, never a server
 
 
@@ -595,7 +602,7 @@ class PortWatch:
             listening, new = self.scan()
             if new:
                 late += new
-                emit({"type": "codex_daytona.ports", "listening": listening, "new": new, "late": True})
+                emit({"type": PORTS, "listening": listening, "new": new, "late": True})
             if stop() or time.monotonic() - started >= limit or not self.pending():
                 break
             time.sleep(SETTLE_POLL_S)
@@ -634,7 +641,7 @@ def invalid_text(value: Any, where: str = "") -> str | None:
     return None
 
 
-def read_request(stream: TextIO, timeout: float) -> dict[str, Any]:
+def read_request(stream: TextIO, timeout: float) -> Request:
     """The request on stdin (base64 of one JSON object, up to EOF). Fails after `timeout`
     seconds without EOF: a session command's stdin is a FIFO that is never closed."""
     box: dict[str, Any] = {}
@@ -648,15 +655,10 @@ def read_request(stream: TextIO, timeout: float) -> dict[str, Any]:
     data = box.get("data")
     if not data:
         raise RuntimeError(f"no request arrived on stdin within {timeout:.0f} s")
-    request: dict[str, Any] = json.loads(base64.b64decode("".join(data.split()), validate=True))
+    request: Request = json.loads(base64.b64decode("".join(data.split()), validate=True))
     if request.get("protocol") != PROTOCOL:
         raise RuntimeError(f"request protocol {request.get('protocol')!r}, this agent speaks {PROTOCOL}")
     return request
-
-
-def key_fingerprint(key: str) -> str:
-    """Names a key without revealing it (the CLI computes the same)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 # Codex gives every command a process group of its own and SIGKILLs that group when the
@@ -811,7 +813,7 @@ def write_shell_hooks(home: str) -> dict[str, str]:
     return env
 
 
-def codex_environment(request: dict[str, Any], codex_home: str, home: str) -> dict[str, str]:
+def codex_environment(request: Request, codex_home: str, home: str) -> dict[str, str]:
     env = {"CODEX_HOME": codex_home, "CODEX_APP_SERVER_DISABLE_MANAGED_CONFIG": "1"}
     env.update(write_shell_hooks(home))
     if request.get("api_key"):
@@ -819,7 +821,7 @@ def codex_environment(request: dict[str, Any], codex_home: str, home: str) -> di
     return env
 
 
-def config_overrides(request: dict[str, Any]) -> list[str]:
+def config_overrides(request: Request) -> list[str]:
     """`-c key=value` overrides for the app-server: the user's for this turn (`ask -c`), then
     the tool's own settings (the request's `config`: provider, environment policy, sandbox
     mode, approvals, retries; the last of a key wins, and `-c` outranks every config file, a
@@ -833,7 +835,7 @@ def config_overrides(request: dict[str, Any]) -> list[str]:
     return overrides
 
 
-def turn_settings(request: dict[str, Any]) -> dict[str, Any]:
+def turn_settings(request: Request) -> dict[str, Any]:
     """The settings asked for this turn (`ask --model`, `--effort`), passed with the turn itself:
     on a thread the app-server has loaded, only the turn call changes them. As in Codex, they
     then stay for the thread's later turns."""
@@ -986,7 +988,7 @@ class Engine:
         self._signature: tuple[Any, ...] | None = None
         self._thread: Any = None
 
-    def _ensure(self, request: dict[str, Any]) -> Any:
+    def _ensure(self, request: Request) -> Any:
         from openai_codex import Codex, CodexConfig
 
         codex_home = request.get("codex_home") or os.path.join(self.home, ".codex-daytona", "codex")
@@ -1011,7 +1013,7 @@ class Engine:
         self._codex = None
         self._thread = None
 
-    def _thread_for(self, codex: Any, request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
+    def _thread_for(self, codex: Any, request: Request, emit: Callable[[dict[str, Any]], None]) -> Any:
         from openai_codex import ApprovalMode, InvalidRequestError, Sandbox
 
         options = {
@@ -1035,7 +1037,7 @@ class Engine:
                 raise ResumeError(f"could not resume thread {thread_id}: {exc}") from None
             emit(
                 {
-                    "type": "codex_daytona.resume_failed",
+                    "type": RESUME_FAILED,
                     "thread_id": thread_id,
                     "message": f"could not resume thread {thread_id} ({exc}); started a new thread",
                 }
@@ -1044,7 +1046,7 @@ class Engine:
         return self._thread
 
     def run_turn(
-        self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], interrupter: Interrupter
+        self, request: Request, emit: Callable[[dict[str, Any]], None], interrupter: Interrupter
     ) -> dict[str, Any]:
         """Starts or resumes the thread, runs one turn, emits its events; returns the outcome."""
         from openai_codex import TransportClosedError
@@ -1133,14 +1135,14 @@ def _global_notifications(codex: Any, thread_id: str) -> list[tuple[str, dict[st
     return found
 
 
-def turn_input(request: dict[str, Any]) -> list[Any]:
+def turn_input(request: Request) -> list[Any]:
     """The turn's input items: the prompt, then the images uploaded for it (`--image`)."""
     from openai_codex import LocalImageInput, TextInput
 
     return [TextInput(request["prompt"]), *(LocalImageInput(str(p)) for p in request.get("images") or [])]
 
 
-def turn_options(request: dict[str, Any]) -> dict[str, Any]:
+def turn_options(request: Request) -> dict[str, Any]:
     """Options of `thread.turn(...)` that the request sets: the output schema (`--output-schema`)."""
     options: dict[str, Any] = {}
     if request.get("output_schema") is not None:
@@ -1186,7 +1188,7 @@ class Watchdog:
 
 def execute_run(
     engine: Engine,
-    request: dict[str, Any],
+    request: Request,
     emitter: Emitter,
     interrupter: Interrupter,
 ) -> tuple[int, PortWatch | None]:
@@ -1205,22 +1207,21 @@ def execute_run(
         engine.close()
     ports, new = watch.scan()
     settle = outcome.get("status") == "completed" and watch.pending()
-    emit({"type": "codex_daytona.ports", "listening": ports, "new": new, "settling": SETTLE_S if settle else 0})
+    emit({"type": PORTS, "listening": ports, "new": new, "settling": SETTLE_S if settle else 0})
     exit_code = {"completed": EXIT_OK, "interrupted": EXIT_INTERRUPTED, "failed": EXIT_TURN_FAILED}.get(
         outcome.get("status") or "", EXIT_ERROR
     )
     emit(
-        {
-            "type": "codex_daytona.run.completed",
-            "run_id": run_id,
-            "status": outcome.get("status"),
-            "exit_code": exit_code,
-            "thread_id": outcome.get("thread_id"),
-            "error": outcome.get("error"),
-            "final_message": outcome.get("final_message"),
-            "usage": outcome.get("usage"),
-            "duration_ms": int((time.time() - started) * 1000),
-        }
+        run_completed(
+            run_id,
+            str(outcome.get("status")),
+            exit_code,
+            thread_id=outcome.get("thread_id"),
+            error=outcome.get("error"),
+            final_message=outcome.get("final_message"),
+            usage=outcome.get("usage"),
+            duration_ms=int((time.time() - started) * 1000),
+        )
     )
     return exit_code, watch if settle else None
 
@@ -1228,34 +1229,18 @@ def execute_run(
 # --- The daemon: serves turns over a unix socket ---------------------------------------------
 
 
+# The agent's package directory: `python PACKAGE_DIR` runs it (__main__.py).
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def agent_digest() -> str:
-    with open(os.path.abspath(__file__), "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()[:12]
+    return bundle_digest(bundle_files(Path(PACKAGE_DIR)))[:12]
 
 
 def socket_path(home: str) -> str:
     """Short (unix socket paths are limited to 108 bytes), private to this home and agent version."""
     digest = hashlib.sha256(f"{home}\0{agent_digest()}".encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"codex-daytona-{digest}.sock")
-
-
-def listen_private(path: str, backlog: int) -> socket.socket:
-    """A unix socket listening at `path`, in place of any stale one, with mode 0600 from the
-    moment it exists (the umask at bind; a chmod after it would leave a window). The CLI's local
-    helper (codex_daytona/helper.py) listens through this too: the package may import this
-    file, while this file, alone in the sandbox, imports nothing of the package's."""
-    import socket  # here, not at the top: a relay run never listens
-
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        server.bind(path)
-    finally:
-        os.umask(old_umask)
-    server.listen(backlog)
-    return server
 
 
 def warm_imports() -> None:
@@ -1365,41 +1350,32 @@ class Daemon:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def _run(self, request: dict[str, Any], writer: Any) -> None:
+    def _run(self, request: Request, writer: Any) -> None:
         run_id = str(request.get("run_id"))
         run_dir = Path(self.runs_dir) / run_id
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         emitter = Emitter(run_dir / "events.jsonl", writer, [self._key or ""])
         emit = emitter.emit
-        emit({"type": "codex_daytona.run.started", "run_id": run_id, "pid": os.getpid(), "ts": time.time()})
+        emit({"type": RUN_STARTED, "run_id": run_id, "pid": os.getpid(), "ts": time.time()})
         bad = invalid_text(request)
         if bad is not None:
             # Codex's JSON reader refuses lone surrogates and never answers the turn: refuse
             # the run here, before it takes the sandbox's one turn.
             message = f"the request's {bad} is not valid UTF-8 text"
             emit({"type": "error", "message": f"agent error: {message}"})
-            emit(
-                {
-                    "type": "codex_daytona.run.completed",
-                    "run_id": run_id,
-                    "status": "error",
-                    "exit_code": EXIT_ERROR,
-                    "error": message,
-                }
-            )
+            emit(run_completed(run_id, "error", EXIT_ERROR, error=message))
             emitter.close()
             return
         if not self._busy.acquire(blocking=bool(request.get("wait"))):
-            emit({"type": "codex_daytona.busy", "run_id": self.current_run, "message": "another turn is running"})
+            emit({"type": BUSY, "run_id": self.current_run, "message": "another turn is running"})
             emit(
-                {
-                    "type": "codex_daytona.run.completed",
-                    "run_id": run_id,
-                    "status": "busy",
-                    "exit_code": EXIT_BUSY,
-                    "error": f"another turn is running (run {self.current_run})",
-                    "running_run_id": self.current_run,
-                }
+                run_completed(
+                    run_id,
+                    "busy",
+                    EXIT_BUSY,
+                    error=f"another turn is running (run {self.current_run})",
+                    running_run_id=self.current_run,
+                )
             )
             emitter.close()
             return
@@ -1411,18 +1387,11 @@ class Daemon:
             if fingerprint:
                 key = self._key if self._key and key_fingerprint(self._key) == fingerprint else None
                 if key is None:
-                    emit({"type": "codex_daytona.key_needed", "run_id": run_id, "key_id": fingerprint})
+                    emit({"type": KEY_NEEDED, "run_id": run_id, "key_id": fingerprint})
                     key = self._await_key(fingerprint, KEY_WAIT_S)
                 if key is None:
-                    emit(
-                        {
-                            "type": "codex_daytona.run.completed",
-                            "run_id": run_id,
-                            "status": "error",
-                            "exit_code": EXIT_ERROR,
-                            "error": f"the OpenAI key was not delivered within {KEY_WAIT_S:.0f} s",
-                        }
-                    )
+                    message = f"the OpenAI key was not delivered within {KEY_WAIT_S:.0f} s"
+                    emit(run_completed(run_id, "error", EXIT_ERROR, error=message))
                     return
                 emitter.add_secret(key)
                 request["api_key"] = key
@@ -1471,7 +1440,7 @@ def ensure_daemon(home: str, runs_dir: str, start_timeout: float = 60.0, env: di
             return path
         with open(os.path.join(state_dir, "agent.log"), "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-u", os.path.abspath(__file__), "--serve", "--home", home, "--runs-dir", runs_dir],
+                [sys.executable, "-u", PACKAGE_DIR, "--serve", "--home", home, "--runs-dir", runs_dir],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -1529,16 +1498,8 @@ def run_client(args: argparse.Namespace) -> int:
         path = ensure_daemon(args.home, args.runs_dir)
         sock = connect(path, timeout=10)
     except Exception as exc:
-        out.emit({"type": "codex_daytona.run.started", "run_id": args.run_id, "pid": os.getpid(), "ts": time.time()})
-        out.emit(
-            {
-                "type": "codex_daytona.run.completed",
-                "run_id": args.run_id,
-                "status": "error",
-                "exit_code": EXIT_ERROR,
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-        )
+        out.emit({"type": RUN_STARTED, "run_id": args.run_id, "pid": os.getpid(), "ts": time.time()})
+        out.emit(run_completed(args.run_id, "error", EXIT_ERROR, error=f"{type(exc).__name__}: {exc}"))
         return EXIT_ERROR
     sock.sendall((json.dumps(request) + "\n").encode())
     beat = Heartbeat(request.get("heartbeat_seconds"))
@@ -1547,7 +1508,7 @@ def run_client(args: argparse.Namespace) -> int:
         beat.write(raw)
         with contextlib.suppress(ValueError):
             event = json.loads(raw)
-            if event.get("type") == "codex_daytona.run.completed":
+            if event.get("type") == RUN_COMPLETED:
                 exit_code = int(event.get("exit_code", EXIT_ERROR))
     beat.stop()
     return exit_code
@@ -1608,9 +1569,9 @@ def attach(home: str, runs_dir: str, run_id: str, offset: int, follow: bool, hea
                     with contextlib.suppress(ValueError):
                         event = json.loads(line)
                         kind = event.get("type")
-                        if kind == "codex_daytona.ports" and not event.get("late"):
+                        if kind == PORTS and not event.get("late"):
                             settling = float(event.get("settling") or 0)
-                        if kind == "codex_daytona.run.completed":
+                        if kind == RUN_COMPLETED:
                             exit_code = int(event.get("exit_code", EXIT_ERROR))
                             settle_deadline = time.monotonic() + settling + 2.0
                         if exit_code is not None and (not settling or kind == PORTS_SETTLED):
@@ -1794,7 +1755,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--run-id is required")
     args.runs_dir = runs_dir
     return run_client(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent_bundle import agent
+from agent_bundle import agent, protocol
 from codex_daytona import runtime
 from codex_daytona.settings import Settings
 from tests.e2e import closing_event
@@ -196,7 +196,7 @@ def test_emitter_masks_secrets(tmp_path: Path) -> None:
 
 
 class AgentRig:
-    """Runs agent_bundle/agent.py as the sandbox would, on this machine."""
+    """Runs the agent_bundle package as the sandbox would, on this machine."""
 
     def __init__(self, home: Path, model: ScriptedModel) -> None:
         self.home = home
@@ -214,7 +214,7 @@ class AgentRig:
         return base64.b64encode(request.encode()).decode()
 
     def argv(self, *args: str) -> list[str]:
-        agent_path = str(Path(agent.__file__))
+        agent_path = str(Path(agent.__file__).parent)
         return [sys.executable, "-u", agent_path, "--runs-dir", self.layout.runs, "--home", str(self.home), *args]
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -348,7 +348,7 @@ def test_agent_failed_turn_exits_3_with_the_model_error(rig: AgentRig) -> None:
     # Codex retries even a 401 (request_max_retries); every attempt gets the same answer.
     rig.model.enqueue(*[error(401, "Incorrect API key provided") for _ in range(12)])
     code, events, _ = rig.run("hello")
-    assert code == agent.EXIT_TURN_FAILED
+    assert code == protocol.EXIT_TURN_FAILED
     assert events[-2]["type"] == "codex_daytona.ports"
     failed = next(e for e in events if e["type"] == "turn.failed")
     assert "401" in failed["error"]["message"]
@@ -443,13 +443,13 @@ class _Sink:
 
 def test_agent_rejects_a_missing_request(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(Path(agent.__file__)), "--run-id", "x", "--runs-dir", str(tmp_path)],
+        [sys.executable, str(Path(agent.__file__).parent), "--run-id", "x", "--runs-dir", str(tmp_path)],
         input="not json\n",
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert proc.returncode == agent.EXIT_ERROR
+    assert proc.returncode == protocol.EXIT_ERROR
     last = json.loads(proc.stdout.splitlines()[-1])
     assert last["type"] == "codex_daytona.run.completed" and last["status"] == "error"
 
@@ -540,7 +540,7 @@ def test_a_run_asks_for_a_key_it_does_not_hold_and_goes_on_once_delivered(rig: A
 def _user_command(tmp_path: Path, command: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, str(Path(agent.__file__)), "--home", str(tmp_path), "--exec"],
+        [sys.executable, str(Path(agent.__file__).parent), "--home", str(tmp_path), "--exec"],
         input=base64.b64encode(command.encode()).decode(),
         capture_output=True,
         text=True,
@@ -583,7 +583,7 @@ def test_exec_returns_when_the_shell_exits_though_a_background_job_holds_its_out
 def test_exec_ends_each_stream_with_the_done_marker(tmp_path: Path) -> None:
     (tmp_path / ".codex-daytona").mkdir()
     proc = subprocess.run(
-        [sys.executable, str(Path(agent.__file__)), "--home", str(tmp_path), "--exec", "--done-marker", "M-1"],
+        [sys.executable, str(Path(agent.__file__).parent), "--home", str(tmp_path), "--exec", "--done-marker", "M-1"],
         input=base64.b64encode(b"printf partial; printf 'e1\\ne2' >&2; exit 5").decode(),
         capture_output=True,
         text=True,
@@ -603,7 +603,7 @@ def test_a_background_job_survives_the_session_being_deleted_as_exec_returns(tmp
     (tmp_path / ".codex-daytona").mkdir()
     tag = f"survivor-{os.getpid()}"
     proc = subprocess.Popen(
-        [sys.executable, str(Path(agent.__file__)), "--home", str(tmp_path), "--exec", "--done-marker", "M"],
+        [sys.executable, str(Path(agent.__file__).parent), "--home", str(tmp_path), "--exec", "--done-marker", "M"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -644,7 +644,7 @@ def test_a_background_job_survives_the_session_being_deleted_as_exec_returns(tmp
 
 WATCH_IMPORTS = """
 import os, sys, threading, time
-from agent_bundle import agent
+from agent_bundle import agent, protocol
 
 def watch():
     deadline = time.monotonic() + 60

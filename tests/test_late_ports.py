@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent_bundle import agent
+from agent_bundle import agent, protocol
 from tests.e2e import Rig, free_port, http_get, run_events
 from tests.fakes.model import msg, run, turn
 
@@ -146,7 +146,7 @@ def test_the_settle_window_reports_late_ports_and_ends_at_its_bound() -> None:
     assert 3.0 <= elapsed < 3.0 + 1.0, "a process that never binds holds the window to its bound, no more"
     ports = [e for e in events if e["type"] == "codex_daytona.ports"]
     assert ports and all(e["late"] for e in ports), events
-    assert events[-1]["type"] == agent.PORTS_SETTLED and events[-1]["new"] == [p for e in ports for p in e["new"]]
+    assert events[-1]["type"] == protocol.PORTS_SETTLED and events[-1]["new"] == [p for e in ports for p in e["new"]]
 
 
 # --- end to end: the emulator, the real Codex, the scripted model ------------------------------
