@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent_bundle import agent, protocol
+from agent_bundle import agent, exec_events, protocol
 from codex_daytona import runtime
 from codex_daytona.settings import Settings
 from tests.e2e import closing_event
@@ -40,7 +40,7 @@ def _map_turns(name: str) -> list[list[dict[str, Any]]]:
     mapper = None
     for method, params in _notifications(name):
         if method == "turn/started":
-            mapper = agent.TurnMapper()
+            mapper = exec_events.TurnMapper()
             turns.append([])
         if mapper is None:
             continue
@@ -136,7 +136,7 @@ def test_mapper_retries_are_exec_error_events() -> None:
 
 
 def test_mapper_shows_warnings_and_sub_agent_calls_as_exec_does() -> None:
-    mapper = agent.TurnMapper()
+    mapper = exec_events.TurnMapper()
     events = mapper.feed("warning", {"message": "Model metadata for `m` not found.", "threadId": "t"})
     events += mapper.feed("configWarning", {"summary": "bad key", "details": "line 3"})
     events += mapper.feed("model/rerouted", {"fromModel": "a", "toModel": "b", "reason": "highRiskCyberActivity"})
@@ -644,7 +644,7 @@ def test_a_background_job_survives_the_session_being_deleted_as_exec_returns(tmp
 
 WATCH_IMPORTS = """
 import os, sys, threading, time
-from agent_bundle import agent, protocol
+from agent_bundle import agent
 
 def watch():
     deadline = time.monotonic() + 60
