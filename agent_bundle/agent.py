@@ -40,8 +40,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
+from agent_bundle.detach import relay
 from agent_bundle.exec_events import TurnMapper
 from agent_bundle.processes import Interrupter, _stat_fields
 from agent_bundle.protocol import (
@@ -185,7 +186,7 @@ def listening_inodes(scope: str | None = None) -> dict[int, set[str]]:
 # children are its workers or its esbuild).
 SETTLE_S = 5.0
 SETTLE_POLL_S = 0.2
-_DRAINER_MARK = b"/.codex-daytona/shell/detach.py"  # the hand-over's drainer, never a server
+_DRAINER_MARK = b"/agent_bundle/detach.py"  # the hand-over's drainer, never a server
 
 
 class PortWatch:
@@ -336,7 +337,7 @@ def read_request(stream: TextIO, timeout: float) -> Request:
 # Codex gives every command a process group of its own and SIGKILLs that group when the
 # command returns, which takes down a server the command left running in the background
 # (`server &`, `(server &)`, `sh -c 'server &'`, ...). So every shell Codex starts first
-# hands its whole command line to a new session (detach_script): whatever the
+# hands its whole command line to a new session (detach.py): whatever the
 # command starts lives outside the group Codex kills, `$!` inside names the real process,
 # and the outer shell waits for the command, relays its output and exits with its status.
 # Bash reads BASH_ENV before its `-c` string, zsh reads $ZDOTDIR/.zshenv; DETACHED_ENV,
@@ -352,80 +353,6 @@ DETACHED_ENV = "CODEX_DAYTONA_DETACHED"
 # so the session. A command of the agent's that spells either out stays attached, which only
 # costs it the detach.
 CODEX_OWN_SHELLS = "*\"'# Snapshot file'\"*|'set -e; . \"'*/shell_snapshots/*'\"'"
-
-# The hand-over itself, run by the hooks: a script of its own with nothing but builtin
-# modules, since every command the agent runs pays for its start (about 20 ms, where this
-# whole file would take several times that). It does what run_user_command does for `exec`,
-# and takes its drainer from this file (detach_script), so there is one of those.
-_DETACH_HEAD = r'''"""Written by codex-daytona's agent: runs `SHELL FLAG COMMAND` in a session of its own,
-relays its output, and exits with its exit code as soon as that shell exits (see BASH_ENV)."""
-import os, select, signal, sys, time
-
-
-'''
-
-_DETACH_MAIN = r"""
-def main(shell, flag, command, log):
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setsid()
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
-            os.execvp(shell, [shell, flag, command])
-        finally:
-            os._exit(127)
-    os.close(out_w)
-    os.close(err_w)
-
-    def stop(signum, _frame):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except OSError:
-            pass
-        os._exit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, stop)
-    sinks = {out_r: 1, err_r: 2}
-    status = exited_at = None
-    while sinks:
-        if status is None:
-            done, raw = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status, exited_at = os.waitstatus_to_exitcode(raw), time.monotonic()
-        wait = 0.05 if exited_at is None else exited_at + 0.2 - time.monotonic()
-        if wait <= 0:
-            break  # the shell is gone and only background jobs hold its output
-        for fd in select.select(list(sinks), [], [], wait)[0]:
-            data = os.read(fd, 65536)
-            if data:
-                os.write(sinks[fd], data)
-            else:
-                del sinks[fd]
-    if status is None:
-        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    if sinks:
-        _drain_in_background(list(sinks), log)
-    return 128 - status if status < 0 else status
-
-
-sys.exit(main(*sys.argv[1:]))
-"""
-
-
-def detach_script() -> str:
-    """The text of the hand-over script: its head, this file's own _drain_in_background, its main."""
-    import inspect
-
-    return _DETACH_HEAD + inspect.getsource(_drain_in_background) + "\n" + _DETACH_MAIN
-
 
 BASH_HOOK = """# Written by codex-daytona's agent (BASH_ENV of the shells Codex starts): runs the
 # command in a session of its own, so its background processes outlive the command.
@@ -464,7 +391,7 @@ def write_shell_hooks(home: str) -> dict[str, str]:
     root = os.path.join(home, ".codex-daytona", "shell")
     zdotdir = os.path.join(root, "zsh")
     os.makedirs(zdotdir, exist_ok=True)
-    detach = os.path.join(root, "detach.py")
+    detach = os.path.join(os.path.dirname(os.path.abspath(__file__)), "detach.py")
     values = {
         "guard": DETACHED_ENV,
         "codex_own": CODEX_OWN_SHELLS,
@@ -474,8 +401,6 @@ def write_shell_hooks(home: str) -> dict[str, str]:
         "log": shlex.quote(os.path.join(home, ".codex-daytona", "background.log")),
     }
     bash_env = os.path.join(root, "bash-env.sh")
-    with open(detach, "w", encoding="utf-8") as fh:
-        fh.write(detach_script())
     for path, text in ((bash_env, BASH_HOOK), (os.path.join(zdotdir, ".zshenv"), ZSH_HOOK)):
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text.format(**values))
@@ -1184,37 +1109,6 @@ def user_shell() -> str:
     return next((s for s in ("zsh", "bash") if shutil.which(s)), "sh")
 
 
-def _drain_in_background(fds: list[int], background_log: str) -> None:
-    """Hands `fds` to a process of its own (double-forked, so that it is nobody's child and
-    deleting the session does not reach it) that copies them into `background_log` until
-    every writer has closed them."""
-    import select
-
-    child = os.fork()
-    if child:
-        os.waitpid(child, 0)
-        return
-    if os.fork():
-        os._exit(0)
-    try:
-        os.setsid()
-        # Let go of the session command's own output, or Daytona would wait for us too.
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        with open(background_log, "ab") as log:
-            while fds:
-                for fd in select.select(fds, [], [])[0]:
-                    data = os.read(fd, 65536)
-                    if data:
-                        log.write(data)
-                        log.flush()
-                    else:
-                        fds.remove(fd)
-    finally:
-        os._exit(0)
-
-
 def run_user_command(command: str, cwd: str, background_log: str, done_marker: str | None = None) -> int:
     """Runs `command` in a shell of its own, relays its output, and returns its exit code as
     soon as that shell exits.
@@ -1223,11 +1117,10 @@ def run_user_command(command: str, cwd: str, background_log: str, done_marker: s
     `set -e` or `cd` would act on that shell; here they act on the user's own shell. Daytona
     ends a command only when every process holding its output has exited, so a background
     job the command started (`server &`) would keep it running: once the shell has exited, a
-    detached drainer takes over such a job's output (into `background_log`) and we return.
-    With `done_marker`, a last line `<marker> <exit code>` on stdout and `<marker>` on stderr
-    tell the reader that each stream is complete, without waiting for Daytona to close it."""
-    import select
-
+    detached drainer takes over such a job's output (into `background_log`) and we return
+    (detach.relay, as the shell hooks' hand-over does). With `done_marker`, a last line
+    `<marker> <exit code>` on stdout and `<marker>` on stderr tell the reader that each
+    stream is complete, without waiting for Daytona to close it."""
     proc = subprocess.Popen(
         [user_shell(), "-c", command],
         cwd=cwd,
@@ -1236,47 +1129,22 @@ def run_user_command(command: str, cwd: str, background_log: str, done_marker: s
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-
-    def stop(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        os._exit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, stop)
     assert proc.stdout is not None and proc.stderr is not None
-    sinks = {proc.stdout.fileno(): sys.stdout.buffer, proc.stderr.fileno(): sys.stderr.buffer}
-    ends = {fd: b"\n" for fd in sinks}  # the last byte relayed on each stream
-    exited_at: float | None = None
-    while sinks:
-        if exited_at is None and proc.poll() is not None:
-            exited_at = time.monotonic()
-        wait = 0.05 if exited_at is None else exited_at + 0.2 - time.monotonic()
-        if wait <= 0:
-            break  # the shell is gone and only background jobs hold its output
-        ready, _, _ = select.select(list(sinks), [], [], wait)
-        for fd in ready:
-            data = os.read(fd, 65536)
-            if data:
-                sinks[fd].write(data)
-                sinks[fd].flush()
-                ends[fd] = data[-1:]
-            else:
-                del sinks[fd]
-    code = proc.wait()  # at once, unless the shell closed its output and runs on
-    # What is left of the command's process group now are its background jobs: a signal to
-    # us (Daytona deleting the session) must no longer reach them.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    if sinks:
-        _drain_in_background(list(sinks), background_log)
-    code = 128 - code if code < 0 else code
+    ends: dict[int, bytes] = {}  # the last byte relayed on each stream
+
+    def writer(sink: BinaryIO) -> Callable[[bytes], object]:
+        def write(data: bytes) -> None:
+            sink.write(data)
+            sink.flush()
+            ends[sink.fileno()] = data[-1:]
+
+        return write
+
+    sinks = {proc.stdout.fileno(): writer(sys.stdout.buffer), proc.stderr.fileno(): writer(sys.stderr.buffer)}
+    code = relay(proc.pid, lambda block: proc.wait() if block else proc.poll(), sinks, background_log)
     if done_marker:
-        for fd, sink, line in (
-            (proc.stdout.fileno(), sys.stdout.buffer, f"{done_marker} {code}\n"),
-            (proc.stderr.fileno(), sys.stderr.buffer, f"{done_marker}\n"),
-        ):
-            sink.write((b"" if ends[fd] == b"\n" else b"\n") + line.encode())
+        for sink, line in ((sys.stdout.buffer, f"{done_marker} {code}\n"), (sys.stderr.buffer, f"{done_marker}\n")):
+            sink.write((b"" if ends.get(sink.fileno(), b"\n") == b"\n" else b"\n") + line.encode())
             sink.flush()
     return code
 

@@ -37,7 +37,7 @@ class Interrupter:
             self.requested = True
             handle = self._handle
         # The groups are found before Codex hears of the interrupt: it may then kill the group
-        # it made for a running command, whose session (detach_script) would be orphaned and no
+        # it made for a running command, whose session (detach.py) would be orphaned and no
         # longer found under the app-server.
         groups = self.command_groups()
         if handle is not None:
