@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent_bundle import agent, processes, protocol
+from agent_bundle import agent, hooks, processes, protocol
 from tests.e2e import Rig, free_port, http_get, run_events
 from tests.fakes.model import msg, run, turn
 
@@ -52,9 +52,9 @@ def test_a_port_restarted_during_the_turn_counts_as_the_turns() -> None:
 
 
 def _spawn(code: str, *, marked: bool = True) -> subprocess.Popen[bytes]:
-    env = {**os.environ, agent.DETACHED_ENV: "1"} if marked else {**os.environ}
+    env = {**os.environ, hooks.DETACHED_ENV: "1"} if marked else {**os.environ}
     if not marked:
-        env.pop(agent.DETACHED_ENV, None)
+        env.pop(hooks.DETACHED_ENV, None)
     env.pop("CODEX_DAYTONA_SCOPE", None)
     return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
 
@@ -108,7 +108,7 @@ def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
         hook = f"{tmp_path / 'home'}/.codex-daytona/shell/bash-env.sh"
         own = subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(60)"],
-            env={**os.environ, agent.DETACHED_ENV: "1", "BASH_ENV": hook},
+            env={**os.environ, hooks.DETACHED_ENV: "1", "BASH_ENV": hook},
         )
         try:
             assert mine.pending(), "this home's own command is"
