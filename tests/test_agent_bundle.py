@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent_bundle import agent, exec_events, protocol
+from agent_bundle import agent, exec_events, port_scan, protocol
 from codex_daytona import runtime
 from codex_daytona.settings import Settings
 from tests.e2e import closing_event
@@ -464,12 +464,12 @@ def test_listening_ports_sees_servers_on_any_address(tmp_path: Path) -> None:
     loop.bind(("127.0.0.1", 0))
     loop.listen()
     try:
-        ports = agent.listening_ports()
+        ports = port_scan.listening_ports()
         w, lp = wildcard.getsockname()[1], loop.getsockname()[1]
         # Daytona's proxy forwards to localhost: a loopback server is as reachable as any.
         assert w in ports and lp in ports
         # Scoped to processes carrying a marker that nobody has: nothing.
-        assert w not in agent.listening_ports("no-such-scope")
+        assert w not in port_scan.listening_ports("no-such-scope")
     finally:
         wildcard.close()
         loop.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_bundle import agent
+from agent_bundle import port_scan
 from agent_bundle.hooks import DETACHED_ENV, write_shell_hooks
 from tests.e2e import Rig, distinct_ports
 from tests.fakes.model import msg, run, turn
@@ -51,7 +51,7 @@ def server_forms(ports: list[int]) -> dict[int, tuple[str, str | None]]:
 
 def listening_pid(port: int) -> int | None:
     """The process that holds the listening socket of `port`."""
-    inodes = {inode for _, p, inode in agent._listening_sockets() if p == port}
+    inodes = {inode for _, p, inode in port_scan._listening_sockets() if p == port}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
