@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent_bundle.emitter import Emitter
 from agent_bundle.exec_events import TurnMapper
 from agent_bundle.hooks import write_shell_hooks
 from agent_bundle.port_scan import SETTLE_S, PortWatch, listening_ports
@@ -74,43 +75,6 @@ REQUEST_TIMEOUT_S = 120.0
 KEY_WAIT_S = 60.0  # how long a run waits for the CLI to deliver the key it names
 START_TIMEOUT_S = 60.0  # how long Codex may take to start a turn (its app-server, the thread, the turn)
 MODEL_TIMEOUT_S = 300.0  # silence from the model, while no command runs, that fails a turn
-
-
-class Emitter:
-    """Writes a run's events to its event file and, while someone listens, to a stream."""
-
-    def __init__(self, events_path: Path | None, stream: Any, secrets: list[str]) -> None:
-        self._stream = stream
-        self._file = events_path.open("a", encoding="utf-8") if events_path else None
-        self._secrets = [s for s in secrets if s]
-        self._lock = threading.Lock()
-
-    def add_secret(self, secret: str) -> None:
-        if secret:
-            self._secrets.append(secret)
-
-    def emit(self, event: dict[str, Any]) -> None:
-        # Every event carries when it was written (`ts`, seconds since the epoch), so a reader
-        # can tell how late it arrived; `make bench` measures the CLI's event latency with it.
-        event = {**event, "ts": event.get("ts", round(time.time(), 6))}
-        line = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        for secret in self._secrets:
-            line = line.replace(secret, "***")
-        with self._lock:
-            if self._file is not None:
-                self._file.write(line + "\n")
-                self._file.flush()
-            if self._stream is not None:
-                try:
-                    self._stream.write(line + "\n")
-                    self._stream.flush()
-                except (OSError, ValueError):
-                    # The client went away: the run goes on, its events stay in the file.
-                    self._stream = None
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
 
 
 # --- The run --------------------------------------------------------------------------

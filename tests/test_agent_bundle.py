@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from agent_bundle import agent, exec_events, port_scan, protocol
+from agent_bundle.emitter import Emitter
 from codex_daytona import runtime
 from codex_daytona.settings import Settings
 from tests.e2e import closing_event
@@ -185,7 +186,7 @@ def test_emitter_masks_secrets(tmp_path: Path) -> None:
             pass
 
     sink = Sink()
-    emitter = agent.Emitter(tmp_path / "e.jsonl", sink, [KEY])
+    emitter = Emitter(tmp_path / "e.jsonl", sink, [KEY])
     emitter.emit({"type": "x", "text": f"the key is {KEY}"})
     emitter.close()
     assert KEY not in sink.text and KEY not in (tmp_path / "e.jsonl").read_text()
