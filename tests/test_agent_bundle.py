@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent_bundle import agent, exec_events, port_scan, protocol
+from agent_bundle import agent, engine, exec_events, port_scan, protocol
 from agent_bundle.emitter import Emitter
 from codex_daytona import runtime
 from codex_daytona.settings import Settings
@@ -377,7 +377,7 @@ def test_a_turn_codex_never_starts_ends_and_leaves_the_agent_free(
     it is closed plays it here.)"""
     from openai_codex import TransportClosedError
 
-    monkeypatch.setattr(agent, "START_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(engine, "START_TIMEOUT_S", 0.5)
     closed = threading.Event()
 
     class HungThread:
