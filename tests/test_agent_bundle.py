@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from agent_bundle import agent, engine, exec_events, port_scan, protocol
+from agent_bundle.daemon import Daemon
 from agent_bundle.emitter import Emitter
 from codex_daytona import runtime
 from codex_daytona.settings import Settings
@@ -394,7 +395,7 @@ def test_a_turn_codex_never_starts_ends_and_leaves_the_agent_free(
         def close(self) -> None:
             closed.set()
 
-    daemon = agent.Daemon(str(tmp_path), str(tmp_path / "runs"))
+    daemon = Daemon(str(tmp_path), str(tmp_path / "runs"))
 
     def ensure(request: dict[str, Any]) -> HungCodex:
         closed.clear()
@@ -420,8 +421,8 @@ def test_a_run_whose_key_never_comes_ends_and_leaves_the_agent_free(
 ) -> None:
     """A run names a key the CLI never delivers: it ends with an error once KEY_WAIT_S is
     over, and the next run is not told another one runs."""
-    monkeypatch.setattr(agent, "KEY_WAIT_S", 0.3)
-    daemon = agent.Daemon(str(tmp_path), str(tmp_path / "runs"))
+    monkeypatch.setattr("agent_bundle.daemon.KEY_WAIT_S", 0.3)
+    daemon = Daemon(str(tmp_path), str(tmp_path / "runs"))
     for run_id in ("keyless-1", "keyless-2"):
         sink = _Sink()
         daemon._run({"run_id": run_id, "prompt": "hi", "key_id": runtime.key_fingerprint(KEY)}, sink)
@@ -645,7 +646,7 @@ def test_a_background_job_survives_the_session_being_deleted_as_exec_returns(tmp
 
 WATCH_IMPORTS = """
 import os, sys, threading, time
-from agent_bundle import agent
+from agent_bundle import daemon
 
 def watch():
     deadline = time.monotonic() + 60
@@ -658,7 +659,7 @@ def watch():
     os._exit(1)
 
 threading.Thread(target=watch, daemon=True).start()
-agent.Daemon(sys.argv[1], sys.argv[1] + "/runs").serve(sys.argv[1] + "/agent.sock")
+daemon.Daemon(sys.argv[1], sys.argv[1] + "/runs").serve(sys.argv[1] + "/agent.sock")
 """
 
 
