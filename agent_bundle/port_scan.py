@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_bundle.hooks import DETACHED_ENV
-from agent_bundle.processes import _stat_fields
+from agent_bundle.processes import stat_fields
 from agent_bundle.protocol import PORTS, PORTS_SETTLED
 
 # Ports the sandbox itself uses (Daytona's toolbox, terminal and SSH gateway).
@@ -116,7 +116,7 @@ class PortWatch:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 with contextlib.suppress(OSError, IndexError, ValueError):
-                    fields = _stat_fields(int(entry))
+                    fields = stat_fields(int(entry))
                     stats[int(entry)] = (fields[0], int(fields[1]), int(fields[19]))
         marks = [f"{DETACHED_ENV}=1".encode()]
         marks += [

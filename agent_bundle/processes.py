@@ -23,7 +23,7 @@ class Interrupter:
         self._lock = threading.Lock()
         self._handle: Any = None
         self.requested = False
-        self.started_ticks = _boot_ticks()
+        self.started_ticks = boot_ticks()
 
     def attach(self, handle: Any) -> None:
         with self._lock:
@@ -67,17 +67,17 @@ class Interrupter:
         return groups - {own}
 
 
-def _boot_ticks() -> int:
+def boot_ticks() -> int:
     return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
 
 
-def _stat_fields(pid: int) -> list[str]:
+def stat_fields(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
         return fh.read().rsplit(")", 1)[1].split()
 
 
 def _start_ticks(pid: int) -> int:
-    return int(_stat_fields(pid)[19])
+    return int(stat_fields(pid)[19])
 
 
 def _parents() -> dict[int, int]:
@@ -86,7 +86,7 @@ def _parents() -> dict[int, int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                found[int(entry)] = int(_stat_fields(int(entry))[1])
+                found[int(entry)] = int(stat_fields(int(entry))[1])
     return found
 
 

@@ -32,7 +32,7 @@ def test_a_port_restarted_during_the_turn_counts_as_the_turns() -> None:
     kept.bind(("127.0.0.1", 0))
     kept.listen()
     try:
-        watch = port_scan.PortWatch(None, processes._boot_ticks())
+        watch = port_scan.PortWatch(None, processes.boot_ticks())
         first.close()  # the server stops and starts again on its port: a new socket
         second = socket.socket()
         second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -81,7 +81,7 @@ def test_a_process_the_turn_left_is_pending_until_it_or_its_child_binds() -> Non
     runner = socket.socket()
     runner.bind(("127.0.0.1", 0))
     runner.listen()
-    watch = port_scan.PortWatch(None, processes._boot_ticks())
+    watch = port_scan.PortWatch(None, processes.boot_ticks())
     server = _spawn(BIND_LATE)
     # A parent that never binds, whose child does (npm and the dev server it runs).
     parent = _spawn(
@@ -100,7 +100,7 @@ def test_a_process_the_turn_left_is_pending_until_it_or_its_child_binds() -> Non
 
 
 def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
-    watch = port_scan.PortWatch(None, processes._boot_ticks(), str(tmp_path / "another-home"))
+    watch = port_scan.PortWatch(None, processes.boot_ticks(), str(tmp_path / "another-home"))
     elsewhere = _spawn("import time; time.sleep(60)")  # marked, but by the hooks of no home of ours
     try:
         assert not watch.pending(), "another agent's commands (another home's hooks) are not waited for"
@@ -120,7 +120,7 @@ def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
     try:
         before = _spawn("import time; time.sleep(60)")
         time.sleep(0.1)
-        watch = port_scan.PortWatch(None, processes._boot_ticks() + 1)  # the turn starts after it
+        watch = port_scan.PortWatch(None, processes.boot_ticks() + 1)  # the turn starts after it
         try:
             assert not watch.pending(), (
                 "a process started before the turn, or without the hooks' mark, is not waited for"
@@ -132,7 +132,7 @@ def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
 
 
 def test_the_settle_window_reports_late_ports_and_ends_at_its_bound() -> None:
-    watch = port_scan.PortWatch(None, processes._boot_ticks())
+    watch = port_scan.PortWatch(None, processes.boot_ticks())
     late = _spawn(BIND_LATE)
     never = _spawn("import time; time.sleep(60)")
     events: list[dict[str, Any]] = []
