@@ -1,9 +1,10 @@
 """The contract between the CLI and the agent it runs in the sandbox.
 
 Both sides import it from one module, `agent_bundle.protocol`, uploaded with the rest of the
-agent; mypy holds every request field either side names to `protocol.Request`. What is left
-to check: that the CLI's own names are the protocol's, that the CLI sends every field of the
-request, and that the agent stays a program of its own (nothing of codex_daytona in it).
+agent; mypy holds the fields the CLI sends to `protocol.Request`. What is left to check: that
+the CLI's own names are the protocol's, that the CLI sends every field of the request and the
+agent reads no other (mypy lets `request.get("x")` by), and that the agent stays a program of
+its own (nothing of codex_daytona in it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,32 @@ def _imports(source: bytes) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             found.add(node.module)
+    return found
+
+
+def _fields_read(source: bytes) -> set[str]:
+    """Keys the agent reads from a request: request["x"] and request.get("x")."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "request"
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+        ):
+            found.add(node.slice.value)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "request"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.add(node.args[0].value)
     return found
 
 
@@ -74,6 +101,15 @@ def test_the_request_fields_the_cli_sends_are_the_ones_the_agent_reads() -> None
     sent = _fields_sent()
     assert sent - read == set(), f"sent but never read by the agent: {sorted(sent - read)}"
     assert read - sent == set(), f"read by the agent but never sent: {sorted(read - sent)}"
+
+
+def test_the_agent_reads_only_the_requests_fields() -> None:
+    files = protocol.bundle_files(Path(agent_bundle.__file__).parent)
+    read = set().union(*(_fields_read(source) for source in files.values()))
+    assert read, "the agent reads its request"
+    # `op` is the one field of the client's own messages to its daemon (set_key, ping, interrupt).
+    unknown = read - {"op"} - set(protocol.Request.__annotations__)
+    assert unknown == set(), sorted(unknown)
 
 
 def test_the_agent_imports_nothing_of_the_cli_and_the_protocol_only_the_standard_library() -> None:
