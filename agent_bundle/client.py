@@ -66,6 +66,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def agent_digest() -> str:
+    """Names this version of the agent, all its files: a daemon of another one listens elsewhere."""
     return bundle_digest(bundle_files(Path(PACKAGE_DIR)))[:12]
 
 
