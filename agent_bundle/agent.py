@@ -36,7 +36,15 @@ import json
 import os
 import sys
 
-from agent_bundle.client import attach, daemon_call, deliver_key, ensure_daemon, run_client, socket_path
+from agent_bundle.client import (
+    attach,
+    daemon_call,
+    deliver_key,
+    ensure_daemon,
+    prepare_ahead,
+    run_client,
+    socket_path,
+)
 from agent_bundle.daemon import Daemon
 from agent_bundle.port_scan import listening_ports
 from agent_bundle.protocol import EXIT_ERROR, EXIT_OK, KEY_ENV
@@ -58,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set-key", action="store_true", help=f"hand the key in ${KEY_ENV} to the daemon (starting it if needed)"
     )
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="with --set-key or --start-daemon: then have the daemon make ready the turn "
+        "whose request (without a prompt) is on stdin",
+    )
     parser.add_argument("--attach", metavar="RUN_ID", help="print a run's events from --offset")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--follow", action="store_true", help="with --attach: until the run ends")
@@ -76,11 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         Daemon(args.home, runs_dir).serve(socket_path(args.home))
         return EXIT_OK
-    if args.set_key:
-        return deliver_key(args.home, runs_dir)
-    if args.start_daemon:
-        ensure_daemon(args.home, runs_dir)
-        return EXIT_OK
+    if args.set_key or args.start_daemon:
+        if args.set_key:
+            code = deliver_key(args.home, runs_dir)
+        else:
+            ensure_daemon(args.home, runs_dir)
+            code = EXIT_OK
+        if args.prepare and code == EXIT_OK:
+            prepare_ahead(args.home)
+        return code
     if args.attach:
         return attach(args.home, runs_dir, args.attach, args.offset, args.follow, args.heartbeat)
     if args.exec:

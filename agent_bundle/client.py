@@ -193,6 +193,28 @@ def deliver_key(home: str, runs_dir: str) -> int:
     return EXIT_OK if reply.get("ok") else EXIT_ERROR
 
 
+def prepare_ahead(home: str) -> int:
+    """Hands the daemon the request on stdin (a turn's, without its prompt) to make ready
+    ahead of the turn (Daemon.prepare), and waits until it is. Prints the daemon's reply;
+    exits 0 whatever it says: a turn that finds nothing prepared starts as it always did."""
+    from agent_bundle.engine import START_TIMEOUT_S  # here: the client's other commands need no engine
+
+    replies: list[dict[str, Any]] = []
+
+    def call() -> None:
+        try:
+            request = read_request(sys.stdin, REQUEST_TIMEOUT_S)
+            replies.append(daemon_call(home, {**request, "op": "prepare"}))
+        except Exception as exc:
+            replies.append({"prepared": False, "error": f"{type(exc).__name__}: {exc}"})
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(START_TIMEOUT_S)  # `up` goes on without it rather than wait longer
+    print(json.dumps({"prepare": replies[0] if replies else {"prepared": False, "error": "timed out"}}))
+    return EXIT_OK
+
+
 def daemon_call(home: str, message: dict[str, Any]) -> dict[str, Any]:
     """One request/reply exchange with the running daemon; {} when none runs."""
     try:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from agent_bundle.protocol import (
     KEY_NEEDED,
     PORTS,
     RUN_STARTED,
+    PrepareReply,
     Request,
     key_fingerprint,
     listen_private,
@@ -182,6 +184,10 @@ class Daemon:
                 writer.write(json.dumps({"pid": os.getpid(), "ok": True}) + "\n")
                 writer.flush()
                 return
+            if op == "prepare":
+                writer.write(json.dumps(self.prepare(request)) + "\n")
+                writer.flush()
+                return
             if op in ("ping", "interrupt"):
                 interrupted = False
                 matches = request.get("run_id") in (None, self.current_run)
@@ -202,6 +208,36 @@ class Daemon:
                 conn.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def prepare(self, request: Request) -> PrepareReply:
+        """Makes the engine ready for the turn `request` describes (Engine.prepare), unless a
+        turn is under way (it may run on the app-server a prepare would restart) or the key it
+        names was not delivered. Never fails: a turn then starts as it would have anyway."""
+        started = time.monotonic()
+        reply: PrepareReply = {"pid": os.getpid(), "prepared": False}
+        fingerprint = request.get("key_id")
+        key = self._key if self._key and fingerprint and key_fingerprint(self._key) == fingerprint else None
+        if fingerprint and key is None:
+            reply["error"] = "the key it names was not delivered"
+            return reply
+        with self.engine.starting:
+            if self.current_run is not None:
+                reply["error"] = f"run {self.current_run} is under way"
+                return reply
+            ready: Request = {**request}
+            ready.pop("api_key", None)  # only the key delivered, never one sent along
+            if key:
+                ready["api_key"] = key
+            try:
+                reply["thread_id"] = self.engine.prepare(ready)
+                reply["prepared"] = True
+            except Exception as exc:
+                self.engine.close()
+                message = f"{type(exc).__name__}: {exc}"
+                reply["error"] = message.replace(key, "***") if key else message  # the log is a file
+        # The agent's debug log (agent.log): how long a first turn would have waited for this.
+        sys.stderr.write(f"prepare: {json.dumps(reply)} in {time.monotonic() - started:.3f} s\n")
+        return reply
 
     def _run(self, request: Request, writer: Any) -> None:
         run_id = str(request.get("run_id"))

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from agent_bundle.exec_events import TurnMapper
 from agent_bundle.hooks import write_shell_hooks
@@ -91,6 +91,36 @@ class ResumeError(RuntimeError):
     """The request's thread could not be resumed, and the request forbids starting afresh."""
 
 
+def wants_fresh_thread(request: Request) -> bool:
+    """Whether the request starts a new thread because it names none (the sandbox's first
+    turn), not because it asks for one (`--new-thread`) or for a thread that must resume."""
+    return not request.get("thread_id") and not request.get("new_thread") and not request.get("must_resume")
+
+
+class PreparedThread:
+    """A new thread started ahead of the turn that will use it (`up` asks the daemon for one,
+    `--prepare`), so that the sandbox's first turn does not wait for Codex's app-server and a
+    new thread. It is taken by the next turn to start, and used by it only if that turn would
+    have started a new thread on the same Codex with the same settings (FITS); any other turn
+    drops it and goes on exactly as without it."""
+
+    # The request fields a thread is started with besides what picks the app-server (the
+    # Engine's signature: key, CODEX_HOME, config overrides, endpoint).
+    FITS: tuple[Literal["model", "turn_model", "effort"], ...] = ("model", "turn_model", "effort")
+
+    def __init__(self, thread: Any, signature: tuple[Any, ...], request: Request) -> None:
+        self.thread = thread
+        self.signature = signature
+        self.settings = {name: request.get(name) or None for name in self.FITS}
+
+    def fits(self, request: Request, signature: tuple[Any, ...] | None) -> bool:
+        return (
+            wants_fresh_thread(request)
+            and signature == self.signature
+            and all((request.get(name) or None) == value for name, value in self.settings.items())
+        )
+
+
 class Engine:
     """Owns the Codex app-server. It outlives turns, so the processes a turn starts in the
     background (dev servers) keep running, and a turn starts without paying for Codex's
@@ -101,6 +131,10 @@ class Engine:
         self._codex: Any = None
         self._signature: tuple[Any, ...] | None = None
         self._thread: Any = None
+        self._prepared: PreparedThread | None = None
+        # Held while the app-server and a thread are being made ready, by a turn or by
+        # `prepare`: a turn that comes during a prepare waits for it, then takes its thread.
+        self.starting = threading.Lock()
 
     def _ensure(self, request: Request) -> Any:
         from openai_codex import Codex, CodexConfig
@@ -126,16 +160,39 @@ class Engine:
                 self._codex.close()
         self._codex = None
         self._thread = None
+        self._prepared = None
 
-    def _thread_for(self, codex: Any, request: Request, emit: Callable[[dict[str, Any]], None]) -> Any:
-        from openai_codex import ApprovalMode, InvalidRequestError, Sandbox
+    def prepare(self, request: Request) -> str | None:
+        """Starts the app-server for `request` (a turn's request without its prompt) and,
+        when it names no thread, a new thread for the first turn to use (PreparedThread).
+        Returns that thread's id. The caller holds `starting` and knows no turn runs."""
+        codex = self._ensure(request)
+        self._prepared = None
+        if not wants_fresh_thread(request):
+            return None
+        thread = codex.thread_start(**self._thread_options(request))
+        self._prepared = PreparedThread(thread, self._signature or (), request)
+        return str(thread.id)
 
-        options = {
+    def _thread_options(self, request: Request) -> dict[str, Any]:
+        from openai_codex import ApprovalMode, Sandbox
+
+        return {
             "cwd": self.home,
             "approval_mode": ApprovalMode.deny_all,
             "sandbox": Sandbox.full_access,
             "model": request.get("model") or None,
         }
+
+    def _thread_for(self, codex: Any, request: Request, emit: Callable[[dict[str, Any]], None]) -> Any:
+        from openai_codex import InvalidRequestError
+
+        # A thread prepared ahead serves one turn at most: this one if it fits, else none.
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared.fits(request, self._signature):
+            self._thread = prepared.thread
+            return self._thread
+        options = self._thread_options(request)
         thread_id = request.get("thread_id")
         if request.get("new_thread") or not thread_id:
             self._thread = codex.thread_start(**options)
@@ -178,16 +235,17 @@ class Engine:
         timer.daemon = True
         timer.start()
         try:
-            try:
-                codex = self._ensure(request)
-                thread = self._thread_for(codex, request, emit)
-            except TransportClosedError:
-                if abandoned.is_set():
-                    raise
-                # The app-server died between turns: start a fresh one once.
-                self.close()
-                codex = self._ensure(request)
-                thread = self._thread_for(codex, request, emit)
+            with self.starting:
+                try:
+                    codex = self._ensure(request)
+                    thread = self._thread_for(codex, request, emit)
+                except TransportClosedError:
+                    if abandoned.is_set():
+                        raise
+                    # The app-server died between turns: start a fresh one once.
+                    self.close()
+                    codex = self._ensure(request)
+                    thread = self._thread_for(codex, request, emit)
             emit({"type": "thread.started", "thread_id": thread.id})
             handle = thread.turn(turn_input(request), **turn_options(request), **turn_settings(request))
         except Exception:

@@ -84,6 +84,18 @@ class RunCompleted(TypedDict, total=False):
     running_run_id: str | None  # with status busy: the run that holds the sandbox's turn
 
 
+class PrepareReply(TypedDict, total=False):
+    """The daemon's answer to a prepare (`--prepare`, which prints it as {"prepare": ...}):
+    whether Codex's app-server, and a new thread when the request names none, are ready for
+    the first turn. `up` does not read it (a turn that finds nothing prepared starts as it
+    always did); the agent's debug log keeps it."""
+
+    pid: int
+    prepared: bool
+    thread_id: str | None  # the prepared thread's; None when the request names a thread
+    error: str  # why nothing was prepared (the key masked)
+
+
 def run_completed(run_id: str, status: str, exit_code: int, **fields: Any) -> dict[str, Any]:
     """The closing event of run `run_id` (RunCompleted); `fields` are its others."""
     return {"type": RUN_COMPLETED, "run_id": run_id, "status": status, "exit_code": exit_code, **fields}

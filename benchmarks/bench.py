@@ -229,8 +229,9 @@ NETWORK_RTT_MS = (0, 80)  # loopback, and a laptop far from Daytona's region
 
 @dataclass
 class FirstAndWarm:
-    """A newcomer's first `ask` (right after `up`: a new session and a new thread) and the
-    `ask` after it (same thread), with the emulator a round trip `rtt_ms` away."""
+    """A newcomer's first `ask` (right after `up`, which made its session and had the agent
+    start Codex and a new thread for it) and the `ask` after it (same thread), with the
+    emulator a round trip `rtt_ms` away."""
 
     rtt_ms: int
     first_to_model: float  # process start -> the model's first request
@@ -511,8 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         "emulator's log, kinds api, toolbox and ws (the SDK's background Socket.IO left out). `up`\n"
         "fresh installs the runtime (uv, else pip; the bench's baseline hides uv from the sandbox);\n"
         "a sandbox is deleted (`down`) after each `up` run, untimed.\n"
-        "First / next `ask`: in a new project each run, `up` from the snapshot (untimed), then the first\n"
-        "`ask` (a new session and a new thread) and the one after it, with the emulator's rtt_ms adding\n"
+        "First / next `ask`: in a new project each run, `up` from the snapshot (untimed; it makes the\n"
+        "session and has the agent start Codex and the first turn's thread), then the first `ask` (on\n"
+        "that thread) and the one after it, with the emulator's rtt_ms adding\n"
         f"{' and '.join(f'{r} ms' for r in NETWORK_RTT_MS)} to every Daytona request (80 ms: a laptop far from "
         "Daytona's region);\n"
         "the next `ask` against local `codex exec` plus two round trips (its command and its log).\n"

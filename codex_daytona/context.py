@@ -252,8 +252,8 @@ class Box:
     def preview_link(self, port: int) -> PreviewLink:
         return self.api.preview_link(self.sandbox, port)
 
-    def create_session(self, session: str) -> None:
-        self._started_again_if_stopped(lambda: self.api.create_session(self.sandbox, session))
+    def create_session(self, session: str, *, exist_ok: bool = False) -> None:
+        self._started_again_if_stopped(lambda: self.api.create_session(self.sandbox, session, exist_ok=exist_ok))
         self._sessions_made.add(session)
 
     def delete_session(self, session: str) -> None:

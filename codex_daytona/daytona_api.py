@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from codex_daytona.errors import CommandGoneError, DaytonaError, SandboxGoneError
+from codex_daytona.errors import CommandGoneError, DaytonaError, QuotaError, SandboxGoneError
 from codex_daytona.settings import Settings
 
 if TYPE_CHECKING:
@@ -176,6 +176,9 @@ class DaytonaApi:
         except DaytonaTimeoutError as exc:
             raise DaytonaError(f"Daytona timed out while trying to {action}.") from exc
         except SdkError as exc:
+            quota = _quota_refusal(exc)
+            if quota is not None:
+                raise QuotaError(f"Daytona refused to {action}: {quota}") from exc
             unanswered = _unanswered(exc)
             if unanswered is not None:  # the request timeout _bound_requests set, inside the SDK's wrapping
                 raise DaytonaError(f"{unanswered.message} while trying to {action}.", unanswered.hint) from exc
@@ -585,9 +588,14 @@ class DaytonaApi:
             response = sandbox.process.exec(command, env=env, timeout=timeout)
         return CommandResult(exit_code=int(response.exit_code or 0), output=response.result or "")
 
-    def create_session(self, sandbox: Sandbox, session_id: str) -> None:
+    def create_session(self, sandbox: Sandbox, session_id: str, *, exist_ok: bool = False) -> None:
+        """Creates a session; with `exist_ok`, one that exists already (409) is fine, and a
+        transient failure is tried again (_create_session_once)."""
         with self._translate("create a session in the sandbox", sandbox.id):
-            sandbox.process.create_session(session_id)
+            if exist_ok:
+                _create_session_once(sandbox, session_id)
+            else:
+                sandbox.process.create_session(session_id)
 
     def start_command(self, sandbox: Sandbox, session_id: str, command: str, *, new_session: bool = False) -> str:
         """Starts `command` asynchronously in the session and returns its id.
@@ -846,6 +854,20 @@ def _api_message(exc: Any) -> str:
         return str(json.loads(exc.body or "")["message"])
     except (ValueError, KeyError, TypeError):
         return str(getattr(exc, "reason", None) or exc).strip()
+
+
+# Daytona's organization quota (sandbox.service.ts validateOrganizationQuotas, a 400 on create,
+# start and fork): "Total CPU limit exceeded. Maximum allowed: 10.\nTo increase ...", the SDK
+# prefixing what it was doing ("Failed to create sandbox: ").
+QUOTA_REFUSAL = re.compile(r"Total (CPU|memory|disk|GPU) limit exceeded\. Maximum allowed: [^\n]*")
+
+
+def _quota_refusal(exc: BaseException) -> str | None:
+    """The quota line of Daytona's refusal, or None when `exc` is not one."""
+    if getattr(exc, "status_code", None) != 400:
+        return None
+    found = QUOTA_REFUSAL.search(str(exc))
+    return found.group(0) if found else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -76,6 +76,17 @@ class DaytonaError(CodexDaytonaError):
     default_hint = "Check DAYTONA_API_KEY, DAYTONA_API_URL and your network, then try again."
 
 
+class QuotaError(DaytonaError):
+    """The organization's sandboxes already use all the CPU, memory or disk its Daytona tier
+    allows: a new or restarted sandbox does not fit until some are stopped or deleted."""
+
+    default_hint = (
+        "Stop or delete sandboxes you no longer need (`codex-daytona ls --all`, then "
+        "`codex-daytona down --others` or `down --name NAME`), or raise the limit in Daytona's "
+        "dashboard (Limits)."
+    )
+
+
 class CommandGoneError(DaytonaError):
     """Daytona no longer knows a session or one of its commands (the sandbox restarted, or
     the session was deleted): what it was running must be reached another way."""

@@ -71,10 +71,12 @@ def setup(
     take_baseline = baseline and baseline_status == "ready"
     ctx.emit(ev.progress("Starting the agent..."))
     # In key mode the daemon gets the key now (in this command's environment only), so the
-    # first turn need not ask for it.
+    # first turn need not ask for it; and it starts Codex's app-server and the thread the
+    # first turn will use before this command returns, so that turn does not wait for them.
     key = ctx.settings.openai_key_for_turn() if ctx.settings.sandbox_openai_api_key else None
+    prepare = runtime.prepare_request(ctx.settings, layout, thread_id=record.thread_id)
     started = box.run(
-        runtime.finish_setup_command(layout, take_baseline, with_key=key is not None),
+        runtime.finish_setup_command(layout, take_baseline, with_key=key is not None, prepare=prepare),
         timeout=600,
         env={runtime.KEY_ENV: key} if key else None,
     )
@@ -91,6 +93,9 @@ def setup(
         )
     if started.exit_code != 0:
         raise AgentSetupError(f"The agent could not start in the sandbox: {started.output.strip()[-300:]}")
+    # The session turns run in, made now so the first turn's command is its first request.
+    box.create_session(SESSION_ID, exist_ok=True)
+    record.session_id = SESSION_ID
     record.runtime = runtime.runtime_fingerprint()
     record.handle = box.handle  # the first ask reaches the sandbox without a look-up
     if state is None:

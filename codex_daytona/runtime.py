@@ -188,10 +188,15 @@ def exec_command(layout: Layout, command: str, done_marker: str) -> str:
     return with_stdin(_agent_argv(layout, "--exec", "--done-marker", done_marker), command.encode())
 
 
-def start_daemon_command(layout: Layout, *, with_key: bool = False) -> str:
+def start_daemon_command(layout: Layout, *, with_key: bool = False, prepare: str | None = None) -> str:
     """Starts the agent daemon (a warm Codex) if it is not running, so the first turn starts
-    fast; `with_key` also hands it the key from this command's environment."""
-    return _agent_argv(layout, "--set-key" if with_key else "--start-daemon")
+    fast; `with_key` also hands it the key from this command's environment. With `prepare`
+    (a turn's request, agent_request without a prompt: prepare_request) the daemon then
+    starts Codex's app-server and a new thread for that turn, and the command waits for it."""
+    command = _agent_argv(layout, "--set-key" if with_key else "--start-daemon")
+    if prepare is None:
+        return command
+    return with_stdin(f"{command} --prepare", prepare.encode())
 
 
 def ports_command(layout: Layout) -> str:
@@ -374,6 +379,23 @@ def agent_request(
     if must_resume:  # a thread that cannot be resumed fails the run instead of starting a new one
         request["must_resume"] = True
     return json.dumps(request, ensure_ascii=True) + "\n"
+
+
+def prepare_request(settings: Settings, layout: Layout, *, thread_id: str | None) -> str:
+    """What the sandbox's first turn will ask, without its prompt: the request of an `ask`
+    with no option on this sandbox (`thread_id` its record's), for the agent daemon to make
+    ready ahead of it (start_daemon_command's `prepare`). A turn that asks anything else does
+    not use what was prepared: the agent compares the two requests."""
+    key = settings.openai_key_for_turn() if settings.sandbox_openai_api_key else None
+    return agent_request(
+        prompt="",
+        api_key=key,
+        layout=layout,
+        thread_id=thread_id,
+        model=settings.codex_daytona_model,
+        base_url=settings.base_url,
+        protected=protected_config(settings),
+    )
 
 
 def image_paths(layout: Layout, run_id: str, names: list[str]) -> list[str]:
@@ -560,11 +582,12 @@ def parse_login_shell_unchanged(output: str) -> str | None:
     return None
 
 
-def finish_setup_command(layout: Layout, baseline: bool, *, with_key: bool = False) -> str:
+def finish_setup_command(layout: Layout, baseline: bool, *, with_key: bool = False, prepare: str | None = None) -> str:
     """Makes bash the login shell if it is not (login_shell_step), takes the diff baseline
     (when asked) and starts the agent daemon (handing it the key from the command's
-    environment when `with_key`), in one command. A failed baseline or login shell is
-    reported on a line of its own and does not stop the agent."""
+    environment when `with_key`, and making ready the turn `prepare` describes), in one
+    command. A failed baseline or login shell is reported on a line of its own and does not
+    stop the agent."""
     q = shlex.quote
     steps = [login_shell_step()]
     if baseline:
@@ -572,7 +595,8 @@ def finish_setup_command(layout: Layout, baseline: bool, *, with_key: bool = Fal
             f"out=$({baseline_init_command(layout)} 2>&1) || "
             f'printf "%s %s\\n" {q(BASELINE_FAILED)} "$(printf "%s" "$out" | tail -n 3 | tr "\\n" " ")"'
         )
-    steps.append(start_daemon_command(layout, with_key=with_key))
+    # Last: its here-document (with `prepare`) runs to the end of the script.
+    steps.append(start_daemon_command(layout, with_key=with_key, prepare=prepare))
     return "sh -c " + q("; ".join(steps))
 
 

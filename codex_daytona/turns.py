@@ -185,9 +185,10 @@ def ask(
             output_schema=output_schema,
             must_resume=thread_id is not None and not new_thread,
         )
-        # No turn ran here yet, or the session is this run's own: it does not exist, so it is
-        # made first (no failed request); else it is tried, and made when Daytona has lost it.
-        fresh = previous is None or session.endswith(run_id)
+        # The session is this run's own, or no turn ran here yet and `up` did not make it
+        # (record.session_id): it does not exist, so it is made first (no failed request);
+        # else it is tried, and made when Daytona has lost it.
+        fresh = (previous is None and box.record.session_id is None) or session.endswith(run_id)
         command_id = box.start_command(session, runtime.agent_command(box.layout, run_id, request), new_session=fresh)
     except BaseException as exc:
         if isinstance(exc, SandboxGoneError) and _gone(box):

@@ -107,15 +107,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(scope="session")
-def warm_helper_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def warm_helper_dir() -> Iterator[Path]:
     """The directory of the warm helper that serves this worker's CLI calls (the first call
     runs in process and starts it; later ones are forked from it, as on a user's terminal).
-    Removing its socket at the end makes it exit within a tick."""
-    directory = tmp_path_factory.mktemp("helper")
-    directory.chmod(0o700)
+    Removing its socket at the end makes it exit within a tick. It is under /tmp, not pytest's
+    base temp: a socket's path has room for 103 bytes on macOS, and pytest's there
+    (/private/var/folders/.../pytest-of-USER/pytest-N/popen-gwN/...) nearly fills it."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="cdh-", dir="/tmp"))  # 0700
     yield directory
     for sock in directory.glob("*.sock"):
         sock.unlink(missing_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def _session_execs(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.cold
 def test_first_ask_and_ask_after_a_restart_make_their_session_first(rig: Rig) -> None:
     """Daytona answers a command for a missing session with 500 (not 404): a fresh sandbox's
-    first ask and the ask that starts a stopped sandbox make the session first, and no
+    session is made by `up`, the ask that starts a stopped sandbox makes it first, and no
     request fails but the one that finds the sandbox stopped (the ask does not look the
     sandbox up first: its command's 400 says it is stopped)."""
     assert rig.cli("up").code == 0
@@ -66,9 +66,9 @@ def test_first_ask_and_ask_after_a_restart_make_their_session_first(rig: Rig) ->
     assert (warm.code, warm.stdout) == (0, "warm\n"), warm
     warm_requests = rig.round_trips(since)
     assert _failed(warm_requests) == [], warm_requests
-    # The first ask costs one request more than a warm one: creating its session, nothing else.
+    # The first ask costs what a warm one does: `up` made its session.
     created = [r for r in first_requests if r["path"].endswith("/process/session") and r["method"] == "POST"]
-    assert len(created) == 1 and len(first_requests) == len(warm_requests) + 1, (first_requests, warm_requests)
+    assert created == [] and len(first_requests) == len(warm_requests), (first_requests, warm_requests)
 
 
 def _settled(rig: Rig) -> None:
@@ -98,9 +98,9 @@ WARM_ASK = [("POST", "toolbox", "exec"), ("GET", "ws", "logs")]
 def test_a_warm_ask_is_two_requests_its_command_and_its_log(rig: Rig) -> None:
     """On a started sandbox the state file knows, `ask` starts its command and follows its
     log: two requests to Daytona, no look-up (the state file keeps what the SDK needs to
-    reach the sandbox). The first ask after `up` adds only the making of its session."""
+    reach the sandbox). So is the first ask after `up`, which made its session."""
     assert rig.cli("up").code == 0
-    assert _trips(_ask(rig, "first")) == [("POST", "toolbox", "session"), *WARM_ASK]
+    assert _trips(_ask(rig, "first")) == WARM_ASK
     _settled(rig)
     assert _trips(_ask(rig, "warm")) == WARM_ASK
     _settled(rig)
@@ -427,3 +427,34 @@ def test_ask_on_a_sandbox_daytona_failed_says_so_and_what_to_do(rig: Rig) -> Non
     assert rig.record()["sandbox_id"] == sandbox_id
     assert rig.cli("down", "--yes").code == 0
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"
+
+
+@pytest.mark.e2e
+def test_a_sandbox_past_the_organizations_quota_is_one_line_that_says_what_to_free(rig: Rig) -> None:
+    """Daytona refuses a create or a start that its organization's quota has no room for
+    (400 "Total CPU limit exceeded. Maximum allowed: N."): `up` and `ask` say so in one line,
+    with what to stop or delete for a hint (not the key and the network), and keep the state."""
+    rig.emulator.set_config(quota_cpu=0)
+    made = rig.cli("up")
+    assert made.code == ExitCode.DAYTONA, made
+    lines = made.stderr.splitlines()
+    lines = lines[[line.startswith("Error: ") for line in lines].index(True) :]  # after the progress
+    assert lines[0] == "Error: Daytona refused to create a sandbox: Total CPU limit exceeded. Maximum allowed: 0.", made
+    assert "codex-daytona ls --all" in lines[1] and "DAYTONA_API_KEY" not in made.stderr, made
+    assert len(lines) == 2 and not rig.record(), made
+
+    rig.emulator.set_config(quota_cpu=None)
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    rig.emulator.begin_stop(sandbox_id)
+    deadline = time.monotonic() + 30
+    while (rig.sandbox(sandbox_id) or {}).get("state") != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rig.emulator.set_config(quota_memory=0)
+    asked = rig.cli("ask", "-q", "hello")
+    assert asked.code == ExitCode.DAYTONA, asked
+    assert (
+        "Error: Daytona refused to start the sandbox: Total memory limit exceeded. Maximum allowed: 0GiB."
+        in asked.stderr.splitlines()
+    ), asked
+    assert "Traceback" not in asked.stderr and rig.record()["sandbox_id"] == sandbox_id

@@ -237,3 +237,46 @@ def test_activating_a_snapshot_is_refused_when_active_or_just_deactivated(
         assert wait_for(lambda: daytona.snapshot.get("to-activate").state.value == "active")
     finally:
         daytona.snapshot.delete(daytona.snapshot.get("to-activate"))
+
+
+def _in_use(daytona: Any, field: str, states: frozenset[str]) -> int:
+    """What the organization's sandboxes use of `field` in `states`, as the SDK lists them."""
+    return sum(int(getattr(sb, field)) for sb in daytona.list() if sb.state.value in states)
+
+
+def test_a_create_start_or_fork_past_the_organizations_quota_is_400(
+    daytona: Any, sandbox: Any, vm_sandbox: Any, emulator: DaytonaEmulator
+) -> None:
+    """validateOrganizationQuotas: what the organization's sandboxes use in their states,
+    plus the new one, must fit the region's quota; a started sandbox counts its CPU and memory,
+    a stopped one only its disk; a start does not count the sandbox itself twice."""
+    from daytona import CreateSandboxFromSnapshotParams, DaytonaError
+
+    from tests.fakes.daytona import STATES_CONSUMING_COMPUTE, STATES_CONSUMING_DISK
+
+    full = _in_use(daytona, "cpu", STATES_CONSUMING_COMPUTE)
+    emulator.set_config(quota_cpu=full)
+    for call in (lambda: daytona.create(CreateSandboxFromSnapshotParams()), vm_sandbox.fork):
+        with pytest.raises(DaytonaError, match=rf"Total CPU limit exceeded. Maximum allowed: {full}.\n") as cpu:
+            call()
+        assert cpu.value.status_code == 400
+        assert "upgrade your organization's Tier" in str(cpu.value)
+
+    sandbox.stop()  # frees its CPU (not its disk): room for one more
+    other = daytona.create(CreateSandboxFromSnapshotParams())
+    with pytest.raises(DaytonaError, match="Total CPU limit exceeded") as start:
+        sandbox.start()
+    assert start.value.status_code == 400 and _state(emulator, sandbox.id) == "stopped"
+    daytona.delete(other)
+    sandbox.start()
+    assert _state(emulator, sandbox.id) == "started"
+
+    emulator.set_config(quota_cpu=None, quota_disk=_in_use(daytona, "disk", STATES_CONSUMING_DISK))
+    sandbox.stop()  # a stopped sandbox's disk still counts
+    with pytest.raises(
+        DaytonaError, match=r"Total disk limit exceeded. Maximum allowed: \d+GiB.\nConsider archiving"
+    ) as disk:
+        daytona.create(CreateSandboxFromSnapshotParams())
+    assert disk.value.status_code == 400
+    sandbox.start()  # its own disk is not counted twice
+    assert _state(emulator, sandbox.id) == "started"

@@ -109,6 +109,9 @@ def test_state_dir_default_and_override(tmp_path: Path) -> None:
     assert state_dir(tmp_path / "x") == tmp_path / "x"
 
 
+# The forked writer only saves the state file and _exits: it takes no lock another thread of
+# this process could hold, which is what Python 3.12+ warns a fork about.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_the_state_file_is_whole_to_a_reader_and_after_a_kill_mid_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

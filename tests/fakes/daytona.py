@@ -205,7 +205,10 @@ HOP_BY_HOP = frozenset(
 # picks the change up; 0: at once); sandbox_workdir: the image WORKDIR (an absolute image path,
 # see image_path) of sandboxes created from here on whose snapshot sets none; None, the default,
 # is an image without one; rtt_ms: the round-trip time of a network between the client and
-# Daytona (see NETWORK_KINDS), 0 on loopback.
+# Daytona (see NETWORK_KINDS), 0 on loopback; quota_cpu, quota_memory, quota_disk: the
+# organization's region quota (vCPUs, GiB, GiB) that a create, start or fork must fit in, with
+# Daytona's 400s (see quota_refusal); None, the default, is a region that enforces no quota
+# (self-hosted): hosted Daytona's per-tier figures are not in the public source.
 DEFAULT_CONFIG: dict[str, Any] = {
     "autostop_seconds_per_minute": 0,
     "sandbox_uv": True,
@@ -216,6 +219,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "sandbox_workdir": None,
     "ssh_gateway": "ssh.emulator.localhost:2222",
     "rtt_ms": 0,
+    "quota_cpu": None,
+    "quota_memory": None,
+    "quota_disk": None,
 }
 # The requests config ``rtt_ms`` delays, each once before it is handled: every one a client sends
 # to Daytona over the network (the control plane, the toolbox, its WebSocket set-ups, Socket.IO,
@@ -237,6 +243,15 @@ SNAPSHOT_ACTIVATION_COOLDOWN_S = 600
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 TRANSITIONAL_STATES = frozenset({"starting", "stopping", "pausing", "forking", "snapshotting", "archiving"})
 PAUSE_REFUSED = "Pausing is not supported for this sandbox"
+# apps/api/src/organization/constants/sandbox-states-consuming-{compute,disk}.constant.ts: what a
+# sandbox counts against its organization's quota in each state (the emulator's states only).
+STATES_CONSUMING_COMPUTE = frozenset(
+    {"creating", "restoring", "started", "starting", "stopping", "unknown", "forking", "pausing", "resuming"}
+)
+STATES_CONSUMING_DISK = STATES_CONSUMING_COMPUTE | {"stopped", "paused", "archiving", "snapshotting"}
+# apps/api/src/common/constants/error-messages.ts, with the emulator's own dashboard address.
+UPGRADE_TIER_MESSAGE = "To increase concurrency limits, upgrade your organization's Tier by visiting https://app.daytona.io/dashboard/limits."
+ARCHIVE_SANDBOXES_MESSAGE = "Consider archiving your unused Sandboxes to free up available storage."
 
 
 def uv_bin_dir(root: Path) -> Path | None:
@@ -1350,6 +1365,7 @@ class EmulatorServer:
             raise ApiError(404, f"Snapshot {body['snapshot']} not found")
         if snapshot is not None and snapshot.state != "active":
             raise ApiError(400, f"Snapshot {snapshot.name} is not active")
+        self.check_quota(int(body.get("cpu") or 1), int(body.get("memory") or 1), int(body.get("disk") or 3))
         sb = Sandbox(
             id=sid,
             name=name,
@@ -1442,6 +1458,33 @@ class EmulatorServer:
         self.begin_start(sb)
         return self._sandbox_response(sb)
 
+    def check_quota(self, cpu: int, memory: int, disk: int, exclude: Sandbox | None = None) -> None:
+        """Daytona's validateOrganizationQuotas (sandbox.service.ts) for a create, a start
+        (`exclude`: the sandbox itself) or a fork: what the organization's sandboxes use in
+        their states (STATES_CONSUMING_*) plus this one must fit config quota_*, checked CPU,
+        memory, disk in that order, each refused with 400 and Daytona's message."""
+        others = [sb for sb in self.sandboxes.values() if sb is not exclude]
+        compute = [sb for sb in others if sb.state in STATES_CONSUMING_COMPUTE]
+        disk_users = [sb for sb in others if sb.state in STATES_CONSUMING_DISK]
+        for key, used, wanted, message in (
+            ("quota_cpu", sum(sb.cpu for sb in compute), cpu, "Total CPU limit exceeded. Maximum allowed: {}."),
+            (
+                "quota_memory",
+                sum(sb.memory for sb in compute),
+                memory,
+                "Total memory limit exceeded. Maximum allowed: {}GiB.",
+            ),
+            (
+                "quota_disk",
+                sum(sb.disk for sb in disk_users),
+                disk,
+                "Total disk limit exceeded. Maximum allowed: {}GiB.\n" + ARCHIVE_SANDBOXES_MESSAGE,
+            ),
+        ):
+            quota = self.config.get(key)
+            if quota is not None and used + wanted > int(quota):
+                raise ApiError(400, message.format(quota) + "\n" + UPGRADE_TIER_MESSAGE)
+
     def _transition_seconds(self) -> float:
         return max(0.0, float(self.config.get("transition_seconds") or 0))
 
@@ -1463,6 +1506,7 @@ class EmulatorServer:
         resume = sb.state == "paused"
         if resume and sb.sandbox_class not in VM_CLASSES:
             raise ApiError(422, "Resuming is not supported for this sandbox", "UNPROCESSABLE_ENTITY")
+        self.check_quota(sb.cpu, sb.memory, sb.disk, exclude=sb)
         if not resume:
             sb.preview_token = secrets.token_urlsafe(24)
 
@@ -1599,6 +1643,7 @@ class EmulatorServer:
         name = body.get("name") or sid
         if self._find_sandbox(name) is not None:
             raise ApiError(409, f"Sandbox with name {name} already exists")
+        self.check_quota(source.cpu, source.memory, source.disk)
         sb = Sandbox(
             id=sid,
             name=name,
