@@ -33,16 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from codex_daytona.errors import CodexDaytonaError, ConfigError, InterruptedByUser, UsageError
+from codex_daytona.errors import CodexDaytonaError, ConfigError, ExitCode, InterruptedByUser, UsageError
 
 if TYPE_CHECKING:
     from codex_daytona.output import Output
     from codex_daytona.settings import Settings
 
 PROG = "codex-daytona-exec"
-EXIT_OK = 0
-EXIT_FAILED = 1  # exec: a failed turn, or any error
-EXIT_USAGE = 2  # exec (clap): bad arguments
+# `codex exec`'s exit codes: where they mean what codex-daytona's do, they are its ExitCode.
+EXIT_OK = ExitCode.OK
+EXIT_FAILED = ExitCode.ERROR  # exec: a failed turn, or any error
+EXIT_USAGE = ExitCode.USAGE  # exec (clap): bad arguments
 EXIT_SIGTERM = 143  # exec killed by SIGTERM (128 + 15)
 
 # --sandbox: the agent always has full access inside its Daytona sandbox (the sandbox is the

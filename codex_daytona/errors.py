@@ -1,4 +1,5 @@
-"""Exit codes and the errors a user can cause. Imports nothing of ours.
+"""Exit codes and the errors a user can cause. Imports nothing of ours but the agent's
+protocol (the exit codes the agent's commands end with are the CLI's).
 
 Every expected failure is a CodexDaytonaError: one line of message, a hint saying what
 to do next, and the exit code the process ends with. Anything else is a bug and keeps
@@ -9,20 +10,22 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from agent_bundle import protocol
+
 
 class ExitCode(IntEnum):
     """How `codex-daytona` ends. Scripts may rely on these."""
 
-    OK = 0
-    ERROR = 1  # anything that went wrong that is not listed below
+    OK = protocol.EXIT_OK
+    ERROR = protocol.EXIT_ERROR  # anything that went wrong that is not listed below
     USAGE = 2  # bad arguments or options
-    TURN_FAILED = 3  # the agent's turn failed (the model's error is printed)
+    TURN_FAILED = protocol.EXIT_TURN_FAILED  # the agent's turn failed (the model's error is printed)
     CONFIG = 4  # a missing or invalid setting
     NO_SANDBOX = 5  # there is no sandbox here, or it was deleted behind our back
-    BUSY = 6  # another turn is running on this sandbox
+    BUSY = protocol.EXIT_BUSY  # another turn is running on this sandbox
     DAYTONA = 7  # Daytona refused or failed a request
     TIMEOUT = 124  # --timeout ran out; the turn was interrupted
-    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); sandbox and thread are kept
+    INTERRUPTED = protocol.EXIT_INTERRUPTED  # Ctrl-C (128 + SIGINT); sandbox and thread are kept
 
 
 class CodexDaytonaError(Exception):

@@ -5,7 +5,8 @@ the lines `codex exec --json` (0.163) prints for the same turn (the agent maps C
 notifications as exec does: item ids item_0, item_1, ..., messages and reasoning only once
 complete, warnings as `error` items, retries as `error` events, nothing after an interrupt),
 plus a `ts` field. Ours are separate lines namespaced `codex_daytona.*`, which consumers of
-exec's stream ignore; `--exec-json` leaves them (and `ts`) out. Imports nothing of ours.
+exec's stream ignore; `--exec-json` leaves them (and `ts`) out. Imports nothing of ours but
+the agent's protocol, which names the events the agent emits.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from agent_bundle import protocol
 
 Event = dict[str, Any]
 
@@ -39,34 +42,34 @@ ERROR_ITEM = "error"  # a warning that does not end the turn ("Model metadata fo
 
 # Ours. The agent emits the run, ports, resume, text, item details, turn usage and interrupt
 # events; the CLI adds the rest.
-RUN_STARTED = "codex_daytona.run.started"
-RUN_COMPLETED = "codex_daytona.run.completed"
+RUN_STARTED = protocol.RUN_STARTED
+RUN_COMPLETED = protocol.RUN_COMPLETED
 # The ports listening after the turn ({listening, new, settling}): `settling` > 0 when a process
 # the turn left in the background has not bound a port yet, and the agent then watches that
 # many seconds more, after the closing event, for its late ports ({listening, new, late: true}),
 # and ends with PORTS_SETTLED ({new, waited_ms}), the run's very last event.
-PORTS = "codex_daytona.ports"
-PORTS_SETTLED = "codex_daytona.ports.settled"
+PORTS = protocol.PORTS
+PORTS_SETTLED = protocol.PORTS_SETTLED
 # The text of a message or reasoning so far, while the model writes it ({item_type, text}).
-TEXT = "codex_daytona.text"
+TEXT = protocol.TEXT
 # What exec leaves out of an item, just before its item.completed ({item_id, duration_ms} for
 # a command, {item_id, changes: [{path, added, removed}]} for a file change).
-ITEM_DETAILS = "codex_daytona.item.details"
+ITEM_DETAILS = protocol.ITEM_DETAILS
 # This turn's own tokens ({usage}; exec's turn.completed usage is the thread's running total).
-TURN_USAGE = "codex_daytona.turn.usage"
+TURN_USAGE = protocol.TURN_USAGE
 # The turn was interrupted (exec prints nothing then): {items} the running items it cut short.
-TURN_INTERRUPTED = "codex_daytona.turn.interrupted"
+TURN_INTERRUPTED = protocol.TURN_INTERRUPTED
 RETRY = "codex_daytona.retry"  # the CLI reconnects a dropped log stream
-RESUME_FAILED = "codex_daytona.resume_failed"
+RESUME_FAILED = protocol.RESUME_FAILED
 WARNING = "codex_daytona.warning"
 PROGRESS = "codex_daytona.progress"  # setup steps: creating the sandbox, installing the agent
 PREVIEW = "codex_daytona.preview"
 AGENT_OUTPUT = "codex_daytona.agent_output"  # a line from the agent that is not an event
 RESULT = "codex_daytona.result"  # the last line of `ask --json`
 EXEC_OUTPUT = "codex_daytona.exec.output"  # a chunk of `exec`'s stdout or stderr
-BUSY = "codex_daytona.busy"
+BUSY = protocol.BUSY
 # The run names a key the agent does not hold: the CLI hands it over (never in the run's stream).
-KEY_NEEDED = "codex_daytona.key_needed"
+KEY_NEEDED = protocol.KEY_NEEDED
 # `ask --fanout`: one attempt's status changed ({sandbox, status, detail, started}).
 FANOUT_UPDATE = "codex_daytona.fanout.update"
 # A batch task's progress ({id, status, detail}; done: true with its final status).

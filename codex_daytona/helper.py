@@ -35,7 +35,7 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
-from agent_bundle.agent import listen_private
+from agent_bundle.protocol import listen_private
 from codex_daytona import launcher
 
 # The CLI's modules and what its commands import lazily on the way to Daytona.
@@ -140,7 +140,8 @@ def serve(path: str, key: str, idle_seconds: float) -> int:
     learned.refresh()
     # In place of the stale socket of a helper that died (ours holds the lock now), mode 0600
     # as it is bound, besides the private directory and the peer's uid checked on each
-    # connection: the agent's daemon listens the same way, through the same function.
+    # connection: the agent's daemon listens the same way, through the same function (the
+    # one piece of the agent's protocol module that is not the contract: both ends need it).
     listener = listen_private(path, 16)
     listener.settimeout(ACCEPT_TICK_S)
     inode = os.stat(path).st_ino

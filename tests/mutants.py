@@ -82,28 +82,28 @@ BREAKS: tuple[Break, ...] = (
     # --- Round two (#25): caught, to keep caught ----------------------------------------
     Break(
         "turn_model_dropped",
-        "agent_bundle/agent.py",
+        "agent_bundle/engine.py",
         '        settings["model"] = request["turn_model"]\n',
         "        pass\n",
         (T + "test_turn_settings.py::test_model_and_effort_apply_from_the_turn_they_are_given_on",),
     ),
     Break(
         "turn_effort_dropped",
-        "agent_bundle/agent.py",
+        "agent_bundle/engine.py",
         '        settings["effort"] = ReasoningEffort(request["effort"])\n',
         "        pass\n",
         (T + "test_turn_settings.py::test_model_and_effort_apply_from_the_turn_they_are_given_on",),
     ),
     Break(
         "images_dropped_from_the_turn_input",
-        "agent_bundle/agent.py",
+        "agent_bundle/engine.py",
         'return [TextInput(request["prompt"]), *(LocalImageInput(str(p)) for p in request.get("images") or [])]',
         'return [TextInput(request["prompt"])]',
         (T + "test_exec_flags.py::test_images_are_uploaded_and_reach_the_model",),
     ),
     Break(
         "output_schema_dropped_by_the_agent",
-        "agent_bundle/agent.py",
+        "agent_bundle/engine.py",
         '        options["output_schema"] = request["output_schema"]\n',
         "        pass\n",
         (T + "test_exec_flags.py::test_output_schema_reaches_the_model_and_the_answer_is_the_json",),
@@ -117,21 +117,21 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "shell_hooks_not_set",
-        "agent_bundle/agent.py",
+        "agent_bundle/hooks.py",
         '    env = {"BASH_ENV": bash_env, "ZDOTDIR": zdotdir}\n',
         "    env: dict[str, str] = {}\n",
         (T + "test_servers.py::test_every_way_of_starting_a_server_survives_the_turn_and_the_next",),
     ),
     Break(
         "setsid_removed_from_the_detach_script",
-        "agent_bundle/agent.py",
+        "agent_bundle/detach.py",
         "        try:\n            os.setsid()\n            os.dup2(out_w, 1)\n",
         "        try:\n            os.dup2(out_w, 1)\n",
         (T + "test_servers.py::test_the_shell_hooks_detach_each_command_in_bash_and_zsh",),
     ),
     Break(
         "key_written_to_codex_auth_json",
-        "agent_bundle/agent.py",
+        "agent_bundle/engine.py",
         '        env[KEY_ENV] = request["api_key"]\n',
         '        env[KEY_ENV] = request["api_key"]; os.makedirs(os.path.join(home, ".codex"), exist_ok=True); '
         'open(os.path.join(home, ".codex", "auth.json"), "w").write(request["api_key"])\n',
@@ -139,7 +139,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "key_on_the_app_servers_command_line",
-        "agent_bundle/agent.py",
+        "agent_bundle/engine.py",
         '    overrides = [str(pair) for pair in request.get("user_config") or []]\n',
         '    overrides = [str(pair) for pair in request.get("user_config") or []] + '
         "[f\"notice={json.dumps(request.get('api_key') or '')}\"]\n",
@@ -175,7 +175,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "turn_started_dropped_in_every_json_mode",
-        "agent_bundle/agent.py",
+        "agent_bundle/exec_events.py",
         '            return [{"type": "turn.started"}]\n',
         "            return []\n",
         (T + "test_agent_bundle.py::test_mapper_build_turn_matches_exec_vocabulary",),
@@ -233,7 +233,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "key_written_under_the_runtime_venv",
-        "agent_bundle/agent.py",
+        "agent_bundle/engine.py",
         '        env[KEY_ENV] = request["api_key"]\n',
         '        env[KEY_ENV] = request["api_key"]; '
         'open(os.path.join(sys.prefix, "key-cache"), "w").write(request["api_key"])\n',
@@ -271,7 +271,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "agent_heartbeat_off",
-        "agent_bundle/agent.py",
+        "agent_bundle/client.py",
         '    beat = Heartbeat(request.get("heartbeat_seconds"))\n',
         "    beat = Heartbeat(None)\n",
         (T + "test_turns.py::test_a_quiet_turn_is_not_taken_for_a_stalled_stream",),
@@ -327,7 +327,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "interrupt_leaves_the_turns_commands_running",
-        "agent_bundle/agent.py",
+        "agent_bundle/processes.py",
         "        groups = self.command_groups()\n",
         "        groups: set[int] = set()\n",
         (T + "test_turns.py::test_timeout_interrupts_the_turn_with_124",),
@@ -341,7 +341,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "agent_always_starts_a_new_thread",
-        "agent_bundle/agent.py",
+        "agent_bundle/engine.py",
         '        if request.get("new_thread") or not thread_id:\n',
         "        if True:\n",
         (T + "test_turns.py::test_ctrl_c_stops_the_turn_not_the_sandbox",),
@@ -499,7 +499,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "no_wait_for_servers_that_bind_late",
-        "agent_bundle/agent.py",
+        "agent_bundle/daemon.py",
         '    settle = outcome.get("status") == "completed" and watch.pending()\n',
         "    settle = False\n",
         (T + "test_late_ports.py::test_a_server_binding_after_the_turn_gets_its_link_after_the_answer",),
@@ -528,7 +528,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "the_daemon_imports_codex_at_the_first_turn",
-        "agent_bundle/agent.py",
+        "agent_bundle/daemon.py",
         "        threading.Thread(target=warm_imports, daemon=True).start()\n",
         "        pass\n",
         (T + "test_agent_bundle.py::test_the_daemon_imports_codex_before_its_first_turn",),

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from agent_bundle import agent
+from agent_bundle import agent, engine, exec_events, port_scan, protocol
+from agent_bundle.daemon import Daemon
+from agent_bundle.emitter import Emitter
 from codex_daytona.sandbox import runtime
 from codex_daytona.settings import Settings
 from tests.e2e import closing_event
@@ -40,7 +42,7 @@ def _map_turns(name: str) -> list[list[dict[str, Any]]]:
     mapper = None
     for method, params in _notifications(name):
         if method == "turn/started":
-            mapper = agent.TurnMapper()
+            mapper = exec_events.TurnMapper()
             turns.append([])
         if mapper is None:
             continue
@@ -136,7 +138,7 @@ def test_mapper_retries_are_exec_error_events() -> None:
 
 
 def test_mapper_shows_warnings_and_sub_agent_calls_as_exec_does() -> None:
-    mapper = agent.TurnMapper()
+    mapper = exec_events.TurnMapper()
     events = mapper.feed("warning", {"message": "Model metadata for `m` not found.", "threadId": "t"})
     events += mapper.feed("configWarning", {"summary": "bad key", "details": "line 3"})
     events += mapper.feed("model/rerouted", {"fromModel": "a", "toModel": "b", "reason": "highRiskCyberActivity"})
@@ -185,7 +187,7 @@ def test_emitter_masks_secrets(tmp_path: Path) -> None:
             pass
 
     sink = Sink()
-    emitter = agent.Emitter(tmp_path / "e.jsonl", sink, [KEY])
+    emitter = Emitter(tmp_path / "e.jsonl", sink, [KEY])
     emitter.emit({"type": "x", "text": f"the key is {KEY}"})
     emitter.close()
     assert KEY not in sink.text and KEY not in (tmp_path / "e.jsonl").read_text()
@@ -196,7 +198,7 @@ def test_emitter_masks_secrets(tmp_path: Path) -> None:
 
 
 class AgentRig:
-    """Runs agent_bundle/agent.py as the sandbox would, on this machine."""
+    """Runs the agent_bundle package as the sandbox would, on this machine."""
 
     def __init__(self, home: Path, model: ScriptedModel) -> None:
         self.home = home
@@ -214,7 +216,7 @@ class AgentRig:
         return base64.b64encode(request.encode()).decode()
 
     def argv(self, *args: str) -> list[str]:
-        agent_path = str(Path(agent.__file__))
+        agent_path = str(Path(agent.__file__).parent)
         return [sys.executable, "-u", agent_path, "--runs-dir", self.layout.runs, "--home", str(self.home), *args]
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -348,7 +350,7 @@ def test_agent_failed_turn_exits_3_with_the_model_error(rig: AgentRig) -> None:
     # Codex retries even a 401 (request_max_retries); every attempt gets the same answer.
     rig.model.enqueue(*[error(401, "Incorrect API key provided") for _ in range(12)])
     code, events, _ = rig.run("hello")
-    assert code == agent.EXIT_TURN_FAILED
+    assert code == protocol.EXIT_TURN_FAILED
     assert events[-2]["type"] == "codex_daytona.ports"
     failed = next(e for e in events if e["type"] == "turn.failed")
     assert "401" in failed["error"]["message"]
@@ -376,7 +378,7 @@ def test_a_turn_codex_never_starts_ends_and_leaves_the_agent_free(
     it is closed plays it here.)"""
     from openai_codex import TransportClosedError
 
-    monkeypatch.setattr(agent, "START_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(engine, "START_TIMEOUT_S", 0.5)
     closed = threading.Event()
 
     class HungThread:
@@ -393,7 +395,7 @@ def test_a_turn_codex_never_starts_ends_and_leaves_the_agent_free(
         def close(self) -> None:
             closed.set()
 
-    daemon = agent.Daemon(str(tmp_path), str(tmp_path / "runs"))
+    daemon = Daemon(str(tmp_path), str(tmp_path / "runs"))
 
     def ensure(request: dict[str, Any]) -> HungCodex:
         closed.clear()
@@ -419,8 +421,8 @@ def test_a_run_whose_key_never_comes_ends_and_leaves_the_agent_free(
 ) -> None:
     """A run names a key the CLI never delivers: it ends with an error once KEY_WAIT_S is
     over, and the next run is not told another one runs."""
-    monkeypatch.setattr(agent, "KEY_WAIT_S", 0.3)
-    daemon = agent.Daemon(str(tmp_path), str(tmp_path / "runs"))
+    monkeypatch.setattr("agent_bundle.daemon.KEY_WAIT_S", 0.3)
+    daemon = Daemon(str(tmp_path), str(tmp_path / "runs"))
     for run_id in ("keyless-1", "keyless-2"):
         sink = _Sink()
         daemon._run({"run_id": run_id, "prompt": "hi", "key_id": runtime.key_fingerprint(KEY)}, sink)
@@ -443,13 +445,13 @@ class _Sink:
 
 def test_agent_rejects_a_missing_request(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(Path(agent.__file__)), "--run-id", "x", "--runs-dir", str(tmp_path)],
+        [sys.executable, str(Path(agent.__file__).parent), "--run-id", "x", "--runs-dir", str(tmp_path)],
         input="not json\n",
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert proc.returncode == agent.EXIT_ERROR
+    assert proc.returncode == protocol.EXIT_ERROR
     last = json.loads(proc.stdout.splitlines()[-1])
     assert last["type"] == "codex_daytona.run.completed" and last["status"] == "error"
 
@@ -464,12 +466,12 @@ def test_listening_ports_sees_servers_on_any_address(tmp_path: Path) -> None:
     loop.bind(("127.0.0.1", 0))
     loop.listen()
     try:
-        ports = agent.listening_ports()
+        ports = port_scan.listening_ports()
         w, lp = wildcard.getsockname()[1], loop.getsockname()[1]
         # Daytona's proxy forwards to localhost: a loopback server is as reachable as any.
         assert w in ports and lp in ports
         # Scoped to processes carrying a marker that nobody has: nothing.
-        assert w not in agent.listening_ports("no-such-scope")
+        assert w not in port_scan.listening_ports("no-such-scope")
     finally:
         wildcard.close()
         loop.close()
@@ -540,7 +542,7 @@ def test_a_run_asks_for_a_key_it_does_not_hold_and_goes_on_once_delivered(rig: A
 def _user_command(tmp_path: Path, command: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, str(Path(agent.__file__)), "--home", str(tmp_path), "--exec"],
+        [sys.executable, str(Path(agent.__file__).parent), "--home", str(tmp_path), "--exec"],
         input=base64.b64encode(command.encode()).decode(),
         capture_output=True,
         text=True,
@@ -583,7 +585,7 @@ def test_exec_returns_when_the_shell_exits_though_a_background_job_holds_its_out
 def test_exec_ends_each_stream_with_the_done_marker(tmp_path: Path) -> None:
     (tmp_path / ".codex-daytona").mkdir()
     proc = subprocess.run(
-        [sys.executable, str(Path(agent.__file__)), "--home", str(tmp_path), "--exec", "--done-marker", "M-1"],
+        [sys.executable, str(Path(agent.__file__).parent), "--home", str(tmp_path), "--exec", "--done-marker", "M-1"],
         input=base64.b64encode(b"printf partial; printf 'e1\\ne2' >&2; exit 5").decode(),
         capture_output=True,
         text=True,
@@ -603,7 +605,7 @@ def test_a_background_job_survives_the_session_being_deleted_as_exec_returns(tmp
     (tmp_path / ".codex-daytona").mkdir()
     tag = f"survivor-{os.getpid()}"
     proc = subprocess.Popen(
-        [sys.executable, str(Path(agent.__file__)), "--home", str(tmp_path), "--exec", "--done-marker", "M"],
+        [sys.executable, str(Path(agent.__file__).parent), "--home", str(tmp_path), "--exec", "--done-marker", "M"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -644,7 +646,7 @@ def test_a_background_job_survives_the_session_being_deleted_as_exec_returns(tmp
 
 WATCH_IMPORTS = """
 import os, sys, threading, time
-from agent_bundle import agent
+from agent_bundle import daemon
 
 def watch():
     deadline = time.monotonic() + 60
@@ -657,7 +659,7 @@ def watch():
     os._exit(1)
 
 threading.Thread(target=watch, daemon=True).start()
-agent.Daemon(sys.argv[1], sys.argv[1] + "/runs").serve(sys.argv[1] + "/agent.sock")
+daemon.Daemon(sys.argv[1], sys.argv[1] + "/runs").serve(sys.argv[1] + "/agent.sock")
 """
 
 

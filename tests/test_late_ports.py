@@ -1,5 +1,5 @@
 """Links for servers that bind after the turn: the agent watches the ports for a few seconds
-more (agent.SETTLE_S) while a process the turn left in the background has not bound yet.
+more (port_scan.SETTLE_S) while a process the turn left in the background has not bound yet.
 The answer comes first, each link as its port appears; `-q` does not wait at all; a server
 restarted on a port that listened before the turn is the turn's too."""
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agent_bundle import agent
+from agent_bundle import hooks, port_scan, processes, protocol
 from tests.e2e import Rig, free_port, http_get, run_events
 from tests.fakes.model import msg, run, turn
 
@@ -33,7 +33,7 @@ def test_a_port_restarted_during_the_turn_counts_as_the_turns() -> None:
     kept.bind(("127.0.0.1", 0))
     kept.listen()
     try:
-        watch = agent.PortWatch(None, agent._boot_ticks())
+        watch = port_scan.PortWatch(None, processes.boot_ticks())
         first.close()  # the server stops and starts again on its port: a new socket
         second = socket.socket()
         second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -53,9 +53,9 @@ def test_a_port_restarted_during_the_turn_counts_as_the_turns() -> None:
 
 
 def _spawn(code: str, *, marked: bool = True) -> subprocess.Popen[bytes]:
-    env = {**os.environ, agent.DETACHED_ENV: "1"} if marked else {**os.environ}
+    env = {**os.environ, hooks.DETACHED_ENV: "1"} if marked else {**os.environ}
     if not marked:
-        env.pop(agent.DETACHED_ENV, None)
+        env.pop(hooks.DETACHED_ENV, None)
     env.pop("CODEX_DAYTONA_SCOPE", None)
     return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
 
@@ -82,7 +82,7 @@ def test_a_process_the_turn_left_is_pending_until_it_or_its_child_binds() -> Non
     runner = socket.socket()
     runner.bind(("127.0.0.1", 0))
     runner.listen()
-    watch = agent.PortWatch(None, agent._boot_ticks())
+    watch = port_scan.PortWatch(None, processes.boot_ticks())
     server = _spawn(BIND_LATE)
     # A parent that never binds, whose child does (npm and the dev server it runs).
     parent = _spawn(
@@ -92,7 +92,7 @@ def test_a_process_the_turn_left_is_pending_until_it_or_its_child_binds() -> Non
         assert watch.pending(), "alive, started by the turn, not listening yet"
         assert _wait(lambda: not watch.pending(), 10), "both bound (the parent through its child)"
     finally:
-        children = [pid for pid, parent_pid in agent._parents().items() if parent_pid == parent.pid]
+        children = [pid for pid, parent_pid in processes._parents().items() if parent_pid == parent.pid]
         for pid in children:
             os.kill(pid, 9)
         server.kill()
@@ -101,15 +101,15 @@ def test_a_process_the_turn_left_is_pending_until_it_or_its_child_binds() -> Non
 
 
 def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
-    watch = agent.PortWatch(None, agent._boot_ticks(), str(tmp_path / "another-home"))
+    watch = port_scan.PortWatch(None, processes.boot_ticks(), str(tmp_path / "another-home"))
     elsewhere = _spawn("import time; time.sleep(60)")  # marked, but by the hooks of no home of ours
     try:
         assert not watch.pending(), "another agent's commands (another home's hooks) are not waited for"
-        mine = agent.PortWatch(None, watch.started_ticks, str(tmp_path / "home"))
+        mine = port_scan.PortWatch(None, watch.started_ticks, str(tmp_path / "home"))
         hook = f"{tmp_path / 'home'}/.codex-daytona/shell/bash-env.sh"
         own = subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(60)"],
-            env={**os.environ, agent.DETACHED_ENV: "1", "BASH_ENV": hook},
+            env={**os.environ, hooks.DETACHED_ENV: "1", "BASH_ENV": hook},
         )
         try:
             assert mine.pending(), "this home's own command is"
@@ -121,7 +121,7 @@ def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
     try:
         before = _spawn("import time; time.sleep(60)")
         time.sleep(0.1)
-        watch = agent.PortWatch(None, agent._boot_ticks() + 1)  # the turn starts after it
+        watch = port_scan.PortWatch(None, processes.boot_ticks() + 1)  # the turn starts after it
         try:
             assert not watch.pending(), (
                 "a process started before the turn, or without the hooks' mark, is not waited for"
@@ -133,7 +133,7 @@ def test_only_the_turns_own_processes_count(tmp_path: Path) -> None:
 
 
 def test_the_settle_window_reports_late_ports_and_ends_at_its_bound() -> None:
-    watch = agent.PortWatch(None, agent._boot_ticks())
+    watch = port_scan.PortWatch(None, processes.boot_ticks())
     late = _spawn(BIND_LATE)
     never = _spawn("import time; time.sleep(60)")
     events: list[dict[str, Any]] = []
@@ -147,7 +147,7 @@ def test_the_settle_window_reports_late_ports_and_ends_at_its_bound() -> None:
     assert 3.0 <= elapsed < 3.0 + 1.0, "a process that never binds holds the window to its bound, no more"
     ports = [e for e in events if e["type"] == "codex_daytona.ports"]
     assert ports and all(e["late"] for e in ports), events
-    assert events[-1]["type"] == agent.PORTS_SETTLED and events[-1]["new"] == [p for e in ports for p in e["new"]]
+    assert events[-1]["type"] == protocol.PORTS_SETTLED and events[-1]["new"] == [p for e in ports for p in e["new"]]
 
 
 # --- end to end: the emulator, the real Codex, the scripted model ------------------------------
@@ -236,9 +236,9 @@ def test_a_process_that_never_binds_costs_no_more_than_the_bound_and_q_does_not_
     assert asked.code == 0, asked
     turn_done = next(e for e in asked.json_lines if e["type"] == "turn.completed")
     settled = next(e for e in asked.json_lines if e["type"] == "codex_daytona.ports.settled")
-    assert settled["new"] == [] and agent.SETTLE_S * 1000 <= settled["waited_ms"] < agent.SETTLE_S * 1000 + 1000
+    assert settled["new"] == [] and port_scan.SETTLE_S * 1000 <= settled["waited_ms"] < port_scan.SETTLE_S * 1000 + 1000
     # From the end of the turn to the CLI's exit: the bound, the stream and the CLI's exit.
-    assert ended - turn_done["ts"] < agent.SETTLE_S + 3.0, ended - turn_done["ts"]
+    assert ended - turn_done["ts"] < port_scan.SETTLE_S + 3.0, ended - turn_done["ts"]
 
     # -q: the answer alone, at the closing event, while the agent is still watching.
     rig.model.enqueue(turn(run(never)), turn(msg("Another one.")))
@@ -248,7 +248,7 @@ def test_a_process_that_never_binds_costs_no_more_than_the_bound_and_q_does_not_
     events = run_events(rig, rig.record()["last_turn"]["run_id"])
     closing = next(e for e in events if e["type"] == "codex_daytona.run.completed")
     assert returned - closing["ts"] < 2.0, returned - closing["ts"]
-    deadline = time.monotonic() + agent.SETTLE_S + 5
+    deadline = time.monotonic() + port_scan.SETTLE_S + 5
     while not any(e["type"] == "codex_daytona.ports.settled" for e in events) and time.monotonic() < deadline:
         time.sleep(0.2)
         events = run_events(rig, rig.record()["last_turn"]["run_id"])

@@ -87,7 +87,8 @@ def test_parse_probe() -> None:
 
 def test_fingerprint_changes_with_the_agent(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     before = runtime.runtime_fingerprint()
-    monkeypatch.setattr(runtime, "agent_source", lambda: b"changed")
+    changed = {**runtime.agent_files(), "agent.py": b"changed"}
+    monkeypatch.setattr(runtime, "agent_files", lambda: changed)
     assert runtime.runtime_fingerprint() != before
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_bundle import agent
+from agent_bundle import port_scan
+from agent_bundle.hooks import DETACHED_ENV, write_shell_hooks
 from tests.e2e import Rig, distinct_ports
 from tests.fakes.model import msg, run, turn
 
@@ -50,7 +51,7 @@ def server_forms(ports: list[int]) -> dict[int, tuple[str, str | None]]:
 
 def listening_pid(port: int) -> int | None:
     """The process that holds the listening socket of `port`."""
-    inodes = {inode for _, p, inode in agent._listening_sockets() if p == port}
+    inodes = {inode for _, p, inode in port_scan._listening_sockets() if p == port}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -166,9 +167,9 @@ def cmdline_of(pid: int) -> str:
 def test_the_shell_hooks_detach_each_command_in_bash_and_zsh(tmp_path: Path, shell: list[str]) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    hooks = agent.write_shell_hooks(str(home))
+    hooks = write_shell_hooks(str(home))
     assert Path(hooks["BASH_ENV"]).is_file() and Path(hooks["ZDOTDIR"], ".zshenv").is_file()
-    env = {k: v for k, v in os.environ.items() if k not in ("ZDOTDIR", agent.DETACHED_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("ZDOTDIR", DETACHED_ENV)}
     env.update(hooks, HOME=str(home))
     (home / ".zshenv").write_text("export FROM_USER_ZSHENV=yes\n")
     (home / "server.py").write_text(
@@ -210,8 +211,8 @@ def test_codex_own_snapshot_shells_are_not_detached_and_read_the_profile_once(tm
     login profile once and is not taken for a process the turn left running (PortWatch)."""
     home = tmp_path / "home"
     (home / "shell_snapshots").mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("ZDOTDIR", agent.DETACHED_ENV)}
-    env.update(agent.write_shell_hooks(str(home)), HOME=str(home))
+    env = {k: v for k, v in os.environ.items() if k not in ("ZDOTDIR", DETACHED_ENV)}
+    env.update(write_shell_hooks(str(home)), HOME=str(home))
     profile = ".bash_profile" if shell == "bash" else ".zprofile"
     (home / profile).write_text('echo read >> "$HOME/profile-reads"\n')
     report = 'echo "$$ ${CODEX_DAYTONA_DETACHED:-attached}"'
@@ -235,8 +236,8 @@ def test_a_command_killed_on_interrupt_takes_its_detached_session_with_it(tmp_pa
     the session the hook made, so a foreground `sleep` stops."""
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != agent.DETACHED_ENV}
-    env.update(agent.write_shell_hooks(str(home)), HOME=str(home))
+    env = {k: v for k, v in os.environ.items() if k != DETACHED_ENV}
+    env.update(write_shell_hooks(str(home)), HOME=str(home))
     marker = f"sleep 7{os.getpid() % 1000}"
     proc = subprocess.Popen(
         ["bash", "-c", f"{marker}; echo after"],

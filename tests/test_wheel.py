@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_bundle import protocol
 from tests.e2e import Result, Rig
 from tests.fakes.model import msg, turn
 
@@ -42,7 +43,7 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_up_ask_preview_down(rig: Rig, 
     wheel = wheels[-1]
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    assert {"agent_bundle/__init__.py", "agent_bundle/agent.py", "codex_daytona/py.typed"} <= names
+    assert {"agent_bundle/__main__.py", "agent_bundle/protocol.py", "codex_daytona/py.typed"} <= names
 
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv)
@@ -56,7 +57,7 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_up_ask_preview_down(rig: Rig, 
         venv / "bin" / "python",
         "-c",
         "import json, codex_daytona, importlib.resources as r, importlib.metadata as m;"
-        "agent = str(r.files('agent_bundle') / 'agent.py');"
+        "agent = str(r.files('agent_bundle'));"
         "print(json.dumps([codex_daytona.__file__, agent, m.version('codex-daytona')]))",
         **outside,
     )
@@ -74,7 +75,8 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_up_ask_preview_down(rig: Rig, 
     assert up.code == 0, up
     sandbox_id = up.stdout.strip()
     home = Path(rig.emulator.home_dir(sandbox_id))
-    assert (home / ".codex-daytona" / "agent" / "agent.py").read_bytes() == Path(agent).read_bytes()
+    uploaded = home / ".codex-daytona" / "agent" / "agent_bundle"
+    assert protocol.bundle_files(uploaded) == protocol.bundle_files(Path(agent))
 
     rig.model.enqueue(turn(msg("Hello from the wheel.")))
     asked = cli("ask", "say hello")

@@ -134,7 +134,7 @@ def parse_setup_probe(output: str) -> tuple[str, tuple[int, int] | None, str, li
 
 
 # Codex runs the agent's commands with the shell of the user's passwd entry, and only bash
-# and zsh read the start-up files that keep servers alive (agent.py, BASH_HOOK). Daytona's
+# and zsh read the start-up files that keep servers alive (agent_bundle/hooks.py). Daytona's
 # image makes its user with a bare `useradd -m` (images/sandbox/Dockerfile, v0.190.0), whose
 # shell on Debian is /bin/sh; the user has passwordless sudo there.
 LOGIN_SHELL_UNCHANGED = "codex-daytona-login-shell:"

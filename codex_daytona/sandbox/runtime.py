@@ -15,24 +15,33 @@ import posixpath
 import secrets
 import shlex
 from dataclasses import dataclass
-from importlib import resources
 
 import tomli_w
 
+from agent_bundle import protocol
+
+# Re-exported: the host's modules name the key's variable and fingerprint through runtime.
+from agent_bundle.protocol import KEY_ENV as KEY_ENV
+from agent_bundle.protocol import key_fingerprint as key_fingerprint
 from codex_daytona.settings import Settings
 
 CODEX_SDK_VERSION = "0.163.0"
-AGENT_PROTOCOL = 2
 PROVIDER = "codex-daytona"
-KEY_ENV = "CODEX_DAYTONA_OPENAI_API_KEY"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MIN_PYTHON = (3, 10)
 # Asked of Daytona once to learn the sandbox's preview URL pattern; any port works.
 PATTERN_PROBE_PORT = 54321
 
 
-def agent_source() -> bytes:
-    return resources.files("agent_bundle").joinpath("agent.py").read_bytes()
+def agent_files() -> dict[str, bytes]:
+    """The agent program (the agent_bundle package), file name -> contents: what `up` uploads
+    into Layout.agent and what the fingerprints cover, neither more nor less."""
+    return protocol.bundle_files()
+
+
+def agent_upload(layout: Layout) -> dict[str, bytes]:
+    """agent_files, by their paths in the sandbox."""
+    return {f"{layout.agent}/{name}": data for name, data in agent_files().items()}
 
 
 RUNTIME_MARKER = f"openai-codex=={CODEX_SDK_VERSION}"
@@ -40,7 +49,7 @@ RUNTIME_MARKER = f"openai-codex=={CODEX_SDK_VERSION}"
 
 def runtime_fingerprint() -> str:
     """Names what `up` set up: changes when the Codex SDK pin or the agent program changes."""
-    digest = hashlib.sha256(agent_source())
+    digest = hashlib.sha256(protocol.bundle_digest(agent_files()).encode())
     digest.update(CODEX_SDK_VERSION.encode())
     return f"openai-codex-{CODEX_SDK_VERSION}-{digest.hexdigest()[:12]}"
 
@@ -60,7 +69,8 @@ def snapshot_name() -> str:
     always matches the Python in it.
     """
     digest = hashlib.sha256()
-    for part in (CODEX_SDK_VERSION.encode(), install_command(Layout("~")).encode(), agent_source()):
+    agent = protocol.bundle_digest(agent_files()).encode()
+    for part in (CODEX_SDK_VERSION.encode(), install_command(Layout("~")).encode(), agent):
         digest.update(hashlib.sha256(part).digest())
     return f"{SNAPSHOT_PREFIX}-{CODEX_SDK_VERSION}-{digest.hexdigest()[:12]}"
 
@@ -85,7 +95,8 @@ class Layout:
 
     @property
     def agent(self) -> str:
-        return f"{self.root}/agent/agent.py"
+        """The agent program: its package's files (agent_files), run as `python DIR`."""
+        return f"{self.root}/agent/agent_bundle"
 
     @property
     def runs(self) -> str:
@@ -175,11 +186,6 @@ def exec_command(layout: Layout, command: str, done_marker: str) -> str:
     own in the home (so `exit`, `exec`, `cd` and `export` cannot end or change the session).
     Each stream ends with a `done_marker` line, stdout's with the exit code after it."""
     return with_stdin(_agent_argv(layout, "--exec", "--done-marker", done_marker), command.encode())
-
-
-def key_fingerprint(key: str) -> str:
-    """Names a key without revealing it; the agent computes the same (agent.key_fingerprint)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def start_daemon_command(layout: Layout, *, with_key: bool = False, prepare: str | None = None) -> str:
@@ -348,8 +354,8 @@ def agent_request(
     `--effort`) change the thread's from this turn on. `protected` (protected_config) goes
     to Codex's app-server as `-c` overrides after the user's own `config` (`ask -c`, checked
     with refused_config_key), so it wins."""
-    request = {
-        "protocol": AGENT_PROTOCOL,
+    request: protocol.Request = {
+        "protocol": protocol.PROTOCOL,
         "prompt": prompt,
         "key_id": key_fingerprint(api_key) if api_key else None,
         "thread_id": thread_id,

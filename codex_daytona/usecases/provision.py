@@ -118,7 +118,7 @@ def _prepare_agent(ctx: Context, box: Box, baseline: bool, baseline_status: str,
             # Only the agent's instructions lose the URL pattern; previews still work.
             ctx.emit(ev.warning(f"Could not learn the preview URL pattern: {exc.message}"))
     files = {
-        layout.agent: runtime.agent_source(),
+        **runtime.agent_upload(layout),
         layout.codex_config: runtime.codex_config(ctx.settings, layout, record.preview_pattern),
     }
     if baseline and baseline_status == "ready":
@@ -246,7 +246,7 @@ def _build_snapshot(ctx: Context, name: str) -> None:
         if marker != runtime.RUNTIME_MARKER:
             _await_setup_command(box, _start_install(box, python))
         # `up` uploads the agent anyway; it is in the snapshot too so the name tells the truth.
-        box.upload({box.layout.agent: runtime.agent_source()})
+        box.upload(runtime.agent_upload(box.layout))
         ctx.emit(ev.progress(f"Saving snapshot {name} (this can take a few minutes)..."))
         box.snapshot(name)
     finally:

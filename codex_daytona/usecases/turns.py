@@ -3,7 +3,7 @@
 
 The path of one `ask`: the sandbox is found (and started) through the context; the turn is
 claimed in the state file, which picks the Daytona session its agent command runs in; the
-request goes to the agent as a session command (agent_bundle/agent.py, which hands it to
+request goes to the agent as a session command (agent_bundle/client.py, which hands it to
 its warm daemon); a `RunFollower` streams that command's log, decoding the agent's events
 and handing each to `ctx.emit` (the CLI's output); the agent's closing event becomes the
 `TurnOutcome`, which is saved in the state file and, if the turn did not complete, raised
