@@ -97,6 +97,36 @@ def wants_fresh_thread(request: Request) -> bool:
     return not request.get("thread_id") and not request.get("new_thread") and not request.get("must_resume")
 
 
+# What Codex reads into a new thread's instructions as it starts it: AGENTS.md (or
+# AGENTS.override.md) in CODEX_HOME and in the directories from the project's root down to the
+# work tree. A thread prepared before one of them appeared or changed (`up --repo`'s clone, a
+# `push`) would go without it: such a thread is not used.
+INSTRUCTION_FILES = ("AGENTS.md", "AGENTS.override.md")
+
+
+def instructions_stamp(cwd: str, codex_home: str) -> tuple[tuple[int, int] | None, ...]:
+    """(mtime, size) of every file Codex could read instructions from, None where there is
+    none: every directory from / down to `cwd` is looked at, a superset of the project's."""
+    directories = [codex_home]
+    path = os.path.abspath(cwd)
+    while True:
+        directories.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    stamp: list[tuple[int, int] | None] = []
+    for directory in directories:
+        for name in INSTRUCTION_FILES:
+            try:
+                st = os.stat(os.path.join(directory, name))
+            except OSError:
+                stamp.append(None)
+            else:
+                stamp.append((st.st_mtime_ns, st.st_size))
+    return tuple(stamp)
+
+
 class PreparedThread:
     """A new thread started ahead of the turn that will use it (`up` asks the daemon for one,
     `--prepare`), so that the sandbox's first turn does not wait for Codex's app-server and a
@@ -108,16 +138,20 @@ class PreparedThread:
     # Engine's signature: key, CODEX_HOME, config overrides, endpoint).
     FITS: tuple[Literal["model", "turn_model", "effort"], ...] = ("model", "turn_model", "effort")
 
-    def __init__(self, thread: Any, signature: tuple[Any, ...], request: Request) -> None:
+    def __init__(
+        self, thread: Any, signature: tuple[Any, ...], request: Request, instructions: tuple[Any, ...]
+    ) -> None:
         self.thread = thread
         self.signature = signature
         self.settings = {name: request.get(name) or None for name in self.FITS}
+        self.instructions = instructions  # instructions_stamp as the thread started
 
-    def fits(self, request: Request, signature: tuple[Any, ...] | None) -> bool:
+    def fits(self, request: Request, signature: tuple[Any, ...] | None, instructions: tuple[Any, ...]) -> bool:
         return (
             wants_fresh_thread(request)
             and signature == self.signature
             and all((request.get(name) or None) == value for name, value in self.settings.items())
+            and instructions == self.instructions
         )
 
 
@@ -170,9 +204,14 @@ class Engine:
         self._prepared = None
         if not wants_fresh_thread(request):
             return None
+        before = self._instructions()
         thread = codex.thread_start(**self._thread_options(request))
-        self._prepared = PreparedThread(thread, self._signature or (), request)
+        self._prepared = PreparedThread(thread, self._signature or (), request, before)
         return str(thread.id)
+
+    def _instructions(self) -> tuple[Any, ...]:
+        codex_home = self._signature[1] if self._signature else os.path.join(self.home, ".codex-daytona", "codex")
+        return instructions_stamp(self.home, str(codex_home))
 
     def _thread_options(self, request: Request) -> dict[str, Any]:
         from openai_codex import ApprovalMode, Sandbox
@@ -189,7 +228,7 @@ class Engine:
 
         # A thread prepared ahead serves one turn at most: this one if it fits, else none.
         prepared, self._prepared = self._prepared, None
-        if prepared is not None and prepared.fits(request, self._signature):
+        if prepared is not None and prepared.fits(request, self._signature, self._instructions()):
             self._thread = prepared.thread
             return self._thread
         options = self._thread_options(request)

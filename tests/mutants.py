@@ -433,6 +433,13 @@ BREAKS: tuple[Break, ...] = (
         (T + "test_emulator_e2e.py::test_the_tool_works_in_the_home_whatever_the_image_workdir",),
     ),
     Break(
+        "prepared_thread_checks_instructions",
+        "agent_bundle/engine.py",
+        "            and instructions == self.instructions\n",
+        "            and True\n",
+        (T + "test_first_turn.py::test_instructions_pushed_after_up_reach_the_first_turn",),
+    ),
+    Break(
         "exec_runs_in_the_workdir",
         "agent_bundle/agent.py",
         "run_user_command(command, args.home, ",

@@ -84,3 +84,16 @@ def test_chat_s_first_prompt_runs_on_the_thread_prepared_for_it(rig: Rig) -> Non
     assert rig.record()["thread_id"] == _prepared_thread(rig)
     term.send("exit\r")
     assert term.wait() == 0, term.text()
+
+
+def test_instructions_pushed_after_up_reach_the_first_turn(rig: Rig) -> None:
+    """Codex reads AGENTS.md into a thread as it starts it: an AGENTS.md that arrives after
+    `up` prepared the thread (a `push`, `up --repo`'s clone) makes the first turn start a new
+    thread, which has it."""
+    assert rig.cli("up").code == 0
+    prepared = _prepared_thread(rig)
+    (rig.project / "AGENTS.md").write_text("Always answer in French. AGENTS-PUSHED-41c2\n")
+    assert rig.cli("push").code == 0
+    first = _thread_of(rig, answer="bonjour")
+    assert first != prepared
+    assert "AGENTS-PUSHED-41c2" in json.dumps(rig.model.model_requests[-1]["body"]["input"])
