@@ -72,7 +72,9 @@ BUSY = protocol.BUSY
 KEY_NEEDED = protocol.KEY_NEEDED
 # `ask --fanout`: one attempt's status changed ({sandbox, status, detail, started}).
 FANOUT_UPDATE = "codex_daytona.fanout.update"
-# A batch task's progress ({id, status, detail}; done: true with its final status).
+# A batch begins: {total, skipped, parallel} (tasks in the file, already in the results, at once).
+BATCH_STARTED = "codex_daytona.batch.started"
+# A batch task's progress ({id, status, detail}; done: true with its final status and usage).
 BATCH_TASK = "codex_daytona.batch.task"
 
 

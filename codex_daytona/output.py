@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.spinner import Spinner
@@ -132,6 +132,7 @@ class Output:
         self._running: dict[str, str] = {}
         self._writing = ""  # the last line of the text the model is writing, for the spinner
         self._turn = ev.TurnTally(started=time.time())
+        self._batch = BatchBoard()
         # `ask --json` streams every event as a JSON line; other commands print one object.
         self.stream_events = stream_events
         # `--exec-json`: only `codex exec --json`'s own lines, exactly as exec prints them.
@@ -213,7 +214,7 @@ class Output:
         if kind == ev.FANOUT_UPDATE:
             self._fanout_update(event)
             return
-        if kind == ev.BATCH_TASK:
+        if kind in (ev.BATCH_STARTED, ev.BATCH_TASK):
             self._batch_task(event)
             return
         if kind == ev.EXEC_OUTPUT and self.mode is not Mode.JSON:
@@ -508,19 +509,67 @@ class Output:
                 self._out(f"{row['name']}  port {preview['port']}: {url}")
 
     def _batch_task(self, event: ev.Event) -> None:
-        """A batch task's progress: a plain line on stderr as it starts, retries and ends
-        (not for -q; with --json too, since stdout carries only the summary)."""
-        status = str(event.get("status"))
-        if self.mode is Mode.QUIET or (status not in ("creating", "retrying") and not event.get("done")):
+        """A batch's progress. On a terminal, a live board (counts, pass rate, tokens, elapsed
+        time, ETA, and a line per running task with what it is doing now); elsewhere a plain
+        line on stderr as a task starts, retries and ends (not for -q; with --json too, since
+        stdout carries only the summary)."""
+        board = self._batch
+        if event.get("type") == ev.BATCH_STARTED:
+            board.start(int(event.get("total") or 0), int(event.get("skipped") or 0))
             return
-        detail = str(event.get("detail") or "").strip()
+        task_id, status = str(event.get("id")), str(event.get("status"))
+        detail = self.mask(str(event.get("detail") or "").strip())
+        board.update(task_id, status, detail, done=bool(event.get("done")), usage=event.get("usage") or {})
+        if self.mode is Mode.QUIET:
+            return
+        if self.live_terminal:
+            if self._live is None:
+                self._live = Live(
+                    console=self.err, refresh_per_second=4, transient=True, get_renderable=self._batch_view
+                )
+                self._live.start()
+            return
+        if status not in ("creating", "retrying") and not event.get("done"):
+            return
         style = {"passed": "green", "creating": "dim", "retrying": "yellow"}.get(status, "red")
-        line = f"[{style}]{escape(status)}[/{style}] {escape(str(event.get('id')))}"
+        line = f"[{style}]{escape(status)}[/{style}] {escape(task_id)}"
+        if event.get("done"):
+            line += f" [dim]({board.finished}/{board.to_run})[/dim]"
         self._err(line + (f"[dim]  {escape(detail.splitlines()[0][:120])}[/dim]" if detail else ""))
+
+    def _batch_view(self) -> Group:
+        board = self._batch
+        passed = board.counts.get("passed", 0)
+        failed = board.finished - passed
+        eta = board.eta()
+        counts = [
+            f"{board.finished}/{board.to_run} done",
+            f"{len(board.running)} running",
+            f"{failed} not passed",
+            f"{100 * passed / board.finished:.0f}% passed" if board.finished else "",
+        ]
+        times = [
+            f"tokens {board.tokens_in:,} in / {board.tokens_out:,} out",
+            f"{_clock(time.monotonic() - board.began)} elapsed",
+            f"ETA {_clock(eta)}" if eta is not None else "ETA --:--",
+        ]
+        header = Text(" · ".join(p for p in counts if p) + "\n" + " · ".join(times), style="bold")
+        width = min(32, max((len(task_id) for task_id in board.running), default=0))
+        lines = [header]
+        for task_id, (status, detail, since) in board.running.items():
+            style = {"running": "cyan", "retrying": "yellow"}.get(status, "dim")
+            name = task_id if len(task_id) <= width else task_id[: width - 1] + "…"
+            line = Text(f"{name:<{width}}  ", no_wrap=True, overflow="ellipsis")
+            line.append(f"{status:<9}", style=style)
+            line.append(f"{_clock(time.monotonic() - since):>6}  ", style="dim")
+            line.append(detail.splitlines()[0] if detail else "")
+            lines.append(line)
+        return Group(*lines)
 
     def batch_summary(self, summary: dict[str, Any], passed: list[str]) -> None:
         """The end of a batch: counts by status (and by model when tasks used several) on
         stdout, one object for --json, the ids of the tasks that passed for -q."""
+        self.stop_live()
         if self.mode is Mode.JSON:
             self.json_line(summary)
             return
@@ -695,6 +744,49 @@ def duration(seconds: int) -> str:
     if seconds % 60 == 0:
         return f"{seconds // 60} min"
     return f"{seconds} s"
+
+
+def _clock(seconds: float) -> str:
+    """A duration as m:ss (h:mm:ss past an hour)."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class BatchBoard:
+    """What a batch's progress display shows, kept from its events."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.to_run = 0  # the tasks this run has to run (the file's, less those already done)
+        self.counts: dict[str, int] = {}  # finished tasks by status
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.running: dict[str, tuple[str, str, float]] = {}  # id -> status, detail, since
+
+    def start(self, total: int, skipped: int) -> None:
+        self.began, self.to_run = time.monotonic(), max(0, total - skipped)
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.values())
+
+    def update(self, task_id: str, status: str, detail: str, *, done: bool, usage: dict[str, Any]) -> None:
+        if done:
+            self.running.pop(task_id, None)
+            self.counts[status] = self.counts.get(status, 0) + 1
+            self.tokens_in += int(usage.get("input_tokens") or 0)
+            self.tokens_out += int(usage.get("output_tokens") or 0)
+            return
+        since = self.running.get(task_id, ("", "", time.monotonic()))[2]
+        self.running[task_id] = (status, detail, since)
+
+    def eta(self) -> float | None:
+        """Seconds until the last task ends, at the pace so far (None before the first ends)."""
+        if not self.finished:
+            return None
+        elapsed = time.monotonic() - self.began
+        return elapsed / self.finished * max(0, self.to_run - self.finished)
 
 
 def _elapsed(row: tuple[str, str, float | None, float | None]) -> str:

@@ -217,3 +217,38 @@ def test_a_task_whose_sandbox_is_evicted_mid_turn_runs_again_in_a_new_one(rig: R
     assert len(line["retries"]) == 1 and first["id"] in line["retries"][0], line["retries"]
     assert "retrying" in stderr and "t0" in stderr
     assert len(batch_sandboxes(rig)) == 2 and not batch_sandboxes(rig, "started")
+
+
+def test_on_a_terminal_a_live_board_shows_counts_tokens_eta_and_what_each_running_task_does(rig: Rig) -> None:
+    from tests.test_lifecycle import Terminal
+
+    gate = rig.project / "gate"
+    tasks_file(rig, {"id": "quick", "prompt": "quick: say hi"}, {"id": "slow", "prompt": "slow: wait"})
+    rig.model.enqueue(
+        turn(msg("hi"), match="quick:", usage={"input_tokens": 1234, "output_tokens": 56}),
+        turn(run(f"while [ ! -e '{gate}' ]; do sleep 0.05; done; echo opened"), match="slow:"),
+        turn(msg("slow done"), match="slow:"),
+    )
+    term = Terminal(rig, "batch", "tasks.jsonl", "--parallel", "2", "--out", "results.jsonl")
+    try:
+        # quick has ended while slow waits in its command: the board says both, and how long.
+        term.read_until("1/2 done · 1 running · 0 not passed · 100% passed", timeout=120)
+        term.read_until("tokens 1,234 in / 56 out", timeout=30)
+        screen = term.read_until("Run: while", timeout=60)
+        assert "ETA 0:" in screen and " elapsed" in screen, screen
+        assert "slow" in screen and "running" in screen
+    finally:
+        gate.touch()
+    assert term.wait(timeout=120) == 0, term.text()
+    final = term.text()
+    assert "2 ran, 0 already done, 100% passed" in final, final
+    assert {k: v["status"] for k, v in results(rig).items()} == {"quick": "passed", "slow": "passed"}
+
+
+def test_off_a_terminal_each_ended_task_says_how_far_the_batch_is(rig: Rig) -> None:
+    tasks_file(rig, {"id": "one", "prompt": "one: hi"}, {"id": "two", "prompt": "two: hi"})
+    rig.model.enqueue(turn(msg("hi"), match="one:"), turn(msg("hi"), match="two:"))
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "1", "--out", "results.jsonl")
+    assert ran.code == 0, ran
+    assert "passed one (1/2)" in ran.stderr and "passed two (2/2)" in ran.stderr, ran.stderr
+    assert "\x1b[" not in ran.stderr  # no board, no cursor movement off a terminal

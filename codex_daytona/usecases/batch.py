@@ -196,6 +196,9 @@ class Batch:
         with ResultsFile(self.out) as results:
             skipped = len(results.done)
             summary = BatchSummary(total, skipped, [])
+            self._emit(
+                {"type": ev.BATCH_STARTED, "total": total, "skipped": skipped, "parallel": self.options.parallel}
+            )
             self._clean_leftovers()
             pending = self._pending(results)
             # Each worker sets its event when it ends. Waited on instead of the threads: on
@@ -267,6 +270,7 @@ class Batch:
                     or (f"check exited {run.check_exit}" if run.status == "failed" else "")
                     or _first_line(run.final_message),
                     "done": True,
+                    "usage": line["usage"],
                 }
             )
 
