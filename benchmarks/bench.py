@@ -13,6 +13,7 @@ times depend on the machine and on whatever else runs on it. The exit code is 1 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -497,41 +498,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_only:
         return batch_only(args.batch_big)
 
-    with tempfile.TemporaryDirectory(prefix="cdb-") as tmp:
-        work = Path(tmp)
-        emulator = DaytonaEmulator(work / "daytona", DAYTONA_KEY, log_path=work / "requests.jsonl")
-        emulator.start()
-        model = ScriptedModel(log_dir=None)
-        model.start()
-        bench = Bench(work, emulator, model, RequestLog(work / "requests.jsonl"), verbose=args.verbose)
-        try:
-            print(f"Measuring, {runs} runs each (a few minutes)...", file=sys.stderr)
-            start_helper(bench)
-            instant = measure_instant(bench, runs)
-            up_fresh, trips_fresh = measure_up(bench, runs, "up fresh")
-            emulator.set_config(sandbox_uv=False)
-            up_pip, _ = measure_up(bench, runs, "up fresh, no uv")
-            emulator.set_config(sandbox_uv=True)
-            project, state = bench.project()
-            env = bench.env(state)
-            (build, _), trips_build = bench.counted("snapshot", lambda: bench.cli(project, env, "snapshot"))
-            up_snap, trips_snap = measure_up(bench, runs, "up from snapshot")
-            first_warm = [measure_first_and_warm(bench, runs, rtt) for rtt in NETWORK_RTT_MS]
-            bench.cli(project, env, "up")
-            ask = measure_ask(bench, project, env, runs)
-            latencies = measure_latency(bench, project, env)
-            exit_helper = measure_exit(bench, project, env, runs)
-            exit_in_process = measure_exit(bench, project, {**env, "CODEX_DAYTONA_HELPER": "0"}, runs)
-            fanout_runs = min(runs, 3)
-            fanout_fork = measure_fanout(bench, project, env, fanout_runs, fork=True)
-            fanout_snap = measure_fanout(bench, project, env, fanout_runs, fork=False)
-            bench.cli(project, env, "down", "--yes")
-            batch = measure_batch(bench, BATCH_TASKS, BATCH_PARALLEL)
-            loop = measure_ask_loop(bench, BATCH_TASKS)
-            big = measure_batch(bench, args.batch_big, BATCH_PARALLEL) if args.batch_big else None
-        finally:
-            model.stop()
-            emulator.stop()
+    with bench_rig(verbose=args.verbose) as bench:
+        emulator = bench.emulator
+        print(f"Measuring, {runs} runs each (a few minutes)...", file=sys.stderr)
+        start_helper(bench)
+        instant = measure_instant(bench, runs)
+        up_fresh, trips_fresh = measure_up(bench, runs, "up fresh")
+        emulator.set_config(sandbox_uv=False)
+        up_pip, _ = measure_up(bench, runs, "up fresh, no uv")
+        emulator.set_config(sandbox_uv=True)
+        project, state = bench.project()
+        env = bench.env(state)
+        (build, _), trips_build = bench.counted("snapshot", lambda: bench.cli(project, env, "snapshot"))
+        up_snap, trips_snap = measure_up(bench, runs, "up from snapshot")
+        first_warm = [measure_first_and_warm(bench, runs, rtt) for rtt in NETWORK_RTT_MS]
+        bench.cli(project, env, "up")
+        ask = measure_ask(bench, project, env, runs)
+        latencies = measure_latency(bench, project, env)
+        exit_helper = measure_exit(bench, project, env, runs)
+        exit_in_process = measure_exit(bench, project, {**env, "CODEX_DAYTONA_HELPER": "0"}, runs)
+        fanout_runs = min(runs, 3)
+        fanout_fork = measure_fanout(bench, project, env, fanout_runs, fork=True)
+        fanout_snap = measure_fanout(bench, project, env, fanout_runs, fork=False)
+        bench.cli(project, env, "down", "--yes")
+        batch = measure_batch(bench, BATCH_TASKS, BATCH_PARALLEL)
+        loop = measure_ask_loop(bench, BATCH_TASKS)
+        big = measure_batch(bench, args.batch_big, BATCH_PARALLEL) if args.batch_big else None
 
     typer_s = instant["typer"]
     rows = [
@@ -640,25 +632,31 @@ def print_rows(rows: list[Row]) -> list[str]:
     return missed
 
 
-def batch_only(big_tasks: int) -> int:
+@contextlib.contextmanager
+def bench_rig(*, verbose: bool = False) -> Iterator[Bench]:
+    """The emulator and the scripted model, each a real server, for one bench run."""
     with tempfile.TemporaryDirectory(prefix="cdb-") as tmp:
         work = Path(tmp)
         emulator = DaytonaEmulator(work / "daytona", DAYTONA_KEY, log_path=work / "requests.jsonl")
         emulator.start()
         model = ScriptedModel(log_dir=None)
         model.start()
-        bench = Bench(work, emulator, model, RequestLog(work / "requests.jsonl"))
         try:
-            print("Measuring `batch` (minutes)...", file=sys.stderr)
-            start_helper(bench)
-            project, state = bench.project()
-            bench.cli(project, bench.env(state), "snapshot")
-            batch = measure_batch(bench, BATCH_TASKS, BATCH_PARALLEL)
-            loop = measure_ask_loop(bench, BATCH_TASKS)
-            big = measure_batch(bench, big_tasks, BATCH_PARALLEL) if big_tasks else None
+            yield Bench(work, emulator, model, RequestLog(work / "requests.jsonl"), verbose=verbose)
         finally:
             model.stop()
             emulator.stop()
+
+
+def batch_only(big_tasks: int) -> int:
+    with bench_rig() as bench:
+        print("Measuring `batch` (minutes)...", file=sys.stderr)
+        start_helper(bench)
+        project, state = bench.project()
+        bench.cli(project, bench.env(state), "snapshot")
+        batch = measure_batch(bench, BATCH_TASKS, BATCH_PARALLEL)
+        loop = measure_ask_loop(bench, BATCH_TASKS)
+        big = measure_batch(bench, big_tasks, BATCH_PARALLEL) if big_tasks else None
     missed = print_rows(batch_rows(batch, loop, big))
     print("\n" + BATCH_NOTE)
     return 0 if not missed else 1
