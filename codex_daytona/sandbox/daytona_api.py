@@ -194,6 +194,12 @@ class DaytonaApi:
                     f"Could not reach Daytona at {self._settings.api_url} to {action}.",
                     "Check your network and DAYTONA_API_URL, then try again.",
                 ) from exc
+            status = _status(exc)
+            if status is not None and status >= 500:  # Daytona's own failure: the key and URL are fine
+                raise DaytonaError(
+                    f"Daytona failed (HTTP {status}) while trying to {action}: {_first_line(exc)}",
+                    "This is on Daytona's side; try again in a minute. Nothing was lost here.",
+                ) from exc
             raise DaytonaError(f"Could not {action}: {_first_line(exc)}") from exc
         except OSError as exc:
             raise DaytonaError(
