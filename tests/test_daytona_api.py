@@ -87,6 +87,42 @@ def test_ctrl_c_while_a_chunk_is_handled_hands_no_chunk_over_twice(emulator: Day
     api.delete_session(sb, "lines")
 
 
+def _receiving() -> list[Any]:
+    """The threads waiting in a WebSocket session's receive() (the SDK's log streams)."""
+    import sys
+    import threading
+
+    frames = sys._current_frames()
+    stuck = []
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident or 0)
+        while frame is not None:
+            if frame.f_code.co_name == "receive" and frame.f_code.co_filename.endswith("httpx_ws/_api.py"):
+                stuck.append(thread)
+                break
+            frame = frame.f_back
+    return stuck
+
+
+def test_a_stream_stopped_early_leaves_no_thread_behind(emulator: DaytonaEmulator, sandbox: Any) -> None:
+    """A log stream we stop before Daytona closes it (at the run's closing event, as every
+    turn does) leaves no thread waiting on its socket: in `batch`, `chat` and a fan-out such
+    threads, one per turn, kept each turn's client and sandbox alive and the driver grew."""
+    api = _api(emulator)
+    sb = api.get(sandbox.id)
+    before = len(_receiving())
+    for n in range(3):
+        command_id = api.start_command(sb, f"early-{n}", "echo started; sleep 30")
+        seen: list[str] = []
+        finished = api.stream_logs(
+            sb, f"early-{n}", command_id, seen.append, lambda _text: None, timeout=20, until=lambda: bool(seen)
+        )
+        assert finished and "".join(seen).startswith("started"), seen
+    wait_for(lambda: len(_receiving()) == before, timeout=10)
+    for n in range(3):
+        api.delete_session(sb, f"early-{n}")
+
+
 # --- SDK 0.226's newer failures, injected by the emulator --------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import queue
 import re
@@ -824,10 +825,19 @@ def _bound_requests(client: Daytona, seconds: float) -> None:
 class _DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
     """Runs each call on a daemon thread and never waits for it.
 
-    The SDK reads its log WebSocket with a blocking receive() on an executor thread that a
-    cancelled stream leaves blocked forever; asyncio's default executor would then hang the
-    process at exit. Daemon threads let a timed-out or interrupted stream be abandoned.
-    """
+    The SDK reads its log WebSocket with a blocking receive() (no timeout) on an executor
+    thread. A stream we stop (at the run's closing event, a timeout, Ctrl-C) cancels that
+    await and closes the socket, but httpx_ws's close() does not wake a receive() already
+    waiting on its queue: the thread would wait forever, holding the socket's session and,
+    through the callbacks, the client and the sandbox. In one `ask` that only cost the exit
+    (asyncio's default executor would hang it, which daemon threads avoid); in `batch`,
+    `chat` and a fan-out, one such thread per turn made the process grow without bound. So
+    `release()` wakes every call still blocked in a WebSocket receive() when its loop ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._running: set[Callable[..., Any]] = set()
+        self._guard = threading.Lock()
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -835,10 +845,15 @@ class _DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
         def work() -> None:
             if not future.set_running_or_notify_cancel():
                 return
+            with self._guard:
+                self._running.add(fn)
             try:
                 future.set_result(fn(*args, **kwargs))
             except BaseException as exc:
                 future.set_exception(exc)
+            finally:
+                with self._guard:
+                    self._running.discard(fn)
 
         threading.Thread(target=work, daemon=True).start()
         return future
@@ -846,11 +861,37 @@ class _DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         return None
 
+    def release(self) -> None:
+        """Wakes the calls left blocked in a WebSocket's receive(): each raises, and its
+        thread ends (nobody awaits it any more)."""
+        with self._guard:
+            calls = list(self._running)
+        for call in calls:
+            _wake_receive(call)
+
+
+def _wake_receive(call: Callable[..., Any]) -> None:
+    """If `call` is (asyncio.to_thread's wrapping of) a sync httpx_ws session's receive(),
+    hands that receive() an error, as the session's reader does when the network fails."""
+    target = call.args[0] if isinstance(call, functools.partial) and call.args else call
+    session = getattr(target, "__self__", None)
+    if getattr(target, "__name__", "") != "receive" or session is None:
+        return
+    try:
+        import httpx_ws  # the SDK's WebSocket client (not a dependency of ours)
+    except ImportError:
+        return
+    events = getattr(session, "_events", None)
+    if isinstance(session, httpx_ws.WebSocketSession) and isinstance(events, queue.Queue):
+        events.put(httpx_ws.WebSocketNetworkError())
+
 
 def _run_abandonable(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run, except that threads left blocked by cancelled work never block us."""
+    """asyncio.run, except that threads left blocked by cancelled work never block us, and
+    those blocked in a WebSocket's receive() are woken to end."""
     loop = asyncio.new_event_loop()
-    loop.set_default_executor(_DaemonThreadExecutor())
+    executor = _DaemonThreadExecutor()
+    loop.set_default_executor(executor)
     task = loop.create_task(coro)
     try:
         return loop.run_until_complete(task)
@@ -859,6 +900,7 @@ def _run_abandonable(coro: Coroutine[Any, Any, T]) -> T:
         with contextlib.suppress(BaseException):
             loop.run_until_complete(asyncio.wait_for(asyncio.shield(task), 2.0))
         loop.close()
+        executor.release()
 
 
 def _api_message(exc: Any) -> str:
