@@ -32,6 +32,7 @@ from agent_bundle.protocol import (
     RUN_STARTED,
     PrepareReply,
     Request,
+    RunCompleted,
     key_fingerprint,
     listen_private,
     run_completed,
@@ -71,6 +72,7 @@ def execute_run(
     run_id = str(request.get("run_id"))
     started = time.time()
     watch = PortWatch(os.environ.get("CODEX_DAYTONA_SCOPE"), interrupter.started_ticks, engine.home)
+    outcome: RunCompleted
     try:
         outcome = engine.run_turn(request, emit, interrupter)
     except Exception as exc:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from agent_bundle.exec_events import TurnMapper
 from agent_bundle.hooks import write_shell_hooks
 from agent_bundle.processes import Interrupter
-from agent_bundle.protocol import KEY_ENV, RESUME_FAILED, Request
+from agent_bundle.protocol import KEY_ENV, RESUME_FAILED, Request, RunCompleted
 
 START_TIMEOUT_S = 60.0  # how long Codex may take to start a turn (its app-server, the thread, the turn)
 MODEL_TIMEOUT_S = 300.0  # silence from the model, while no command runs, that fails a turn
@@ -257,8 +257,9 @@ class Engine:
 
     def run_turn(
         self, request: Request, emit: Callable[[dict[str, Any]], None], interrupter: Interrupter
-    ) -> dict[str, Any]:
-        """Starts or resumes the thread, runs one turn, emits its events; returns the outcome."""
+    ) -> RunCompleted:
+        """Starts or resumes the thread, runs one turn, emits its events; returns what the
+        run's closing event says of the turn (execute_run adds the run's own fields)."""
         from openai_codex import TransportClosedError
 
         # Codex may never answer a call that starts the turn (a request it cannot read): then

@@ -403,6 +403,7 @@ def ask(
         images = turns.check_images(image or [])
         _check_writable(output_last_message)
         text = _read_prompt(prompt)
+        ended: list[turns.TurnOutcome] = []
         try:
             outcome = turns.ask(
                 ctx,
@@ -418,9 +419,10 @@ def ask(
                 output_schema=schema,
                 links=out.wants_links,
                 on_answer=lambda done: out.answer(done.final_message),
+                on_end=ended.append,
             )
         except CodexDaytonaError as exc:
-            out.turn_error(turns.result_line(exc))
+            out.turn_error(turns.result_line(exc, ended[-1] if ended else None))
             raise
         if output_last_message is not None and not detach:
             out.last_message_file(output_last_message, outcome.final_message)
@@ -452,7 +454,7 @@ def _fanout(
     from codex_daytona.usecases.fanout import Fanout
 
     result = Fanout(ctx, count).run(text, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
-    out.fanout_results([a.to_json() for a in result.attempts], result.to_json())
+    out.fanout_results(result)
     if result.interrupted:
         out.error("Interrupted: every turn was stopped; the sandboxes are kept.")
     completed = [a.name for a in result.attempts if a.status == "completed"]
@@ -583,10 +585,11 @@ def logs(
     from codex_daytona.usecases import turns
 
     with _session(opts, events=True, exec_only=exec_json) as (ctx, out):
+        ended: list[turns.TurnOutcome] = []
         try:
-            outcome = turns.logs(ctx, run_id, follow=follow, links=out.wants_links)
+            outcome = turns.logs(ctx, run_id, follow=follow, links=out.wants_links, on_end=ended.append)
         except CodexDaytonaError as exc:
-            out.turn_error(turns.result_line(exc))
+            out.turn_error(turns.result_line(exc, ended[-1] if ended else None))
             raise
         out.outcome(outcome)
 
@@ -909,6 +912,7 @@ def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None 
     from codex_daytona.usecases import turns
 
     answered: list[str] = []
+    ended: list[turns.TurnOutcome] = []
 
     def answer_first(done: turns.TurnOutcome) -> None:
         out.final_answer(done.final_message)  # before the links, which may wait for a server
@@ -926,10 +930,10 @@ def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None 
             continue
         try:
             answered.clear()
-            outcome = turns.ask(ctx, prompt, model=model, effort=effort, on_answer=answer_first)
-        except InterruptedByUser as exc:
-            interrupted = turns.outcome_of(exc)
-            if interrupted is not None and interrupted.forced_interrupt:
+            ended.clear()
+            outcome = turns.ask(ctx, prompt, model=model, effort=effort, on_answer=answer_first, on_end=ended.append)
+        except InterruptedByUser:
+            if ended and ended[-1].forced_interrupt:
                 return
             out.warning("Interrupted. The thread is kept; ask again or Ctrl-D to leave.")
             continue

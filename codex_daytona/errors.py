@@ -39,8 +39,6 @@ class CodexDaytonaError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = self.default_hint if hint is None else hint
-        # The turn this error ended (a turns.TurnOutcome), for machine output and the fan-out.
-        self.outcome: object | None = None
 
 
 class ConfigError(CodexDaytonaError):

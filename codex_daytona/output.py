@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -90,6 +91,38 @@ class Outcome(Protocol):
 
     @property
     def final_message(self) -> str: ...
+
+    def to_json(self) -> dict[str, object]: ...
+
+
+class FanoutAttempt(Protocol):
+    """One sandbox of `ask --fanout`, and what its turn came to (from its TurnOutcome)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def duration_s(self) -> float | None: ...
+    @property
+    def tally(self) -> ev.TurnTally: ...
+    @property
+    def usage(self) -> dict[str, int]: ...
+    @property
+    def final_message(self) -> str: ...
+    @property
+    def previews(self) -> list[dict[str, object]]: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class Fanout(Protocol):
+    """The end of `ask --fanout`: its attempts, and a summary for --json."""
+
+    @property
+    def attempts(self) -> Sequence[FanoutAttempt]: ...
 
     def to_json(self) -> dict[str, object]: ...
 
@@ -471,42 +504,41 @@ class Output:
             table.add_row(name, Text(status, style=style), _elapsed(row), Text(self.mask(detail)))
         return table
 
-    def fanout_results(self, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    def fanout_results(self, result: Fanout) -> None:
         """The comparison at the end of `ask --fanout`: a table on stdout, one object for
         --json, the names of the sandboxes whose turn completed for -q."""
         self.stop_live()
         if self.mode is Mode.JSON:
-            self.json_line({**summary, "sandboxes": rows})
+            self.json_line({**result.to_json(), "sandboxes": [a.to_json() for a in result.attempts]})
             return
         if self.mode is Mode.QUIET:
-            for row in rows:
-                if row["status"] == "completed":
-                    self._out(str(row["name"]))
+            for attempt in result.attempts:
+                if attempt.status == "completed":
+                    self._out(attempt.name)
             return
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("sandbox", "outcome", "time", "tokens in/out", "files", "failed cmds", "answer"):
             right = column in ("time", "tokens in/out", "files", "failed cmds")
             table.add_column(column, justify="right" if right else "left", overflow="fold")
-        for row in rows:
-            usage = row.get("usage") or {}
+        for attempt in result.attempts:
+            usage = attempt.usage
             tokens = f"{usage.get('input_tokens', 0):,}/{usage.get('output_tokens', 0):,}" if usage else "-"
-            seconds = row.get("duration_s")
-            outcome = str(row["status"]) + (f": {row['error']}" if row.get("error") else "")
-            answer = str(row.get("final_message") or "").strip().splitlines()
+            seconds = attempt.duration_s
+            answer = attempt.final_message.strip().splitlines()
             table.add_row(
-                str(row["name"]),
-                outcome,
-                "-" if seconds is None else f"{seconds:.1f} s",
+                attempt.name,
+                attempt.status + (f": {attempt.error}" if attempt.error else ""),
+                "-" if seconds is None else f"{round(seconds, 2):.1f} s",
                 tokens,
-                str(row.get("files_changed", 0)),
-                f"{row.get('commands_failed', 0)} of {row.get('commands_run', 0)}",
+                str(len(attempt.tally.files)),
+                f"{attempt.tally.failed} of {attempt.tally.commands}",
                 answer[0] if answer else "",
             )
         self._table(table)
-        for row in rows:
-            for preview in row.get("previews") or []:
+        for attempt in result.attempts:
+            for preview in attempt.previews:
                 url = preview.get("browser_url") or preview["url"]  # the one that opens in a browser
-                self._out(f"{row['name']}  port {preview['port']}: {url}")
+                self._out(f"{attempt.name}  port {preview['port']}: {url}")
 
     def _batch_task(self, event: ev.Event) -> None:
         """A batch's progress. On a terminal, a live board (counts, pass rate, tokens, elapsed

@@ -75,9 +75,8 @@ class TaskRun:
     status: str = "error"
     sandbox_id: str | None = None
     run_id: str | None = None
-    final_message: str = ""
+    outcome: turns.TurnOutcome | None = None  # how its turn ended (also when it failed)
     error: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
     check_exit: int | None = None
     check_tail: str = ""
     patch: str | None = None
@@ -86,6 +85,14 @@ class TaskRun:
     durations: dict[str, float] = field(default_factory=dict)
     kept: bool = False
     output: list[str] = field(default_factory=list)  # the setup's or check's output, while it runs
+
+    @property
+    def final_message(self) -> str:
+        return self.outcome.final_message if self.outcome else ""
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return self.outcome.usage if self.outcome else {}
 
     def to_json(self) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -312,6 +319,7 @@ class Batch:
                 if isinstance(exc, (QuotaError, RateLimitError)):
                     self._refused(exc)
                 run.retries.append(exc.message)
+                run.outcome = None  # a turn lost with its sandbox is not the task's
                 self._update(run, "retrying", exc.message)
                 self._drop(run, keep=False)
                 if attempt + 1 == MAX_TRIES:
@@ -345,17 +353,17 @@ class Batch:
             self._update(run, "running", "Starting the turn...")
             began = time.monotonic()
             try:
-                outcome = turns.ask(
+                turns.ask(
                     ctx,
                     task.prompt,
                     model=task.model,
                     effort=task.effort,
                     timeout=self.options.timeout,
                     links=False,
+                    on_end=lambda outcome: self._take(run, outcome),  # also when it failed
                 )
             finally:
                 run.durations["turn"] = time.monotonic() - began
-            self._take(run, outcome)
             if task.check:
                 self._update(run, "checking", task.check)
                 began = time.monotonic()
@@ -376,17 +384,13 @@ class Batch:
 
     def _failed(self, ctx: Context, run: TaskRun, exc: CodexDaytonaError, status: str) -> None:
         run.status, run.error = status, exc.message
-        outcome = turns.outcome_of(exc)
-        if outcome is not None:
-            self._take(run, outcome)
         if status in ("failed", "timeout", "interrupted") and run.sandbox_id is not None:
             with contextlib.suppress(CodexDaytonaError):
                 self._patch(ctx, run)
 
     def _take(self, run: TaskRun, outcome: turns.TurnOutcome) -> None:
         run.run_id = outcome.run_id
-        run.final_message = outcome.final_message
-        run.usage = dict(outcome.usage)
+        run.outcome = outcome
 
     def _command(self, ctx: Context, run: TaskRun, command: str, timeout: float) -> int:
         run.output = []

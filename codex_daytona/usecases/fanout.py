@@ -65,8 +65,20 @@ class Attempt:
     def done(self) -> bool:
         return self.finished.is_set()
 
+    # What its turn came to: its outcome's, nothing when no turn ended.
+    @property
+    def usage(self) -> dict[str, int]:
+        return self.outcome.usage if self.outcome else {}
+
+    @property
+    def final_message(self) -> str:
+        return self.outcome.final_message if self.outcome else ""
+
+    @property
+    def previews(self) -> list[dict[str, object]]:
+        return [p.to_json() for p in self.outcome.previews] if self.outcome else []
+
     def to_json(self) -> dict[str, Any]:
-        outcome = self.outcome
         return {
             "name": self.name,
             "sandbox_id": self.sandbox_id,
@@ -78,13 +90,13 @@ class Attempt:
             "thread_id": self.thread_id,
             "duration_s": None if self.duration_s is None else round(self.duration_s, 2),
             "setup_s": None if self.setup_s is None else round(self.setup_s, 2),
-            "usage": outcome.usage if outcome else {},
+            "usage": self.usage,
             "files_changed": len(self.tally.files),
             "files": sorted(self.tally.files),
             "commands_run": self.tally.commands,
             "commands_failed": self.tally.failed,
-            "final_message": outcome.final_message if outcome else "",
-            "previews": [p.to_json() for p in outcome.previews] if outcome else [],
+            "final_message": self.final_message,
+            "previews": self.previews,
         }
 
 
@@ -347,18 +359,22 @@ class Fanout:
             self._update(attempt, "running", "Starting the turn...")
             began = time.monotonic()
             try:
-                outcome = turns.ask(ctx, prompt, new_thread=new_thread, model=model, timeout=timeout, effort=effort)
+                turns.ask(
+                    ctx,
+                    prompt,
+                    new_thread=new_thread,
+                    model=model,
+                    timeout=timeout,
+                    effort=effort,
+                    on_end=lambda outcome: self._record_outcome(attempt, outcome),  # also when it failed
+                )
             finally:
                 attempt.duration_s = time.monotonic() - began
-            self._record_outcome(attempt, outcome)
             status = "completed"
         except CodexDaytonaError as exc:
             attempt.error = exc.message
             attempt.exit_code = int(exc.exit_code)
             status = exc.status
-            failed = turns.outcome_of(exc)
-            if failed is not None:
-                self._record_outcome(attempt, failed)
         finally:  # a bug (any other exception) leaves "error" here and its traceback on stderr
             if status == "error" and not attempt.exit_code:
                 attempt.exit_code = 1

@@ -6,7 +6,9 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable
+from typing import cast
 
+from agent_bundle import protocol
 from codex_daytona import events as ev
 from codex_daytona.errors import AgentSetupError, CommandGoneError, DaytonaError, NoSandboxError, TurnTimeoutError
 from codex_daytona.sandbox import runtime
@@ -27,20 +29,32 @@ class RunFollower:
     its own, from the byte where this follower is. It stops at the run's closing event,
     not when Daytona closes the stream (about a second after the command ends)."""
 
-    keepalive_seconds = 240.0
-    # Silence after which a stream counts as stalled; the agent's heartbeat comes 3x as often.
-    idle_seconds = 60.0
-
     def __init__(
-        self, box: Box, run_id: str, emit: OnEvent, *, on_key_needed: Callable[[], None] | None = None
+        self,
+        box: Box,
+        run_id: str,
+        emit: OnEvent,
+        *,
+        on_key_needed: Callable[[], None] | None = None,
+        keepalive_seconds: float = 240.0,
+        idle_seconds: float = 60.0,
+        previous_turn: LastTurn | None = None,
+        disposable_session: str | None = None,
     ) -> None:
+        """`emit` has every event of the run up to its closing one, and the late ports after it;
+        `on_key_needed` hands the agent the key its run names (None: it cannot be). After
+        `idle_seconds` of silence a stream counts as stalled (the agent's heartbeat comes 3x as
+        often). `previous_turn` is the last turn before this run claimed it, and
+        `disposable_session` a session made for this run alone (the usual one was busy),
+        deleted once the run is over (`release_session`)."""
         self.box = box
         self.run_id = run_id
         self.emit = emit
         self.on_key_needed = on_key_needed
-        self.previous_turn: LastTurn | None = None  # the last turn before this run claimed it
-        # A session made for this run alone (the usual one was busy): deleted when it is over.
-        self.disposable_session: str | None = None
+        self.keepalive_seconds = keepalive_seconds
+        self.idle_seconds = idle_seconds
+        self.previous_turn = previous_turn
+        self.disposable_session = disposable_session
         self.session: str | None = None
         self.command_id: str | None = None
         self.attached = False  # following an attach command rather than the run's own
@@ -51,14 +65,16 @@ class RunFollower:
         self._partial = b""
         self._temp_sessions: list[str] = []
         self.stderr: list[str] = []
-        self.completed: ev.Event | None = None
+        # The run's closing event as the agent sent it: TurnOutcome.from_completed decodes it.
+        self.completed: protocol.RunCompleted | None = None
         self.ports_event: ev.Event | None = None  # the ports right after the turn
         # After the closing event: the late ports events, and the agent's last word on them.
         self.late_ports: list[ev.Event] = []
         self.settled: ev.Event | None = None
-        self.on_late_ports: Callable[[ev.Event], None] | None = None
+        self._on_late_ports: Callable[[ev.Event], None] | None = None  # while `follow(until_settled)`
+        # What the stream showed before the closing event, for a run that has none (yet).
         self.thread_id: str | None = None
-        self.last_message = ""  # the text of the last agent message: the answer, if the run ends here
+        self.last_message = ""  # the text of the last agent message
         self.started = False  # the turn is under way (thread.started)
         self.key_needed = False
 
@@ -100,7 +116,7 @@ class RunFollower:
     def _handle(self, event: ev.Event) -> None:
         kind = event.get("type")
         if kind == ev.RUN_COMPLETED:
-            self.completed = event
+            self.completed = cast("protocol.RunCompleted", event)
             return
         if kind == ev.PORTS:
             self.ports_event = event
@@ -122,8 +138,8 @@ class RunFollower:
         else:
             self.late_ports.append(event)
         self.emit(event)
-        if event.get("type") == ev.PORTS and self.on_late_ports is not None:
-            self.on_late_ports(event)
+        if event.get("type") == ev.PORTS and self._on_late_ports is not None:
+            self._on_late_ports(event)
 
     @property
     def settling(self) -> float:
@@ -132,10 +148,25 @@ class RunFollower:
 
     # --- streaming --------------------------------------------------------------------
 
-    def follow(self, timeout: float | None, *, until_started: bool = False, until_settled: bool = False) -> None:
+    def follow(
+        self,
+        timeout: float | None,
+        *,
+        until_started: bool = False,
+        until_settled: bool = False,
+        on_late_ports: Callable[[ev.Event], None] | None = None,
+    ) -> None:
         """Streams until the run completes (or, with `until_started`, until the turn is under
         way; with `until_settled`, past its closing event until the agent has reported the
-        ports that bound late); raises TurnTimeoutError after `timeout` seconds."""
+        ports that bound late, each ports event handed to `on_late_ports` as it comes);
+        raises TurnTimeoutError after `timeout` seconds."""
+        self._on_late_ports = on_late_ports
+        try:
+            self._follow(timeout, until_started=until_started, until_settled=until_settled)
+        finally:
+            self._on_late_ports = None
+
+    def _follow(self, timeout: float | None, *, until_started: bool, until_settled: bool) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def reached() -> bool:
@@ -251,3 +282,10 @@ class RunFollower:
             with contextlib.suppress(DaytonaError):
                 self.box.delete_session(session)
         self._temp_sessions.clear()
+
+    def release_session(self) -> None:
+        """Deletes the session made for this run alone, once the run is over."""
+        if self.disposable_session is not None and self.completed is not None:
+            with contextlib.suppress(DaytonaError):
+                self.box.delete_session(self.disposable_session)
+            self.disposable_session = None

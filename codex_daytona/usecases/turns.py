@@ -5,9 +5,11 @@ The path of one `ask`: the sandbox is found (and started) through the context; t
 claimed in the state file, which picks the Daytona session its agent command runs in; the
 request goes to the agent as a session command (agent_bundle/client.py, which hands it to
 its warm daemon); a `RunFollower` streams that command's log, decoding the agent's events
-and handing each to `ctx.emit` (the CLI's output); the agent's closing event becomes the
-`TurnOutcome`, which is saved in the state file and, if the turn did not complete, raised
-as the error that says why.
+and handing each to `ctx.emit` (the CLI's output); the agent's closing event (a
+protocol.RunCompleted) is decoded once, by `TurnOutcome.from_completed`, into the
+`TurnOutcome` everything after reads: the state file's last turn, the result line, the
+fan-out's and the batch's rows. If the turn did not complete, its failure is raised as
+the error that says why, once the caller's `on_end` has had the outcome.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
+from agent_bundle import protocol
 from codex_daytona import events as ev
 from codex_daytona.codex_facts import MAX_INPUT_CHARS
 from codex_daytona.errors import (
@@ -38,7 +42,7 @@ from codex_daytona.errors import (
 from codex_daytona.sandbox import runtime
 from codex_daytona.state import LastTurn, SandboxRecord, Usage, now
 from codex_daytona.usecases import lifecycle, links
-from codex_daytona.usecases.context import SESSION_ID, Box, Context, tail
+from codex_daytona.usecases.context import SESSION_ID, Box, Context, OnEvent, tail
 from codex_daytona.usecases.follower import RunFollower
 
 INTERRUPT_GRACE_S = 10.0
@@ -51,8 +55,8 @@ TURN_ENDED = frozenset({"completed", "failed", "interrupted", "error"})
 
 @dataclass
 class TurnOutcome:
-    """How one run ended: the one source of its status, answer and exit code, read by the
-    CLI, the JSON result line, the errors that end a turn, and the fan-out."""
+    """How one run ended: the one source of its status, answer, thread, usage and exit code,
+    read by the CLI, the JSON result line, the state file, the fan-out and the batch."""
 
     run_id: str
     # The agent's: completed, failed, interrupted, error, busy; or "running" (a detached
@@ -64,19 +68,45 @@ class TurnOutcome:
     usage: dict[str, int] = field(default_factory=dict)
     previews: list[links.Preview] = field(default_factory=list)
     sandbox_id: str = ""
+    running_run_id: str | None = None  # status busy: the run that holds the sandbox's turn
     # Why the turn did not complete, as the process reports it (None: it did, or still runs).
     failure: CodexDaytonaError | None = None
     forced_interrupt: bool = False  # a second Ctrl-C stopped waiting for the turn to wind down
+
+    @classmethod
+    def from_completed(
+        cls,
+        completed: protocol.RunCompleted | None,
+        *,
+        run_id: str,
+        sandbox_id: str = "",
+        thread_id: str | None = None,
+        final_message: str = "",
+    ) -> TurnOutcome:
+        """The one place the agent's closing event is read (None: it has not come). The
+        `thread_id` and `final_message` the stream showed before it stand in where it has
+        none (a run not over yet, or lost). A field of the wrong type counts as missing."""
+        done: dict[str, Any] = dict(completed or {})
+        usage = done.get("usage")
+        return cls(
+            run_id=run_id,
+            status=_text(done.get("status")) or "unknown",
+            thread_id=_text(done.get("thread_id")) or thread_id,
+            final_message=_text(done.get("final_message")) or final_message,
+            error=_text(done.get("error")),
+            usage={k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {},
+            sandbox_id=sandbox_id,
+            running_run_id=_text(done.get("running_run_id")),
+        )
 
     @property
     def exit_code(self) -> int:
         return 0 if self.failure is None else int(self.failure.exit_code)
 
-    def fail(self, error: CodexDaytonaError) -> CodexDaytonaError:
-        """Makes `error` this turn's failure, and the turn the error's outcome; returns it to raise."""
+    def fail(self, error: CodexDaytonaError) -> TurnOutcome:
+        """This turn, with `error` as its failure (raised by `_ended`)."""
         self.failure = error
-        error.outcome = self
-        return error
+        return self
 
     def to_json(self) -> dict[str, object]:
         """The last line of `ask --json` and `logs --json`: how the turn ended."""
@@ -97,16 +127,27 @@ class TurnOutcome:
         return line
 
 
-def outcome_of(error: CodexDaytonaError) -> TurnOutcome | None:
-    """The turn an error ended, if it ended one."""
-    return error.outcome if isinstance(error.outcome, TurnOutcome) else None
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
-def result_line(error: CodexDaytonaError) -> dict[str, object]:
-    """The result line of a command that failed: its turn's, or the error alone."""
-    outcome = outcome_of(error)
-    if outcome is not None:
-        return outcome.to_json()
+OnEnd = Callable[[TurnOutcome], None]
+
+
+def _ended(outcome: TurnOutcome, on_end: OnEnd | None) -> TurnOutcome:
+    """Hands the outcome to `on_end`, then returns it, or raises its failure."""
+    if on_end is not None:
+        on_end(outcome)
+    if outcome.failure is not None:
+        raise outcome.failure
+    return outcome
+
+
+def result_line(error: CodexDaytonaError, ended: TurnOutcome | None) -> dict[str, object]:
+    """The result line of a command that failed: its turn's (`ended`, as `on_end` had it), or
+    the error alone."""
+    if ended is not None:
+        return ended.to_json()
     return {"type": ev.RESULT, "status": "error", "exit_code": int(error.exit_code), "error": error.message}
 
 
@@ -133,14 +174,16 @@ def ask(
     images: list[Path] | None = None,
     output_schema: dict[str, object] | None = None,
     links: bool = True,
-    on_answer: Callable[[TurnOutcome], None] | None = None,
+    on_answer: OnEnd | None = None,
+    on_end: OnEnd | None = None,
 ) -> TurnOutcome:
     """Runs one turn of the agent on `prompt` and streams its events.
 
     With `links`, once the turn has completed and `on_answer` has had its outcome (to show
     the answer first), the preview links of the ports it started are made, checked and
     reported, each as its port appears (a server may bind a few seconds after the turn);
-    without, `ask` returns at the run's closing event.
+    without, `ask` returns at the run's closing event. `on_end` has the outcome `ask` returns,
+    or, when the turn did not complete, the outcome whose failure it raises.
 
     With `detach`, starts the turn and returns at once (status "running"); `logs` follows it.
     `thread_id` resumes that thread instead of the sandbox's current one, and fails the
@@ -202,19 +245,27 @@ def ask(
         raise
     handle = box.handle  # the sandbox runs the command: the next ask reaches it without a look-up
     ctx.update_record(box.id, lambda r: _set_command(r, run_id, command_id, handle))
-    follower = _follower(ctx, box, run_id, api_key)
+    follower = _follower(
+        ctx,
+        box,
+        run_id,
+        api_key,
+        # Detached: the events are for `logs`.
+        emit=(lambda _event: None) if detach else ctx.emit,
+        previous_turn=previous,
+        # A session of this run's own is deleted once the run is over, not left idle.
+        disposable_session=session if session != (box.record.session_id or SESSION_ID) else None,
+    )
     follower.watch(session, command_id)
-    follower.previous_turn = previous
-    if session != (box.record.session_id or SESSION_ID):
-        follower.disposable_session = session  # deleted once the run is over, not left idle
     if not detach:
-        return _follow(ctx, follower, timeout, links=links, on_answer=on_answer)
-    # Detached: follow only until the turn is under way (or refused: busy, no key); its
-    # events are for `logs`.
-    follower.emit = lambda _event: None
-    _follow_until_started(ctx, follower)
+        return _ended(_follow(ctx, follower, timeout, links=links, on_answer=on_answer), on_end)
+    # Detached: follow only until the turn is under way (or refused: busy, no key).
+    refused = _follow_until_started(ctx, follower)
+    if refused is not None and refused.failure is not None:
+        return _ended(refused, on_end)
     _keep_up_while_detached(ctx, box)
-    return TurnOutcome(run_id, "running", follower.thread_id or box.record.thread_id, "", sandbox_id=box.id)
+    running = TurnOutcome(run_id, "running", follower.thread_id or box.record.thread_id, "", sandbox_id=box.id)
+    return _ended(running, on_end)
 
 
 def check_prompt(prompt: str) -> None:
@@ -315,9 +366,11 @@ def logs(
     *,
     follow: bool = False,
     links: bool = True,
-    on_answer: Callable[[TurnOutcome], None] | None = None,
+    on_answer: OnEnd | None = None,
+    on_end: OnEnd | None = None,
 ) -> TurnOutcome:
-    """Shows a run's events (the last run by default); with `follow`, until it ends."""
+    """Shows a run's events (the last run by default); with `follow`, until it ends. See
+    `ask` for `on_end`."""
     record = ctx.require_record()
     run_id = run_id or (record.last_turn.run_id if record.last_turn else None)
     if not run_id:
@@ -329,15 +382,24 @@ def logs(
         if result.exit_code != 0:
             raise NoSandboxError(f"No run {run_id} in this sandbox.", "`codex-daytona status` shows the last run.")
         follower.feed_text(result.output)
-        return _outcome(follower)
+        return _ended(_outcome(follower), on_end)
     last = box.record.last_turn
     if last is not None and last.run_id == run_id and last.session_id and last.command_id:
         # The turn's own command: its log replays the run from the start, live.
         follower.watch(last.session_id, last.command_id)
-    return _follow(ctx, follower, None, links=links, on_answer=on_answer)
+    return _ended(_follow(ctx, follower, None, links=links, on_answer=on_answer), on_end)
 
 
-def _follower(ctx: Context, box: Box, run_id: str, api_key: str | None) -> RunFollower:
+def _follower(
+    ctx: Context,
+    box: Box,
+    run_id: str,
+    api_key: str | None,
+    *,
+    emit: OnEvent | None = None,
+    previous_turn: LastTurn | None = None,
+    disposable_session: str | None = None,
+) -> RunFollower:
     def deliver_key() -> None:
         assert api_key is not None
         ctx.emit(ev.progress("Handing the OpenAI key to the agent..."))
@@ -346,24 +408,27 @@ def _follower(ctx: Context, box: Box, run_id: str, api_key: str | None) -> RunFo
         if result.exit_code != 0:
             raise AgentSetupError(f"Could not hand the key to the agent: {tail(result.output)}")
 
-    follower = RunFollower(box, run_id, ctx.emit, on_key_needed=deliver_key if api_key else None)
-    follower.keepalive_seconds = ctx.settings.codex_daytona_keepalive_seconds
-    follower.idle_seconds = ctx.settings.codex_daytona_stream_idle_seconds
-    return follower
+    return RunFollower(
+        box,
+        run_id,
+        ctx.emit if emit is None else emit,
+        on_key_needed=deliver_key if api_key else None,
+        keepalive_seconds=ctx.settings.codex_daytona_keepalive_seconds,
+        idle_seconds=ctx.settings.codex_daytona_stream_idle_seconds,
+        previous_turn=previous_turn,
+        disposable_session=disposable_session,
+    )
 
 
 def _outcome(follower: RunFollower) -> TurnOutcome:
     """What the run's closing event says (or, before it, what the follower has seen)."""
-    done = follower.completed or {}
     record = follower.box.record
-    return TurnOutcome(
+    return TurnOutcome.from_completed(
+        follower.completed,
         run_id=follower.run_id,
-        status=str(done.get("status") or "unknown"),
-        thread_id=done.get("thread_id") or follower.thread_id or record.thread_id,
-        final_message=str(done.get("final_message") or follower.last_message),
-        error=done.get("error"),
-        usage=done.get("usage") or {},
         sandbox_id=record.sandbox_id,
+        thread_id=follower.thread_id or record.thread_id,
+        final_message=follower.last_message,
     )
 
 
@@ -376,24 +441,24 @@ def _follow(
     timeout: float | None,
     *,
     links: bool = True,
-    on_answer: Callable[[TurnOutcome], None] | None = None,
+    on_answer: OnEnd | None = None,
 ) -> TurnOutcome:
-    """Follows the run to its end; returns its outcome, or raises the error that says why
-    it did not complete (with the outcome attached). See `ask` for `links` and `on_answer`."""
+    """Follows the run to its end; returns its outcome, with the error that says why it did
+    not complete as its failure. See `ask` for `links` and `on_answer`."""
     try:
         follower.follow(timeout)
     except KeyboardInterrupt:
         forced = _interrupt(ctx, follower)
         outcome = _finish(ctx, follower)
         outcome.forced_interrupt = forced
-        raise outcome.fail(InterruptedByUser(f"Interrupted: run {follower.run_id} was stopped.")) from None
+        return outcome.fail(InterruptedByUser(f"Interrupted: run {follower.run_id} was stopped."))
     except TurnTimeoutError as exc:
         _interrupt(ctx, follower)
-        raise _finish(ctx, follower).fail(exc) from None
+        return _finish(ctx, follower).fail(exc)
     except SandboxGoneError:
-        raise _lost(ctx, follower) from None
+        return _lost(ctx, follower)
     outcome = _finish(ctx, follower, keep_session=links)
-    error = _error_of(outcome, follower)
+    error = _error_of(outcome)
     if error is None and on_answer is not None:
         on_answer(outcome)
     if links:
@@ -402,7 +467,7 @@ def _follow(
         until = (datetime.now(timezone.utc) + timedelta(seconds=follower.settling + 5)).isoformat(timespec="seconds")
         ctx.update_record(follower.box.id, lambda r: _set_settling(r, follower.run_id, until))
     if error is not None:
-        raise outcome.fail(error)
+        outcome.fail(error)
     return outcome
 
 
@@ -425,25 +490,23 @@ def _previews(ctx: Context, follower: RunFollower) -> list[links.Preview]:
         if follower.settling:
             for late in follower.late_ports:  # those that came with the closing event
                 report(late)
-            follower.on_late_ports = report
-            follower.follow(follower.settling + LATE_PORTS_MARGIN_S, until_settled=True)
+            follower.follow(follower.settling + LATE_PORTS_MARGIN_S, until_settled=True, on_late_ports=report)
     except (KeyboardInterrupt, TurnTimeoutError, CodexDaytonaError):
         pass  # the turn is over: only its late links are given up
     finally:
-        follower.on_late_ports = None
         follower.close()
-        _drop_session(follower)
+        follower.release_session()
     if follower.late_ports:
         listening = [int(p) for p in follower.late_ports[-1].get("listening") or []]
         ctx.update_record(box.id, lambda r: setattr(r, "ports", listening))
     return found
 
 
-def _error_of(outcome: TurnOutcome, follower: RunFollower) -> CodexDaytonaError | None:
+def _error_of(outcome: TurnOutcome) -> CodexDaytonaError | None:
     """The error a run that did not complete ends `ask` with (None: it completed)."""
     error: CodexDaytonaError | None = None
     if outcome.status == "busy":
-        running = (follower.completed or {}).get("running_run_id") or "unknown"
+        running = outcome.running_run_id or "unknown"
         error = BusyError(
             f"Another turn is running on this sandbox (run {running}).",
             f"Follow it with `codex-daytona logs -f {running}`, or ask with --wait to queue behind it.",
@@ -457,7 +520,7 @@ def _error_of(outcome: TurnOutcome, follower: RunFollower) -> CodexDaytonaError 
     return error
 
 
-def _lost(ctx: Context, follower: RunFollower) -> SandboxGoneError:
+def _lost(ctx: Context, follower: RunFollower) -> TurnOutcome:
     """The sandbox was deleted while the run was followed (`down` elsewhere, the API, a
     Daytona restart): the run is lost with it, and the sandbox forgotten here."""
     box = follower.box
@@ -472,7 +535,7 @@ def _lost(ctx: Context, follower: RunFollower) -> SandboxGoneError:
 
     ctx.update_record(box.id, lost)
     ctx.forget(box.id)
-    return outcome.fail(  # type: ignore[return-value]
+    return outcome.fail(
         SandboxGoneError(
             f"Sandbox {box.id} was deleted during the turn (run {follower.run_id}): the turn is lost.",
             "It was forgotten here; `codex-daytona up` (or the next ask) creates a new one.",
@@ -480,9 +543,9 @@ def _lost(ctx: Context, follower: RunFollower) -> SandboxGoneError:
     )
 
 
-def _follow_until_started(ctx: Context, follower: RunFollower) -> None:
-    """Follows a detached turn until it is under way; raises what `_follow` would if the
-    agent refused or failed it before that."""
+def _follow_until_started(ctx: Context, follower: RunFollower) -> TurnOutcome | None:
+    """Follows a detached turn until it is under way; the run's outcome (as `_follow` has
+    it) if it ended before that (refused or failed), else None."""
     try:
         follower.follow(DETACH_START_S, until_started=True)
     except TurnTimeoutError:
@@ -493,7 +556,8 @@ def _follow_until_started(ctx: Context, follower: RunFollower) -> None:
     finally:
         follower.close()
     if follower.completed is not None:
-        _follow(ctx, follower, None)  # raises the run's error
+        return _follow(ctx, follower, None)
+    return None
 
 
 def interrupt(box: Box, run_id: str) -> bool:
@@ -523,7 +587,7 @@ def _finish(ctx: Context, follower: RunFollower, *, keep_session: bool = False) 
     outcome = _outcome(follower)
     if not keep_session:
         follower.close()
-        _drop_session(follower)
+        follower.release_session()
     if outcome.status == "busy":
         ctx.update_record(box.id, lambda r: _unclaim(r, follower.run_id, follower.previous_turn))
         return outcome
@@ -554,14 +618,6 @@ def _finish(ctx: Context, follower: RunFollower, *, keep_session: bool = False) 
     if outcome.status in TURN_ENDED:
         _restore_auto_stop(ctx, box)
     return outcome
-
-
-def _drop_session(follower: RunFollower) -> None:
-    """Deletes the session made for this run alone, once the run is over."""
-    if follower.disposable_session is not None and follower.completed is not None:
-        with contextlib.suppress(DaytonaError):
-            follower.box.delete_session(follower.disposable_session)
-        follower.disposable_session = None
 
 
 def _set_settling(record: SandboxRecord, run_id: str, until: str) -> None:
