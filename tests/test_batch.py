@@ -252,3 +252,86 @@ def test_off_a_terminal_each_ended_task_says_how_far_the_batch_is(rig: Rig) -> N
     assert ran.code == 0, ran
     assert "passed one (1/2)" in ran.stderr and "passed two (2/2)" in ran.stderr, ran.stderr
     assert "\x1b[" not in ran.stderr  # no board, no cursor movement off a terminal
+
+
+def _shared_tasks(rig: Rig, setup: str) -> None:
+    """Three tasks with the same dir and setup (a group), and one with neither."""
+    (rig.project / "proj").mkdir()
+    (rig.project / "proj" / "given.txt").write_text("pushed\n")
+    tasks_file(
+        rig,
+        *(
+            {"id": f"s{i}", "prompt": f"shared{i}: hi", "dir": "proj", "setup": setup, "check": "test -f prepared.txt"}
+            for i in range(3)
+        ),
+        {"id": "plain", "prompt": "plain: hi", "check": "test ! -e given.txt"},
+    )
+
+
+def _setup_counting(rig: Rig) -> tuple[Path, str]:
+    """A setup that counts its runs on the host (a sandbox's commands are local processes)."""
+    counter = (rig.project / "setup-runs").resolve()
+    return counter, f"echo ready > prepared.txt; echo ran >> '{counter}'"
+
+
+def test_tasks_that_share_a_preparation_fork_one_base_set_up_once_and_leave_nothing(rig: Rig) -> None:
+    rig.emulator.set_config(sandbox_class="linux-vm")  # only VM-class sandboxes fork
+    counter, setup = _setup_counting(rig)
+    _shared_tasks(rig, setup)
+    rig.model.enqueue(*(turn(msg(f"done {i}"), match=f"shared{i}:") for i in range(3)))
+    rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl", "--json", timeout=300)
+    assert ran.code == 0, ran
+    assert counter.read_text() == "ran\n", "the setup ran once, on the base"
+    got = results(rig)
+    assert {k: v["status"] for k, v in got.items()} == dict.fromkeys(["s0", "s1", "s2", "plain"], "passed"), got
+    assert {got[f"s{i}"]["sandbox_from"] for i in range(3)} == {"fork"} and got["plain"]["sandbox_from"] == "snapshot"
+    for i in range(3):  # the fork has the base's diff baseline: the setup's file is in each patch
+        assert "prepared.txt" in got[f"s{i}"]["patch"] and "given.txt" not in got[f"s{i}"]["patch"]
+    # The base's setup is charged once, to the task that prepared the base.
+    assert sum("setup" in got[f"s{i}"]["durations"] for i in range(3)) == 1, [v["durations"] for v in got.values()]
+    sandboxes = {s["labels"]["codex-daytona.name"]: s for s in batch_sandboxes(rig)}
+    [base] = [s for name, s in sandboxes.items() if "-base-" in name]
+    assert len(sandboxes) == 5, sandboxes  # the base, its 3 forks, and plain's own
+    assert sum(e["path"] == f"/api/sandbox/{base['id']}/fork" for e in rig.requests(0)) == 3
+    assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "every sandbox, the base too, is deleted"
+    assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]
+    assert json.loads(ran.stdout)["kept_bases"] == []
+
+
+def test_where_daytona_cannot_fork_each_task_of_a_group_makes_and_sets_up_its_own_quietly(rig: Rig) -> None:
+    counter, setup = _setup_counting(rig)  # the emulator's default class, container, never forks
+    _shared_tasks(rig, setup)
+    rig.model.enqueue(*(turn(msg(f"done {i}"), match=f"shared{i}:") for i in range(3)))
+    rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl", timeout=300)
+    assert ran.code == 0, ran
+    assert counter.read_text() == "ran\n" * 3, "each task ran its own setup"
+    got = results(rig)
+    assert {v["status"] for v in got.values()} == {"passed"} and {v["sandbox_from"] for v in got.values()} == {
+        "snapshot"
+    }
+    assert "⚠" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+    # The base no task could fork is its first task's own sandbox: one sandbox per task, no more.
+    assert len(batch_sandboxes(rig)) == 4
+    assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "nothing left"
+    assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]
+
+
+def test_a_setup_that_fails_on_the_base_fails_every_task_of_its_group_without_a_turn(rig: Rig) -> None:
+    rig.emulator.set_config(sandbox_class="linux-vm")
+    counter, setup = _setup_counting(rig)
+    _shared_tasks(rig, f"{setup}; echo broken-setup >&2; exit 3")
+    rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl", timeout=300)
+    assert ran.code == ExitCode.TURN_FAILED, ran
+    assert counter.read_text() == "ran\n", "the setup ran once"
+    got = results(rig)
+    assert got["plain"]["status"] == "passed"
+    for i in range(3):
+        line = got[f"s{i}"]
+        assert line["status"] == "error" and line["error"].startswith("setup exited 3: "), line
+        assert "broken-setup" in line["error"] and line["run_id"] is None, line
+    asked = [r for r in rig.model.requests if any(f"shared{i}:" in json.dumps(r) for i in range(3))]
+    assert not asked, "no turn of the group asked the model"
+    assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "the base is deleted"

@@ -32,7 +32,7 @@ def test_tasks_are_read_with_the_command_lines_defaults_and_their_own(tmp_path: 
         json.dumps({"id": "c", "prompt": "p", "repo": "https://example.com/r.git", "branch": "dev", "setup": "make"}),
     )
     defaults = TaskDefaults(model="gpt-5.5", effort="low")
-    assert check_tasks(tasks, defaults) == 3
+    assert check_tasks(tasks, defaults).total == 3
     a, b, c = stream_tasks(tasks, defaults)
     assert (a.id, a.prompt, a.line, a.model, a.effort) == ("a", 'say "hi"\nand\tbye', 1, "gpt-5.5", "low")
     assert (b.line, b.model, b.effort, b.dir, b.check) == (3, "gpt-x", "high", str(tmp_path / "proj"), "pytest")
