@@ -335,3 +335,55 @@ def test_a_setup_that_fails_on_the_base_fails_every_task_of_its_group_without_a_
     asked = [r for r in rig.model.requests if any(f"shared{i}:" in json.dumps(r) for i in range(3))]
     assert not asked, "no turn of the group asked the model"
     assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "the base is deleted"
+
+
+def test_kept_forks_keep_their_base_which_the_summary_names_and_down_all_deletes_after_them(rig: Rig) -> None:
+    rig.emulator.set_config(sandbox_class="linux-vm")
+    tasks_file(
+        rig, *({"id": f"k{i}", "prompt": f"kept{i}: hi", "setup": "echo ready > prepared.txt"} for i in range(2))
+    )
+    rig.model.enqueue(*(turn(msg("ok"), match=f"kept{i}:") for i in range(2)))
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl", "--keep", "all", "--json")
+    assert ran.code == 0, ran  # a kept base is said, not a failure
+    [base] = json.loads(ran.stdout)["kept_bases"]
+    assert base.startswith("b-") and "-base-1" in base
+    assert f"Kept the base sandbox {base}" in ran.stderr, ran.stderr
+    got = results(rig)
+    assert {line["sandbox_from"] for line in got.values()} == {"fork"} and all(
+        line["sandbox_id"] for line in got.values()
+    )
+    live = {s["labels"]["codex-daytona.name"] for s in batch_sandboxes(rig) if s["state"] != "destroyed"}
+    assert base in live and len(live) == 3, live
+    listed = rig.cli("ls", "--json")
+    assert listed.code == 0 and base in listed.stdout, listed
+    down = rig.cli("down", "--all", "--yes")
+    assert down.code == 0, down
+    assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig)
+
+
+@pytest.mark.cold  # the CLI's own process takes the SIGKILL, as a script's would
+def test_a_killed_batch_with_a_group_resumes_deleting_the_forks_then_their_base(rig: Rig) -> None:
+    rig.emulator.set_config(sandbox_class="linux-vm")
+    tasks_file(rig, *({"id": f"t{i}", "prompt": f"task{i}: sleep", "setup": "true"} for i in range(2)))
+    for i in range(2):
+        rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000), match=f"task{i}:"))
+    proc = rig.popen_piped("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl")
+
+    def forks_sleeping() -> bool:
+        live = [s for s in batch_sandboxes(rig, "started") if "-base-" not in s["labels"]["codex-daytona.name"]]
+        return len(live) == 2 and all(sandbox_processes(s["id"], "sleep 60") for s in live)
+
+    _wait_for(forks_sleeping, 120)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert len([s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]) == 3, "two forks and their base"
+
+    for i in range(2):
+        rig.model.enqueue(turn(msg(f"t{i} done"), match=f"task{i}:"))
+    resumed = rig.cli("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl", timeout=300)
+    assert resumed.code == 0, resumed
+    assert "Deleting 3 sandbox(es) a stopped run of this batch left" in resumed.stderr, resumed
+    got = results(rig)
+    assert sorted(got) == ["t0", "t1"] and {line["sandbox_from"] for line in got.values()} == {"fork"}, got
+    assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"], "nothing left behind"
+    assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]
