@@ -361,19 +361,38 @@ def test_kept_forks_keep_their_base_which_the_summary_names_and_down_all_deletes
     assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig)
 
 
-@pytest.mark.cold  # the CLI's own process takes the SIGKILL, as a script's would
-def test_a_killed_batch_with_a_group_resumes_deleting_the_forks_then_their_base(rig: Rig) -> None:
+def _grouped_sleepers(rig: Rig) -> None:
+    """Two tasks with the same setup (one group), each asleep in its turn, in forks (VM class)."""
     rig.emulator.set_config(sandbox_class="linux-vm")
     tasks_file(rig, *({"id": f"t{i}", "prompt": f"task{i}: sleep", "setup": "true"} for i in range(2)))
     for i in range(2):
         rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000), match=f"task{i}:"))
+
+
+def _forks_sleeping(rig: Rig) -> bool:
+    live = [s for s in batch_sandboxes(rig, "started") if "-base-" not in s["labels"]["codex-daytona.name"]]
+    return len(live) == 2 and all(sandbox_processes(s["id"], "sleep 60") for s in live)
+
+
+def test_ctrl_c_in_a_group_interrupts_its_forks_and_deletes_them_and_their_base(rig: Rig) -> None:
+    _grouped_sleepers(rig)
     proc = rig.popen_piped("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl")
+    _wait_for(lambda: _forks_sleeping(rig), 120)
+    assert len([s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]) == 3, "two forks and their base"
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    assert "Traceback" not in stderr and "⚠" not in stderr, stderr
+    got = results(rig)
+    assert {line["status"] for line in got.values()} == {"interrupted"} and sorted(got) == ["t0", "t1"], got
+    assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"], "the forks and the base are deleted"
 
-    def forks_sleeping() -> bool:
-        live = [s for s in batch_sandboxes(rig, "started") if "-base-" not in s["labels"]["codex-daytona.name"]]
-        return len(live) == 2 and all(sandbox_processes(s["id"], "sleep 60") for s in live)
 
-    _wait_for(forks_sleeping, 120)
+@pytest.mark.cold  # the CLI's own process takes the SIGKILL, as a script's would
+def test_a_killed_batch_with_a_group_resumes_deleting_the_forks_then_their_base(rig: Rig) -> None:
+    _grouped_sleepers(rig)
+    proc = rig.popen_piped("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl")
+    _wait_for(lambda: _forks_sleeping(rig), 120)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert len([s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]) == 3, "two forks and their base"
