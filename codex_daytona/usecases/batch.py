@@ -561,7 +561,8 @@ class Batch:
             self._emit(
                 ev.warning(
                     f"Kept the base sandbox {group.name} ({record.sandbox_id}): kept task sandboxes were forked "
-                    f"from it, and Daytona deletes it only after them (`codex-daytona down --all` deletes both)."
+                    f"from it, and Daytona deletes it only after them; delete them, then it "
+                    f"(`codex-daytona down --name {group.name}`)."
                 )
             )
         except CodexDaytonaError as exc:
