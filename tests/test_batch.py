@@ -280,6 +280,7 @@ def test_tasks_that_share_a_preparation_fork_one_base_set_up_once_and_leave_noth
     _shared_tasks(rig, setup)
     rig.model.enqueue(*(turn(msg(f"done {i}"), match=f"shared{i}:") for i in range(3)))
     rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    since = time.time()
     ran = rig.cli("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl", "--json", timeout=300)
     assert ran.code == 0, ran
     assert counter.read_text() == "ran\n", "the setup ran once, on the base"
@@ -293,7 +294,7 @@ def test_tasks_that_share_a_preparation_fork_one_base_set_up_once_and_leave_noth
     sandboxes = {s["labels"]["codex-daytona.name"]: s for s in batch_sandboxes(rig)}
     [base] = [s for name, s in sandboxes.items() if "-base-" in name]
     assert len(sandboxes) == 5, sandboxes  # the base, its 3 forks, and plain's own
-    assert sum(e["path"] == f"/api/sandbox/{base['id']}/fork" for e in rig.requests(0)) == 3
+    assert sum(e["path"] == f"/api/sandbox/{base['id']}/fork" for e in rig.requests(since)) == 3
     assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "every sandbox, the base too, is deleted"
     assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]
     assert json.loads(ran.stdout)["kept_bases"] == []
@@ -304,6 +305,7 @@ def test_where_daytona_cannot_fork_each_task_of_a_group_makes_and_sets_up_its_ow
     _shared_tasks(rig, setup)
     rig.model.enqueue(*(turn(msg(f"done {i}"), match=f"shared{i}:") for i in range(3)))
     rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    since = time.time()
     ran = rig.cli("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl", timeout=300)
     assert ran.code == 0, ran
     assert counter.read_text() == "ran\n" * 3, "each task ran its own setup"
@@ -312,10 +314,45 @@ def test_where_daytona_cannot_fork_each_task_of_a_group_makes_and_sets_up_its_ow
         "snapshot"
     }
     assert "⚠" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
-    # The base no task could fork is its first task's own sandbox: one sandbox per task, no more.
+    # A container says so as it is created: its group's base, only created, is its first task's
+    # own sandbox (one sandbox per task, no more), and no fork is asked for.
     assert len(batch_sandboxes(rig)) == 4
+    assert not [e for e in rig.requests(since) if e["path"].endswith("/fork")]
     assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "nothing left"
     assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]
+
+
+def test_a_fork_daytona_refuses_makes_the_prepared_base_its_tasks_own_and_the_others_make_theirs(rig: Rig) -> None:
+    """A class that says nothing as it is created but refuses the fork (422): the first refusal
+    stands for the batch; the prepared base is that task's sandbox, set up once, not twice."""
+    rig.emulator.set_config(sandbox_class="linux-vm")
+    counter, setup = _setup_counting(rig)
+    gate = (rig.project / "gate").resolve()
+    _shared_tasks(rig, f"while [ ! -e '{gate}' ]; do sleep 0.05; done; {setup}")
+    rig.model.enqueue(*(turn(msg(f"done {i}"), match=f"shared{i}:") for i in range(3)))
+    rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    since = time.time()
+    proc = rig.popen_piped("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl")
+
+    def base() -> dict[str, Any] | None:
+        bases = [s for s in batch_sandboxes(rig, "started") if "-base-" in s["labels"]["codex-daytona.name"]]
+        return bases[0] if bases and sandbox_processes(bases[0]["id"], "while [") else None
+
+    _wait_for(lambda: base() is not None, 120)  # the base runs its setup: it was found able to fork
+    prepared = base()
+    assert prepared is not None
+    rig.emulator.set_sandbox_class(prepared["id"], "container")  # ... and then refuses to
+    gate.touch()
+    _stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert counter.read_text() == "ran\n" * 3, "the base's setup, then each other task's own"
+    got = results(rig)
+    assert {v["status"] for v in got.values()} == {"passed"} and {v["sandbox_from"] for v in got.values()} == {
+        "snapshot"
+    }
+    assert "⚠" not in stderr and "Daytona cannot fork them" in stderr, stderr
+    assert sum(e["path"].endswith("/fork") for e in rig.requests(since)) == 1, "one refusal learns it for all"
+    assert len(batch_sandboxes(rig)) == 4 and batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig)
 
 
 def test_a_setup_that_fails_on_the_base_fails_every_task_of_its_group_without_a_turn(rig: Rig) -> None:

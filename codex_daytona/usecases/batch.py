@@ -8,9 +8,10 @@ running the same command again is the same batch) and carries the tool's labels,
 Tasks that share a preparation (the same repo and branch, or dir, and setup) and are at least
 two start from one base sandbox, `b-<batch>-base-<n>`, prepared once (created from the runtime
 snapshot, cloned or pushed, its setup run), each task in a Daytona fork of it. Where Daytona
-cannot fork (containers, its default class, answer 422), the first refusal says so for the
-whole batch: the base becomes its first task's own sandbox, and every other task makes its own
-as a task without a group does. The base is deleted once its group's last task has ended.
+cannot fork, what the first base learns stands for the whole batch: the base becomes its first
+task's own sandbox, and every other task makes its own as a task without a group does. A
+container (Daytona's default class) says so as it is created, before its preparation; another
+class by refusing the first fork (422). The base is deleted once its group's last task has ended.
 Like the core, this module never prints: it reports through events, from one thread at a
 time.
 """
@@ -56,6 +57,8 @@ from codex_daytona.usecases.context import TOOL_LABEL, Context, project_labels
 
 T = TypeVar("T")
 KEEP = ("none", "failed", "all")
+# Daytona's sandbox class that never forks (nor pauses); its default.
+CONTAINER_CLASS = "container"
 # A task the platform failed (429, quota, no runner, a sandbox evicted or lost) runs again in a
 # new sandbox, at most this many times in all; the waits between are RETRY_DELAYS_S.
 MAX_TRIES = 4
@@ -416,14 +419,19 @@ class Batch:
         (a task can take its group's base as its own)."""
         key = run.task.preparation
         group = None if key is None else self._group(key)
+        made: Context | str | None = None
         if group is not None and (self._forks is not False or group.base is not None):
             made = self._from_base(ctx, run, group)
-            if made is not None:
+            if isinstance(made, Context):
                 return made
-        self._update(run, "creating", "Creating the sandbox...")
-        began = time.monotonic()
-        created = lifecycle.create(ctx)
-        run.sandbox_id, run.sandbox_from = created.sandbox_id, "snapshot"
+        if made == "created":  # the group's base, just created, is the task's own sandbox
+            ctx = self.ctx.named(run.name, self._on_event(run))
+            began = time.monotonic() - run.durations.get("sandbox", 0.0)
+        else:
+            self._update(run, "creating", "Creating the sandbox...")
+            began = time.monotonic()
+            created = lifecycle.create(ctx)
+            run.sandbox_id, run.sandbox_from = created.sandbox_id, "snapshot"
         self._fill(ctx, run.task)
         run.durations["sandbox"] = time.monotonic() - began
         self._got_through()
@@ -456,10 +464,11 @@ class Batch:
                 self._groups[key] = group
             return group
 
-    def _from_base(self, ctx: Context, run: TaskRun, group: BaseGroup) -> Context | None:
-        """The task's sandbox as a fork of its group's base, preparing the base first if no
-        task has; None when Daytona does not fork here (the task then makes its own), or the
-        base's context when the task takes the base, which no fork was made of, as its own."""
+    def _from_base(self, ctx: Context, run: TaskRun, group: BaseGroup) -> Context | str | None:
+        """The task's sandbox, ready for its turn, as a fork of its group's base, preparing the
+        base first if no task has. Where Daytona does not fork: None (the task makes its own),
+        or the task takes the base, which no fork was made of, as its own: its context when
+        prepared, "created" when only created (the task then fills and sets it up)."""
         waited = time.monotonic()
         with group.lock:
             # Waiting for the base another task prepares, or for the fork before this one: queue.
@@ -468,8 +477,10 @@ class Batch:
                 raise copy.copy(group.failed)
             if self._cancel.is_set():
                 raise InterruptedByUser("Interrupted before it started.")
-            if group.base is None and self._forks is not False:
-                self._prepare_base(run, group)
+            if group.base is None and self._forks is not False and not self._prepare_base(run, group):
+                group.taken = True  # a container: the base, only created, is this task's sandbox
+                run.name, run.sandbox_from = group.name, "snapshot"
+                return "created"
             base = group.base
             if base is None:
                 return None
@@ -479,10 +490,7 @@ class Batch:
                 try:
                     run.sandbox_id = lifecycle.fork_from(ctx, base)
                 except RefusedError as exc:
-                    # Not a warning: containers, Daytona's default class, never fork.
-                    self._forks = False
-                    detail = exc.message.split(": ", 1)[-1]
-                    self._emit(ev.progress(f"Each task makes its own sandbox (Daytona cannot fork them: {detail})."))
+                    self._cannot_fork(exc.message.split(": ", 1)[-1])
                 except SandboxGoneError:
                     group.base = None  # the next task prepares a new one; this one runs again
                     self._forget(group.name)
@@ -502,16 +510,22 @@ class Batch:
         self._got_through()
         return ctx
 
-    def _prepare_base(self, run: TaskRun, group: BaseGroup) -> None:
+    def _prepare_base(self, run: TaskRun, group: BaseGroup) -> bool:
         """Creates the group's base, clones or pushes into it and runs the setup there, once
         for every task of the group; charged to this task's `sandbox` and `setup` durations.
-        A failure the platform caused leaves the base to the next task; any other fails the
-        whole group, as a task's own setup fails it."""
+        False, once only created, when it is of the class that never forks (no task knew yet):
+        the task takes it as its own. A failure the platform caused leaves the base to the next
+        task; any other fails the whole group, as a task's own setup fails it."""
         ctx = self.ctx.named(group.name, self._on_event(run))
         self._update(run, "creating", "Preparing the base sandbox its group forks...")
         began = time.monotonic()
         try:
-            lifecycle.create(ctx)
+            run.sandbox_id = lifecycle.create(ctx).sandbox_id
+            run.durations["sandbox"] = time.monotonic() - began
+            if self._forks is None and ctx.look(ctx.require_record()).info().sandbox_class == CONTAINER_CLASS:
+                self._cannot_fork(f"its {CONTAINER_CLASS} class")
+                return False
+            run.sandbox_id = None  # the base is not the task's own sandbox
             self._fill(ctx, run.task)
             run.durations["sandbox"] = time.monotonic() - began
             self._got_through()
@@ -524,6 +538,13 @@ class Batch:
             self._delete_base(group)
             raise
         group.base = ctx.require_record()
+        return True
+
+    def _cannot_fork(self, why: str) -> None:
+        """Learnt for the whole batch. Not a warning: containers, Daytona's default class,
+        never fork, and a sandbox of its own per task is the ordinary path for them."""
+        self._forks = False
+        self._emit(ev.progress(f"Each task makes its own sandbox (Daytona cannot fork them: {why})."))
 
     def _forget(self, name: str) -> None:
         ctx = self.ctx.named(name)
