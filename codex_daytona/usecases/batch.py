@@ -534,7 +534,7 @@ class Batch:
             self._delete_base(group)
             raise
         except CodexDaytonaError as exc:
-            group.failed = exc
+            group.failed = copy.copy(exc)  # without its traceback, which holds this task's frames
             self._delete_base(group)
             raise
         group.base = ctx.require_record()
