@@ -3,17 +3,19 @@ writes (JSON lines, one per finished task, flushed as each ends). No Daytona, no
 batch use case drives these, and a resumed batch learns from the results file what is done.
 
 The tasks file is read twice and never held: once to refuse a malformed line before anything
-runs (keeping only the ids, to refuse a repeated one), then streamed task by task as the batch
-runs. The results file is appended to; a line a kill cut short is cut off before the next write,
-so the file stays one whole JSON object per line.
+runs (keeping only the ids, to refuse a repeated one, and a count per distinct preparation, to
+learn which tasks share one), then streamed task by task as the batch runs.
+The results file is appended to; a line a kill cut short is cut off before the next write, so
+the file stays one whole JSON object per line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Container, Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +44,26 @@ class Task:
     dir: str | None = None
     setup: str | None = None
     check: str | None = None
+
+    @property
+    def preparation(self) -> Preparation | None:
+        """What makes this task's sandbox before its turn (what it clones or pushes, and its
+        setup), None when it has none: tasks with the same one can start from one prepared base."""
+        key = (self.repo, self.branch, self.dir, self.setup)
+        return None if key == (None, None, None, None) else key
+
+
+# A task's (repo, branch, dir, setup).
+Preparation = tuple[str | None, str | None, str | None, str | None]
+
+
+@dataclass(frozen=True)
+class TasksCheck:
+    """What `check_tasks` learned: how many tasks the file has, and how many of those still to
+    run share each preparation (only those shared by at least two)."""
+
+    total: int
+    shared: dict[Preparation, int] = field(default_factory=dict)
 
 
 _OPTIONAL = tuple(f.name for f in fields(Task) if f.name not in ("id", "prompt", "line"))
@@ -123,10 +145,12 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise UsageError(f"Cannot read the tasks file {path}: {exc.strerror or exc}.") from None
 
 
-def check_tasks(path: Path, defaults: TaskDefaults) -> int:
+def check_tasks(path: Path, defaults: TaskDefaults, done: Container[str] = ()) -> TasksCheck:
     """Reads the whole tasks file and refuses it (UsageError naming the line) when any line is
-    malformed or repeats an id; returns how many tasks it has. Holds only the ids."""
+    malformed or repeats an id; returns how many tasks it has, and which preparations the
+    tasks not `done` share. Holds only the ids and a count per distinct preparation."""
     seen: dict[str, int] = {}
+    preparations: dict[Preparation, int] = {}
     for number, text in _lines(path):
         task = _parse(path, number, text, defaults)
         if task is None:
@@ -134,9 +158,12 @@ def check_tasks(path: Path, defaults: TaskDefaults) -> int:
         if task.id in seen:
             raise _refuse(path, number, f"id {task.id!r} again (first on line {seen[task.id]}).")
         seen[task.id] = number
+        key = task.preparation
+        if key is not None and task.id not in done:
+            preparations[key] = preparations.get(key, 0) + 1
     if not seen:
         raise UsageError(f"{path} has no tasks.", 'Write one JSON object per line, e.g. {"id": "t1", "prompt": "..."}.')
-    return len(seen)
+    return TasksCheck(len(seen), {key: count for key, count in preparations.items() if count > 1})
 
 
 def stream_tasks(path: Path, defaults: TaskDefaults) -> Iterator[Task]:
@@ -145,6 +172,24 @@ def stream_tasks(path: Path, defaults: TaskDefaults) -> Iterator[Task]:
         task = _parse(path, number, text, defaults)
         if task is not None:
             yield task
+
+
+def done_ids(path: Path) -> set[str]:
+    """The ids a results file already has (none when there is no file), read without writing
+    it: what `check_tasks` leaves out before the file is opened (which refuses a bad line)."""
+    try:
+        with path.open("rb") as fh:
+            ids: set[str] = set()
+            for raw in fh:
+                with contextlib.suppress(json.JSONDecodeError):
+                    result = json.loads(raw) if raw.endswith(b"\n") else None
+                    if isinstance(result, dict) and isinstance(result.get("id"), str):
+                        ids.add(result["id"])
+            return ids
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise UsageError(f"Cannot read the results file {path}: {exc.strerror or exc}.") from None
 
 
 class ResultsFile:

@@ -504,9 +504,11 @@ def batch(
 
     A task: "id" and "prompt", and optionally "model", "effort", "repo" and "branch" (cloned
     as its home) or "dir" (a local directory pushed there), "setup" (a command run before the
-    turn) and "check" (a command run after it: exit 0 passes the task). A malformed line is
-    refused before anything runs. Running the same command again skips the tasks RESULTS has
-    and deletes what a killed run left. Ctrl-C interrupts the running tasks (exit 130).
+    turn) and "check" (a command run after it: exit 0 passes the task). Tasks with the same
+    repo or dir and setup fork one sandbox set up once, where Daytona forks (VM class). A
+    malformed line is refused before anything runs. Running the same command again skips the
+    tasks RESULTS has and deletes what a killed run left. Ctrl-C interrupts the running tasks
+    (exit 130).
 
     Exit 0 when every task run passed, 3 when any did not.
 

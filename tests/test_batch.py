@@ -252,3 +252,194 @@ def test_off_a_terminal_each_ended_task_says_how_far_the_batch_is(rig: Rig) -> N
     assert ran.code == 0, ran
     assert "passed one (1/2)" in ran.stderr and "passed two (2/2)" in ran.stderr, ran.stderr
     assert "\x1b[" not in ran.stderr  # no board, no cursor movement off a terminal
+
+
+def _shared_tasks(rig: Rig, setup: str) -> None:
+    """Three tasks with the same dir and setup (a group), and one with neither."""
+    (rig.project / "proj").mkdir()
+    (rig.project / "proj" / "given.txt").write_text("pushed\n")
+    tasks_file(
+        rig,
+        *(
+            {"id": f"s{i}", "prompt": f"shared{i}: hi", "dir": "proj", "setup": setup, "check": "test -f prepared.txt"}
+            for i in range(3)
+        ),
+        {"id": "plain", "prompt": "plain: hi", "check": "test ! -e given.txt"},
+    )
+
+
+def _setup_counting(rig: Rig) -> tuple[Path, str]:
+    """A setup that counts its runs on the host (a sandbox's commands are local processes)."""
+    counter = (rig.project / "setup-runs").resolve()
+    return counter, f"echo ready > prepared.txt; echo ran >> '{counter}'"
+
+
+def test_tasks_that_share_a_preparation_fork_one_base_set_up_once_and_leave_nothing(rig: Rig) -> None:
+    rig.emulator.set_config(sandbox_class="linux-vm")  # only VM-class sandboxes fork
+    counter, setup = _setup_counting(rig)
+    _shared_tasks(rig, setup)
+    rig.model.enqueue(*(turn(msg(f"done {i}"), match=f"shared{i}:") for i in range(3)))
+    rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    since = time.time()
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl", "--json", timeout=300)
+    assert ran.code == 0, ran
+    assert counter.read_text() == "ran\n", "the setup ran once, on the base"
+    got = results(rig)
+    assert {k: v["status"] for k, v in got.items()} == dict.fromkeys(["s0", "s1", "s2", "plain"], "passed"), got
+    assert {got[f"s{i}"]["sandbox_from"] for i in range(3)} == {"fork"} and got["plain"]["sandbox_from"] == "snapshot"
+    for i in range(3):  # the fork has the base's diff baseline: the setup's file is in each patch
+        assert "prepared.txt" in got[f"s{i}"]["patch"] and "given.txt" not in got[f"s{i}"]["patch"]
+    # The base's setup is charged once, to the task that prepared the base.
+    assert sum("setup" in got[f"s{i}"]["durations"] for i in range(3)) == 1, [v["durations"] for v in got.values()]
+    sandboxes = {s["labels"]["codex-daytona.name"]: s for s in batch_sandboxes(rig)}
+    [base] = [s for name, s in sandboxes.items() if "-base-" in name]
+    assert len(sandboxes) == 5, sandboxes  # the base, its 3 forks, and plain's own
+    assert sum(e["path"] == f"/api/sandbox/{base['id']}/fork" for e in rig.requests(since)) == 3
+    assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "every sandbox, the base too, is deleted"
+    assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]
+    assert json.loads(ran.stdout)["kept_bases"] == []
+
+
+def test_where_daytona_cannot_fork_each_task_of_a_group_makes_and_sets_up_its_own_quietly(rig: Rig) -> None:
+    counter, setup = _setup_counting(rig)  # the emulator's default class, container, never forks
+    _shared_tasks(rig, setup)
+    rig.model.enqueue(*(turn(msg(f"done {i}"), match=f"shared{i}:") for i in range(3)))
+    rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    since = time.time()
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl", timeout=300)
+    assert ran.code == 0, ran
+    assert counter.read_text() == "ran\n" * 3, "each task ran its own setup"
+    got = results(rig)
+    assert {v["status"] for v in got.values()} == {"passed"} and {v["sandbox_from"] for v in got.values()} == {
+        "snapshot"
+    }
+    assert "⚠" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+    # A container says so as it is created: its group's base, only created, is its first task's
+    # own sandbox (one sandbox per task, no more), and no fork is asked for.
+    assert len(batch_sandboxes(rig)) == 4
+    assert not [e for e in rig.requests(since) if e["path"].endswith("/fork")]
+    assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "nothing left"
+    assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]
+
+
+def test_a_fork_daytona_refuses_makes_the_prepared_base_its_tasks_own_and_the_others_make_theirs(rig: Rig) -> None:
+    """A class that says nothing as it is created but refuses the fork (422): the first refusal
+    stands for the batch; the prepared base is that task's sandbox, set up once, not twice."""
+    rig.emulator.set_config(sandbox_class="linux-vm")
+    counter, setup = _setup_counting(rig)
+    gate = (rig.project / "gate").resolve()
+    _shared_tasks(rig, f"while [ ! -e '{gate}' ]; do sleep 0.05; done; {setup}")
+    rig.model.enqueue(*(turn(msg(f"done {i}"), match=f"shared{i}:") for i in range(3)))
+    rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    since = time.time()
+    proc = rig.popen_piped("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl")
+
+    def base() -> dict[str, Any] | None:
+        bases = [s for s in batch_sandboxes(rig, "started") if "-base-" in s["labels"]["codex-daytona.name"]]
+        return bases[0] if bases and sandbox_processes(bases[0]["id"], "while [") else None
+
+    _wait_for(lambda: base() is not None, 120)  # the base runs its setup: it was found able to fork
+    prepared = base()
+    assert prepared is not None
+    rig.emulator.set_sandbox_class(prepared["id"], "container")  # ... and then refuses to
+    gate.touch()
+    _stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert counter.read_text() == "ran\n" * 3, "the base's setup, then each other task's own"
+    got = results(rig)
+    assert {v["status"] for v in got.values()} == {"passed"} and {v["sandbox_from"] for v in got.values()} == {
+        "snapshot"
+    }
+    assert "⚠" not in stderr and "Daytona cannot fork them" in stderr, stderr
+    assert sum(e["path"].endswith("/fork") for e in rig.requests(since)) == 1, "one refusal learns it for all"
+    assert len(batch_sandboxes(rig)) == 4 and batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig)
+
+
+def test_a_setup_that_fails_on_the_base_fails_every_task_of_its_group_without_a_turn(rig: Rig) -> None:
+    rig.emulator.set_config(sandbox_class="linux-vm")
+    counter, setup = _setup_counting(rig)
+    _shared_tasks(rig, f"{setup}; echo broken-setup >&2; exit 3")
+    rig.model.enqueue(turn(msg("plain done"), match="plain:"))
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "4", "--out", "results.jsonl", timeout=300)
+    assert ran.code == ExitCode.TURN_FAILED, ran
+    assert counter.read_text() == "ran\n", "the setup ran once"
+    got = results(rig)
+    assert got["plain"]["status"] == "passed"
+    for i in range(3):
+        line = got[f"s{i}"]
+        assert line["status"] == "error" and line["error"].startswith("setup exited 3: "), line
+        assert "broken-setup" in line["error"] and line["run_id"] is None, line
+    asked = [r for r in rig.model.requests if any(f"shared{i}:" in json.dumps(r) for i in range(3))]
+    assert not asked, "no turn of the group asked the model"
+    assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig), "the base is deleted"
+
+
+def test_kept_forks_keep_their_base_which_the_summary_names_and_down_all_deletes_after_them(rig: Rig) -> None:
+    rig.emulator.set_config(sandbox_class="linux-vm")
+    tasks_file(
+        rig, *({"id": f"k{i}", "prompt": f"kept{i}: hi", "setup": "echo ready > prepared.txt"} for i in range(2))
+    )
+    rig.model.enqueue(*(turn(msg("ok"), match=f"kept{i}:") for i in range(2)))
+    ran = rig.cli("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl", "--keep", "all", "--json")
+    assert ran.code == 0, ran  # a kept base is said, not a failure
+    [base] = json.loads(ran.stdout)["kept_bases"]
+    assert base.startswith("b-") and "-base-1" in base
+    assert f"Kept the base sandbox {base}" in ran.stderr, ran.stderr
+    got = results(rig)
+    assert {line["sandbox_from"] for line in got.values()} == {"fork"} and all(
+        line["sandbox_id"] for line in got.values()
+    )
+    live = {s["labels"]["codex-daytona.name"] for s in batch_sandboxes(rig) if s["state"] != "destroyed"}
+    assert base in live and len(live) == 3, live
+    listed = rig.cli("ls", "--json")
+    assert listed.code == 0 and base in listed.stdout, listed
+    down = rig.cli("down", "--all", "--yes")
+    assert down.code == 0, down
+    assert batch_sandboxes(rig, "destroyed") == batch_sandboxes(rig)
+
+
+def _grouped_sleepers(rig: Rig) -> None:
+    """Two tasks with the same setup (one group), each asleep in its turn, in forks (VM class)."""
+    rig.emulator.set_config(sandbox_class="linux-vm")
+    tasks_file(rig, *({"id": f"t{i}", "prompt": f"task{i}: sleep", "setup": "true"} for i in range(2)))
+    for i in range(2):
+        rig.model.enqueue(turn(run("sleep 60", yield_time_ms=60000), match=f"task{i}:"))
+
+
+def _forks_sleeping(rig: Rig) -> bool:
+    live = [s for s in batch_sandboxes(rig, "started") if "-base-" not in s["labels"]["codex-daytona.name"]]
+    return len(live) == 2 and all(sandbox_processes(s["id"], "sleep 60") for s in live)
+
+
+def test_ctrl_c_in_a_group_interrupts_its_forks_and_deletes_them_and_their_base(rig: Rig) -> None:
+    _grouped_sleepers(rig)
+    proc = rig.popen_piped("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl")
+    _wait_for(lambda: _forks_sleeping(rig), 120)
+    assert len([s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]) == 3, "two forks and their base"
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    assert "Traceback" not in stderr and "⚠" not in stderr, stderr
+    got = results(rig)
+    assert {line["status"] for line in got.values()} == {"interrupted"} and sorted(got) == ["t0", "t1"], got
+    assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"], "the forks and the base are deleted"
+
+
+@pytest.mark.cold  # the CLI's own process takes the SIGKILL, as a script's would
+def test_a_killed_batch_with_a_group_resumes_deleting_the_forks_then_their_base(rig: Rig) -> None:
+    _grouped_sleepers(rig)
+    proc = rig.popen_piped("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl")
+    _wait_for(lambda: _forks_sleeping(rig), 120)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert len([s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]) == 3, "two forks and their base"
+
+    for i in range(2):
+        rig.model.enqueue(turn(msg(f"t{i} done"), match=f"task{i}:"))
+    resumed = rig.cli("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl", timeout=300)
+    assert resumed.code == 0, resumed
+    assert "Deleting 3 sandbox(es) a stopped run of this batch left" in resumed.stderr, resumed
+    got = results(rig)
+    assert sorted(got) == ["t0", "t1"] and {line["sandbox_from"] for line in got.values()} == {"fork"}, got
+    assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"], "nothing left behind"
+    assert not [n for n in rig.state().get("sandboxes", {}) if n.startswith("b-")]

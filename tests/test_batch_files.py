@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from codex_daytona.batch_files import RESULTS_SCHEMA, ResultsFile, TaskDefaults, check_tasks, stream_tasks
+from codex_daytona.batch_files import (
+    RESULTS_SCHEMA,
+    ResultsFile,
+    TaskDefaults,
+    check_tasks,
+    done_ids,
+    stream_tasks,
+)
 from codex_daytona.errors import ExitCode, UsageError
 
 
@@ -32,11 +39,49 @@ def test_tasks_are_read_with_the_command_lines_defaults_and_their_own(tmp_path: 
         json.dumps({"id": "c", "prompt": "p", "repo": "https://example.com/r.git", "branch": "dev", "setup": "make"}),
     )
     defaults = TaskDefaults(model="gpt-5.5", effort="low")
-    assert check_tasks(tasks, defaults) == 3
+    assert check_tasks(tasks, defaults).total == 3
     a, b, c = stream_tasks(tasks, defaults)
     assert (a.id, a.prompt, a.line, a.model, a.effort) == ("a", 'say "hi"\nand\tbye', 1, "gpt-5.5", "low")
     assert (b.line, b.model, b.effort, b.dir, b.check) == (3, "gpt-x", "high", str(tmp_path / "proj"), "pytest")
     assert (c.repo, c.branch, c.setup, c.dir) == ("https://example.com/r.git", "dev", "make", None)
+
+
+def test_the_check_counts_the_tasks_still_to_run_that_share_a_preparation(tmp_path: Path) -> None:
+    """The same repo and branch, or the same dir (however it is written), and the same setup:
+    one group; a preparation only one task still to run has, or none, is no group."""
+    (tmp_path / "proj").mkdir()
+    repo = "https://example.com/r.git"
+    tasks = write(
+        tmp_path / "tasks.jsonl",
+        *(
+            json.dumps({"id": task_id, "prompt": "p", **fields})
+            for task_id, fields in [
+                ("r1", {"repo": repo, "setup": "make"}),
+                ("r2", {"repo": repo, "setup": "make", "check": "pytest", "model": "other"}),
+                ("r3", {"repo": repo, "setup": "make", "branch": "dev"}),
+                ("r4", {"repo": repo}),
+                ("d1", {"dir": "proj"}),
+                ("d2", {"dir": "./proj/"}),
+                ("d3", {"dir": "proj", "setup": "make"}),
+                ("d4", {"dir": "proj", "setup": "make"}),
+                ("n1", {}),
+                ("n2", {"check": "true"}),
+            ]
+        ),
+    )
+    proj = str(tmp_path / "proj")
+    checked = check_tasks(tasks, TaskDefaults())
+    assert checked.total == 10
+    assert checked.shared == {(repo, None, None, "make"): 2, (None, None, proj, None): 2, (None, None, proj, "make"): 2}
+    # Resumed with d3 done: d4 alone has its preparation, and is no group.
+    assert check_tasks(tasks, TaskDefaults(), done={"d3", "r1"}).shared == {(None, None, proj, None): 2}
+
+
+def test_the_ids_a_results_file_has_are_read_without_writing_it(tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    assert done_ids(out) == set() and not out.exists()
+    out.write_text('{"id": "a"}\n{"id": "b"}\nnot json\n{"id": "torn"')
+    assert done_ids(out) == {"a", "b"}
 
 
 @pytest.mark.parametrize(

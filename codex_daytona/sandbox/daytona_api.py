@@ -63,6 +63,7 @@ class SandboxInfo:
     labels: dict[str, str]
     public: bool
     created_at: str | None = None
+    sandbox_class: str | None = None  # "container" (Daytona's default: cannot fork or pause), "linux-vm", ...
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def _info(sandbox: Any) -> SandboxInfo:
         labels=dict(sandbox.labels or {}),
         public=bool(getattr(sandbox, "public", False)),
         created_at=getattr(sandbox, "created_at", None),
+        sandbox_class=getattr(sandbox, "sandbox_class", None),
     )
 
 

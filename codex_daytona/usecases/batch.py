@@ -4,6 +4,14 @@ written to the results file as it ends.
 A task's sandbox is named `b-<batch>-<n>` (the batch: a digest of the results file's path, so
 running the same command again is the same batch) and carries the tool's labels, so `ls
 --all` and `down --all` see it and a resumed batch finds the ones a killed run left behind.
+
+Tasks that share a preparation (the same repo and branch, or dir, and setup) and are at least
+two start from one base sandbox, `b-<batch>-base-<n>`, prepared once (created from the runtime
+snapshot, cloned or pushed, its setup run), each task in a Daytona fork of it. Where Daytona
+cannot fork, what the first base learns stands for the whole batch: the base becomes its first
+task's own sandbox, and every other task makes its own as a task without a group does. A
+container (Daytona's default class) says so as it is created, before its preparation; another
+class by refusing the first fork (422). The base is deleted once its group's last task has ended.
 Like the core, this module never prints: it reports through events, from one thread at a
 time.
 """
@@ -11,6 +19,7 @@ time.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import threading
 import time
@@ -20,7 +29,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from codex_daytona import events as ev
-from codex_daytona.batch_files import ResultsFile, Task, TaskDefaults, check_tasks, stream_tasks
+from codex_daytona.batch_files import (
+    Preparation,
+    ResultsFile,
+    Task,
+    TaskDefaults,
+    check_tasks,
+    done_ids,
+    stream_tasks,
+)
 from codex_daytona.errors import (
     CodexDaytonaError,
     DaytonaError,
@@ -33,11 +50,15 @@ from codex_daytona.errors import (
     TurnTimeoutError,
     UsageError,
 )
+from codex_daytona.sandbox.daytona_api import HasForksError, RefusedError
+from codex_daytona.state import SandboxRecord
 from codex_daytona.usecases import hands, lifecycle, turns, workspace
 from codex_daytona.usecases.context import TOOL_LABEL, Context, project_labels
 
 T = TypeVar("T")
 KEEP = ("none", "failed", "all")
+# Daytona's sandbox class that never forks (nor pauses); its default.
+CONTAINER_CLASS = "container"
 # A task the platform failed (429, quota, no runner, a sandbox evicted or lost) runs again in a
 # new sandbox, at most this many times in all; the waits between are RETRY_DELAYS_S.
 MAX_TRIES = 4
@@ -84,6 +105,7 @@ class TaskRun:
     retries: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
     kept: bool = False
+    sandbox_from: str | None = None  # "fork" (of its group's base), "snapshot" (the runtime's)
     output: list[str] = field(default_factory=list)  # the setup's or check's output, while it runs
 
     @property
@@ -108,6 +130,7 @@ class TaskRun:
             "durations": {k: round(v, 2) for k, v in self.durations.items()},
             "retries": self.retries,
             "sandbox_id": self.sandbox_id if self.kept else None,
+            "sandbox_from": self.sandbox_from,
             "run_id": self.run_id,
         }
         if self.patch_path is not None:
@@ -118,12 +141,29 @@ class TaskRun:
 
 
 @dataclass
+class BaseGroup:
+    """The tasks still to run that share one preparation, and the base sandbox prepared once
+    for them to fork."""
+
+    name: str  # the base sandbox's: b-<batch>-base-<n>
+    remaining: int  # its tasks that have not ended yet
+    # Held to prepare the base, then for each fork of it: Daytona forks a sandbox only while no
+    # other change of it is under way.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    base: SandboxRecord | None = None  # once prepared, until deleted (or taken by a task)
+    forks: int = 0  # forks made of it
+    taken: bool = False  # a task took the base as its own sandbox (Daytona does not fork here)
+    failed: CodexDaytonaError | None = None  # its preparation failed: so does every task of it
+
+
+@dataclass
 class BatchSummary:
     total: int  # tasks in the file
     skipped: int  # already in the results file
     runs: list[dict[str, Any]]  # this run's result lines (id, status, model, usage)
     interrupted: bool = False
     elapsed_s: float = 0.0
+    kept_bases: list[str] = field(default_factory=list)  # base sandboxes kept forks still need
 
     @property
     def counts(self) -> dict[str, int]:
@@ -156,6 +196,7 @@ class BatchSummary:
             "output_tokens": sum(int(r["usage"].get("output_tokens", 0)) for r in self.runs),
             "interrupted": self.interrupted,
             "elapsed_s": round(self.elapsed_s, 2),
+            "kept_bases": self.kept_bases,
             "exit_code": int(self.exit_code),
         }
 
@@ -181,6 +222,10 @@ class Batch:
         self._allowed = options.parallel  # lowered while Daytona refuses for quota or rate
         self._active = 0
         self._room = threading.Condition(self._lock)
+        self._shared: dict[Preparation, int] = {}  # from check_tasks: tasks to run per shared preparation
+        self._groups: dict[Preparation, BaseGroup] = {}
+        self._forks: bool | None = None  # whether Daytona forks this batch's sandboxes, once known
+        self._kept_bases: list[str] = []
 
     # --- events ------------------------------------------------------------------------------
 
@@ -194,7 +239,8 @@ class Batch:
     # --- the run -----------------------------------------------------------------------------
 
     def run(self) -> BatchSummary:
-        total = check_tasks(self.tasks, self.options.defaults)
+        checked = check_tasks(self.tasks, self.options.defaults, done_ids(self.out))
+        total, self._shared = checked.total, dict(checked.shared)
         self.ctx.settings.require_openai_key()
         self.ctx.store.check_writable()
         if self.options.patches is not None:
@@ -224,6 +270,10 @@ class Batch:
                 for run in list(self._running.values()):  # still winding down: written as they stand
                     run.status, run.error = "interrupted", "Interrupted; still winding down when the batch ended."
                     self._write(run, results, summary)
+            finally:
+                for group in list(self._groups.values()):  # the bases of groups Ctrl-C cut short
+                    self._delete_base(group)
+                summary.kept_bases = list(self._kept_bases)
         summary.elapsed_s = time.monotonic() - began
         return summary
 
@@ -257,6 +307,7 @@ class Batch:
             finally:
                 self._running.pop(task.id, None)
                 self._write(run, results, summary)
+                self._ended(task)
 
     def _write(self, run: TaskRun, results: ResultsFile, summary: BatchSummary) -> None:
         """The task's result line, once (a task still winding down when Ctrl-C's wait ran out
@@ -333,21 +384,7 @@ class Batch:
         task = run.task
         ctx = self.ctx.named(run.name, self._on_event(run))
         try:
-            self._update(run, "creating", "Creating the sandbox...")
-            began = time.monotonic()
-            created = lifecycle.create(ctx)
-            run.sandbox_id = created.sandbox_id
-            if task.dir:
-                workspace.push(ctx, Path(task.dir))
-            elif task.repo:
-                lifecycle.clone_into(ctx, task.repo, task.branch)
-            run.durations["sandbox"] = time.monotonic() - began
-            self._got_through()
-            if task.setup:
-                self._update(run, "setup", task.setup)
-                code = self._command(ctx, run, task.setup, SETUP_TIMEOUT_S)
-                if code != 0:
-                    raise SetupFailed(f"setup exited {code}: {_tail(''.join(run.output), 300)}")
+            ctx = self._sandbox(ctx, run)
             if self._cancel.is_set():
                 raise InterruptedByUser("Interrupted before its turn started.")
             self._update(run, "running", "Starting the turn...")
@@ -381,6 +418,186 @@ class Batch:
         except CodexDaytonaError as exc:
             self._failed(ctx, run, exc, "failed" if exc.exit_code == ExitCode.TURN_FAILED else "error")
         self._drop(run, keep=self._keeps(run))
+
+    # --- the task's sandbox ----------------------------------------------------------------
+
+    def _sandbox(self, ctx: Context, run: TaskRun) -> Context:
+        """Makes the task's sandbox ready for its turn: a fork of its group's base, or created
+        from the runtime snapshot, cloned or pushed, and set up. Returns the context to run in
+        (a task can take its group's base as its own)."""
+        key = run.task.preparation
+        group = None if key is None else self._group(key)
+        made: Context | str | None = None
+        if group is not None and (self._forks is not False or group.base is not None):
+            made = self._from_base(ctx, run, group)
+            if isinstance(made, Context):
+                return made
+        if made == "created":  # the group's base, just created, is the task's own sandbox
+            ctx = self.ctx.named(run.name, self._on_event(run))
+            began = time.monotonic() - run.durations.get("sandbox", 0.0)
+        else:
+            self._update(run, "creating", "Creating the sandbox...")
+            began = time.monotonic()
+            created = lifecycle.create(ctx)
+            run.sandbox_id, run.sandbox_from = created.sandbox_id, "snapshot"
+        self._fill(ctx, run.task)
+        run.durations["sandbox"] = time.monotonic() - began
+        self._got_through()
+        self._setup(ctx, run)
+        return ctx
+
+    def _fill(self, ctx: Context, task: Task) -> None:
+        if task.dir:
+            workspace.push(ctx, Path(task.dir))
+        elif task.repo:
+            lifecycle.clone_into(ctx, task.repo, task.branch)
+
+    def _setup(self, ctx: Context, run: TaskRun) -> None:
+        if not run.task.setup:
+            return
+        self._update(run, "setup", run.task.setup)
+        began = time.monotonic()
+        code = self._command(ctx, run, run.task.setup, SETUP_TIMEOUT_S)
+        run.durations["setup"] = time.monotonic() - began
+        if code != 0:
+            raise SetupFailed(f"setup exited {code}: {_tail(''.join(run.output), 300)}")
+
+    def _group(self, key: Preparation) -> BaseGroup | None:
+        """The group of tasks with this preparation, made as its first task starts; None when
+        no other task still to run shares it."""
+        with self._lock:
+            group = self._groups.get(key)
+            if group is None and key in self._shared:
+                group = BaseGroup(f"b-{self.id}-base-{len(self._groups) + 1}", self._shared.pop(key))
+                self._groups[key] = group
+            return group
+
+    def _from_base(self, ctx: Context, run: TaskRun, group: BaseGroup) -> Context | str | None:
+        """The task's sandbox, ready for its turn, as a fork of its group's base, preparing the
+        base first if no task has. Where Daytona does not fork: None (the task makes its own),
+        or the task takes the base, which no fork was made of, as its own: its context when
+        prepared, "created" when only created (the task then fills and sets it up)."""
+        waited = time.monotonic()
+        with group.lock:
+            # Waiting for the base another task prepares, or for the fork before this one: queue.
+            run.durations["queue"] = run.durations.get("queue", 0.0) + time.monotonic() - waited
+            if group.failed is not None:
+                raise copy.copy(group.failed)
+            if self._cancel.is_set():
+                raise InterruptedByUser("Interrupted before it started.")
+            if group.base is None and self._forks is not False and not self._prepare_base(run, group):
+                group.taken = True  # a container: the base, only created, is this task's sandbox
+                run.name, run.sandbox_from = group.name, "snapshot"
+                return "created"
+            base = group.base
+            if base is None:
+                return None
+            began = time.monotonic()
+            if self._forks is not False:
+                self._update(run, "creating", "Forking its group's base sandbox...")
+                try:
+                    run.sandbox_id = lifecycle.fork_from(ctx, base)
+                except RefusedError as exc:
+                    self._cannot_fork(exc.message.split(": ", 1)[-1])
+                except SandboxGoneError:
+                    group.base = None  # the next task prepares a new one; this one runs again
+                    self._forget(group.name)
+                    raise
+                else:
+                    self._forks = True
+                    group.forks += 1
+            if self._forks is False:
+                if group.forks:
+                    return None
+                group.base, group.taken = None, True  # no fork of it: the base is this task's sandbox, ready
+                run.name, run.sandbox_id, run.sandbox_from = group.name, base.sandbox_id, "snapshot"
+                return self.ctx.named(group.name, self._on_event(run))
+        run.sandbox_from = "fork"
+        lifecycle.finish_fork(ctx, base)
+        run.durations["sandbox"] = run.durations.get("sandbox", 0.0) + time.monotonic() - began
+        self._got_through()
+        return ctx
+
+    def _prepare_base(self, run: TaskRun, group: BaseGroup) -> bool:
+        """Creates the group's base, clones or pushes into it and runs the setup there, once
+        for every task of the group; charged to this task's `sandbox` and `setup` durations.
+        False, once only created, when it is of the class that never forks (no task knew yet):
+        the task takes it as its own. A failure the platform caused leaves the base to the next
+        task; any other fails the whole group, as a task's own setup fails it."""
+        ctx = self.ctx.named(group.name, self._on_event(run))
+        self._update(run, "creating", "Preparing the base sandbox its group forks...")
+        began = time.monotonic()
+        try:
+            run.sandbox_id = lifecycle.create(ctx).sandbox_id
+            run.durations["sandbox"] = time.monotonic() - began
+            if self._forks is None and ctx.look(ctx.require_record()).info().sandbox_class == CONTAINER_CLASS:
+                self._cannot_fork(f"its {CONTAINER_CLASS} class")
+                return False
+            run.sandbox_id = None  # the base is not the task's own sandbox
+            self._fill(ctx, run.task)
+            run.durations["sandbox"] = time.monotonic() - began
+            self._got_through()
+            self._setup(ctx, run)
+        except (QuotaError, RateLimitError, NoRunnerError, SandboxGoneError, InterruptedByUser):
+            self._delete_base(group)
+            raise
+        except CodexDaytonaError as exc:
+            group.failed = copy.copy(exc)  # without its traceback, which holds this task's frames
+            self._delete_base(group)
+            raise
+        group.base = ctx.require_record()
+        return True
+
+    def _cannot_fork(self, why: str) -> None:
+        """Learnt for the whole batch. Not a warning: containers, Daytona's default class,
+        never fork, and a sandbox of its own per task is the ordinary path for them."""
+        self._forks = False
+        self._emit(ev.progress(f"Each task makes its own sandbox (Daytona cannot fork them: {why})."))
+
+    def _forget(self, name: str) -> None:
+        ctx = self.ctx.named(name)
+        record = ctx.record()
+        if record is not None:
+            ctx.forget(record.sandbox_id)
+
+    def _ended(self, task: Task) -> None:
+        """A task has ended: its group's base goes with the group's last task."""
+        key = task.preparation
+        with self._lock:
+            group = None if key is None else self._groups.get(key)
+            if group is None:
+                return
+            group.remaining -= 1
+            last = group.remaining <= 0
+        if last:
+            self._delete_base(group)
+
+    def _delete_base(self, group: BaseGroup) -> None:
+        """Deletes the group's base, if there is one; keeps it (and says so) while sandboxes
+        forked from it are kept: Daytona deletes a sandbox only after its forks."""
+        ctx = self.ctx.named(group.name)
+        record = ctx.record()
+        group.base = None
+        if record is None or group.taken:
+            return
+        try:
+            self._patiently(lambda: lifecycle.down(ctx))
+        except HasForksError:
+            with self._lock:
+                if group.name in self._kept_bases:
+                    return
+                self._kept_bases.append(group.name)
+            self._emit(
+                ev.warning(
+                    f"Kept the base sandbox {group.name} ({record.sandbox_id}): kept task sandboxes were forked "
+                    f"from it, and Daytona deletes it only after them; delete them, then it "
+                    f"(`codex-daytona down --name {group.name}`)."
+                )
+            )
+        except CodexDaytonaError as exc:
+            self._emit(ev.warning(f"Could not delete the base sandbox {group.name}: {exc.message}"))
+
+    # --- the task's turn, check and patch ----------------------------------------------------
 
     def _failed(self, ctx: Context, run: TaskRun, exc: CodexDaytonaError, status: str) -> None:
         run.status, run.error = status, exc.message
