@@ -115,13 +115,7 @@ def test_a_stream_stopped_early_leaves_no_thread_behind(emulator: DaytonaEmulato
         command_id = api.start_command(sb, f"early-{n}", "echo started; sleep 30")
         seen: list[str] = []
         finished = api.stream_logs(
-            sb,
-            f"early-{n}",
-            command_id,
-            seen.append,
-            lambda _text: None,
-            timeout=20,
-            until=lambda seen=seen: bool(seen),
+            sb, f"early-{n}", command_id, seen.append, lambda _text: None, timeout=20, until=seen.__len__
         )
         assert finished and "".join(seen).startswith("started"), seen
     wait_for(lambda: len(_receiving()) == before, timeout=10)
