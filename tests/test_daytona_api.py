@@ -114,8 +114,12 @@ def test_a_stream_stopped_early_leaves_no_thread_behind(emulator: DaytonaEmulato
     for n in range(3):
         command_id = api.start_command(sb, f"early-{n}", "echo started; sleep 30")
         seen: list[str] = []
+
+        def started(seen: list[str] = seen) -> bool:
+            return bool(seen)
+
         finished = api.stream_logs(
-            sb, f"early-{n}", command_id, seen.append, lambda _text: None, timeout=20, until=seen.__len__
+            sb, f"early-{n}", command_id, seen.append, lambda _text: None, timeout=20, until=started
         )
         assert finished and "".join(seen).startswith("started"), seen
     wait_for(lambda: len(_receiving()) == before, timeout=10)
