@@ -11,6 +11,7 @@ report through `emit`.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -54,6 +55,22 @@ def _ignore(_event: ev.Event) -> None:
     pass
 
 
+class Clients:
+    """The Daytona clients of one command's contexts: one per thread, shared by every context
+    that thread uses (the SDK's client is not shared across threads). One per context cost
+    `batch` and fan-outs a client per task, each kept alive for minutes by the SDK's event
+    subscription worker (a thread per client, until its subscriptions expire after 300 s)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, settings: Settings) -> DaytonaApi:
+        api: DaytonaApi | None = getattr(self._local, "api", None)
+        if api is None:
+            api = self._local.api = DaytonaApi(settings)
+        return api
+
+
 @dataclass
 class Context:
     """One project directory's sandboxes, as a command sees them."""
@@ -63,8 +80,9 @@ class Context:
     name: str = DEFAULT_NAME
     project_dir: Path = field(default_factory=Path.cwd)
     emit: OnEvent = _ignore
-    # The Daytona client, made on first use (the SDK's client is not shared across threads).
+    # The Daytona client: the one of the thread that first needs it (see Clients).
     _api: DaytonaApi | None = field(default=None, repr=False)
+    _clients: Clients = field(default_factory=Clients, repr=False)
 
     def __post_init__(self) -> None:
         self.project_dir = self.project_dir.absolute()
@@ -72,13 +90,13 @@ class Context:
     @property
     def api(self) -> DaytonaApi:
         if self._api is None:
-            self._api = DaytonaApi(self.settings)
+            self._api = self._clients.get(self.settings)
         return self._api
 
     def named(self, name: str, emit: OnEvent = _ignore) -> Context:
-        """The same directory and settings, for another of its sandboxes (with its own client,
-        and its events going to `emit`, nowhere by default)."""
-        return Context(self.settings, self.store, name, self.project_dir, emit)
+        """The same directory and settings, for another of its sandboxes (its events going to
+        `emit`, nowhere by default; its client the one of the thread that first uses it)."""
+        return Context(self.settings, self.store, name, self.project_dir, emit, _clients=self._clients)
 
     # --- the state file ---------------------------------------------------------------------
 
