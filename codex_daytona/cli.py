@@ -534,10 +534,17 @@ def batch(
 
 
 @command("ls")
-def ls(opts: Common) -> None:
+def ls(
+    opts: Common,
+    every: Annotated[
+        bool,
+        typer.Option("--all", help="Every sandbox this tool made, in every project of the Daytona account."),
+    ] = False,
+) -> None:
     """List this directory's sandboxes: state, sandbox and thread ids (short: their first and
     last 8 characters), last turn and ports; * marks the one commands use (the default, or
-    --name's).
+    --name's). --all lists every sandbox this tool made on the account, with the name and
+    directory each was made for ("here": this directory's), e.g. those `down --all` deletes.
 
     -q prints the full sandbox ids, one per line; --json the names, the full ids, the times
     and the tokens.
@@ -547,7 +554,7 @@ def ls(opts: Common) -> None:
     from codex_daytona.usecases import fleet
 
     with _session(opts) as (ctx, out):
-        out.result(fleet.SandboxList(fleet.list_sandboxes(ctx)))
+        out.result(fleet.list_account(ctx) if every else fleet.SandboxList(fleet.list_sandboxes(ctx)))
 
 
 @command()

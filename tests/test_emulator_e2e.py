@@ -458,3 +458,39 @@ def test_a_sandbox_past_the_organizations_quota_is_one_line_that_says_what_to_fr
         in asked.stderr.splitlines()
     ), asked
     assert "Traceback" not in asked.stderr and rig.record()["sandbox_id"] == sandbox_id
+
+
+def test_ls_all_lists_every_project_s_sandboxes_with_their_name_and_dir(rig: Rig) -> None:
+    """`ls --all` shows what `down --all` would delete: every sandbox of this tool on the
+    account, whichever directory made it, with its name and directory; `here` marks ours."""
+    import subprocess
+    import sys
+
+    assert rig.cli("up").code == 0
+    ours = rig.record()["sandbox_id"]
+    other = rig.project.parent / "elsewhere-proj"
+    other.mkdir()
+    made = subprocess.run(
+        [sys.executable, "-m", "codex_daytona", "up", "--name", "side", "-q"],
+        cwd=other,
+        env={k: v for k, v in rig.env.items() if k != "CODEX_DAYTONA_STATE_DIR"},  # its own ./.codex-daytona
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    theirs = made.stdout.strip().splitlines()[-1]
+    assert theirs and theirs != ours, made.stdout
+
+    table = rig.cli("ls", "--all")
+    assert table.code == 0, table
+    ours_line = next(line for line in table.stdout.splitlines() if ours[:8] in line)
+    theirs_line = next(line for line in table.stdout.splitlines() if theirs[:8] in line)
+    assert ours_line.lstrip().startswith("here") and "default" in ours_line and rig.project.name in ours_line
+    assert not theirs_line.lstrip().startswith("here") and "side" in theirs_line and "elsewhere-proj" in theirs_line
+    assert set(rig.cli("ls", "--all", "-q").stdout.split()) == {ours, theirs}
+    found = {s["sandbox_id"]: s for s in json.loads(rig.cli("ls", "--all", "--json").stdout)["sandboxes"]}
+    assert found[ours]["here"] and not found[theirs]["here"] and found[theirs]["name"] == "side"
+    assert rig.cli("ls", "-q").stdout.split() == [ours], "plain ls stays this directory's"
+    assert rig.cli("down", "--all", "--yes").code == 0
+    assert rig.cli("ls", "--all", "-q").stdout.strip() == ""

@@ -90,6 +90,66 @@ class SandboxList:
         return {"sandboxes": [row.to_json() for row in self.rows]}
 
 
+@dataclass(frozen=True)
+class AccountList:
+    """`ls --all`: every sandbox this tool made, in every project of the Daytona account,
+    with the name and directory it was made for (from its labels); `here` marks those this
+    directory's state file knows."""
+
+    sandboxes: list[SandboxInfo]
+    here: set[str]
+    empty: str = "This tool has no sandboxes on this Daytona account."
+
+    @property
+    def table(self) -> tuple[list[str], list[list[str]], tuple[str, ...]]:
+        columns = ["", "name", "dir", "state", "sandbox", "created"]
+        cells = [
+            [
+                "here" if info.id in self.here else "",
+                info.labels.get(f"{TOOL_LABEL}.name", "-"),
+                info.labels.get(f"{TOOL_LABEL}.dir", "-"),
+                info.state,
+                short_id(info.id),
+                (info.created_at or "-")[:16].replace("T", " "),
+            ]
+            for info in self.sandboxes
+        ]
+        return columns, cells, ("", "state", "sandbox")
+
+    @property
+    def human(self) -> str:
+        return ""
+
+    @property
+    def quiet(self) -> str:
+        return "\n".join(info.id for info in self.sandboxes)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sandboxes": [
+                {
+                    "sandbox_id": info.id,
+                    "name": info.labels.get(f"{TOOL_LABEL}.name"),
+                    "dir": info.labels.get(f"{TOOL_LABEL}.dir"),
+                    "project": info.labels.get(f"{TOOL_LABEL}.project"),
+                    "state": info.state,
+                    "created_at": info.created_at,
+                    "here": info.id in self.here,
+                }
+                for info in self.sandboxes
+            ]
+        }
+
+
+def list_account(ctx: Context) -> AccountList:
+    """`ls --all`: one list request by the tool's label, plus the sandboxes this directory's
+    state file names that the (eventually consistent) list does not show yet."""
+    found = lifecycle.all_sandboxes(ctx)
+    here = {record.sandbox_id for record in ctx.store.load().sandboxes.values()}
+    found.sort(key=lambda s: (s.labels.get(f"{TOOL_LABEL}.dir", ""), s.labels.get(f"{TOOL_LABEL}.name", ""), s.id))
+    return AccountList(found, here)
+
+
 def short_id(value: str, *, tail: bool = False) -> str:
     """An id in 8 characters, as `docker ps` and `gh` show them: a sandbox id's first 8 (its
     start is random), a thread id's last 8 (Codex's thread ids are UUIDv7, whose first
