@@ -200,6 +200,7 @@ class ResultsFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.done: set[str] = set()
+        self.kept: set[str] = set()  # the sandboxes finished tasks kept (--keep), by id
         self._fh: IO[bytes] | None = None
 
     def __enter__(self) -> ResultsFile:
@@ -220,6 +221,8 @@ class ResultsFile:
                 if not isinstance(result, dict) or not isinstance(result.get("id"), str):
                     raise UsageError(f"{self.path}, line {number} is not a result line.")
                 self.done.add(result["id"])
+                if isinstance(result.get("sandbox_id"), str):
+                    self.kept.add(result["sandbox_id"])
                 whole += len(raw)
             self._fh.truncate(whole)
             self._fh.seek(0, os.SEEK_END)

@@ -131,6 +131,13 @@ def test_keep_failed_keeps_the_failed_tasks_sandbox_named_for_ls_and_down(rig: R
     assert got["good"]["sandbox_id"] is None and got["bad"]["sandbox_id"]
     kept = [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]
     assert [s["id"] for s in kept] == [got["bad"]["sandbox_id"]]
+    # The same command again (a task added): the kept sandbox is a finished task's, not a
+    # killed run's leftover, so it is not deleted.
+    tasks_file(rig, {"id": "late", "prompt": "late: hi"})
+    rig.model.enqueue(turn(msg("ok"), match="late:"))
+    again = rig.cli("batch", "tasks.jsonl", "-p", "2", "--out", "results.jsonl", "--keep", "failed")
+    assert again.code == 0 and "stopped run" not in again.stderr, again
+    assert [s["id"] for s in batch_sandboxes(rig) if s["state"] != "destroyed"] == [got["bad"]["sandbox_id"]]
     [name] = [n for n in rig.state()["sandboxes"] if n.startswith("b-")]
     assert rig.cli("down", "--name", name, "--yes").code == 0
     assert not [s for s in batch_sandboxes(rig) if s["state"] != "destroyed"]

@@ -252,7 +252,7 @@ class Batch:
             self._emit(
                 {"type": ev.BATCH_STARTED, "total": total, "skipped": skipped, "parallel": self.options.parallel}
             )
-            self._clean_leftovers()
+            self._clean_leftovers(results.kept)
             pending = self._pending(results)
             # Each worker sets its event when it ends. Waited on instead of the threads: on
             # Python 3.11 a Ctrl-C that lands in Thread.join() leaves is_alive() False for a
@@ -656,16 +656,25 @@ class Batch:
 
     # --- leftovers and Ctrl-C ----------------------------------------------------------------
 
-    def _clean_leftovers(self) -> None:
+    def _clean_leftovers(self, kept: set[str]) -> None:
         """Deletes the sandboxes a killed run of this batch left: their tasks have no result
-        line, so they run again."""
+        line, so they run again. Not those finished tasks kept (`kept`, from their result
+        lines), nor, while any is, the bases they may have been forked from (Daytona refuses
+        to delete a sandbox with live forks; `down --all` deletes them all, forks first)."""
         prefix = f"b-{self.id}-"
         project = project_labels(self.ctx.project_dir, "")[f"{TOOL_LABEL}.project"]
-        left = [
+        ours = [
             s
             for s in self._patiently(lambda: lifecycle.all_sandboxes(self.ctx))
             if s.labels.get(f"{TOOL_LABEL}.name", "").startswith(prefix)
             and s.labels.get(f"{TOOL_LABEL}.project") == project
+        ]
+        still_kept = {s.id for s in ours} & kept
+        left = [
+            s
+            for s in ours
+            if s.id not in kept
+            and not (still_kept and s.labels.get(f"{TOOL_LABEL}.name", "").startswith(f"{prefix}base-"))
         ]
         if left:
             self._emit(ev.progress(f"Deleting {len(left)} sandbox(es) a stopped run of this batch left..."))
