@@ -146,12 +146,18 @@ def test_ask_returns_at_the_closing_event_not_when_daytona_closes_the_stream(rig
         rig.model.enqueue(turn(msg(answer)))
         result = rig.cli("ask", "-q", answer)
         assert (result.code, result.stdout) == (0, f"{answer}\n"), result
-    agent_commands = [c for c in rig.emulator.commands(sandbox_id) if "--run-id" in c["command"]]
-    assert len(agent_commands) == 2
-    assert [c["streamsEndedBy"] for c in agent_commands] == [["client"], ["client"]]
+
+    def agent_commands() -> list[dict[str, object]]:
+        return [c for c in rig.emulator.commands(sandbox_id) if "--run-id" in c["command"]]
+
+    # The emulator notes how a stream ended once its handler sees it end, which under load can
+    # be a moment after `ask` has exited: waited for, then it must be our side that ended it.
+    _wait_for(lambda: all(c["streamsEndedBy"] for c in agent_commands()), timeout=10, what="both streams ended")
+    first, second = agent_commands()
+    assert [first["streamsEndedBy"], second["streamsEndedBy"]] == [["client"], ["client"]]
     # Both turns ran in one session, one after the other, each command ending with its turn
     # (the last one a moment after ask has left at its closing event).
-    assert agent_commands[0]["sessionId"] == agent_commands[1]["sessionId"]
+    assert first["sessionId"] == second["sessionId"]
 
     def exit_codes() -> list[object]:
         return [c["exitCode"] for c in rig.emulator.commands(sandbox_id) if "--run-id" in c["command"]]
