@@ -87,6 +87,25 @@ def test_ctrl_c_while_a_chunk_is_handled_hands_no_chunk_over_twice(emulator: Day
     api.delete_session(sb, "lines")
 
 
+def test_daytona_failing_on_its_side_says_so_and_does_not_blame_the_key(
+    emulator: DaytonaEmulator, sandbox: Any
+) -> None:
+    """A 5xx on a call not safe to repeat (starting a command) is Daytona's failure: the key
+    and URL are fine, so the hint must not send the user off to check them."""
+    import pytest
+
+    from codex_daytona.errors import DaytonaError
+
+    api = _api(emulator)
+    sb = api.get(sandbox.id)
+    emulator.set_faults(fail_next=1)
+    with pytest.raises(DaytonaError) as failed:
+        api.start_command(sb, "fails", "true")
+    assert emulator.faults()["fail_next"] == 0, "the fault struck"
+    assert failed.value.message.startswith("Daytona failed (HTTP 503) while trying to start a command"), failed.value
+    assert "on Daytona's side" in failed.value.hint and "DAYTONA_API_KEY" not in failed.value.hint
+
+
 def _receiving() -> list[Any]:
     """The threads waiting in a WebSocket session's receive() (the SDK's log streams)."""
     import sys
