@@ -156,10 +156,12 @@ def test_the_settle_window_reports_late_ports_and_ends_at_its_bound() -> None:
 def late_server_turn(port: int, gate: str) -> list[dict[str, Any]]:
     """The agent starts a server that binds once the file `gate` appears in the sandbox's home
     (the test makes it after the answer is shown), then ends its turn at once."""
-    command = (
-        f'(while [ ! -e "$HOME/{gate}" ]; do sleep 0.05; done; '
-        f"exec python3 -m http.server {port} --bind 0.0.0.0) > late.log 2>&1 &"
-    )
+    # Python starts (and imports the server) before the gate: once it opens, the port binds at
+    # once. Started after the gate, its start alone outlasted the agent's 5 s watch under load.
+    waits = f"iter(lambda: os.path.exists(os.path.expanduser('~/{gate}')), True)"
+    serve = f"h.test(HandlerClass=h.SimpleHTTPRequestHandler, port={port}, bind='0.0.0.0')"
+    program = f"import os, time, http.server as h; [time.sleep(0.05) for _ in {waits}]; {serve}"
+    command = f'python3 -c "{program}" > late.log 2>&1 &'
     return [turn(run(command)), turn(msg("The server is starting."))]
 
 
