@@ -273,9 +273,15 @@ def enabled(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
         return False
     if asked in ON:
         return True
-    if environ.get("CI", "").strip().lower() not in ("", *OFF):
+    if in_ci(environ):
         return False
     return any(_isatty(fd) for fd in (0, 1, 2))
+
+
+def in_ci(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """Whether `CI` says this runs in CI, as CI services set it (`CI=false` or empty: not)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("CI", "").strip().lower() not in ("", *OFF)
 
 
 def _isatty(fd: int) -> bool:

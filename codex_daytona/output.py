@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from codex_daytona import events as ev
+from codex_daytona.launcher import in_ci
 
 
 class Mode(str, Enum):
@@ -151,7 +152,7 @@ class Output:
         self.secrets = [s for s in (secrets or []) if len(s) >= 4]
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
-        self.live_terminal = _is_tty(self.stderr) and mode is Mode.HUMAN and not os.environ.get("CI")
+        self.live_terminal = _is_tty(self.stderr) and mode is Mode.HUMAN and not in_ci()
         no_color = bool(os.environ.get("NO_COLOR"))
         self.err = Console(
             file=self.stderr,
@@ -403,7 +404,7 @@ class Output:
         return item
 
     def _command(self, kind: str, item_id: str, item: dict[str, Any]) -> None:
-        command = str(item.get("command", ""))
+        command = ev.command_text(item)
         if kind == ev.ITEM_STARTED:
             self._running[item_id] = command
             if not self.live_terminal:

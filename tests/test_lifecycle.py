@@ -39,6 +39,7 @@ class Terminal:
         self.master, slave = pty.openpty()
         env = dict(rig.env, TERM="xterm-256color", COLUMNS="100", LINES="40")
         env.pop("NO_COLOR", None)
+        env.pop("CI", None)  # a person at a terminal: CI services set CI, which turns live displays off
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "codex_daytona", *args],
             stdin=slave,
@@ -62,8 +63,10 @@ class Terminal:
             if ready:
                 try:
                     chunk = os.read(self.master, 65536)
-                except OSError:
-                    break
+                except OSError:  # the program ended and closed the terminal
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"{needle!r} never appeared before the program ended; saw:\n{self.text()}")
                 self.seen += chunk
                 self.stamps.append((time.monotonic(), chunk))
         return self.text()
