@@ -12,6 +12,7 @@ the agent's protocol, which names the events the agent emits.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,22 @@ def is_ours(event: Event) -> bool:
 def as_exec(event: Event) -> Event:
     """One of exec's events exactly as exec prints it: without the `ts` we add."""
     return {k: v for k, v in event.items() if k != "ts"}
+
+
+SHELLS = ("bash", "sh", "zsh", "dash")
+
+
+def command_text(item: Event) -> str:
+    """A command item's command as people read it: Codex runs each as `/bin/bash -lc '<script>'`
+    and reports it so; the script alone says what runs. Anything else is shown as it is."""
+    command = str(item.get("command", ""))
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return command
+    if len(argv) == 3 and argv[0].rsplit("/", 1)[-1] in SHELLS and argv[1] in ("-c", "-lc"):
+        return argv[2]
+    return command
 
 
 def command_ok(item: Event) -> bool:

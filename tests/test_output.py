@@ -8,6 +8,9 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
+from codex_daytona import events as ev
 from codex_daytona.output import Mode, Output
 from tests.e2e import last_answer
 
@@ -32,7 +35,9 @@ def test_human_rendering_of_a_real_turn() -> None:
     stdout, stderr = _render(Mode.HUMAN, _events("e2e.jsonl"))
     lines = stderr.splitlines()
     # Commands are shown when they start and resolved when they end, with the exit code.
-    assert any(line.startswith("🔨 Run: /bin/bash -lc") and "ls -la" in line for line in lines)
+    # Codex reports each command as `/bin/bash -lc "<script>"`: people are shown the script.
+    assert "🔨 Run: ls -la && printf 'hello from shell\\n' > shell_out.txt && cat shell_out.txt" in lines, lines
+    assert "-lc" not in stderr
     assert "   ✓ (exit 0)" in lines
     assert "   ✗ (exit 3)" in lines
     assert any("│ to-stderr" in line for line in lines), "the tail of a failed command's output"
@@ -49,7 +54,7 @@ def test_human_rendering_of_a_real_turn() -> None:
     assert "All done" not in stderr
     # Not a terminal: no escape codes, no spinner frames, nothing drawn twice.
     assert not ANSI.search(stderr)
-    assert stderr.count("Run: /bin/bash -lc 'echo to-stderr >&2; exit 3'") == 1
+    assert stderr.count("Run: echo to-stderr >&2; exit 3") == 1
 
 
 def test_web_search_and_failed_turn() -> None:
@@ -134,3 +139,31 @@ def test_text_being_written_is_not_printed_twice_off_a_terminal() -> None:
     stdout, stderr = _render(Mode.HUMAN, [{"type": "turn.started"}, partial, done])
     assert "Half a sen" not in stderr
     assert stdout == "Half a sentence.\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("/bin/bash -lc 'npm install'", "npm install"),
+        ("/usr/bin/zsh -c 'echo \"a b\"'", 'echo "a b"'),
+        ("bash -lc 'a' extra", "bash -lc 'a' extra"),  # not the shell wrapper alone: as it is
+        ("/usr/bin/python3 -c 'print(1)'", "/usr/bin/python3 -c 'print(1)'"),
+        ("/bin/bash -lc 'unterminated", "/bin/bash -lc 'unterminated"),
+        ("", ""),
+    ],
+)
+def test_a_command_is_shown_as_its_script_without_codexs_shell_wrapper(command: str, shown: str) -> None:
+    assert ev.command_text({"command": command}) == shown
+
+
+@pytest.mark.parametrize(
+    ("ci", "live"), [(None, True), ("", True), ("false", True), ("0", True), ("true", False), ("1", False)]
+)
+def test_live_displays_are_off_in_ci_and_on_where_ci_says_it_is_not(monkeypatch, ci: str | None, live: bool) -> None:  # type: ignore[no-untyped-def]
+    """CI services set CI (true, 1): a terminal there is a log, not a person. CI=false is not CI."""
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    assert Output(Mode.HUMAN, stdout=io.StringIO(), stderr=_Terminal()).live_terminal is live
+    assert not Output(Mode.HUMAN, stdout=io.StringIO(), stderr=io.StringIO()).live_terminal

@@ -647,7 +647,7 @@ class Batch:
             elif kind == ev.RUN_STARTED:
                 run.run_id = run.run_id or event.get("run_id")
             elif kind == ev.ITEM_STARTED and item.get("type") == ev.COMMAND:
-                self._update(run, "running", f"Run: {item.get('command', '')}")
+                self._update(run, "running", f"Run: {ev.command_text(item)}")
             elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.FILE_CHANGE:
                 paths = [str(c.get("path")) for c in item.get("changes") or []]
                 self._update(run, "running", f"Changed {', '.join(paths)}")

@@ -187,11 +187,11 @@ class Fanout:
             elif kind in (ev.WARNING, ev.RESUME_FAILED):
                 self._emit(ev.warning(f"{attempt.name}: {event.get('message', '')}"))
             elif kind == ev.ITEM_STARTED and item.get("type") == ev.COMMAND:
-                self._update(attempt, detail=f"Run: {item.get('command', '')}")
+                self._update(attempt, detail=f"Run: {ev.command_text(item)}")
             elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.COMMAND:
                 attempt.tally.count(item)
                 mark = "✓" if ev.command_ok(item) else "✗"
-                self._update(attempt, detail=f"{mark} {item.get('command', '')} (exit {item.get('exit_code')})")
+                self._update(attempt, detail=f"{mark} {ev.command_text(item)} (exit {item.get('exit_code')})")
             elif kind == ev.ITEM_COMPLETED and item.get("type") == ev.FILE_CHANGE:
                 attempt.tally.count(item)
                 paths = [str(c.get("path")) for c in item.get("changes") or []]
