@@ -18,9 +18,18 @@ from tests.fakes.model import msg, run, turn
 pytestmark = pytest.mark.e2e
 
 
+# `ps -eo args` as it prints in a real sandbox: the emulator runs every sandbox's processes on
+# this machine, where ps would list other tests' processes too (some started with the test key),
+# so the command lines printed are those of the processes carrying this sandbox's id.
+SANDBOX_PS = (
+    "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null"
+    ' | grep -qx "DAYTONA_SANDBOX_ID=$DAYTONA_SANDBOX_ID" && { tr \'\\0\' \' \' < $p/cmdline; echo; }; done; true'
+)
+
+
 def test_the_key_stays_out_of_everything(rig: Rig) -> None:
     rig.model.enqueue(
-        turn(run("env; printenv; echo ps-follows; ps -eo args 2>/dev/null || true; sleep 2", yield_time_ms=30000)),
+        turn(run(f"env; printenv; echo ps-follows; {SANDBOX_PS}; sleep 2", yield_time_ms=30000)),
         turn(msg("looked around")),
     )
     proc = rig.popen("ask", "look around", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -42,6 +51,7 @@ def test_the_key_stays_out_of_everything(rig: Rig) -> None:
     # The agent's commands did not see it: what `env`/`printenv` printed reached the model.
     tool_output = rig.model.last_input()
     assert "HOME=" in tool_output and "ps-follows" in tool_output
+    assert "agent_bundle" in tool_output.split("ps-follows", 1)[1], "the sandbox's processes were listed, the agent's too"
     assert OPENAI_KEY not in tool_output
     assert "CODEX_DAYTONA_OPENAI_API_KEY" not in tool_output
     # ... yet it authenticated Codex with the model.
