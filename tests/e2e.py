@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 from codex_daytona.sandbox import runtime
 from tests.fakes.daytona import DEFAULT_CONFIG as EMULATOR_DEFAULT_CONFIG
-from tests.fakes.daytona import DaytonaEmulator
+from tests.fakes.daytona import DaytonaEmulator, uv_bin_dir
 from tests.fakes.model import ScriptedModel, msg, turn
 
 DAYTONA_KEY = "dtn-test-key-0123456789abcdef"
@@ -65,12 +66,19 @@ def reset_emulator(emulator: DaytonaEmulator) -> None:
 
 
 def build_runtime_snapshot(directory: Path) -> Path:
-    """Installs the agent runtime exactly as `up` does, into a home directory for a snapshot."""
+    """Installs the agent runtime exactly as `up` does on Daytona's default image, which has
+    `uv` (so the runtime has no pip nor setuptools: 1,450 files fewer for every sandbox made
+    from it to copy), into a home directory for a snapshot."""
     directory.mkdir(parents=True, exist_ok=True)
     layout = runtime.Layout(str(directory))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "DAYTONA_"))}
     env["HOME"] = str(directory)
-    subprocess.run(["bash", "-c", runtime.install_command(layout)], check=True, env=env, cwd=directory, timeout=900)
+    with tempfile.TemporaryDirectory(prefix="cdt-uv-") as bin_root:
+        uv_dir = uv_bin_dir(Path(bin_root))
+        if uv_dir is not None:
+            env["PATH"] = f"{uv_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+            env["UV_NATIVE_TLS"] = "1"  # as the emulator's sandboxes have it (see _process_env)
+        subprocess.run(["bash", "-c", runtime.install_command(layout)], check=True, env=env, cwd=directory, timeout=900)
     return directory
 
 
