@@ -139,9 +139,9 @@ def probe_command(layout: Layout) -> str:
 def install_command(layout: Layout) -> str:
     """Creates the runtime virtualenv and installs the pinned Codex SDK into it: with `uv` where
     the sandbox has it (Daytona's default image does; several times faster), else with pip.
-    Compiled to bytecode as pip does: uv does not by default, and then every sandbox made from
-    the runtime's snapshot compiled the SDK again as its agent first started (0.5 s of CPU).
-    The runtime never runs pip itself: uv's virtualenv has none, nor setuptools."""
+    Compiled to bytecode as pip does: uv does not by default, and where the image sets
+    PYTHONDONTWRITEBYTECODE (many Python images do) nothing else writes it, so every start of
+    the agent compiled the SDK again (0.5 s of the sandbox's CPU)."""
     q = shlex.quote
     pin = q(f"openai-codex=={CODEX_SDK_VERSION}")
     with_uv = (
