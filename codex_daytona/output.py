@@ -15,12 +15,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleRenderable, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.spinner import Spinner
@@ -234,6 +234,12 @@ class Output:
             self._live.start()
         else:
             self._live.update(spinner)
+
+    def _live_board(self, view: Callable[[], ConsoleRenderable]) -> None:
+        """A board redrawn from `view` four times a second, until stop_live (fan-out, batch)."""
+        if self._live is None:
+            self._live = Live(console=self.err, refresh_per_second=4, transient=True, get_renderable=view)
+            self._live.start()
 
     def stop_live(self) -> None:
         if self._live is not None:
@@ -484,11 +490,7 @@ class Output:
         if self.mode is not Mode.HUMAN:
             return
         if self.live_terminal:
-            if self._live is None:
-                self._live = Live(
-                    console=self.err, refresh_per_second=4, transient=True, get_renderable=self._fanout_view
-                )
-                self._live.start()
+            self._live_board(self._fanout_view)
             return
         # No terminal: a plain line per change, never redrawn.
         elapsed = _elapsed(row)
@@ -556,11 +558,7 @@ class Output:
         if self.mode is Mode.QUIET:
             return
         if self.live_terminal:
-            if self._live is None:
-                self._live = Live(
-                    console=self.err, refresh_per_second=4, transient=True, get_renderable=self._batch_view
-                )
-                self._live.start()
+            self._live_board(self._batch_view)
             return
         if status not in ("creating", "retrying") and not event.get("done"):
             return

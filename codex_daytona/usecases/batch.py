@@ -40,7 +40,6 @@ from codex_daytona.batch_files import (
 )
 from codex_daytona.errors import (
     CodexDaytonaError,
-    DaytonaError,
     ExitCode,
     InterruptedByUser,
     NoRunnerError,
@@ -66,7 +65,6 @@ RETRY_DELAYS_S = (2.0, 5.0, 15.0)
 SETUP_TIMEOUT_S = 1800.0
 CHECK_TIMEOUT_S = 1800.0
 OUTPUT_TAIL_CHARS = 2000
-INTERRUPT_RETRY_S = 0.5
 
 
 class SetupFailed(CodexDaytonaError):
@@ -346,7 +344,7 @@ class Batch:
                 self._active -= 1
                 self._room.notify_all()
 
-    def _refused(self, exc: DaytonaError) -> None:
+    def _refused(self) -> None:
         """Daytona refused for quota or rate: fewer at once until a task gets through."""
         with self._room:
             self._allowed = max(1, min(self._allowed, self._active) - 1)
@@ -368,7 +366,7 @@ class Batch:
                 return
             except (QuotaError, RateLimitError, NoRunnerError, SandboxGoneError) as exc:
                 if isinstance(exc, (QuotaError, RateLimitError)):
-                    self._refused(exc)
+                    self._refused()
                 run.retries.append(exc.message)
                 run.outcome = None  # a turn lost with its sandbox is not the task's
                 self._update(run, "retrying", exc.message)
@@ -706,19 +704,8 @@ class Batch:
             time.sleep(0.05)
 
     def _interrupt(self, run: TaskRun) -> None:
-        """Asks the agent in the task's sandbox to interrupt its run until it has, or the task
-        ended; a failed request is tried again (one lost interrupt would leave the turn running)."""
-        ctx = self.ctx.named(run.name)
-        while run.task.id in self._running:
-            record = ctx.record()
-            if record is None or run.run_id is None:
-                return
-            try:
-                if turns.interrupt(ctx.look(record), run.run_id):
-                    return
-            except (DaytonaError, SandboxGoneError):
-                pass
-            time.sleep(INTERRUPT_RETRY_S)
+        """Interrupts the task's run until it has, or the task ended."""
+        turns.interrupt_until_ended(self.ctx.named(run.name), lambda: run.run_id, lambda: run.task.id in self._running)
 
 
 def _tail(text: str, chars: int) -> str:

@@ -8,7 +8,6 @@ calling `on_event` from one thread at a time.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import threading
 import time
@@ -21,7 +20,6 @@ from codex_daytona.errors import (
     DaytonaError,
     ExitCode,
     InterruptedByUser,
-    SandboxGoneError,
     UsageError,
 )
 from codex_daytona.sandbox import runtime
@@ -34,7 +32,6 @@ from codex_daytona.usecases.fleet import sibling_names
 # How long Ctrl-C waits for the attempts to wind down (sandboxes being created are saved
 # first; running turns are interrupted) before giving up; a second Ctrl-C gives up at once.
 CANCEL_GRACE_S = 60.0
-INTERRUPT_RETRY_S = 0.5
 
 
 @dataclass
@@ -408,12 +405,5 @@ class Fanout:
                 pending[0].finished.wait(0.05)
 
     def _interrupt(self, attempt: Attempt) -> None:
-        """Asks the agent in the attempt's sandbox to interrupt its run until it has, or the run ended."""
-        ctx = self.ctx.named(attempt.name)
-        record = ctx.record()
-        if record is None or attempt.run_id is None:
-            return
-        with contextlib.suppress(DaytonaError, SandboxGoneError):
-            box = ctx.look(record)
-            while not attempt.done and not turns.interrupt(box, attempt.run_id):
-                time.sleep(INTERRUPT_RETRY_S)
+        """Interrupts the attempt's run until it has, or the run ended."""
+        turns.interrupt_until_ended(self.ctx.named(attempt.name), lambda: attempt.run_id, lambda: not attempt.done)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -564,6 +565,26 @@ def interrupt(box: Box, run_id: str) -> bool:
     """Asks the agent to interrupt run `run_id`; False when it has no such run running."""
     result = box.run(runtime.interrupt_command(box.layout, run_id), timeout=30)
     return result.exit_code == 0
+
+
+INTERRUPT_RETRY_S = 0.5
+
+
+def interrupt_until_ended(ctx: Context, run_id: Callable[[], str | None], running: Callable[[], bool]) -> None:
+    """Asks the agent in `ctx`'s sandbox to interrupt its run until it has, or the run ended
+    (`running` turns false). A failed look-up or request is tried again: one lost interrupt
+    would leave a turn running in a sandbox nobody follows. The run's id is read on every try,
+    as a turn that has only just started may not have told it yet."""
+    while running():
+        record, current = ctx.record(), run_id()
+        if record is None or current is None:
+            return
+        try:
+            if interrupt(ctx.look(record), current):
+                return
+        except (DaytonaError, SandboxGoneError):
+            pass
+        time.sleep(INTERRUPT_RETRY_S)
 
 
 def _interrupt(ctx: Context, follower: RunFollower) -> bool:
