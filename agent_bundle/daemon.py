@@ -37,6 +37,7 @@ from agent_bundle.protocol import (
     listen_private,
     run_completed,
 )
+from agent_bundle.sdk import import_sdk
 
 KEY_WAIT_S = 60.0  # how long a run waits for the CLI to deliver the key it names
 
@@ -103,8 +104,7 @@ def execute_run(
 def warm_imports() -> None:
     """Imports what a turn imports (Engine), so that the first turn does not pay for it."""
     with contextlib.suppress(Exception):
-        import openai_codex
-        import openai_codex.generated.v2_all  # noqa: F401
+        import_sdk()
 
 
 class Daemon:

@@ -19,6 +19,7 @@ from agent_bundle.exec_events import TurnMapper
 from agent_bundle.hooks import write_shell_hooks
 from agent_bundle.processes import Interrupter
 from agent_bundle.protocol import KEY_ENV, RESUME_FAILED, Request, RunCompleted
+from agent_bundle.sdk import import_sdk
 
 START_TIMEOUT_S = 60.0  # how long Codex may take to start a turn (its app-server, the thread, the turn)
 MODEL_TIMEOUT_S = 300.0  # silence from the model, while no command runs, that fails a turn
@@ -54,6 +55,7 @@ def turn_settings(request: Request) -> dict[str, Any]:
     if request.get("turn_model"):
         settings["model"] = request["turn_model"]
     if request.get("effort"):
+        import_sdk()
         from openai_codex.generated.v2_all import ReasoningEffort
 
         settings["effort"] = ReasoningEffort(request["effort"])
@@ -171,6 +173,7 @@ class Engine:
         self.starting = threading.Lock()
 
     def _ensure(self, request: Request) -> Any:
+        import_sdk()
         from openai_codex import Codex, CodexConfig
 
         codex_home = request.get("codex_home") or os.path.join(self.home, ".codex-daytona", "codex")
@@ -214,6 +217,7 @@ class Engine:
         return instructions_stamp(self.home, str(codex_home))
 
     def _thread_options(self, request: Request) -> dict[str, Any]:
+        import_sdk()
         from openai_codex import ApprovalMode, Sandbox
 
         return {
@@ -224,6 +228,7 @@ class Engine:
         }
 
     def _thread_for(self, codex: Any, request: Request, emit: Callable[[dict[str, Any]], None]) -> Any:
+        import_sdk()
         from openai_codex import InvalidRequestError
 
         # A thread prepared ahead serves one turn at most: this one if it fits, else none.
@@ -260,6 +265,7 @@ class Engine:
     ) -> RunCompleted:
         """Starts or resumes the thread, runs one turn, emits its events; returns what the
         run's closing event says of the turn (execute_run adds the run's own fields)."""
+        import_sdk()
         from openai_codex import TransportClosedError
 
         # Codex may never answer a call that starts the turn (a request it cannot read): then
@@ -349,6 +355,7 @@ def _global_notifications(codex: Any, thread_id: str) -> list[tuple[str, dict[st
 
 def turn_input(request: Request) -> list[Any]:
     """The turn's input items: the prompt, then the images uploaded for it (`--image`)."""
+    import_sdk()
     from openai_codex import LocalImageInput, TextInput
 
     return [TextInput(request["prompt"]), *(LocalImageInput(str(p)) for p in request.get("images") or [])]
