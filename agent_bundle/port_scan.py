@@ -173,11 +173,14 @@ class PortWatch:
         started = time.monotonic()
         late: list[int] = []
         while True:
+            # Whether to stop is decided before the scan: a server that binds between a scan
+            # and the check that finds nothing pending any more is in the last scan, not lost.
+            last = stop() or time.monotonic() - started >= limit or not self.pending()
             listening, new = self.scan()
             if new:
                 late += new
                 emit({"type": PORTS, "listening": listening, "new": new, "late": True})
-            if stop() or time.monotonic() - started >= limit or not self.pending():
+            if last:
                 break
             time.sleep(SETTLE_POLL_S)
         emit({"type": PORTS_SETTLED, "new": late, "waited_ms": int((time.monotonic() - started) * 1000)})
