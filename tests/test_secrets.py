@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 # so the command lines printed are those of the processes carrying this sandbox's id.
 SANDBOX_PS = (
     "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null"
-    ' | grep -qx "DAYTONA_SANDBOX_ID=$DAYTONA_SANDBOX_ID" && { tr \'\\0\' \' \' < $p/cmdline; echo; }; done; true'
+    " | grep -qx \"DAYTONA_SANDBOX_ID=$DAYTONA_SANDBOX_ID\" && { tr '\\0' ' ' < $p/cmdline; echo; }; done; true"
 )
 
 
@@ -51,7 +51,8 @@ def test_the_key_stays_out_of_everything(rig: Rig) -> None:
     # The agent's commands did not see it: what `env`/`printenv` printed reached the model.
     tool_output = rig.model.last_input()
     assert "HOME=" in tool_output and "ps-follows" in tool_output
-    assert "agent_bundle" in tool_output.split("ps-follows", 1)[1], "the sandbox's processes were listed, the agent's too"
+    listed = tool_output.split("ps-follows", 1)[1]
+    assert "agent_bundle" in listed, "the sandbox's processes were listed, the agent's too"
     assert OPENAI_KEY not in tool_output
     assert "CODEX_DAYTONA_OPENAI_API_KEY" not in tool_output
     # ... yet it authenticated Codex with the model.
