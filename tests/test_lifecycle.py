@@ -84,7 +84,7 @@ class Terminal:
             if ready:
                 with contextlib.suppress(OSError):
                     self.seen += os.read(self.master, 65536)
-        if self.proc.poll() is None:  # what it showed, and where it hung, for the failure
+        if self.proc.poll() is None:  # the failure says what it showed
             self.proc.kill()
             raise AssertionError(f"still running after {timeout:.0f} s; it showed:\n{self.text()}")
         return self.proc.wait(timeout=1)
