@@ -634,7 +634,7 @@ BATCH_NOTE = (
     "request delayed once, as a laptop far from the region sees it); the driver's peak RSS from\n"
     "getrusage of its own process (helper off). What bounds the speed-up here: every sandbox's\n"
     "processes run on this machine's cores (real sandboxes each have their own), and each task's\n"
-    "agent spends ~1.7 s of CPU starting (importing the Codex SDK builds its generated models)."
+    "agent spends ~1.5 s of CPU starting (1 s of it importing the Codex SDK, models built on first use)."
 )
 
 
