@@ -2,7 +2,7 @@
 
 It runs one turn at a time (Engine.run_turn) and maps what Codex sends to exec's events
 (exec_events.TurnMapper); a Watchdog ends a turn whose model endpoint stopped answering.
-openai_codex is imported where it is used, so that the agent's other commands never pay for it.
+openai_codex is imported where it is used (sdk.import_sdk), so that the agent's other commands never pay for it.
 """
 
 from __future__ import annotations
@@ -55,10 +55,7 @@ def turn_settings(request: Request) -> dict[str, Any]:
     if request.get("turn_model"):
         settings["model"] = request["turn_model"]
     if request.get("effort"):
-        import_sdk()
-        from openai_codex.generated.v2_all import ReasoningEffort
-
-        settings["effort"] = ReasoningEffort(request["effort"])
+        settings["effort"] = import_sdk().generated.v2_all.ReasoningEffort(request["effort"])
     return settings
 
 
@@ -173,8 +170,7 @@ class Engine:
         self.starting = threading.Lock()
 
     def _ensure(self, request: Request) -> Any:
-        import_sdk()
-        from openai_codex import Codex, CodexConfig
+        sdk = import_sdk()
 
         codex_home = request.get("codex_home") or os.path.join(self.home, ".codex-daytona", "codex")
         migrate_codex_home(self.home, codex_home)
@@ -182,12 +178,12 @@ class Engine:
         if self._codex is not None and signature == self._signature:
             return self._codex
         self.close()
-        config = CodexConfig(
+        config = sdk.CodexConfig(
             cwd=self.home,
             env=codex_environment(request, codex_home, self.home),
             config_overrides=tuple(config_overrides(request)),
         )
-        self._codex = Codex(config)
+        self._codex = sdk.Codex(config)
         self._signature = signature
         return self._codex
 
@@ -217,19 +213,17 @@ class Engine:
         return instructions_stamp(self.home, str(codex_home))
 
     def _thread_options(self, request: Request) -> dict[str, Any]:
-        import_sdk()
-        from openai_codex import ApprovalMode, Sandbox
+        sdk = import_sdk()
 
         return {
             "cwd": self.home,
-            "approval_mode": ApprovalMode.deny_all,
-            "sandbox": Sandbox.full_access,
+            "approval_mode": sdk.ApprovalMode.deny_all,
+            "sandbox": sdk.Sandbox.full_access,
             "model": request.get("model") or None,
         }
 
     def _thread_for(self, codex: Any, request: Request, emit: Callable[[dict[str, Any]], None]) -> Any:
-        import_sdk()
-        from openai_codex import InvalidRequestError
+        sdk = import_sdk()
 
         # A thread prepared ahead serves one turn at most: this one if it fits, else none.
         prepared, self._prepared = self._prepared, None
@@ -247,7 +241,7 @@ class Engine:
             # Without include_turns=False Codex sends the whole history back, and a deprecation
             # notice about that ("Full-history hydration is deprecated") that exec shows as a warning.
             self._thread = codex.thread_resume(thread_id, include_turns=False, **options)
-        except InvalidRequestError as exc:
+        except sdk.InvalidRequestError as exc:
             if request.get("must_resume"):  # `codex exec resume ID`: fail as exec does, never start afresh
                 raise ResumeError(f"could not resume thread {thread_id}: {exc}") from None
             emit(
@@ -265,8 +259,7 @@ class Engine:
     ) -> RunCompleted:
         """Starts or resumes the thread, runs one turn, emits its events; returns what the
         run's closing event says of the turn (execute_run adds the run's own fields)."""
-        import_sdk()
-        from openai_codex import TransportClosedError
+        sdk = import_sdk()
 
         # Codex may never answer a call that starts the turn (a request it cannot read): then
         # the app-server is stopped, which fails the call, and the run ends instead of holding
@@ -285,7 +278,7 @@ class Engine:
                 try:
                     codex = self._ensure(request)
                     thread = self._thread_for(codex, request, emit)
-                except TransportClosedError:
+                except sdk.TransportClosedError:
                     if abandoned.is_set():
                         raise
                     # The app-server died between turns: start a fresh one once.
@@ -355,10 +348,9 @@ def _global_notifications(codex: Any, thread_id: str) -> list[tuple[str, dict[st
 
 def turn_input(request: Request) -> list[Any]:
     """The turn's input items: the prompt, then the images uploaded for it (`--image`)."""
-    import_sdk()
-    from openai_codex import LocalImageInput, TextInput
+    sdk = import_sdk()
 
-    return [TextInput(request["prompt"]), *(LocalImageInput(str(p)) for p in request.get("images") or [])]
+    return [sdk.TextInput(request["prompt"]), *(sdk.LocalImageInput(str(p)) for p in request.get("images") or [])]
 
 
 def turn_options(request: Request) -> dict[str, Any]:
