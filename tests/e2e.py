@@ -18,7 +18,7 @@ from typing import Any
 
 from codex_daytona.sandbox import runtime
 from tests.fakes.daytona import DEFAULT_CONFIG as EMULATOR_DEFAULT_CONFIG
-from tests.fakes.daytona import DaytonaEmulator, uv_bin_dir
+from tests.fakes.daytona import DaytonaEmulator, add_uv
 from tests.fakes.model import ScriptedModel, msg, turn
 
 DAYTONA_KEY = "dtn-test-key-0123456789abcdef"
@@ -74,10 +74,7 @@ def build_runtime_snapshot(directory: Path) -> Path:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "DAYTONA_"))}
     env["HOME"] = str(directory)
     with tempfile.TemporaryDirectory(prefix="cdt-uv-") as bin_root:
-        uv_dir = uv_bin_dir(Path(bin_root))
-        if uv_dir is not None:
-            env["PATH"] = f"{uv_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
-            env["UV_NATIVE_TLS"] = "1"  # as the emulator's sandboxes have it (see _process_env)
+        add_uv(env, Path(bin_root))  # as the emulator's sandboxes have it
         subprocess.run(["bash", "-c", runtime.install_command(layout)], check=True, env=env, cwd=directory, timeout=900)
     return directory
 

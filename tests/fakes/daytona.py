@@ -270,6 +270,16 @@ def uv_bin_dir(root: Path) -> Path | None:
     return directory
 
 
+def add_uv(env: dict[str, str], root: Path) -> None:
+    """Puts the default image's `uv` (uv_bin_dir, under `root`) first on `env`'s PATH."""
+    uv_dir = uv_bin_dir(root)
+    if uv_dir is not None:
+        env["PATH"] = f"{uv_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+        # The host may reach PyPI through a TLS proxy with a CA of its own, which uv's
+        # bundled roots lack (pip here uses the system's): the host's quirk, not Daytona's.
+        env["UV_NATIVE_TLS"] = "1"
+
+
 ERROR_SOURCES = {"api": "DAYTONA_API", "toolbox": "DAYTONA_DAEMON"}
 PREVIEW_TOKEN_HEADER = "X-Daytona-Preview-Token"
 PREVIEW_QUERY_KEY = "DAYTONA_SANDBOX_AUTH_KEY"
@@ -1299,12 +1309,8 @@ class EmulatorServer:
     def _process_env(self, sb: Sandbox, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        uv_dir = uv_bin_dir(self.root) if self.config.get("sandbox_uv") else None
-        if uv_dir is not None:
-            env["PATH"] = f"{uv_dir}{os.pathsep}{env['PATH']}"
-            # The host may reach PyPI through a TLS proxy with a CA of its own, which uv's
-            # bundled roots lack (pip here uses the system's): the host's quirk, not Daytona's.
-            env["UV_NATIVE_TLS"] = "1"
+        if self.config.get("sandbox_uv"):
+            add_uv(env, self.root)
         env["HOME"] = str(sb.home)
         env.update(sb.env)
         for mapping in sb.secrets:  # real Daytona sets an opaque placeholder, never the plaintext
