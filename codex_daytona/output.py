@@ -13,7 +13,10 @@ import contextlib
 import io
 import json
 import os
+import select
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -477,8 +480,7 @@ class Output:
         self.stop_live()
         self.stderr.write(prompt)
         self.stderr.flush()
-        line = input()
-        return line
+        return read_line(sys.stdin)
 
     # --- ask --fanout: one line per sandbox -------------------------------------------------
 
@@ -826,3 +828,63 @@ def _elapsed(row: tuple[str, str, float | None, float | None]) -> str:
         return ""
     seconds = (ended or time.time()) - started
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+def read_line(stream: TextIO) -> str:
+    """One line of `stream` without its newline, as input() reads it; EOFError at its end.
+
+    Unlike input(), a signal ends the wait as soon as it comes. Python runs signal handlers in
+    the main thread only, and the kernel may hand a signal to any thread that does not block it,
+    such as the one the Daytona SDK keeps: then nothing wakes a main thread blocked in read(),
+    and SIGTERM, SIGHUP or Ctrl-C at the chat's prompt would wait for the next key. Here the
+    main thread waits in select() on the line and on the signal's wakeup fd, which the handler
+    of any thread writes to. Bytes are read one at a time, so that nothing after the line is
+    taken from the stream."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return input()
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    waker = _SignalWaker() if threading.current_thread() is threading.main_thread() else None
+    data = bytearray()
+    try:
+        while not data.endswith(b"\n"):
+            if waker is not None:
+                waker.wait(fd)
+            chunk = os.read(fd, 1)
+            if not chunk:
+                if not data:
+                    raise EOFError
+                break  # the last line, without a newline
+            data += chunk
+    finally:
+        if waker is not None:
+            waker.close()
+    return data.decode(encoding, "replace").removesuffix("\n")
+
+
+class _SignalWaker:
+    """The signal module's wakeup fd, for a select() that any signal ends (main thread only)."""
+
+    def __init__(self) -> None:
+        self.read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        os.set_blocking(self.read_end, False)
+        self.write_end = write_end
+        self.previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def wait(self, fd: int) -> None:
+        """Returns once `fd` can be read; a signal's handler runs (and may raise) meanwhile."""
+        while True:
+            ready, _, _ = select.select([fd, self.read_end], [], [])
+            if self.read_end in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.read_end, 512)
+                # Back in Python code: the handler of the signal runs here, in this thread.
+            if fd in ready:
+                return
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self.previous)
+        os.close(self.read_end)
+        os.close(self.write_end)

@@ -169,6 +169,35 @@ def test_sigterm_ends_a_chat_and_deletes_its_sandbox(rig: Rig) -> None:
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"
 
 
+def _tgkill() -> Callable[[int, int, int], int] | None:
+    """glibc's tgkill (a signal to one thread of another process), where there is one."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return None
+    return getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_the_kernel_hands_to_another_thread_still_ends_the_chat_at_its_prompt(
+    rig: Rig, sig: signal.Signals
+) -> None:
+    """A signal to the process goes to any of its threads that does not block it; Python
+    runs the handler in the main thread, which must not stay blocked reading the prompt."""
+    tgkill = _tgkill()
+    if tgkill is None:
+        pytest.skip("needs Linux's tgkill to pick the thread a signal goes to")
+    term = Terminal(rig, "chat")
+    term.read_until("User: ")
+    sandbox_id = rig.record()["sandbox_id"]
+    pid = term.proc.pid
+    others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert others, "the chat has no thread but its main one (the Daytona SDK's keeps one): nothing to test"
+    assert tgkill(pid, others[0], sig) == 0
+    term.wait(timeout=30)
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed", term.text()
+
+
 def test_a_turn_watched_in_a_terminal_shows_commands_as_they_start(rig: Rig) -> None:
     assert rig.cli("up").code == 0
     rig.model.enqueue(turn(run("sleep 3; echo woke")), turn(msg("rested")))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,55 @@ def test_live_displays_are_off_in_ci_and_on_where_ci_says_it_is_not(monkeypatch,
         monkeypatch.setenv("CI", ci)
     assert Output(Mode.HUMAN, stdout=io.StringIO(), stderr=_Terminal()).live_terminal is live
     assert not Output(Mode.HUMAN, stdout=io.StringIO(), stderr=io.StringIO()).live_terminal
+
+
+def test_read_line_reads_a_line_at_a_time_leaves_the_rest_and_ends_with_eoferror() -> None:
+    from codex_daytona.output import read_line
+
+    r, w = os.pipe()
+    os.write(w, "first\nsecond ünï\nlast".encode())
+    os.close(w)
+    with open(r, encoding="utf-8") as stream:
+        assert read_line(stream) == "first"
+        assert os.read(r, 0) == b""  # (the fd is still open)
+        assert read_line(stream) == "second ünï"
+        assert read_line(stream) == "last"
+        with pytest.raises(EOFError):
+            read_line(stream)
+
+
+def test_read_line_runs_a_signal_handler_that_comes_while_it_waits() -> None:
+    """The handler raises out of the wait, even with no input at all; the wakeup fd is put back."""
+    import signal
+    import threading
+
+    from codex_daytona.output import read_line
+
+    class Ended(Exception):
+        pass
+
+    def end(_signum: int, _frame: object) -> None:
+        raise Ended
+
+    r, w = os.pipe()
+    previous = signal.signal(signal.SIGUSR1, end)
+    before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before)
+    # To another thread, as when the kernel hands the signal to one of the SDK's threads: its
+    # handler only marks it pending, for the main thread to run. A line comes after 10 s, so
+    # that a wait the signal does not end fails here instead of hanging.
+    timer = threading.Timer(0.2, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGUSR1))
+    late = threading.Timer(10, lambda: os.write(w, b"a line\n"))
+    try:
+        timer.start()
+        late.start()
+        started = time.monotonic()
+        with open(r, encoding="utf-8") as stream, pytest.raises(Ended):
+            read_line(stream)
+        assert time.monotonic() - started < 5, "the signal waited for the line"
+    finally:
+        timer.cancel()
+        late.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+        os.close(w)
+    assert signal.set_wakeup_fd(before) == before
