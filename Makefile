@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
-.PHONY: install test test-fast test-live test-wheel test-pythons dist lint typecheck fmt check bench mutants clean
+.PHONY: install test test-slow test-fast test-live test-wheel test-pythons dist lint typecheck fmt check bench mutants clean
 
 install: $(BIN)/codex-daytona
 
@@ -20,7 +20,12 @@ $(BIN)/codex-daytona: pyproject.toml
 	@touch $@
 
 test: install
-	$(PYTEST) $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+# The e2e tests of a minute's worth each, that `make test` leaves out: the runtime installed
+# without a snapshot (uv, pip) and compiled, the soak, the signal sweep. CI runs them too.
+test-slow: install
+	$(PYTEST) -m slow $(PYTEST_ARGS)
 
 test-fast: install
 	$(PYTEST) -m "not e2e" $(PYTEST_ARGS)

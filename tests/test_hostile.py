@@ -314,6 +314,7 @@ def test_ctrl_c_while_the_cli_starts_up_is_one_line_and_130(tmp_path: Path) -> N
     assert proc.stderr == "Interrupted.\n"
 
 
+@pytest.mark.slow
 def test_no_signal_in_the_first_two_seconds_of_up_or_ask_orphans_a_sandbox(rig: Rig, tmp_path: Path) -> None:
     """SIGINT and SIGTERM to the command's process group at 20 points over the first two
     seconds of `up` and of `ask` (each in a project of its own, five at a time): every

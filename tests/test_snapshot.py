@@ -41,6 +41,7 @@ def live_sandboxes(rig: Rig) -> set[str]:
     return {s["id"] for s in rig.emulator.sandboxes() if s["state"] != "destroyed"}
 
 
+@pytest.mark.slow
 def test_up_without_a_snapshot_installs_the_runtime(rig: Rig) -> None:
     delete_snapshot(rig, runtime.snapshot_name())
     result = rig.cli("up", env=NO_SNAPSHOT, timeout=900)
@@ -61,6 +62,7 @@ def venv_config(rig: Rig, sandbox_id: str) -> str:
     return "\n" + (rig.emulator.home_dir(sandbox_id) / ".codex-daytona/venv/pyvenv.cfg").read_text()
 
 
+@pytest.mark.slow
 def test_up_installs_with_pip_where_the_sandbox_has_no_uv(rig: Rig) -> None:
     delete_snapshot(rig, runtime.snapshot_name())
     rig.emulator.set_config(sandbox_uv=False)
@@ -123,6 +125,7 @@ def test_snapshot_is_built_once_and_up_starts_from_it(rig: Rig) -> None:
         delete_snapshot(rig, name)
 
 
+@pytest.mark.slow
 def test_the_runtime_is_compiled_by_its_install_even_where_the_image_forbids_writing_bytecode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

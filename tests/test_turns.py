@@ -321,6 +321,7 @@ def test_exec_streams_and_exits_with_the_command_code(rig: Rig) -> None:
     assert timed.code == 124, timed
 
 
+@pytest.mark.slow
 def test_soak_twenty_asks_with_streams_dropped_at_random_points(rig: Rig) -> None:
     import random
 
