@@ -53,6 +53,7 @@ def test_up_without_a_snapshot_installs_the_runtime(rig: Rig) -> None:
     assert any(PIP_INSTALL in c for c in commands(rig, sandbox_id))
     # The sandbox has uv (as Daytona's default image does): uv made the virtualenv.
     assert "\nuv = " in venv_config(rig, sandbox_id)
+    assert not (rig.emulator.home_dir(sandbox_id) / ".cache/uv").exists(), "uv kept its download cache"
     rig.model.enqueue(turn(msg("installed by uv")))
     asked = rig.cli("ask", "-q", "hi", env=NO_SNAPSHOT)
     assert asked.code == 0 and asked.stdout == "installed by uv\n", asked
@@ -72,6 +73,7 @@ def test_up_installs_with_pip_where_the_sandbox_has_no_uv(rig: Rig) -> None:
     config = venv_config(rig, sandbox_id)
     assert "\nuv = " not in config and "\nhome = " in config  # python3 -m venv's
     assert (rig.emulator.home_dir(sandbox_id) / ".codex-daytona/venv/bin/pip").exists()
+    assert not (rig.emulator.home_dir(sandbox_id) / ".cache/pip").exists(), "pip kept its download cache"
     rig.model.enqueue(turn(msg("installed by pip")))
     asked = rig.cli("ask", "-q", "hi", env=NO_SNAPSHOT)
     assert asked.code == 0 and asked.stdout == "installed by pip\n", asked
@@ -136,3 +138,5 @@ def test_the_runtime_is_compiled_by_its_install_even_where_the_image_forbids_wri
     site = next((home / ".codex-daytona/venv/lib").glob("python3*/site-packages"))
     assert "\nuv = " in "\n" + (home / ".codex-daytona/venv/pyvenv.cfg").read_text(), "uv installed it"
     assert list((site / "openai_codex/generated/__pycache__").glob("v2_all.*.pyc"))
+    # Nor does it keep its download cache in the home (and so in the snapshot): 370 MB.
+    assert not (home / ".cache/uv").exists()

@@ -141,16 +141,19 @@ def install_command(layout: Layout) -> str:
     the sandbox has it (Daytona's default image does; several times faster), else with pip.
     Compiled to bytecode as pip does: uv does not by default, and where the image sets
     PYTHONDONTWRITEBYTECODE (many Python images do) nothing else writes it, so every start of
-    the agent compiled the SDK again (0.5 s of the sandbox's CPU)."""
+    the agent compiled the SDK again (0.5 s of the sandbox's CPU). No download cache is kept:
+    it would stay in the sandbox's home (and in the runtime snapshot made from it), 370 MB of
+    unpacked wheels, Codex's binary among them, that nothing uses again."""
     q = shlex.quote
     pin = q(f"openai-codex=={CODEX_SDK_VERSION}")
     with_uv = (
-        f'(test -x {q(layout.python)} || uv venv --quiet --python "$(command -v python3)" {q(layout.venv)}) && '
-        f"uv pip install --quiet --compile-bytecode --python {q(layout.python)} {pin}"
+        f"(test -x {q(layout.python)} || "
+        f'uv venv --quiet --no-cache --python "$(command -v python3)" {q(layout.venv)}) && '
+        f"uv pip install --quiet --no-cache --compile-bytecode --python {q(layout.python)} {pin}"
     )
     with_pip = (
         f"(test -x {q(layout.python)} || python3 -m venv {q(layout.venv)}) && "
-        f"{q(layout.python)} -m pip install --quiet --disable-pip-version-check {pin}"
+        f"{q(layout.python)} -m pip install --quiet --no-cache-dir --disable-pip-version-check {pin}"
     )
     steps = [
         f"mkdir -p {q(layout.root)}",
