@@ -386,8 +386,59 @@ BATCH_BIG = 400
 PEAK_RSS = (
     "import resource, subprocess, sys\n"
     "code = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).returncode\n"
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n"
+    "use = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(use.ru_maxrss, use.ru_utime + use.ru_stime, code)\n"
 )
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every core of this machine has spent not idle since boot (/proc/stat);
+    None where there is no /proc/stat (macOS)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuUse:
+    """Where a run's CPU went, in CPU seconds: the whole machine, the command's own process
+    (and its children), and this process (the emulator and the scripted model are threads of
+    it). What is left is the emulated sandboxes' processes: the agent and Codex, which on
+    Daytona run on each sandbox's own vCPUs, not on the machine the CLI runs on."""
+
+    machine: float | None
+    command: float
+    stand_ins: float
+
+    @property
+    def sandboxes(self) -> float | None:
+        return None if self.machine is None else max(0.0, self.machine - self.command - self.stand_ins)
+
+
+class CpuMeter:
+    def __init__(self) -> None:
+        self.machine, self.own, self.children = busy_cpu_seconds(), time.process_time(), _children_cpu()
+
+    def stop(self, command: float | None = None) -> CpuUse:
+        """`command`: the CPU of the measured command where it was not a child of this process."""
+        machine = busy_cpu_seconds()
+        children = _children_cpu() - self.children
+        return CpuUse(
+            None if machine is None or self.machine is None else machine - self.machine,
+            children if command is None else command,
+            time.process_time() - self.own,
+        )
+
+
+def _children_cpu() -> float:
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
 
 
 @dataclass
@@ -396,6 +447,7 @@ class BatchFigures:
     wall: float  # `batch --parallel` from start to exit
     trips_per_task: float
     peak_rss_kib: int  # the driver's (CODEX_DAYTONA_HELPER=0: the command runs in its own process)
+    cpu: CpuUse | None = None
 
 
 def measure_batch(bench: Bench, tasks: int, parallel: int) -> BatchFigures:
@@ -408,6 +460,7 @@ def measure_batch(bench: Bench, tasks: int, parallel: int) -> BatchFigures:
             fh.write(json.dumps({"id": f"t{i}", "prompt": f"task{i}: say ok"}) + "\n")
     bench.model.enqueue(*[turn(msg("ok"), match=f"task{i}:") for i in range(tasks)])
     command = [*CLI, "batch", "tasks.jsonl", "--parallel", str(parallel), "--out", "results.jsonl"]
+    meter = CpuMeter()
     started = time.perf_counter()
     proc, trips = bench.counted(
         f"batch {tasks}",
@@ -416,23 +469,26 @@ def measure_batch(bench: Bench, tasks: int, parallel: int) -> BatchFigures:
         ),
     )
     wall = time.perf_counter() - started
-    rss, code = proc.stdout.split()
+    rss, driver_cpu, code = proc.stdout.split()
+    cpu = meter.stop(command=float(driver_cpu))
     if code != "0":
         raise SystemExit(f"`codex-daytona batch` ({tasks} tasks) failed ({code}):\n{proc.stderr}")
-    return BatchFigures(tasks, wall, trips / tasks, int(rss))
+    return BatchFigures(tasks, wall, trips / tasks, int(rss), cpu)
 
 
-def measure_ask_loop(bench: Bench, tasks: int) -> float:
+def measure_ask_loop(bench: Bench, tasks: int) -> tuple[float, CpuUse]:
     """The same tasks as a script's loop runs them: `ask --name tN` (a new sandbox each) then
-    `down --name tN`, one after the other; seconds for all."""
+    `down --name tN`, one after the other; seconds for all, and where the CPU went (the
+    commands run in the helper, whose CPU is not told apart from the sandboxes')."""
     project, state = bench.project()
     env = bench.env(state)
     bench.model.enqueue(*[turn(msg("ok"), match=f"loop{i}:") for i in range(tasks)])
+    meter = CpuMeter()
     started = time.perf_counter()
     for i in range(tasks):
         bench.cli(project, env, "ask", "-q", "--name", f"t{i}", f"loop{i}: say ok")
         bench.cli(project, env, "down", "--yes", "--name", f"t{i}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, meter.stop()
 
 
 @dataclass
@@ -440,6 +496,7 @@ class BatchSpeed:
     rtt_ms: int
     batch: BatchFigures
     loop: float  # seconds for the same tasks as a loop of `ask` + `down`
+    loop_cpu: CpuUse | None = None
 
 
 def measure_batch_speed(bench: Bench) -> list[BatchSpeed]:
@@ -448,9 +505,9 @@ def measure_batch_speed(bench: Bench) -> list[BatchSpeed]:
     for rtt in NETWORK_RTT_MS:
         bench.emulator.set_config(rtt_ms=rtt)
         try:
-            speeds.append(
-                BatchSpeed(rtt, measure_batch(bench, BATCH_TASKS, BATCH_PARALLEL), measure_ask_loop(bench, BATCH_TASKS))
-            )
+            batch = measure_batch(bench, BATCH_TASKS, BATCH_PARALLEL)
+            loop, loop_cpu = measure_ask_loop(bench, BATCH_TASKS)
+            speeds.append(BatchSpeed(rtt, batch, loop, loop_cpu))
         finally:
             bench.emulator.set_config(rtt_ms=0)
     return speeds
@@ -472,6 +529,7 @@ def batch_rows(speeds: list[BatchSpeed], big: BatchFigures | None) -> list[Row]:
         ]
     small = speeds[0].batch
     rows.append(Row("  Daytona requests per task", f"{small.trips_per_task:.1f}", "", "", "", None))
+    rows += cpu_rows(speeds[0])
     if big is not None:
         rows.append(
             Row(
@@ -481,6 +539,47 @@ def batch_rows(speeds: list[BatchSpeed], big: BatchFigures | None) -> list[Row]:
                 f"{big.peak_rss_kib / small.peak_rss_kib:.2f}x",
                 "<= 1.5x",
                 big.peak_rss_kib <= 1.5 * small.peak_rss_kib,
+            )
+        )
+    return rows
+
+
+def cpu_rows(speed: BatchSpeed) -> list[Row]:
+    """Where the batch's CPU went, per task, and the most any driver could get here: the
+    sandboxes' own work alone, spread over every core, against the loop as measured."""
+    cpu, tasks, cores = speed.batch.cpu, speed.batch.tasks, os.cpu_count() or 1
+    if cpu is None or cpu.machine is None or cpu.sandboxes is None:
+        return []
+    loop = speed.loop_cpu
+    rows = [
+        Row(
+            "  CPU per task: all / driver / emulator+model / sandboxes",
+            f"{cpu.machine / tasks:.2f} / {cpu.command / tasks:.2f} / {cpu.stand_ins / tasks:.2f} / "
+            f"{cpu.sandboxes / tasks:.2f} s",
+            f"loop: {loop.machine / tasks:.2f} s" if loop is not None and loop.machine is not None else "",
+            "",
+            "",
+            None,
+        ),
+        Row(
+            f"  cores busy in the batch / the loop (of {cores})",
+            f"{cpu.machine / speed.batch.wall:.2f}",
+            f"{loop.machine / speed.loop:.2f}" if loop is not None and loop.machine is not None else "",
+            "",
+            "",
+            None,
+        ),
+    ]
+    if cpu.sandboxes > 0:
+        ceiling = speed.loop / (cpu.sandboxes / cores)
+        rows.append(
+            Row(
+                "  ceiling here: driver, emulator and model at no CPU",
+                f"{ceiling:.1f}x",
+                "",
+                "",
+                "",
+                None,
             )
         )
     return rows
