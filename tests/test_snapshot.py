@@ -138,5 +138,6 @@ def test_the_runtime_is_compiled_by_its_install_even_where_the_image_forbids_wri
     site = next((home / ".codex-daytona/venv/lib").glob("python3*/site-packages"))
     assert "\nuv = " in "\n" + (home / ".codex-daytona/venv/pyvenv.cfg").read_text(), "uv installed it"
     assert list((site / "openai_codex/generated/__pycache__").glob("v2_all.*.pyc"))
+    assert list(site.glob(f"pydantic-{runtime.PYDANTIC_VERSION}.dist-info")), "pydantic is the pinned one"
     # Nor does it keep its download cache in the home (and so in the snapshot): 370 MB.
     assert not (home / ".cache/uv").exists()

@@ -26,6 +26,10 @@ from agent_bundle.protocol import key_fingerprint as key_fingerprint
 from codex_daytona.settings import Settings
 
 CODEX_SDK_VERSION = "0.163.0"
+# The SDK asks for pydantic>=2.12, and the agent imports the SDK with pydantic's builds
+# deferred (agent_bundle/sdk.py): the runtime gets the pydantic the tests ran that with, not
+# whatever is newest on the day a sandbox installs it.
+PYDANTIC_VERSION = "2.14.4"
 PROVIDER = "codex-daytona"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MIN_PYTHON = (3, 10)
@@ -145,7 +149,7 @@ def install_command(layout: Layout) -> str:
     it would stay in the sandbox's home (and in the runtime snapshot made from it), 370 MB of
     unpacked wheels, Codex's binary among them, that nothing uses again."""
     q = shlex.quote
-    pin = q(f"openai-codex=={CODEX_SDK_VERSION}")
+    pin = f"{q(f'openai-codex=={CODEX_SDK_VERSION}')} {q(f'pydantic=={PYDANTIC_VERSION}')}"
     with_uv = (
         f"(test -x {q(layout.python)} || "
         f'uv venv --quiet --no-cache --python "$(command -v python3)" {q(layout.venv)}) && '
