@@ -146,3 +146,48 @@ def test_live_sessions_on_daytonas_daemon(tmp_path: Path) -> None:
     finally:
         down = _cli(project, "down", "--yes")
         assert down.returncode == 0, down.stderr
+
+
+def test_live_batch_runs_its_tasks_at_once_checks_them_and_leaves_nothing(tmp_path: Path) -> None:
+    """`batch` on Daytona: four tasks at once, each in a sandbox of its own, each checked, a
+    result line each, and every sandbox deleted. On Daytona each sandbox has CPUs of its own,
+    so the tasks' time overlaps as it cannot on a 2-core machine running them all (the
+    benchmark's bound): the sum of the tasks' durations over the batch's wall time says how
+    much, and is printed (pytest -s)."""
+    import time
+
+    from daytona import Daytona, DaytonaConfig, ListSandboxesQuery
+
+    from codex_daytona.usecases.context import TOOL_LABEL, project_labels
+
+    project = tmp_path / "batch"
+    project.mkdir()
+    tasks = [
+        {
+            "id": f"t{i}",
+            "prompt": f"Create the file answer.txt containing exactly {i * 7} and nothing else. Reply 'done'.",
+            "check": f'test "$(cat answer.txt)" = {i * 7}',
+        }
+        for i in range(4)
+    ]
+    (project / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    started = time.monotonic()
+    ran = _cli(project, "batch", "tasks.jsonl", "--parallel", "4", "--out", "results.jsonl", timeout=1800)
+    wall = time.monotonic() - started
+    config = DaytonaConfig(api_key=LIVE_ENV["DAYTONA_API_KEY"], api_url=LIVE_ENV.get("DAYTONA_API_URL"))
+    labels = project_labels(project.resolve(), "")
+    ours = {k: labels[k] for k in ("app", f"{TOOL_LABEL}.project")}
+    left = [
+        s.id
+        for s in Daytona(config).list(ListSandboxesQuery(labels=ours))
+        if str(getattr(s.state, "value", s.state)) not in ("destroyed", "destroying")
+    ]
+    if left:
+        _cli(project, "down", "--all", "--yes")
+    assert ran.returncode == 0, ran.stderr
+    assert not left, f"--keep none left {left}"
+    lines = [json.loads(line) for line in (project / "results.jsonl").read_text().splitlines()]
+    assert {line["id"]: line["status"] for line in lines} == {t["id"]: "passed" for t in tasks}, lines
+    busy = sum(sum(line["durations"].values()) for line in lines)
+    print(f"\nlive batch: {len(tasks)} tasks in {wall:.1f} s, {busy:.1f} s of their time: {busy / wall:.1f}x at once")
+    assert busy / wall > 2, "the tasks did not run at once"
