@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.live.conftest import record
+
 # Read at import, before the suite's isolation fixture clears these for every test.
 LIVE_ENV = {
     k: v for k, v in os.environ.items() if k.startswith(("DAYTONA_", "SANDBOX_OPENAI_", "CODEX_DAYTONA_")) and v
@@ -153,7 +155,7 @@ def test_live_batch_runs_its_tasks_at_once_checks_them_and_leaves_nothing(tmp_pa
     result line each, and every sandbox deleted. On Daytona each sandbox has CPUs of its own,
     so the tasks' time overlaps as it cannot on a 2-core machine running them all (the
     benchmark's bound): the sum of the tasks' durations over the batch's wall time says how
-    much, and is printed (pytest -s)."""
+    much, and is in the report at the end of the run."""
     import time
 
     from daytona import Daytona, DaytonaConfig, ListSandboxesQuery
@@ -189,5 +191,9 @@ def test_live_batch_runs_its_tasks_at_once_checks_them_and_leaves_nothing(tmp_pa
     lines = [json.loads(line) for line in (project / "results.jsonl").read_text().splitlines()]
     assert {line["id"]: line["status"] for line in lines} == {t["id"]: "passed" for t in tasks}, lines
     busy = sum(sum(line["durations"].values()) for line in lines)
-    print(f"\nlive batch: {len(tasks)} tasks in {wall:.1f} s, {busy:.1f} s of their time: {busy / wall:.1f}x at once")
+    record(
+        "batch: 4 tasks at --parallel 4",
+        "ran",
+        f"{wall:.1f} s, {busy:.1f} s of the tasks' own time: {busy / wall:.1f}x at once",
+    )
     assert busy / wall > 2, "the tasks did not run at once"
