@@ -732,8 +732,9 @@ BATCH_NOTE = (
     "`down --name tN` (helper on), with Daytona on this machine and again 80 ms away (every Daytona\n"
     "request delayed once, as a laptop far from the region sees it); the driver's peak RSS from\n"
     "getrusage of its own process (helper off). What bounds the speed-up here: every sandbox's\n"
-    "processes run on this machine's cores (real sandboxes each have their own), and each task's\n"
-    "agent spends ~1.5 s of CPU starting (1 s of it importing the Codex SDK, models built on first use)."
+    "processes run on this machine's cores (real sandboxes each have their own); the CPU rows say\n"
+    "where each task's CPU went, and the ceiling is the loop's time over the sandboxes' CPU spread\n"
+    "on every core: the most any driver could show here."
 )
 
 
