@@ -745,7 +745,8 @@ def down(
             if sandboxes and not yes:
                 if not interactive:
                     raise UsageError(f"--all would delete {len(sandboxes)} sandboxes; pass --yes to confirm.")
-                typer.confirm(f"Delete these {len(sandboxes)} sandboxes and everything in them?", abort=True, err=True)
+                if not out.confirm(f"Delete these {len(sandboxes)} sandboxes and everything in them?"):
+                    raise typer.Abort()
             deleted = lifecycle.down_all(ctx, sandboxes)
             out.value(f"Deleted {len(deleted)} sandboxes", "\n".join(deleted), {"deleted": deleted})
             return
@@ -757,8 +758,8 @@ def down(
         if stop:
             out.result(lifecycle.stop(ctx))
             return
-        if not yes and interactive:
-            typer.confirm(f"Delete sandbox {record.sandbox_id} and everything in it?", abort=True, err=True)
+        if not yes and interactive and not out.confirm(f"Delete sandbox {record.sandbox_id} and everything in it?"):
+            raise typer.Abort()
         out.result(lifecycle.down(ctx))
 
 
@@ -957,8 +958,14 @@ def _down_others(ctx: Context, out: Output, yes: bool) -> None:
     from codex_daytona.usecases.fleet import down_others, siblings
 
     names = siblings(ctx)
-    if names and not yes and sys.stdin.isatty() and sys.stdout.isatty():
-        typer.confirm(f"Delete sandboxes {', '.join(names)} and everything in them?", abort=True, err=True)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if (
+        names
+        and not yes
+        and interactive
+        and not out.confirm(f"Delete sandboxes {', '.join(names)} and everything in them?")
+    ):
+        raise typer.Abort()
     out.result(down_others(ctx))
 
 

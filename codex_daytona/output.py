@@ -475,6 +475,25 @@ class Output:
                 for line in _link_lines(preview):
                     console.print(self.mask(line))
 
+    def confirm(self, question: str) -> bool:
+        """`question [y/N]: ` on stderr, as typer.confirm asks it (y or yes, n or no, Enter for
+        no, asked again on anything else, no at the end of input), read with read_line, so that
+        Ctrl-C at the question ends the wait whichever thread the kernel hands it to."""
+        self.stop_live()
+        while True:
+            self.stderr.write(f"{question} [y/N]: ")
+            self.stderr.flush()
+            try:
+                answer = read_line(sys.stdin).strip().lower()
+            except EOFError:
+                self.stderr.write("\n")
+                return False
+            if answer in ("y", "yes"):
+                return True
+            if answer in ("", "n", "no"):
+                return False
+            self.stderr.write("Error: invalid input\n")
+
     def ask_line(self, prompt: str) -> str:
         """Reads one line of input after showing `prompt` on stderr (the chat's `User:`)."""
         self.stop_live()

@@ -87,6 +87,15 @@ class Terminal:
         if self.proc.poll() is None:  # the failure says what it showed
             self.proc.kill()
             raise AssertionError(f"still running after {timeout:.0f} s; it showed:\n{self.text()}")
+        # What it wrote last may still be in the terminal: read it to the end.
+        while select.select([self.master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # every end of the terminal closed
+                break
+            if not chunk:
+                break
+            self.seen += chunk
         return self.proc.wait(timeout=1)
 
 
@@ -196,6 +205,35 @@ def test_a_signal_the_kernel_hands_to_another_thread_still_ends_the_chat_at_its_
     assert tgkill(pid, others[0], sig) == 0
     term.wait(timeout=30)
     assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed", term.text()
+
+
+def test_down_at_a_terminal_asks_first_and_no_keeps_the_sandbox(rig: Rig) -> None:
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    term = Terminal(rig, "down")
+    term.read_until(f"Delete sandbox {sandbox_id} and everything in it? [y/N]: ")
+    term.send("maybe\r")
+    term.read_until("Error: invalid input")
+    term.send("n\r")
+    assert term.wait() == 1, term.text()
+    assert "Aborted" in term.text()
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
+    term = Terminal(rig, "down")
+    term.read_until("[y/N]: ")
+    term.send("yes\r")
+    assert term.wait() == 0, term.text()
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "destroyed"
+
+
+def test_ctrl_c_at_down_alls_question_deletes_nothing_and_exits_130(rig: Rig) -> None:
+    assert rig.cli("up").code == 0
+    sandbox_id = rig.record()["sandbox_id"]
+    term = Terminal(rig, "down", "--all")
+    term.read_until("sandboxes and everything in them? [y/N]: ")
+    term.send("\x03")  # Ctrl-C
+    assert term.wait(timeout=30) == 130, term.text()
+    assert (rig.sandbox(sandbox_id) or {}).get("state") == "started"
+    assert rig.record()["sandbox_id"] == sandbox_id
 
 
 def test_a_turn_watched_in_a_terminal_shows_commands_as_they_start(rig: Rig) -> None:
