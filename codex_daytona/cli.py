@@ -736,7 +736,7 @@ def down(
             raise UsageError("--stop, --all and --others cannot be used together.")
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
         if others:
-            _down_others(ctx, out, yes)
+            _down_others(ctx, out, ask=interactive and not yes)
             return
         if all_:
             sandboxes = lifecycle.all_sandboxes(ctx)
@@ -745,8 +745,7 @@ def down(
             if sandboxes and not yes:
                 if not interactive:
                     raise UsageError(f"--all would delete {len(sandboxes)} sandboxes; pass --yes to confirm.")
-                if not out.confirm(f"Delete these {len(sandboxes)} sandboxes and everything in them?"):
-                    raise typer.Abort()
+                _confirm_or_abort(out, f"Delete these {len(sandboxes)} sandboxes and everything in them?")
             deleted = lifecycle.down_all(ctx, sandboxes)
             out.value(f"Deleted {len(deleted)} sandboxes", "\n".join(deleted), {"deleted": deleted})
             return
@@ -758,8 +757,8 @@ def down(
         if stop:
             out.result(lifecycle.stop(ctx))
             return
-        if not yes and interactive and not out.confirm(f"Delete sandbox {record.sandbox_id} and everything in it?"):
-            raise typer.Abort()
+        if not yes and interactive:
+            _confirm_or_abort(out, f"Delete sandbox {record.sandbox_id} and everything in it?")
         out.result(lifecycle.down(ctx))
 
 
@@ -954,19 +953,19 @@ def _chat_loop(ctx: Context, out: Output, model: str | None, effort: str | None 
             out.final_answer(outcome.final_message)
 
 
-def _down_others(ctx: Context, out: Output, yes: bool) -> None:
+def _down_others(ctx: Context, out: Output, ask: bool) -> None:
     from codex_daytona.usecases.fleet import down_others, siblings
 
     names = siblings(ctx)
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    if (
-        names
-        and not yes
-        and interactive
-        and not out.confirm(f"Delete sandboxes {', '.join(names)} and everything in them?")
-    ):
-        raise typer.Abort()
+    if names and ask:
+        _confirm_or_abort(out, f"Delete sandboxes {', '.join(names)} and everything in them?")
     out.result(down_others(ctx))
+
+
+def _confirm_or_abort(out: Output, question: str) -> None:
+    """`down`'s question: anything but yes ends the command ("Aborted!", exit 1)."""
+    if not out.confirm(question):
+        raise typer.Abort()
 
 
 def raise_usage(message: str, hint: str = "") -> NoReturn:
