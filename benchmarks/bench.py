@@ -399,8 +399,10 @@ def busy_cpu_seconds() -> float | None:
             fields = [int(v) for v in fh.readline().split()[1:]]
     except (OSError, ValueError):
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    # user, nice, system, irq, softirq: not idle, iowait, nor steal (time the hypervisor gave
+    # another machine, which is no work done here); guest time is inside user already.
+    busy = sum(fields[i] for i in (0, 1, 2, 5, 6) if i < len(fields))
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
